@@ -1,0 +1,54 @@
+# recog: `make demo` (install, train, evaluate on the embedded digits), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUTPUTS ?= outputs
+PORT ?= 5000
+ARGS ?=
+
+# paddlepaddle (CPU) unless nvidia-smi sees a GPU. Never both: they ship the same module.
+# Pick a wheel yourself with e.g. `make install PADDLE=paddlepaddle-gpu==3.3.1 PADDLE_INDEX=<url>`
+# (see README: GPU wheels for each CUDA version live on Paddle's own package index).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+PADDLE_CPU := paddlepaddle>=3.0,<4
+PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
+PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
+PADDLE_INDEX ?=
+
+.PHONY: install demo train eval test ui clean-outputs
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if $(BIN)/python -m pip show -q $(if $(HAS_GPU),paddlepaddle,paddlepaddle-gpu) 2>/dev/null; then \
+		$(BIN)/python -m pip uninstall -y -q paddlepaddle paddlepaddle-gpu; fi
+	$(BIN)/python -m pip install -q "$(PADDLE)" $(if $(PADDLE_INDEX),--extra-index-url $(PADDLE_INDEX))
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+# The whole main job on the embedded defaults: train, then evaluate the best model.
+demo: install
+	$(BIN)/python run.py stage=train experiment=digits_demo $(ARGS)
+	$(MAKE) --no-print-directory eval ARGS="experiment=digits_demo $(ARGS)"
+
+train: install
+	$(BIN)/python run.py stage=train $(ARGS)
+
+# Evaluates MODEL (default: the newest best_model under $(OUTPUTS)/runs).
+eval: install
+	@model="$(MODEL)"; [ -n "$$model" ] || model=$$(ls -td $(OUTPUTS)/runs/*/best_model 2>/dev/null | head -n 1); \
+	if [ -z "$$model" ]; then echo "no best_model under $(OUTPUTS)/runs: run make train first" >&2; exit 2; fi; \
+	$(BIN)/python run.py stage=eval model_path=$$model $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+# The MLflow UI on the embedded store, bound to this machine only.
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db \
+		--host 127.0.0.1 --port $(PORT) --workers 1
+
+clean-outputs:
+	rm -rf $(OUTPUTS)

@@ -1,0 +1,226 @@
+"""Structured configs: the typed schema behind every YAML file in ``conf/``.
+
+Each group option's YAML starts from one of these dataclasses (``defaults: [/schema/...@_here_]``),
+so a misspelt key or a wrongly typed value fails at composition, before any work starts.
+Field names follow PaddleClas where it has them (``embedding_size``, ``class_num``, ``margin``,
+``scale``, ``easy_margin``, ``weight``).
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Stage(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class LossInput(str, Enum):
+    """Which model output a loss term reads."""
+
+    logits = "logits"
+    features = "features"
+    backbone = "backbone"
+
+
+# ---- backbone ---------------------------------------------------------------------------------
+@dataclass
+class PPLCNetConfig:
+    _target_: str = "recog.models.backbones.PPLCNet"
+    scale: float = 2.5
+    dropout_prob: float = 0.2
+    stop_layer: Optional[str] = "flatten"
+
+
+# ---- neck -------------------------------------------------------------------------------------
+@dataclass
+class FCNeckConfig:
+    _target_: str = "recog.models.necks.FCNeck"
+    embedding_size: int = 512
+
+
+# ---- head (class_num None: the number of training classes) ------------------------------------
+@dataclass
+class FCHeadConfig:
+    _target_: str = "recog.models.heads.FCHead"
+    class_num: Optional[int] = None
+
+
+@dataclass
+class ArcMarginConfig:
+    _target_: str = "recog.models.heads.ArcMargin"
+    class_num: Optional[int] = None
+    margin: float = 0.2
+    scale: float = 30.0
+    easy_margin: bool = False
+
+
+# ---- loss terms -------------------------------------------------------------------------------
+@dataclass
+class CELossConfig:
+    _target_: str = "recog.losses.CELoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.logits
+    epsilon: Optional[float] = None
+
+
+@dataclass
+class TripletLossV2Config:
+    _target_: str = "recog.losses.TripletLossV2"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 0.5
+    normalize_feature: bool = True
+
+
+# ---- dataset (each a loader returning RetrievalSplits) ----------------------------------------
+@dataclass
+class DigitsConfig:
+    _target_: str = "recog.data.digits.load_digits"
+    root: str = "${paths.output_root}/data/digits"
+    mirror_invariant: bool = False
+
+
+@dataclass
+class SOPConfig:
+    _target_: str = "recog.data.sop.load_sop"
+    root: str = MISSING
+    train_file: str = "Ebay_train.txt"
+    test_file: str = "Ebay_test.txt"
+    mirror_invariant: bool = True
+
+
+@dataclass
+class ImageListConfig:
+    _target_: str = "recog.data.lists.load_lists"
+    root: str = MISSING
+    train_list: str = MISSING
+    query_list: str = MISSING
+    gallery_list: Optional[str] = None  # None: query == gallery protocol
+    mirror_invariant: bool = True
+
+
+# ---- optimizer and learning-rate schedule -----------------------------------------------------
+@dataclass
+class MomentumConfig:
+    _target_: str = "recog.optim.momentum"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "recog.optim.adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+@dataclass
+class WarmupCosineConfig:
+    _target_: str = "recog.optim.warmup_cosine"
+    warmup_epochs: float = 1.0
+    warmup_start_lr: float = 0.0
+    eta_min: float = 0.0
+
+
+@dataclass
+class MultiStepConfig:
+    _target_: str = "recog.optim.multi_step"
+    milestones: List[int] = field(default_factory=lambda: [30, 60, 90])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_start_lr: float = 0.0
+
+
+# ---- everything else --------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    image_size: int = 224
+    batch_size: int = 64
+    samples_per_class: int = 4
+    eval_batch_size: int = 128
+    num_workers: int = 2
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    device: Device = Device.auto
+    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    log_every: int = 10  # steps between metric logs
+    grad_clip: Optional[float] = None  # global-norm clip
+
+
+@dataclass
+class EvalConfig:
+    recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
+    normalize: bool = True  # L2-normalise features: inner product = cosine
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = True
+    tracking_uri: Optional[str] = None  # None: sqlite:///<paths.output_root>/mlflow.db
+    experiment_name: str = "recog"
+    run_name: Optional[str] = None  # None: backbone/neck/head/loss
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+
+
+@dataclass
+class RecogConfig:
+    stage: Stage = Stage.train
+    seed: int = 0
+    model_path: Optional[str] = None  # a best_model/ or checkpoint dir, for eval
+    resume: bool = False
+    backbone: Any = MISSING
+    neck: Any = None
+    head: Any = None
+    loss: Any = MISSING
+    dataset: Any = MISSING
+    optimizer: Any = MISSING
+    lr: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+SCHEMAS = {
+    "backbone": {"pplcnet": PPLCNetConfig},
+    "neck": {"fc": FCNeckConfig},
+    "head": {"fc": FCHeadConfig, "arcmargin": ArcMarginConfig},
+    "loss": {"ce": CELossConfig, "triplet_v2": TripletLossV2Config},
+    "dataset": {"digits": DigitsConfig, "sop": SOPConfig, "image_list": ImageListConfig},
+    "optimizer": {"momentum": MomentumConfig, "adamw": AdamWConfig},
+    "lr": {"warmup_cosine": WarmupCosineConfig, "multi_step": MultiStepConfig},
+}
+
+
+def register_schemas() -> None:
+    """Store the schemas in Hydra's ConfigStore under ``schema/<group>/<name>``."""
+    store = ConfigStore.instance()
+    store.store(name="recog_schema", node=RecogConfig)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            store.store(group=f"schema/{group}", name=name, node=node)

@@ -1,0 +1,80 @@
+"""The embedded default dataset: scikit-learn's 1797 handwritten 8x8 digits in the SOP layout.
+
+Digits 0-4 are the training classes, 5-9 the unseen test classes (query == gallery).
+Files: ``root/images/<digit>/<index>.png`` (8x8 grayscale uint8) and ``root/Ebay_train.txt``,
+``root/Ebay_test.txt``. Digits are not mirror invariant, hence ``mirror_invariant=False``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import cv2
+import numpy as np
+
+from recog.data.sop import HEADER, load_sop
+from recog.data.splits import RetrievalSplits
+from recog.errors import DataError
+
+TRAIN_DIGITS = range(0, 5)
+LIST_FILES = ("Ebay_train.txt", "Ebay_test.txt")
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename, so readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _is_complete(root: str) -> bool:
+    """Both list files exist and every image they list exists."""
+    for name in LIST_FILES:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            return False
+        with open(path, encoding="utf-8") as f:
+            rows = f.read().split("\n")[1:]
+        for row in filter(None, rows):
+            fields = row.split()
+            if len(fields) != 4 or not os.path.isfile(os.path.join(root, fields[3])):
+                return False
+    return True
+
+
+def write_digits(root: str) -> None:
+    """Write the digits under ``root`` unless already complete; list files are written last."""
+    if _is_complete(root):
+        return
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    rows = {name: [" ".join(HEADER)] for name in LIST_FILES}
+    try:
+        for index, (image, digit) in enumerate(zip(images, digits.target.tolist())):
+            rel = f"images/{digit}/{index:04d}.png"
+            os.makedirs(os.path.join(root, "images", str(digit)), exist_ok=True)
+            ok, png = cv2.imencode(".png", image)
+            if not ok:
+                raise DataError(f"cannot encode digit image {index} as PNG")
+            _write_atomic(os.path.join(root, rel), png.tobytes())
+            name = LIST_FILES[0] if digit in TRAIN_DIGITS else LIST_FILES[1]
+            rows[name].append(f"{index + 1} {digit} {digit} {rel}")
+        for name, lines in rows.items():
+            _write_atomic(os.path.join(root, name), ("\n".join(lines) + "\n").encode())
+    except OSError as e:
+        raise DataError(f"cannot write the digits dataset under {root}: {e}") from None
+
+
+def load_digits(root: str, mirror_invariant: bool = False) -> RetrievalSplits:
+    """Write the digits once under ``root`` (no download), then load them as SOP."""
+    write_digits(root)
+    return load_sop(root, mirror_invariant=mirror_invariant)

@@ -1,0 +1,68 @@
+"""Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss")."""
+
+import recog  # noqa: F401  (configures the runtime before Paddle is imported)
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from recog.errors import ConfigError
+
+
+class TripletLossV2(nn.Layer):
+    """Batch-hard triplet loss, as PaddleClas ``TripletLossV2``.
+
+    For each anchor i: ``d_ap = max_{j != i, y_j = y_i} d(i, j)`` (hardest positive),
+    ``d_an = min_{y_k != y_i} d(i, k)`` (hardest negative);
+    ``loss = mean_i relu(d_ap - d_an + margin)``.
+    ``d(i, j) = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12))``, and with ``normalize_feature``
+    each feature is first divided by ``(|x|_2 + 1e-12)``.
+
+    The batch must be P x K: every anchor needs a positive and a negative.
+
+    Args:
+        margin: hinge margin.
+        normalize_feature: L2-normalise the features before computing distances.
+    """
+
+    def __init__(self, margin: float = 0.5, normalize_feature: bool = True):
+        super().__init__()
+        self.margin = margin
+        self.normalize_feature = normalize_feature
+
+    def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
+        n = inputs.shape[0]
+        labels = labels.reshape([-1])
+        if labels.shape[0] != n:
+            raise ValueError(f"TripletLossV2 got {n} features but {labels.shape[0]} labels")
+        same = labels.unsqueeze(1) == labels.unsqueeze(0)  # [N, N]
+        is_pos = same & ~paddle.eye(n).astype("bool")
+        is_neg = ~same
+        _check_pk_batch(is_pos, is_neg, labels)
+
+        features = inputs
+        if self.normalize_feature:
+            features = features / (paddle.norm(features, p=2, axis=-1, keepdim=True) + 1e-12)
+        sq_norm = (features * features).sum(axis=1, keepdim=True)  # [N, 1]
+        sq_dist = sq_norm + sq_norm.t() - 2.0 * paddle.matmul(features, features, transpose_y=True)
+        dist = paddle.clip(sq_dist, min=1e-12).sqrt()  # [N, N]
+
+        inf = paddle.full_like(dist, float("inf"))
+        dist_ap = paddle.where(is_pos, dist, -inf).max(axis=1)  # [N]
+        dist_an = paddle.where(is_neg, dist, inf).min(axis=1)  # [N]
+        return F.relu(dist_ap - dist_an + self.margin).mean()
+
+
+def _check_pk_batch(is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor) -> None:
+    """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks)."""
+    no_pos = int((~is_pos.any(axis=1)).astype("int64").sum())
+    no_neg = int((~is_neg.any(axis=1)).astype("int64").sum())
+    if no_pos or no_neg:
+        n_classes = len(set(labels.numpy().tolist()))
+        raise ConfigError(
+            "TripletLossV2 needs P x K batches (several images per class, several classes per "
+            f"batch): this batch has {labels.shape[0]} samples in {n_classes} class(es), "
+            f"{no_pos} anchor(s) without a positive and {no_neg} without a negative. "
+            "Use the P x K sampler (set data.samples_per_class, e.g. 4)."
+        )

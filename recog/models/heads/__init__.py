@@ -1,0 +1,6 @@
+"""Heads: ``forward(features [N, embedding_size], labels [N] | None) -> logits [N, class_num]``."""
+
+from recog.models.heads.arcmargin import ArcMargin
+from recog.models.heads.fc import FCHead
+
+__all__ = ["ArcMargin", "FCHead"]

@@ -1,0 +1,43 @@
+"""RecModel: backbone -> (cut at stop layer) -> neck -> head."""
+
+from typing import Optional
+
+import paddle
+from paddle import nn
+
+from recog.models.stop_layer import truncate_after
+
+
+class RecModel(nn.Layer):
+    """A feature-learning model.
+
+    ``forward(images, labels=None)`` takes ``images: [N, 3, H, W] float32`` and returns a dict:
+
+    - ``backbone``: the backbone output at the stop layer (``[N, C]`` or ``[N, C, h, w]``);
+    - ``features``: ``[N, D]``, the neck output, or the flattened backbone output without a neck.
+      These are what retrieval uses;
+    - ``logits``: ``[N, class_num]``, only when a head is configured. Margin heads apply their
+      margin only when ``labels`` are given in training mode.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Layer,
+        stop_layer: Optional[str] = None,
+        neck: Optional[nn.Layer] = None,
+        head: Optional[nn.Layer] = None,
+    ):
+        super().__init__()
+        self.backbone = truncate_after(backbone, stop_layer)
+        self.neck = neck
+        self.head = head
+
+    def forward(self, images: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> dict:
+        out = {"backbone": self.backbone(images)}
+        features = out["backbone"]
+        if features.ndim > 2:
+            features = features.flatten(1)
+        out["features"] = self.neck(features) if self.neck is not None else features
+        if self.head is not None:
+            out["logits"] = self.head(out["features"], labels)
+        return out

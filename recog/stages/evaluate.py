@@ -1,0 +1,101 @@
+"""Eval stage: features for query and gallery, then Recall@K and mAP.
+
+``python run.py stage=eval model_path=<run>/best_model``. The model is rebuilt from the config
+saved beside its weights; the dataset and the eval settings come from the current config.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import paddle
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from recog.api import build_model, load_splits
+from recog.data import RetrievalSplits, build_eval_loader, build_transform
+from recog.errors import ConfigError
+from recog.metrics import format_metrics_table, retrieval_metrics
+from recog.tracking import MlflowTracker
+from recog.utils import checkpoint
+from recog.utils.runtime import is_main_process, seed_everything, select_device
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    """Extracts features of the eval splits with a model and scores them.
+
+    Loaders are built once and reused, so training can evaluate every few epochs cheaply.
+    """
+
+    def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig):
+        transform = build_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False, hflip=False)
+
+        def loader(samples):
+            return build_eval_loader(samples, transform, data_cfg.eval_batch_size, data_cfg.num_workers)
+
+        self.query = loader(splits.query)
+        self.gallery = loader(splits.gallery) if splits.gallery is not None else None
+        self.recall_at = tuple(eval_cfg.recall_at)
+        self.normalize = eval_cfg.normalize
+
+    def __call__(self, model: paddle.nn.Layer) -> Dict[str, float]:
+        query, query_labels = extract_features(model, self.query, self.normalize, "query")
+        gallery = gallery_labels = None
+        if self.gallery is not None:
+            gallery, gallery_labels = extract_features(model, self.gallery, self.normalize, "gallery")
+        return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+
+
+def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features") -> Tuple[np.ndarray, np.ndarray]:
+    """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    with paddle.no_grad():
+        for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+            out = model(images)["features"]
+            if normalize:
+                out = paddle.nn.functional.normalize(out, axis=1)
+            features.append(out.numpy().astype(np.float32))
+            labels.append(batch_labels.numpy().reshape(-1))
+    if was_training:
+        model.train()
+    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
+
+
+def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
+    """Evaluate ``cfg.model_path``; writes ``metrics.json`` into ``run_dir`` and logs to MLflow."""
+    if not cfg.model_path:
+        raise ConfigError("stage=eval needs a trained model: model_path=<run dir>/best_model")
+    model_path = Path(cfg.model_path)
+    if not (model_path / checkpoint.MODEL_FILE).is_file():
+        raise ConfigError(f"model_path={model_path} holds no {checkpoint.MODEL_FILE}: point it at a run's best_model/")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    select_device(cfg.trainer.device)
+    seed_everything(cfg.seed)
+    trained_cfg = checkpoint.load_config(model_path)
+    model = build_model(trained_cfg)
+    checkpoint.load_model_weights(model_path, model)
+    splits = load_splits(cfg)
+    tracker = MlflowTracker(cfg, stage="eval")
+    try:
+        metrics = Evaluator(splits, trained_cfg.data, cfg.eval)(model)
+        write_metrics(metrics, run_dir / "metrics.json")
+        log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
+        tracker.log_metrics(metrics, step=0)
+        tracker.log_artifact(run_dir / "metrics.json")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    log.info(tracker.describe())
+    return metrics
+
+
+def write_metrics(metrics: Dict[str, float], path: Path) -> None:
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -1,0 +1,107 @@
+"""Checkpoints as safetensors (no pickle) plus JSON, written atomically.
+
+A checkpoint is a directory::
+
+    model.safetensors       model.state_dict()
+    optimizer.safetensors   the optimizer's tensors (momentum buffers, ...), when saved
+    state.json              everything else: epoch, metrics, LR-schedule state, MLflow run id
+    config.yaml             the resolved config that built the model
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import paddle
+from omegaconf import DictConfig, OmegaConf
+from safetensors.numpy import load_file, save_file
+
+from recog.errors import RecogError
+
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"
+
+
+def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[str, Any],
+                    optimizer: Optional[paddle.optimizer.Optimizer] = None) -> Path:
+    """Write the checkpoint into a temporary sibling directory, then swap it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(_to_numpy(model.state_dict()), str(tmp / MODEL_FILE))
+        state = dict(state)
+        if optimizer is not None:
+            tensors, rest = _split_tensors(optimizer.state_dict())
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            state["optimizer"] = rest
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default))
+        (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_model_weights(path, model: paddle.nn.Layer) -> None:
+    """Load ``model.safetensors`` from a checkpoint directory; every parameter must match."""
+    file = Path(path) / MODEL_FILE
+    if not file.is_file():
+        raise RecogError(f"no model weights at {file}: expected a best_model/ or checkpoint directory")
+    weights = load_file(str(file))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [k for k in expected if k in weights and list(weights[k].shape) != list(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise RecogError(f"weights in {file} do not fit the model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, shape mismatch {wrong[:5]}")
+    model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
+
+
+def load_state(path) -> Dict[str, Any]:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def load_config(path) -> DictConfig:
+    return OmegaConf.load(Path(path) / CONFIG_FILE)
+
+
+def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer) -> None:
+    tensors = {k: paddle.to_tensor(v) for k, v in load_file(str(Path(path) / OPTIMIZER_FILE)).items()}
+    optimizer.set_state_dict({**load_state(path).get("optimizer", {}), **tensors})
+
+
+def _to_numpy(state_dict) -> Dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v.numpy()) for k, v in state_dict.items()}
+
+
+def _split_tensors(state: Dict[str, Any]):
+    tensors, rest = {}, {}
+    for key, value in state.items():
+        if isinstance(value, paddle.Tensor):
+            tensors[key] = np.ascontiguousarray(value.numpy())
+        else:
+            rest[key] = value
+    return tensors, rest
+
+
+def _json_default(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; at every moment one complete version exists on disk."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

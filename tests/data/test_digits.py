@@ -1,0 +1,38 @@
+import os
+
+import numpy as np
+import sklearn.datasets
+
+from recog.data import decode_image, load_digits
+
+
+def test_digits_written_once_split_by_class(tmp_path):
+    root = str(tmp_path / "digits")
+    splits = load_digits(root)
+    assert {s.label for s in splits.train} == {0, 1, 2, 3, 4}
+    assert {s.label for s in splits.query} == {5, 6, 7, 8, 9}
+    assert len(splits.train) + len(splits.query) == 1797
+    assert splits.gallery is None and not splits.mirror_invariant
+
+    image = decode_image(splits.train[0].path)  # sklearn index 0
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+    expected = np.rint(sklearn.datasets.load_digits().images[0] * 255 / 16)
+    np.testing.assert_array_equal(image[..., 1], expected)
+
+    watched = [os.path.join(root, "Ebay_train.txt"), os.path.join(root, "Ebay_test.txt"),
+               splits.train[0].path, splits.query[-1].path]
+    mtimes = [os.stat(p).st_mtime_ns for p in watched]
+    again = load_digits(root)
+    assert [os.stat(p).st_mtime_ns for p in watched] == mtimes
+    assert again.train == splits.train and again.query == splits.query
+
+
+def test_interrupted_write_is_redone(tmp_path):
+    root = str(tmp_path)
+    splits = load_digits(root)
+    os.remove(splits.query[3].path)  # as if the writer died before finishing
+    os.remove(os.path.join(root, "Ebay_test.txt"))
+    again = load_digits(root)
+    assert os.path.isfile(splits.query[3].path)
+    assert again.query == splits.query
+    assert not [f for f in os.listdir(root) if f.startswith(".tmp")]

@@ -1,0 +1,52 @@
+import cv2
+import numpy as np
+import pytest
+
+from recog.data import load_sop, read_sop_file
+from recog.errors import DataError
+
+HEADER = "image_id class_id super_class_id path\n"
+
+
+def _sop_root(tmp_path, train_rows, test_rows):
+    for rows in (train_rows, test_rows):
+        for row in rows:
+            path = tmp_path / row.split()[3]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "Ebay_train.txt").write_text(HEADER + "\n".join(train_rows) + "\n")
+    (tmp_path / "Ebay_test.txt").write_text(HEADER + "\n".join(test_rows) + "\n")
+    return str(tmp_path)
+
+
+def test_load_sop(tmp_path):
+    root = _sop_root(tmp_path, ["1 1 1 bicycle_final/111_0.JPG", "2 3 1 bicycle_final/111_1.JPG"],
+                     ["3 5 2 chair_final/222_0.JPG"])
+    splits = load_sop(root)
+    assert [s.label for s in splits.train] == [1, 3]
+    assert splits.train[0].path == str(tmp_path / "bicycle_final/111_0.JPG")
+    assert splits.train_labels_contiguous() == [0, 1]
+    assert [s.label for s in splits.query] == [5]
+    assert splits.gallery is None and splits.mirror_invariant
+
+
+def test_bad_header_and_rows_name_file_and_line(tmp_path):
+    path = tmp_path / "Ebay_train.txt"
+    path.write_text("id class path\n1 1 1 a.jpg\n2 x 1 b.jpg\n3 1 c.jpg\n")
+    with pytest.raises(DataError) as err:
+        read_sop_file(str(path), str(tmp_path))
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "line 1: header" in msg and "line 3: class_id" in msg and "line 4: 3 fields" in msg
+    assert "line 2:" not in msg
+
+
+def test_missing_root_and_files_explain_the_layout(tmp_path):
+    with pytest.raises(DataError, match="does not exist; expected the Stanford Online Products"):
+        load_sop(str(tmp_path / "nowhere"))
+    (tmp_path / "Ebay_train.txt").write_text(HEADER)
+    with pytest.raises(DataError, match="Ebay_test.txt does not exist; expected .*ROOT/Ebay_train"):
+        load_sop(str(tmp_path))
+    (tmp_path / "Ebay_test.txt").write_text(HEADER)
+    with pytest.raises(DataError, match="Ebay_train.txt lists no images"):
+        load_sop(str(tmp_path))
