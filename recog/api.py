@@ -3,11 +3,11 @@
 from typing import Iterable, Optional
 
 import paddle
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recog.config import compose as _compose
 from recog.config import require_complete
+from recog.config.build import build
 from recog.data.splits import RetrievalSplits
 from recog.errors import ConfigError
 from recog.losses.weighted import WeightedLoss
@@ -23,7 +23,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
 def load_splits(cfg: DictConfig) -> RetrievalSplits:
     """Read (for the digits: first write) the dataset named by ``cfg.dataset``."""
     require_complete(cfg, "dataset")
-    return instantiate(cfg.dataset)
+    return build("dataset", cfg.dataset)
 
 
 def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
@@ -35,16 +35,16 @@ def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
     """
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     stop_layer = backbone_cfg.pop("stop_layer", None)
-    backbone = truncate_after(instantiate(backbone_cfg), stop_layer)
+    backbone = truncate_after(build("backbone", backbone_cfg), stop_layer)
     width = _output_width(backbone, cfg.data.image_size)
     neck = None
     if cfg.neck is not None:
-        neck = instantiate(cfg.neck, in_channels=width)
+        neck = build("neck", cfg.neck, in_channels=width)
         width = neck.embedding_size
     head = None
     if cfg.head is not None:
         class_num = cfg.head.class_num or class_num or load_splits(cfg).num_train_classes
-        head = instantiate(cfg.head, embedding_size=width, class_num=class_num)
+        head = build("head", cfg.head, embedding_size=width, class_num=class_num)
     return RecModel(backbone, stop_layer=None, neck=neck, head=head)
 
 
@@ -54,7 +54,7 @@ def build_loss(cfg: DictConfig) -> WeightedLoss:
     for name, term_cfg in cfg.loss.items():
         params = OmegaConf.to_container(term_cfg, resolve=True)
         weight, key = params.pop("weight"), params.pop("input")
-        terms[name] = (weight, getattr(key, "value", key), instantiate(params))
+        terms[name] = (weight, getattr(key, "value", key), build(f"loss.{name}", params))
     if not terms:
         raise ConfigError("the loss has no terms: choose one with loss=ce|triplet|ce_triplet")
     return WeightedLoss(terms)

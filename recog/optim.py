@@ -7,8 +7,9 @@ a schedule factory. ``build_optimizer`` joins them: the schedule is stepped ever
 from typing import List, Sequence
 
 import paddle
-from hydra.utils import instantiate
 from paddle.optimizer import lr as schedules
+
+from recog.config.build import build
 
 
 def warmup_cosine(base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float = 1.0,
@@ -44,16 +45,28 @@ def momentum(parameters, learning_rate, lr: float = 0.05, momentum: float = 0.9,
 
 def adamw(parameters, learning_rate, lr: float = 1e-3, weight_decay: float = 0.05, beta1: float = 0.9,
           beta2: float = 0.999, grad_clip=None) -> paddle.optimizer.Optimizer:
-    """AdamW (decoupled weight decay). ``lr`` is the base rate of ``learning_rate``."""
+    """AdamW (decoupled weight decay). ``lr`` is the base rate of ``learning_rate``.
+
+    Parameters whose own regularizer is ``L2Decay(0.0)`` (PP-LCNet's BN scale/shift) are not
+    decayed: AdamW's decoupled decay ignores per-parameter regularizers otherwise.
+    """
+    parameters = list(parameters)
+    exempt = {p.name for p in parameters if _decay_exempt(p)}
     return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=beta1, beta2=beta2, parameters=parameters,
-                                  weight_decay=weight_decay, grad_clip=grad_clip)
+                                  weight_decay=weight_decay, grad_clip=grad_clip,
+                                  apply_decay_param_fun=(lambda name: name not in exempt) if exempt else None)
+
+
+def _decay_exempt(param) -> bool:
+    regularizer = getattr(param, "regularizer", None)
+    return isinstance(regularizer, paddle.regularizer.L2Decay) and float(regularizer._coeff) == 0.0
 
 
 def build_optimizer(cfg, parameters, steps_per_epoch: int):
     """Returns ``(optimizer, schedule)`` from ``cfg.optimizer``, ``cfg.lr`` and ``cfg.trainer``."""
-    schedule = instantiate(cfg.lr, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs,
+    schedule = build("lr", cfg.lr, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs,
                            steps_per_epoch=steps_per_epoch)
     clip = cfg.trainer.grad_clip
     grad_clip = paddle.nn.ClipGradByGlobalNorm(clip) if clip else None
-    optimizer = instantiate(cfg.optimizer, parameters=parameters, learning_rate=schedule, grad_clip=grad_clip)
+    optimizer = build("optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule, grad_clip=grad_clip)
     return optimizer, schedule

@@ -38,10 +38,12 @@ def check_overrides(args: List[str]) -> None:
     """Compose once per value of every override before Hydra runs, for readable errors.
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
-    (``head.margin=0.1,0.2``) are checked value by value; flags and ``hydra`` settings are left to
-    Hydra.
+    (``head.margin=0.1,0.2``) are checked value by value; ``hydra`` settings, and command lines
+    with Hydra flags other than ``-m``, are left to Hydra.
     """
-    plain = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
+    plain = [a for a in args if a not in ("-m", "--multirun") and not a.lstrip("+~").startswith("hydra")]
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except HydraException as error:

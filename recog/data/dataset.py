@@ -6,15 +6,15 @@ from typing import Sequence
 
 import numpy as np
 
-import recog  # noqa: F401  (configures the runtime before Paddle is imported)
 import paddle
 
 from recog.data.splits import Sample
 from recog.data.transforms import Transform, decode_image
+from recog.errors import DataError
 
 
 class ImageDataset(paddle.io.Dataset):
-    """``dataset[i] -> (image [3, S, S] float32, label int64)``.
+    """``dataset[i] -> (image [3, S, S] float32, label int64)``; label ``-1 - i`` if image i fails to decode.
 
     ``labels`` (aligned with ``samples``) replaces ``Sample.label``, e.g. with contiguous
     training labels; by default the original labels are returned.
@@ -54,6 +54,24 @@ class ImageDataset(paddle.io.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64]:
-        image = decode_image(self.samples[index].path)
+        try:
+            image = decode_image(self.samples[index].path)
+        except DataError:
+            # An exception in a DataLoader worker reaches the user as a wall of Paddle tracebacks;
+            # instead mark the sample and let the main process report it (see raise_if_undecodable).
+            size = self.transform.image_size
+            return np.zeros((3, size, size), np.float32), np.int64(-1 - index)
         rng = self._generator() if self.transform.is_random else None
         return self.transform(image, rng), np.int64(self.labels[index])
+
+    def raise_if_undecodable(self, labels: np.ndarray) -> None:
+        """Raise ``DataError`` naming the images of a batch that failed to decode.
+
+        ``labels: [B] int64`` as returned by ``__getitem__``: a failed sample has label ``-1 - index``.
+        """
+        failed = (-1 - labels[labels < 0]).tolist()
+        if failed:
+            paths = ", ".join(self.samples[i].path for i in failed[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            raise DataError(f"cannot decode image(s) {paths}{more}: missing, unreadable or not an image "
+                            "format OpenCV reads; fix or remove them from the list")

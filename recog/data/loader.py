@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import recog  # noqa: F401  (configures the runtime before Paddle is imported)
 import paddle
 
 from recog.data.dataset import ImageDataset

@@ -1,6 +1,5 @@
 """Softmax cross entropy with optional label smoothing."""
 
-import recog  # noqa: F401  (configures the runtime before Paddle is imported)
 
 import paddle
 import paddle.nn as nn

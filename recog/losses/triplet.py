@@ -1,6 +1,5 @@
 """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss")."""
 
-import recog  # noqa: F401  (configures the runtime before Paddle is imported)
 
 import paddle
 import paddle.nn as nn

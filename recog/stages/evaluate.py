@@ -57,11 +57,13 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
     features, labels = [], []
     with paddle.no_grad():
         for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+            batch_labels = batch_labels.numpy().reshape(-1)
+            loader.dataset.raise_if_undecodable(batch_labels)
             out = model(images)["features"]
             if normalize:
                 out = paddle.nn.functional.normalize(out, axis=1)
             features.append(out.numpy().astype(np.float32))
-            labels.append(batch_labels.numpy().reshape(-1))
+            labels.append(batch_labels)
     if was_training:
         model.train()
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)

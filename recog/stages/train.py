@@ -103,6 +103,7 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int
                dynamic_ncols=True)
     tick, images_seen = time.perf_counter(), 0
     for images, labels in loader:
+        loader.dataset.raise_if_undecodable(labels.numpy())
         outputs = model(images, labels)
         losses = loss_fn(outputs, labels)
         losses["loss"].backward()
@@ -139,7 +140,7 @@ def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
 
 def _restore(path: Path, model, optimizer) -> dict:
     checkpoint.load_model_weights(path, model)
-    checkpoint.load_optimizer_state(path, optimizer)
+    checkpoint.load_optimizer_state(path, optimizer, model)
     state = checkpoint.load_state(path)
     state.pop("optimizer", None)
     state.pop("finished", None)

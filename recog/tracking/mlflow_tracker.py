@@ -123,7 +123,8 @@ class MlflowTracker:
     def describe(self) -> str:
         if not self.active:
             return "MLflow logging is off"
-        return f"MLflow run {self.run_id} in {self.uri} (see it with `make ui`)"
+        hint = " (browse it with `make ui`)" if self.uri.startswith("sqlite:") else ""
+        return f"MLflow run {self.run_id} in {self.uri}{hint}"
 
 
 def _quiet_database_logs() -> None:

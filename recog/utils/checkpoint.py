@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -36,6 +37,7 @@ def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[s
         state = dict(state)
         if optimizer is not None:
             tensors, rest = _split_tensors(optimizer.state_dict())
+            tensors = _rename_accumulators(tensors, _runtime_to_structured(model))
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             state["optimizer"] = rest
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default))
@@ -70,9 +72,35 @@ def load_config(path) -> DictConfig:
     return OmegaConf.load(Path(path) / CONFIG_FILE)
 
 
-def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer) -> None:
-    tensors = {k: paddle.to_tensor(v) for k, v in load_file(str(Path(path) / OPTIMIZER_FILE)).items()}
-    optimizer.set_state_dict({**load_state(path).get("optimizer", {}), **tensors})
+def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer) -> None:
+    """Restore momentum buffers etc. saved by ``save_checkpoint`` for the same architecture."""
+    structured_to_runtime = {v: k for k, v in _runtime_to_structured(model).items()}
+    tensors = _rename_accumulators(load_file(str(Path(path) / OPTIMIZER_FILE)), structured_to_runtime)
+    with warnings.catch_warnings():
+        # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
+        # reports as unused before LinearWarmup restores it: a false alarm.
+        warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+        optimizer.set_state_dict({**load_state(path).get("optimizer", {}),
+                                  **{k: paddle.to_tensor(v) for k, v in tensors.items()}})
+
+
+def _runtime_to_structured(model: paddle.nn.Layer) -> Dict[str, str]:
+    """Paddle's process-wide parameter names (``linear_3.w_0``) -> ``fc.weight``-style names."""
+    return {param.name: name for name, param in model.named_parameters()}
+
+
+def _rename_accumulators(tensors: Dict[str, np.ndarray], names: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """Optimizer keys are ``<parameter name>_<accumulator>``: swap the parameter-name prefix.
+
+    Runtime names depend on how many layers the process built before, so checkpoints store the
+    structured names, which only depend on the architecture.
+    """
+    by_length = sorted(names, key=len, reverse=True)
+    renamed = {}
+    for key, value in tensors.items():
+        prefix = next((p for p in by_length if key.startswith(p + "_")), None)
+        renamed[names[prefix] + key[len(prefix):] if prefix else key] = value
+    return renamed
 
 
 def _to_numpy(state_dict) -> Dict[str, np.ndarray]:

@@ -37,7 +37,8 @@ class ArcMargin(nn.Layer):
         cos = paddle.matmul(F.normalize(features, axis=1), F.normalize(self.weight, axis=0))
         if labels is None or not self.training:
             return cos
-        sin = paddle.sqrt(paddle.clip(1.0 - cos * cos, min=0.0))
+        # The floor keeps d sqrt/d cos finite where cos = +-1 exactly (NaN gradients otherwise).
+        sin = paddle.sqrt(paddle.clip(1.0 - cos * cos, min=1e-12))
         cos_margin = cos * math.cos(self.margin) - sin * math.sin(self.margin)
         if self.easy_margin:
             cos_margin = paddle.where(cos > 0, cos_margin, cos)

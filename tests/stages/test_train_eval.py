@@ -1,0 +1,85 @@
+"""End to end through the Python API: train -> best_model -> eval, read back from MLflow."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import recog
+from recog.stages import evaluate, train
+
+TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
+        "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e"]
+
+
+def _client(root) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root}/mlflow.db")
+
+
+def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
+    overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
+    best = train.run(recog.compose(overrides), tmp_path / "run")
+
+    best_dir = tmp_path / "run" / "best_model"
+    assert (best_dir / "model.safetensors").is_file() and (best_dir / "config.yaml").is_file()
+    assert 0.0 <= best["recall_at_1"] <= 1.0 and best["epoch"] in (1, 2)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == best
+
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("e2e")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "pplcnet/fcneck/arcmargin/ce+triplet"
+    params = run.data.params
+    assert params["backbone.scale"] == "0.25" and params["head.margin"] == "0.2"
+    assert params["head.class_num"] == "5"  # followed the dataset: digits 0-4
+    assert {"loss", "ce", "triplet", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
+            "mAP", "best_recall_at_1"} <= set(run.data.metrics)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(steps) >= 4 and steps == sorted(steps)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best_model", "metrics.json", "config.yaml"} <= artifacts
+    assert "best_model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
+
+    # The eval stage rebuilds the model from best_model/ and reproduces the training-time eval.
+    eval_cfg = recog.compose(overrides + ["stage=eval", f"model_path={best_dir}"])
+    metrics = evaluate.run(eval_cfg, tmp_path / "eval")
+    for key in ("recall_at_1", "recall_at_5", "mAP"):
+        assert metrics[key] == pytest.approx(best[key], abs=1e-6)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`recog.stage` = 'eval'")
+    assert len(runs) == 1 and runs[0].data.metrics["recall_at_1"] == pytest.approx(metrics["recall_at_1"])
+
+
+def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
+    overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
+    real_epoch = train.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 1:  # epoch index: stop in the second epoch, as Ctrl-C would
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(recog.compose(overrides), tmp_path / "runs" / "first")
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    client = _client(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run.info.status == "KILLED"
+    steps_before = len(client.get_metric_history(run.info.run_id, "loss"))
+
+    best = train.run(recog.compose(overrides + ["resume=true"]), tmp_path / "runs" / "second")
+    assert not (tmp_path / "runs" / "second" / "checkpoints").exists()  # continued the first run's dir
+    state = json.loads((tmp_path / "runs" / "first" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["finished"] is True
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])  # still one run
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert len(history) > steps_before and max(m.step for m in history) == state["step"]
+    assert "recall_at_1" in best
+
+
+def test_resume_without_an_unfinished_run_is_a_clear_error(tmp_path):
+    with pytest.raises(recog.errors.ConfigError, match="no unfinished run"):
+        train.run(recog.compose(TINY + [f"paths.output_root={tmp_path}", "resume=true"]), tmp_path / "runs" / "x")

@@ -1,0 +1,238 @@
+"""Checkpoints: safetensors + JSON + YAML, written atomically, loaded strictly."""
+
+import recog  # noqa: F401  (sets up the runtime before paddle is imported)
+
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+from omegaconf import OmegaConf
+from safetensors.numpy import load_file
+
+from recog.api import build_loss, build_model, compose
+from recog.errors import RecogError
+from recog.optim import build_optimizer
+from recog.utils import checkpoint
+from recog.utils.checkpoint import load_model_weights, load_optimizer_state, save_checkpoint
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:When training, we now always track global mean"),
+    # Paddle's LinearWarmup keeps its inner schedule's state in the same dict and then warns about it
+    pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
+]
+FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"}
+
+
+def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
+    return compose(["backbone.scale=0.25", "backbone.dropout_prob=0.0", "data.image_size=32", "neck.embedding_size=8",
+                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "lr=warmup_cosine",
+                    "lr.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
+
+
+def _model(cfg, seed):
+    paddle.seed(seed)
+    return build_model(cfg)
+
+
+def _state(model):
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+IMAGES = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype("float32")
+LABELS = np.array([0, 0, 1, 1, 2, 2], dtype="int64")
+
+
+def _train_step(model, loss_fn, optimizer, schedule, shift=0.0):
+    model.train()
+    labels = paddle.to_tensor(LABELS)
+    loss_fn(model(paddle.to_tensor(IMAGES + shift), labels), labels)["loss"].backward()
+    optimizer.step()
+    optimizer.clear_grad()
+    schedule.step()
+
+
+def test_model_round_trip(tmp_path):
+    cfg = _cfg(tmp_path)
+    saved, other = _model(cfg, 1), _model(cfg, 2)
+    _train_step(saved, build_loss(cfg), *build_optimizer(cfg, saved.parameters(), 4))  # BN statistics move too
+    expected = _state(saved)
+    assert any(not np.array_equal(v, _state(other)[k]) for k, v in expected.items())
+
+    path = save_checkpoint(tmp_path / "ckpt", saved, cfg, {"epoch": 1})
+    assert path == tmp_path / "ckpt"
+    load_model_weights(path, other)
+    loaded = _state(other)
+    assert set(loaded) == set(expected)
+    for k, v in expected.items():
+        assert loaded[k].dtype == v.dtype
+        np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+    saved.eval(), other.eval()
+    x = paddle.to_tensor(IMAGES)
+    np.testing.assert_array_equal(saved(x)["features"].numpy(), other(x)["features"].numpy())
+
+
+def _fresh_process(cfg, seed):
+    """Model, loss, optimizer and schedule named as a new Python process would name them."""
+    model = _model(cfg, seed)
+    optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=4)
+    return model, build_loss(cfg), optimizer, schedule
+
+
+def test_optimizer_round_trip_resumes_exactly(tmp_path):
+    cfg = _cfg(tmp_path)
+    with paddle.utils.unique_name.guard():  # the interrupted run
+        model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
+        for i in range(3):
+            _train_step(model, loss_fn, optimizer, schedule, shift=0.1 * i)
+        save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0, "step": 3}, optimizer)
+        _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
+        uninterrupted, lr_after = _state(model), optimizer.get_lr()
+
+    with paddle.utils.unique_name.guard():  # resume in a new process
+        model, loss_fn, optimizer, schedule = _fresh_process(cfg, 2)
+        load_model_weights(tmp_path / "last", model)
+        load_optimizer_state(tmp_path / "last", optimizer, model)
+        _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
+        resumed = _state(model)
+    assert optimizer.get_lr() == pytest.approx(lr_after)  # the schedule position came back
+    for k, v in uninterrupted.items():
+        np.testing.assert_allclose(resumed[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+    with paddle.utils.unique_name.guard():  # control: weights only, no momentum -> a different step
+        model, loss_fn, optimizer, schedule = _fresh_process(cfg, 2)
+        load_model_weights(tmp_path / "last", model)
+        optimizer.set_state_dict({"LR_Scheduler": checkpoint.load_state(tmp_path / "last")["optimizer"]["LR_Scheduler"]})
+        _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
+        without_velocity = _state(model)
+    assert not np.allclose(without_velocity["neck.fc.weight"], uninterrupted["neck.fc.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_optimizer_state_loads_into_a_model_built_later_in_the_same_process(tmp_path):
+    # Paddle names parameters process-wide (linear_0.w_0, linear_1.w_0, ...): a model built again in
+    # the same process (resume from the Python API) has other names; checkpoints must not depend on them.
+    cfg = _cfg(tmp_path)
+    model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
+    _train_step(model, loss_fn, optimizer, schedule)
+    save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0}, optimizer)
+    _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
+    uninterrupted = _state(model)
+    model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
+    load_model_weights(tmp_path / "last", model)
+    load_optimizer_state(tmp_path / "last", optimizer, model)
+    _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
+    for k, v in uninterrupted.items():
+        np.testing.assert_allclose(_state(model)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_files_config_and_state(tmp_path):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg, 1)
+    optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=4)
+    _train_step(model, build_loss(cfg), optimizer, schedule)
+    _train_step(model, build_loss(cfg), optimizer, schedule)
+    state = {"epoch": 3, "step": 12, "best": {"recall_at_1": np.float32(0.5), "epoch": 2}, "mlflow_run_id": "abc123",
+             "finished": False}
+    path = save_checkpoint(tmp_path / "runs" / "x" / "last", model, cfg, state, optimizer)
+    assert {f.name for f in path.iterdir()} == FILES
+
+    stored = json.loads((path / "state.json").read_text())
+    assert {k: stored[k] for k in state} == {**state, "best": {"recall_at_1": 0.5, "epoch": 2}}
+    assert stored["optimizer"]["LR_Scheduler"]["last_epoch"] == 2  # schedule position, as JSON
+    assert checkpoint.load_state(path) == stored
+    assert state["best"]["recall_at_1"] == np.float32(0.5) and "optimizer" not in state  # input untouched
+
+    text = (path / "config.yaml").read_text()
+    assert "${" not in text  # resolved
+    loaded = checkpoint.load_config(path)
+    assert OmegaConf.to_container(loaded) == OmegaConf.to_container(cfg, resolve=True)
+    assert loaded.dataset.root == f"{tmp_path}/data/digits"
+    assert loaded.neck.embedding_size == 8 and loaded.head.class_num == 3
+
+
+def test_files_are_safetensors_not_pickle(tmp_path):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg, 1)
+    optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=4)
+    _train_step(model, build_loss(cfg), optimizer, schedule)
+    path = save_checkpoint(tmp_path / "ckpt", model, cfg, {}, optimizer)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        raw = (path / name).read_bytes()
+        header = int.from_bytes(raw[:8], "little")
+        assert raw[8:9] == b"{" and json.loads(raw[8:8 + header])  # safetensors: u64 length + JSON header
+        assert not raw.startswith((b"\x80", b"PK"))  # neither a pickle nor a zip (paddle.save / torch.save)
+    weights = load_file(str(path / "model.safetensors"))
+    assert set(weights) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(weights[k], v.numpy())
+    velocities = load_file(str(path / "optimizer.safetensors"))
+    assert velocities and all("velocity" in k for k in velocities)
+    assert len(velocities) == len([p for p in model.parameters() if not p.stop_gradient])  # BN statistics have none
+    assert any(np.abs(v).sum() > 0 for v in velocities.values())
+
+
+def test_without_optimizer(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = save_checkpoint(tmp_path / "best_model", _model(cfg, 1), cfg, {"epoch": 1})
+    assert {f.name for f in path.iterdir()} == FILES - {"optimizer.safetensors"}
+    assert "optimizer" not in checkpoint.load_state(path)
+
+
+def test_saving_again_replaces_atomically(tmp_path):
+    cfg = _cfg(tmp_path)
+    first, second = _model(cfg, 1), _model(cfg, 2)
+    parent = tmp_path / "run" / "checkpoints"
+    save_checkpoint(parent / "last", first, cfg, {"epoch": 1})
+    save_checkpoint(parent / "last", second, cfg, {"epoch": 2})
+    assert os.listdir(parent) == ["last"]  # no temp or .old directories left behind
+    assert {f.name for f in (parent / "last").iterdir()} == FILES - {"optimizer.safetensors"}
+    assert checkpoint.load_state(parent / "last")["epoch"] == 2
+    weights = load_file(str(parent / "last" / "model.safetensors"))
+    for k, v in _state(second).items():
+        np.testing.assert_array_equal(weights[k], v)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg, 1)
+    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1})
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+    with pytest.raises(TypeError):  # fails after the weights were written to the temp directory
+        save_checkpoint(tmp_path / "last", _model(cfg, 2), cfg, {"epoch": 2, "bad": object()})
+    assert os.listdir(tmp_path) == ["last"]
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+
+
+def test_load_into_a_different_shape_names_the_mismatch(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = save_checkpoint(tmp_path / "ckpt", _model(cfg, 1), cfg, {})
+    wider = _model(_cfg(tmp_path, "neck.embedding_size=16"), 2)
+    untouched = _state(wider)
+    with pytest.raises(RecogError) as error:
+        load_model_weights(path, wider)
+    message = str(error.value)
+    assert "neck.fc.weight" in message and "head.fc.weight" in message and "shape mismatch" in message
+    assert "model.safetensors" in message
+    for k, v in _state(wider).items():  # nothing was loaded
+        np.testing.assert_array_equal(v, untouched[k])
+
+
+def test_load_into_a_different_architecture_names_missing_keys(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = save_checkpoint(tmp_path / "ckpt", _model(cfg, 1), cfg, {})
+    headless = _model(_cfg(tmp_path, head=["head=none"]), 2)
+    with pytest.raises(RecogError, match=r"unexpected \['head\.fc\.bias', 'head\.fc\.weight'\]"):
+        load_model_weights(path, headless)
+    with_arc = _model(_cfg(tmp_path, head=["head=arcmargin", "head.class_num=3"]), 2)
+    with pytest.raises(RecogError, match=r"missing \['head\.weight'\]"):
+        load_model_weights(path, with_arc)
+
+
+def test_missing_directory(tmp_path):
+    model = _model(_cfg(tmp_path), 1)
+    with pytest.raises(RecogError, match="nowhere"):
+        load_model_weights(tmp_path / "nowhere", model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecogError, match="model.safetensors"):
+        load_model_weights(tmp_path / "empty", model)
