@@ -319,7 +319,7 @@ def test_command_line_wins_over_experiment(output_root):
     cfg = compose(["experiment=digits_demo", "backbone.scale=1.0", "trainer.epochs=2"])
     assert cfg.backbone.scale == 1.0 and cfg.trainer.epochs == 2
     demo = compose(["experiment=digits_demo"])
-    assert demo.backbone.scale == 0.5 and demo.neck.embedding_size == 128 and set(demo.loss) == {"ce", "triplet"}
+    assert demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet"}
     assert demo.mlflow.experiment_name == "digits_demo"
 
 
@@ -432,8 +432,7 @@ def test_check_overrides_syntax_error():
 
 @pytest.mark.parametrize("flags", [["--cfg", "job"], ["-cn", "config"]], ids=["--cfg job", "-cn config"])
 def test_check_overrides_leaves_hydra_flags_with_values_alone(flags):
-    # run.py calls check_overrides(sys.argv[1:]) before Hydra: `python run.py --cfg job head=fc`
-    # must reach Hydra, and a bad override after the flag must still be caught.
+    # `python run.py --cfg job head=fc` must reach Hydra: the value after a flag is not an override,
+    # and with -cn/-cp the tree may not be ours, so such command lines are Hydra's to validate.
     check_overrides(flags + ["head=fc"])
-    with pytest.raises(ConfigError, match="scael"):
-        check_overrides(flags + ["backbone.scael=1"])
+    check_overrides(flags + ["backbone.scael=1"])
