@@ -1,0 +1,48 @@
+"""Helpers shared by the pair-based losses: label checks and same-class masks."""
+
+import paddle
+
+from recog.errors import ConfigError
+
+
+def flat_labels(labels: paddle.Tensor, n: int, name: str) -> paddle.Tensor:
+    """``labels`` [N] or [N, 1] -> [N] int64; ValueError unless there is one label per feature row."""
+    labels = labels.reshape([-1]).astype("int64")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} got {n} feature rows but {labels.shape[0]} labels")
+    return labels
+
+
+def same_class(labels: paddle.Tensor, ref_labels: paddle.Tensor | None = None) -> paddle.Tensor:
+    """[N, M] bool: ``labels[i] == ref_labels[j]`` (``ref_labels`` defaults to ``labels``)."""
+    ref_labels = labels if ref_labels is None else ref_labels
+    return labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+
+
+def in_batch_masks(labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """``(is_pos, is_neg)`` [N, N] bool: same class but not the sample itself; other class."""
+    same = same_class(labels)
+    return same & ~paddle.eye(labels.shape[0]).astype("bool"), ~same
+
+
+def check_pk_batch(name: str, is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor) -> None:
+    """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks)."""
+    no_pos = int((~is_pos.any(axis=1)).astype("int64").sum())
+    no_neg = int((~is_neg.any(axis=1)).astype("int64").sum())
+    if no_pos or no_neg:
+        n_classes = len(set(labels.numpy().tolist()))
+        raise ConfigError(
+            f"{name} needs P x K batches (several images per class, several classes per batch): "
+            f"this batch has {labels.shape[0]} samples in {n_classes} class(es), {no_pos} anchor(s) "
+            f"without a positive and {no_neg} without a negative. Use the P x K sampler (set "
+            "data.samples_per_class, e.g. 4)."
+        )
+
+
+def check_class_num(name: str, labels: paddle.Tensor, class_num: int | None) -> None:
+    """ValueError if a label is outside ``[0, class_num)`` (no check when ``class_num`` is None)."""
+    if class_num is None or labels.shape[0] == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= class_num:
+        raise ValueError(f"{name}: labels must be in [0, class_num={class_num}), got [{low}, {high}]")
