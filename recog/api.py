@@ -12,6 +12,7 @@ from recog.data.splits import RetrievalSplits
 from recog.errors import ConfigError
 from recog.losses.weighted import WeightedLoss
 from recog.models.rec_model import RecModel
+from recog.models.weights import load_pretrained
 from recog.models.stop_layer import truncate_after
 
 
@@ -29,35 +30,74 @@ def load_splits(cfg: DictConfig) -> RetrievalSplits:
 def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
     """``RecModel`` from ``cfg.backbone`` / ``neck`` / ``head``; ``neck`` or ``head`` null leaves it out.
 
-    The head's ``class_num`` is, in order: ``cfg.head.class_num``, the ``class_num`` argument, or
-    the number of training classes of ``cfg.dataset`` (which reads the dataset's lists). Input
-    widths of the neck and head follow from the backbone's output at its stop layer.
+    ``backbone.pretrained`` (a PaddleClas ``.pdparams`` or a ``.safetensors`` file) is loaded by
+    parameter name into the whole backbone before it is cut at ``backbone.stop_layer``. The
+    head's ``class_num`` is, in order: ``cfg.head.class_num``, the ``class_num`` argument, or the
+    number of training classes of ``cfg.dataset`` (which reads the dataset's lists). Input widths
+    of the neck and head follow from the backbone; ``model.embedding_size`` is the feature width.
     """
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     stop_layer = backbone_cfg.pop("stop_layer", None)
-    backbone = truncate_after(build("backbone", backbone_cfg), stop_layer)
-    width = _output_width(backbone, cfg.data.image_size)
+    pretrained = backbone_cfg.pop("pretrained", None)
+    backbone = build("backbone", backbone_cfg)
+    if pretrained:
+        load_pretrained(backbone, pretrained)
+    backbone = truncate_after(backbone, stop_layer)
     neck = None
-    if cfg.neck is not None:
-        neck = build("neck", cfg.neck, in_channels=width)
+    if cfg.neck is None:
+        width = _output_width(backbone, cfg.data.image_size)
+    else:
+        neck_cfg = OmegaConf.to_container(cfg.neck, resolve=True)
+        levels = neck_cfg.pop("num_levels", None)
+        # A multi-scale neck reads the backbone's last stages, whatever the stop layer.
+        in_channels = _stage_channels(backbone, levels) if levels else _output_width(backbone, cfg.data.image_size)
+        neck = build("neck", neck_cfg, in_channels=in_channels)
         width = neck.embedding_size
     head = None
     if cfg.head is not None:
         class_num = cfg.head.class_num or class_num or load_splits(cfg).num_train_classes
         head = build("head", cfg.head, embedding_size=width, class_num=class_num)
-    return RecModel(backbone, stop_layer=None, neck=neck, head=head)
+    model = RecModel(backbone, stop_layer=None, neck=neck, head=head)
+    model.embedding_size = width
+    return model
 
 
-def build_loss(cfg: DictConfig) -> WeightedLoss:
-    """``WeightedLoss`` from ``cfg.loss``: a mapping of term name -> {_target_, weight, input, ...}."""
+def build_loss(cfg: DictConfig, class_num: Optional[int] = None, embedding_size: Optional[int] = None) -> WeightedLoss:
+    """``WeightedLoss`` from ``cfg.loss``: a mapping of term name -> {_target_, weight, input, ...}.
+
+    Term parameters left null are filled in: ``class_num`` / ``num_classes`` with ``class_num``
+    (else ``cfg.head.class_num``, else the dataset's training classes) and ``feat_dim`` with
+    ``embedding_size`` (else ``cfg.neck.embedding_size``).
+    """
     terms = {}
     for name, term_cfg in cfg.loss.items():
         params = OmegaConf.to_container(term_cfg, resolve=True)
         weight, key = params.pop("weight"), params.pop("input")
+        for field in ("class_num", "num_classes"):
+            if field in params and params[field] is None:
+                class_num = class_num or (cfg.head.class_num if cfg.head is not None else None) \
+                    or load_splits(cfg).num_train_classes
+                params[field] = class_num
+        if params.get("feat_dim", 0) is None:
+            embedding_size = embedding_size or (cfg.neck.embedding_size if cfg.neck is not None else None)
+            if not embedding_size:
+                raise ConfigError(f"loss.{name}.feat_dim is not set and there is no neck to take it from: "
+                                  f"set loss.{name}.feat_dim to the feature width")
+            params["feat_dim"] = embedding_size
         terms[name] = (weight, getattr(key, "value", key), build(f"loss.{name}", params))
     if not terms:
         raise ConfigError("the loss has no terms: choose one with loss=ce|triplet|ce_triplet")
     return WeightedLoss(terms)
+
+
+def _stage_channels(backbone: paddle.nn.Layer, levels: int) -> list:
+    channels = getattr(backbone, "stage_channels", None)
+    if channels is None or not hasattr(backbone, "stage_features"):
+        raise ConfigError(f"a multi-scale neck needs a backbone that exposes its stages; "
+                          f"{type(backbone).__name__} does not (use backbone=pplcnet or resnet_vd)")
+    if not 1 <= levels <= len(channels):
+        raise ConfigError(f"neck.num_levels={levels}: {type(backbone).__name__} has {len(channels)} stages")
+    return list(channels)[-levels:]
 
 
 def _output_width(backbone: paddle.nn.Layer, image_size: int) -> int:

@@ -19,6 +19,6 @@ def build(what: str, node, **kwargs):
         cause = error.__cause__
         if isinstance(cause, RecogError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, AssertionError)):  # Paddle validates with assert
             raise ConfigError(f"{what} ({target}): {cause}") from None
         raise

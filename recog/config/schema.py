@@ -33,13 +33,46 @@ class LossInput(str, Enum):
     backbone = "backbone"
 
 
-# ---- backbone ---------------------------------------------------------------------------------
+class Binarize(str, Enum):
+    """How real features become binary codes: ``sign`` (x > 0) or ``round`` (x >= 0.5, for [0, 1])."""
+
+    sign = "sign"
+    round = "round"
+
+
+# ---- backbone (stop_layer and pretrained are handled by build_model, not the class) ----------
 @dataclass
 class PPLCNetConfig:
     _target_: str = "recog.models.backbones.PPLCNet"
     scale: float = 2.5
     dropout_prob: float = 0.2
     stop_layer: Optional[str] = "flatten"
+    pretrained: Optional[str] = None  # a PaddleClas .pdparams or a .safetensors file
+
+
+@dataclass
+class ResNetVdConfig:
+    _target_: str = "recog.models.backbones.ResNetVd"
+    depth: int = 50
+    stop_layer: Optional[str] = "flatten"
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class VisionResNetConfig:
+    _target_: str = "recog.models.backbones.VisionResNet"
+    depth: int = 50
+    stop_layer: Optional[str] = "flatten"
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class VisionMobileNetV3Config:
+    _target_: str = "recog.models.backbones.VisionMobileNetV3"
+    size: str = "large"
+    scale: float = 1.0
+    stop_layer: Optional[str] = "flatten"
+    pretrained: Optional[str] = None
 
 
 # ---- neck -------------------------------------------------------------------------------------
@@ -47,6 +80,26 @@ class PPLCNetConfig:
 class FCNeckConfig:
     _target_: str = "recog.models.necks.FCNeck"
     embedding_size: int = 512
+
+
+@dataclass
+class BNNeckConfig:
+    _target_: str = "recog.models.necks.BNNeck"
+    embedding_size: Optional[int] = None  # None: the backbone width; else an FC first
+
+
+@dataclass
+class TanhNeckConfig:
+    _target_: str = "recog.models.necks.TanhNeck"
+    embedding_size: int = 48  # code length in bits
+
+
+@dataclass
+class FPNNeckConfig:
+    _target_: str = "recog.models.necks.FPNNeck"
+    embedding_size: int = 512
+    fpn_channels: int = 256
+    num_levels: int = 3  # the backbone's last stages fed to the pyramid
 
 
 # ---- head (class_num None: the number of training classes) ------------------------------------
@@ -65,7 +118,24 @@ class ArcMarginConfig:
     easy_margin: bool = False
 
 
-# ---- loss terms -------------------------------------------------------------------------------
+@dataclass
+class CosMarginConfig:
+    _target_: str = "recog.models.heads.CosMargin"
+    class_num: Optional[int] = None
+    margin: float = 0.15
+    scale: float = 64.0
+
+
+@dataclass
+class CircleMarginConfig:
+    _target_: str = "recog.models.heads.CircleMargin"
+    class_num: Optional[int] = None
+    margin: float = 0.25
+    scale: float = 256.0
+
+
+# ---- loss terms: weight and input (the model output read) are handled by build_loss -----------
+# class_num / num_classes / feat_dim left None are filled in: training classes, feature width.
 @dataclass
 class CELossConfig:
     _target_: str = "recog.losses.CELoss"
@@ -81,6 +151,114 @@ class TripletLossV2Config:
     input: LossInput = LossInput.features
     margin: float = 0.5
     normalize_feature: bool = True
+
+
+@dataclass
+class TripletLossConfig:
+    _target_: str = "recog.losses.TripletLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 1.0
+
+
+@dataclass
+class TriHardLossConfig:
+    _target_: str = "recog.losses.TriHardLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 0.1
+
+
+@dataclass
+class CenterLossConfig:
+    _target_: str = "recog.losses.CenterLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    num_classes: Optional[int] = None
+    feat_dim: Optional[int] = None
+
+
+@dataclass
+class SupConLossConfig:
+    _target_: str = "recog.losses.SupConLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    temperature: float = 0.07
+    base_temperature: float = 0.07
+    contrast_mode: str = "all"
+
+
+@dataclass
+class MSMLossConfig:
+    _target_: str = "recog.losses.MSMLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 0.1
+
+
+@dataclass
+class NpairsLossConfig:
+    _target_: str = "recog.losses.NpairsLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    reg_lambda: float = 0.01
+
+
+@dataclass
+class EmlLossConfig:
+    _target_: str = "recog.losses.EmlLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    beta: float = 100000.0
+
+
+@dataclass
+class PairwiseCosfaceConfig:
+    _target_: str = "recog.losses.PairwiseCosface"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 0.35
+    gamma: float = 64.0
+
+
+@dataclass
+class XBMConfig:
+    _target_: str = "recog.losses.XBM"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    loss: Any = field(default_factory=lambda: {"_target_": "recog.losses.ContrastiveLoss", "margin": 0.5})
+    memory_size: int = 8192
+    feat_dim: Optional[int] = None
+    start_iteration: int = 0
+    memory_weight: float = 1.0
+
+
+@dataclass
+class DCHLossConfig:
+    _target_: str = "recog.losses.DCHLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    gamma: float = 20.0
+    _lambda: float = 0.1
+    class_num: Optional[int] = None
+
+
+@dataclass
+class DSHSDLossConfig:
+    _target_: str = "recog.losses.DSHSDLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    alpha: float = 0.05
+    multi_label: bool = False
+
+
+@dataclass
+class LCDSHLossConfig:
+    _target_: str = "recog.losses.LCDSHLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    class_num: Optional[int] = None
+    _lambda: float = 3.0
 
 
 # ---- dataset (each a loader returning RetrievalSplits) ----------------------------------------
@@ -165,12 +343,14 @@ class TrainerConfig:
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_every: int = 10  # steps between metric logs
     grad_clip: Optional[float] = None  # global-norm clip
+    steps_per_epoch: Optional[int] = None  # cap on batches per epoch (smoke tests); None: all
 
 
 @dataclass
 class EvalConfig:
     recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
     normalize: bool = True  # L2-normalise features: inner product = cosine
+    binarize: Optional[Binarize] = None  # rank binary codes by Hamming distance instead
 
 
 @dataclass
@@ -207,10 +387,16 @@ class RecogConfig:
 
 
 SCHEMAS = {
-    "backbone": {"pplcnet": PPLCNetConfig},
-    "neck": {"fc": FCNeckConfig},
-    "head": {"fc": FCHeadConfig, "arcmargin": ArcMarginConfig},
-    "loss": {"ce": CELossConfig, "triplet_v2": TripletLossV2Config},
+    "backbone": {"pplcnet": PPLCNetConfig, "resnet_vd": ResNetVdConfig, "vision_resnet": VisionResNetConfig,
+                 "vision_mobilenetv3": VisionMobileNetV3Config},
+    "neck": {"fc": FCNeckConfig, "bnneck": BNNeckConfig, "tanh": TanhNeckConfig, "fpn": FPNNeckConfig},
+    "head": {"fc": FCHeadConfig, "arcmargin": ArcMarginConfig, "cosmargin": CosMarginConfig,
+             "circlemargin": CircleMarginConfig},
+    "loss": {"ce": CELossConfig, "triplet_v2": TripletLossV2Config, "triplet": TripletLossConfig,
+             "trihard": TriHardLossConfig, "center": CenterLossConfig, "supcon": SupConLossConfig,
+             "msm": MSMLossConfig, "npairs": NpairsLossConfig, "eml": EmlLossConfig,
+             "pairwise_cosface": PairwiseCosfaceConfig, "xbm": XBMConfig, "dch": DCHLossConfig,
+             "dshsd": DSHSDLossConfig, "lcdsh": LCDSHLossConfig},
     "dataset": {"digits": DigitsConfig, "sop": SOPConfig, "image_list": ImageListConfig},
     "optimizer": {"momentum": MomentumConfig, "adamw": AdamWConfig},
     "lr": {"warmup_cosine": WarmupCosineConfig, "multi_step": MultiStepConfig},

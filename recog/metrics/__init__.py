@@ -1,8 +1,6 @@
 """Evaluation metrics (NumPy only)."""
 
+from recog.metrics.binary import binarize, hamming_metrics, pack_bits, unpack_bits
 from recog.metrics.retrieval import format_metrics_table, retrieval_metrics
 
-__all__ = ["retrieval_metrics", "format_metrics_table"]
-from recog.metrics.binary import binarize, hamming_metrics, pack_bits, unpack_bits
-
-__all__ += ["binarize", "pack_bits", "unpack_bits", "hamming_metrics"]
+__all__ = ["binarize", "format_metrics_table", "hamming_metrics", "pack_bits", "retrieval_metrics", "unpack_bits"]

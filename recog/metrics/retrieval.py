@@ -1,4 +1,4 @@
-"""Retrieval metrics (recall@K, mAP, mINP) computed blockwise in NumPy.
+"""Retrieval metrics (recall@K, precision@K, mAP, mINP) computed blockwise in NumPy.
 
 Conventions
 -----------
@@ -33,7 +33,7 @@ def retrieval_metrics(
     recall_at: Iterable[int] = (1, 5, 10),
     block_size: int = 1024,
 ) -> dict[str, float | int]:
-    """Recall@K, mAP and mINP of ranking the gallery by inner product for every query.
+    """Recall@K, Precision@K, mAP and mINP of ranking the gallery by inner product for every query.
 
     Args:
         query_features: [N, D] float features (float32 or float64).
@@ -45,7 +45,8 @@ def retrieval_metrics(
             exactly the same for any block size.
 
     Returns:
-        ``recall_at_K`` (fraction of queries with a positive in their top K) for each K, ``mAP``
+        ``recall_at_K`` (fraction of queries with a positive in their top K) and ``precision_at_K``
+        (mean fraction of positives among the top K; K counts even past the ranking's end) for each K, ``mAP``
         (AP = mean over the positives of the precision at the positive's rank), ``mINP``
         (INP = number of positives / 1-based rank of the last positive), ``num_queries`` and
         ``num_queries_without_positive``. The float metrics average over the queries that have
@@ -75,6 +76,7 @@ def retrieval_metrics(
     first_rank = np.full(n, -1, dtype=np.int64)  # -1: no positive
     ap = np.zeros(n, dtype=np.float64)
     inp = np.zeros(n, dtype=np.float64)
+    hits = np.zeros((n, len(ks)), dtype=np.int64)  # positives within the top K
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
         scores = _score_rows(queries, gallery, start, stop)  # [B, M]
@@ -95,6 +97,7 @@ def retrieval_metrics(
             first_rank[i] = ranks[0]
             ap[i] = np.mean(np.arange(1, ranks.size + 1) / (ranks + 1))
             inp[i] = ranks.size / (ranks[-1] + 1)
+            hits[i] = np.searchsorted(ranks, ks, side="left")
 
     valid = first_rank >= 0
     if not valid.any():
@@ -106,6 +109,7 @@ def retrieval_metrics(
     metrics: dict[str, float | int] = {
         f"recall_at_{k}": float(np.mean(first_rank[valid] < k)) for k in ks
     }
+    metrics.update({f"precision_at_{k}": float(np.mean(hits[valid, j] / k)) for j, k in enumerate(ks)})
     metrics["mAP"] = float(np.mean(ap[valid]))
     metrics["mINP"] = float(np.mean(inp[valid]))
     metrics["num_queries"] = int(n)

@@ -15,7 +15,8 @@ class RecModel(nn.Layer):
 
     - ``backbone``: the backbone output at the stop layer (``[N, C]`` or ``[N, C, h, w]``);
     - ``features``: ``[N, D]``, the neck output, or the flattened backbone output without a neck.
-      These are what retrieval uses;
+      These are what retrieval uses. A multi-scale neck (FPN) reads ``backbone.stage_features``
+      instead, and ``backbone`` is then the last stage's map;
     - ``logits``: ``[N, class_num]``, only when a head is configured. Margin heads apply their
       margin only when ``labels`` are given in training mode.
     """
@@ -33,11 +34,15 @@ class RecModel(nn.Layer):
         self.head = head
 
     def forward(self, images: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> dict:
-        out = {"backbone": self.backbone(images)}
-        features = out["backbone"]
-        if features.ndim > 2:
-            features = features.flatten(1)
-        out["features"] = self.neck(features) if self.neck is not None else features
+        if getattr(self.neck, "multi_scale", False):  # FPN: the last stages' maps, finest first
+            maps = self.backbone.stage_features(images)[-len(self.neck.in_channels):]
+            out = {"backbone": maps[-1], "features": self.neck(maps)}
+        else:
+            out = {"backbone": self.backbone(images)}
+            features = out["backbone"]
+            if features.ndim > 2:
+                features = features.flatten(1)
+            out["features"] = self.neck(features) if self.neck is not None else features
         if self.head is not None:
             out["logits"] = self.head(out["features"], labels)
         return out

@@ -120,7 +120,7 @@ def load_pretrained(model: nn.Layer, path) -> Dict[str, List[str]]:
         RecogError: the path does not exist or has another suffix; the file is unreadable or
             references anything but arrays (a pickle naming another global is refused before
             anything runs); a tensor's shape differs from the model's (nothing is loaded then);
-            a tensor is not numeric; or no tensor of the file matches a model name.
+            a tensor is not numeric; or fewer than half the names match (another architecture).
     """
     path = Path(path)
     if not path.is_file():
@@ -148,6 +148,12 @@ def load_pretrained(model: nn.Layer, path) -> Dict[str, List[str]]:
             f"none of the {len(weights)} tensors in {path} matches a parameter of the model "
             f"(file: {_preview(sorted(weights))}; model: {_preview(sorted(expected))}): "
             "wrong file, or weights for a sub-layer (e.g. the backbone only)?"
+        )
+    if weights and 2 * len(matched) < min(len(weights), len(expected)):
+        raise RecogError(
+            f"{path} looks like weights for another architecture: only {len(matched)} of its "
+            f"{len(weights)} tensors match the {len(expected)} names of {type(model).__name__} "
+            f"(unmatched in the file: {_preview(unexpected)}; in the model: {_preview(missing)})"
         )
     values = {}
     for name in matched:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from recog.api import build_model, load_splits
 from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.errors import ConfigError
-from recog.metrics import format_metrics_table, retrieval_metrics
+from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
 from recog.tracking import MlflowTracker
 from recog.utils import checkpoint
 from recog.utils.runtime import is_main_process, seed_everything, select_device
@@ -40,13 +40,19 @@ class Evaluator:
         self.query = loader(splits.query)
         self.gallery = loader(splits.gallery) if splits.gallery is not None else None
         self.recall_at = tuple(eval_cfg.recall_at)
-        self.normalize = eval_cfg.normalize
+        self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
+        # Codes come from the raw activations: normalising would move them across round's 0.5.
+        self.normalize = eval_cfg.normalize and not self.binarize
 
     def __call__(self, model: paddle.nn.Layer) -> Dict[str, float]:
         query, query_labels = extract_features(model, self.query, self.normalize, "query")
         gallery = gallery_labels = None
         if self.gallery is not None:
             gallery, gallery_labels = extract_features(model, self.gallery, self.normalize, "gallery")
+        if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
+            query = binarize(query, self.binarize)
+            gallery = binarize(gallery, self.binarize) if gallery is not None else None
+            return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
         return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
 
 

@@ -7,6 +7,7 @@ Writes into the run directory::
     metrics.json        the best model's metrics
 """
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -44,16 +45,18 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     labels = splits.train_labels_contiguous()
     model = build_model(cfg, class_num=splits.num_train_classes)
     cfg = _with_class_num(cfg, splits.num_train_classes)
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, class_num=splits.num_train_classes, embedding_size=model.embedding_size)
     data = cfg.data
     transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant)
     loader = build_train_loader(splits.train, labels, transform, data.batch_size, data.samples_per_class,
                                 data.num_workers, cfg.seed)
-    optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=len(loader))
+    steps_per_epoch = min(len(loader), cfg.trainer.steps_per_epoch or len(loader))
+    # Some losses learn too (CenterLoss's centres): they are optimised and checkpointed with the model.
+    optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), steps_per_epoch)
     evaluator = Evaluator(splits, cfg.data, cfg.eval)
     state = {"epoch": 0, "step": 0, "best": None, "mlflow_run_id": None}
     if cfg.resume:
-        state = _restore(run_dir / LAST, model, optimizer)
+        state = _restore(run_dir / LAST, model, loss_fn, optimizer)
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
 
     tracker = MlflowTracker(cfg, stage="train", run_id=state["mlflow_run_id"])
@@ -63,7 +66,8 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     try:
         for epoch in range(state["epoch"], cfg.trainer.epochs):
             set_loader_epoch(loader, epoch)
-            state["step"] = train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch, state["step"], tracker)
+            state["step"] = train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch, state["step"], tracker,
+                                            steps_per_epoch)
             state["epoch"] = epoch + 1
             last_epoch = epoch + 1 == cfg.trainer.epochs
             if last_epoch or (epoch + 1) % cfg.trainer.eval_every == 0:
@@ -76,7 +80,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
                         checkpoint.save_checkpoint(run_dir / BEST, model, cfg, state)
                         write_metrics(state["best"], run_dir / "metrics.json")
             if is_main_process():
-                checkpoint.save_checkpoint(run_dir / LAST, model, cfg, dict(state, finished=last_epoch), optimizer)
+                checkpoint.save_checkpoint(run_dir / LAST, model, cfg, dict(state, finished=last_epoch), optimizer, loss_fn)
         if state["best"] is not None:
             tracker.log_artifact(run_dir / BEST)
             tracker.log_artifact(run_dir / "metrics.json")
@@ -95,14 +99,14 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
 
 
 def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int, step: int,
-                    tracker: MlflowTracker) -> int:
-    """One pass over ``loader``; returns the global step count. Host syncs only every log_every."""
+                    tracker: MlflowTracker, steps: int) -> int:
+    """``steps`` batches of ``loader``; returns the global step count. Host syncs only every log_every."""
     model.train()
     log_every = max(1, cfg.trainer.log_every)
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", disable=not is_main_process(),
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", disable=not is_main_process(),
                dynamic_ncols=True)
     tick, images_seen = time.perf_counter(), 0
-    for images, labels in loader:
+    for images, labels in itertools.islice(loader, steps):
         loader.dataset.raise_if_undecodable(labels.numpy())
         outputs = model(images, labels)
         losses = loss_fn(outputs, labels)
@@ -113,7 +117,7 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int
         step += 1
         images_seen += images.shape[0]
         bar.update(1)
-        if step % log_every == 0 or bar.n == len(loader):
+        if step % log_every == 0 or bar.n == steps:
             values = {name: float(value) for name, value in losses.items()}
             elapsed = time.perf_counter() - tick
             values["lr"] = optimizer.get_lr()
@@ -138,9 +142,10 @@ def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
                       f"{Path(cfg.paths.output_root) / 'runs'}; pass hydra.run.dir=<run dir> to pick one")
 
 
-def _restore(path: Path, model, optimizer) -> dict:
+def _restore(path: Path, model, loss_fn, optimizer) -> dict:
     checkpoint.load_model_weights(path, model)
-    checkpoint.load_optimizer_state(path, optimizer, model)
+    checkpoint.load_loss_state(path, loss_fn)
+    checkpoint.load_optimizer_state(path, optimizer, model, loss_fn)
     state = checkpoint.load_state(path)
     state.pop("optimizer", None)
     state.pop("finished", None)

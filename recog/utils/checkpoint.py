@@ -3,6 +3,7 @@
 A checkpoint is a directory::
 
     model.safetensors       model.state_dict()
+    loss.safetensors        the loss's state (e.g. CenterLoss's centres), when it has one
     optimizer.safetensors   the optimizer's tensors (momentum buffers, ...), when saved
     state.json              everything else: epoch, metrics, LR-schedule state, MLflow run id
     config.yaml             the resolved config that built the model
@@ -23,21 +24,25 @@ from safetensors.numpy import load_file, save_file
 
 from recog.errors import RecogError
 
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"
+MODEL_FILE, LOSS_FILE, OPTIMIZER_FILE = "model.safetensors", "loss.safetensors", "optimizer.safetensors"
+STATE_FILE, CONFIG_FILE = "state.json", "config.yaml"
 
 
 def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[str, Any],
-                    optimizer: Optional[paddle.optimizer.Optimizer] = None) -> Path:
+                    optimizer: Optional[paddle.optimizer.Optimizer] = None,
+                    loss: Optional[paddle.nn.Layer] = None) -> Path:
     """Write the checkpoint into a temporary sibling directory, then swap it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file(_to_numpy(model.state_dict()), str(tmp / MODEL_FILE))
+        if loss is not None and loss.state_dict():
+            save_file(_to_numpy(loss.state_dict()), str(tmp / LOSS_FILE))
         state = dict(state)
         if optimizer is not None:
             tensors, rest = _split_tensors(optimizer.state_dict())
-            tensors = _rename_accumulators(tensors, _runtime_to_structured(model))
+            tensors = _rename_accumulators(tensors, _runtime_to_structured(model, loss))
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             state["optimizer"] = rest
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default))
@@ -72,9 +77,17 @@ def load_config(path) -> DictConfig:
     return OmegaConf.load(Path(path) / CONFIG_FILE)
 
 
-def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer) -> None:
+def load_loss_state(path, loss: paddle.nn.Layer) -> None:
+    """Restore a loss's own state (if it has one and the checkpoint saved it)."""
+    file = Path(path) / LOSS_FILE
+    if loss.state_dict() and file.is_file():
+        loss.set_state_dict({k: paddle.to_tensor(v) for k, v in load_file(str(file)).items()})
+
+
+def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer,
+                         loss: Optional[paddle.nn.Layer] = None) -> None:
     """Restore momentum buffers etc. saved by ``save_checkpoint`` for the same architecture."""
-    structured_to_runtime = {v: k for k, v in _runtime_to_structured(model).items()}
+    structured_to_runtime = {v: k for k, v in _runtime_to_structured(model, loss).items()}
     tensors = _rename_accumulators(load_file(str(Path(path) / OPTIMIZER_FILE)), structured_to_runtime)
     with warnings.catch_warnings():
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
@@ -84,9 +97,12 @@ def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: pad
                                   **{k: paddle.to_tensor(v) for k, v in tensors.items()}})
 
 
-def _runtime_to_structured(model: paddle.nn.Layer) -> Dict[str, str]:
+def _runtime_to_structured(model: paddle.nn.Layer, loss: Optional[paddle.nn.Layer] = None) -> Dict[str, str]:
     """Paddle's process-wide parameter names (``linear_3.w_0``) -> ``fc.weight``-style names."""
-    return {param.name: name for name, param in model.named_parameters()}
+    names = {param.name: name for name, param in model.named_parameters()}
+    if loss is not None:
+        names.update({param.name: f"loss.{name}" for name, param in loss.named_parameters()})
+    return names
 
 
 def _rename_accumulators(tensors: Dict[str, np.ndarray], names: Dict[str, str]) -> Dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from recog.api import build_loss, build_model, compose, load_splits
@@ -77,7 +78,7 @@ def _check_neck(option, root):
         np.testing.assert_array_equal(out["features"].numpy(), out["backbone"].reshape([2, -1]).numpy())
     else:
         assert out["features"].shape == [2, model.neck.embedding_size]
-        assert model.neck.embedding_size == cfg.neck.embedding_size
+        assert cfg.neck.embedding_size in (None, model.neck.embedding_size)  # bnneck: None = backbone width
 
 
 def _check_head(option, root):
@@ -94,7 +95,7 @@ def _check_head(option, root):
 
 def _check_loss(option, root):
     cfg = compose([f"loss={option}", f"paths.output_root={root}"])
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, class_num=3, embedding_size=8)  # the shapes of the outputs below
     rng = np.random.default_rng(1)
     outputs = {
         "logits": paddle.to_tensor(rng.standard_normal((6, 3)).astype("float32")),
@@ -163,21 +164,14 @@ def _check_lr(option, root):
 
 
 def _check_experiment(option, root):
+    # Composition and targets only: tests/stages/test_recipes.py trains every recipe (shrunk).
     cfg = compose([f"experiment={option}", f"paths.output_root={root}"])
-    dataset_complete = not [k for k in OmegaConf.missing_keys(cfg) if k.startswith("dataset.")]
-    model = build_model(cfg, class_num=None if dataset_complete else 3)
-    loss_fn = build_loss(cfg)
-    optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=2)
-    schedule.step()  # past a warmup that may start at 0
-    model.train()
-    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    images, labels = _images(6, cfg.data.image_size), _pk_labels()
-    values = loss_fn(model(images, labels), labels)
-    assert math.isfinite(float(values["loss"]))
-    values["loss"].backward()
-    optimizer.step()
-    changed = [k for k, v in model.state_dict().items() if not np.array_equal(v.numpy(), before[k])]
-    assert changed
+    require_complete(cfg, *[k for k in cfg if k != "dataset"])
+    for group in ("backbone", "neck", "head", "dataset", "optimizer", "lr"):
+        if cfg[group] is not None:
+            assert get_object(cfg[group]._target_), group
+    for term in cfg.loss.values():
+        assert get_object(term._target_)
 
 
 CHECKS = {

@@ -16,6 +16,7 @@ def brute_force(qc, ql, gc=None, gl=None, ks=KS):
     if self_match:
         gc, gl = qc, ql
     hits_at = {k: 0 for k in ks}
+    precision_sum = {k: 0.0 for k in ks}
     aps, inps, without = [], [], 0
     for i in range(len(qc)):
         dist = {j: int(sum(int(a) != int(b) for a, b in zip(qc[i], gc[j]))) for j in range(len(gc))}
@@ -28,10 +29,12 @@ def brute_force(qc, ql, gc=None, gl=None, ks=KS):
         positions = [r + 1 for r, rel in enumerate(relevant) if rel]  # 1-based
         for k in ks:
             hits_at[k] += positions[0] <= k
+            precision_sum[k] += sum(relevant[:k]) / k
         aps.append(np.mean([(n + 1) / p for n, p in enumerate(positions)]))
         inps.append(len(positions) / positions[-1])
     valid = len(qc) - without
     out = {f"recall_at_{k}": hits_at[k] / valid for k in ks}
+    out.update({f"precision_at_{k}": precision_sum[k] / valid for k in ks})
     out.update(mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), num_queries=len(qc), num_queries_without_positive=without)
     return out
 

@@ -14,6 +14,7 @@ def reference_metrics(qf, ql, gf=None, gl=None, ks=KS):
         gf, gl = qf, ql
     scores = np.asarray(qf, dtype=np.float64) @ np.asarray(gf, dtype=np.float64).T
     hits_at = {k: 0 for k in ks}
+    precision_sum = {k: 0.0 for k in ks}
     aps, inps, without = [], [], 0
     for i in range(len(qf)):
         items = [j for j in range(len(gf)) if not (self_match and j == i)]
@@ -24,9 +25,11 @@ def reference_metrics(qf, ql, gf=None, gl=None, ks=KS):
             continue
         for k in ks:
             hits_at[k] += positive_ranks[0] <= k
+            precision_sum[k] += sum(1 for j in ranking[:k] if gl[j] == ql[i]) / k
         aps.append(sum((n + 1) / r for n, r in enumerate(positive_ranks)) / len(positive_ranks))
         inps.append(len(positive_ranks) / positive_ranks[-1])
     out = {f"recall_at_{k}": hits_at[k] / len(aps) for k in ks}
+    out.update({f"precision_at_{k}": precision_sum[k] / len(aps) for k in ks})
     out.update(mAP=sum(aps) / len(aps), mINP=sum(inps) / len(inps))
     out.update(num_queries=len(qf), num_queries_without_positive=without)
     return out
@@ -123,6 +126,11 @@ def test_hand_computed_example():
             "recall_at_1": 0.5,
             "recall_at_3": 0.5,
             "recall_at_4": 1.0,
+            # q0 has positives at ranks 1, 3; q1 at 4, 5: P@1 (1 + 0) / 2, P@3 (2/3 + 0) / 2,
+            # P@4 (2/4 + 1/4) / 2.
+            "precision_at_1": 0.5,
+            "precision_at_3": 1 / 3,
+            "precision_at_4": 0.375,
             "mAP": (5 / 6 + 0.325) / 2,
             "mINP": (2 / 3 + 2 / 5) / 2,
             "num_queries": 3,
@@ -146,6 +154,9 @@ def test_own_entry_is_removed_not_zeroed():
             "recall_at_1": 0.0,
             "recall_at_2": 0.0,
             "recall_at_3": 1.0,
+            "precision_at_1": 0.0,
+            "precision_at_2": 0.0,
+            "precision_at_3": 1 / 3,  # 1 positive among a's (and c's) 3 ranked items
             "mAP": 1 / 3,
             "mINP": 1 / 3,
             "num_queries": 4,

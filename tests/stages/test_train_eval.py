@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -83,3 +85,20 @@ def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
 def test_resume_without_an_unfinished_run_is_a_clear_error(tmp_path):
     with pytest.raises(recog.errors.ConfigError, match="no unfinished run"):
         train.run(recog.compose(TINY + [f"paths.output_root={tmp_path}", "resume=true"]), tmp_path / "runs" / "x")
+
+
+def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
+    """CenterLoss learns its centres with the model; they land in the last checkpoint."""
+    from safetensors.numpy import load_file
+
+    def centres_after(lr, name):
+        cfg = recog.compose(TINY + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
+                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "lr.warmup_epochs=0",
+                                    "mlflow.enabled=false"])
+        train.run(cfg, tmp_path / name)
+        return load_file(str(tmp_path / name / "checkpoints" / "last" / "loss.safetensors"))
+
+    frozen, trained = centres_after(0.0, "frozen"), centres_after(0.05, "trained")
+    key = "terms.center.centers"
+    assert list(frozen) == [key] and frozen[key].shape == (5, 32)
+    assert not np.allclose(frozen[key], trained[key])

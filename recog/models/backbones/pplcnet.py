@@ -112,6 +112,22 @@ class PPLCNet(nn.Layer):
         self.flatten = nn.Flatten(start_axis=1, stop_axis=-1)
         self.fc = nn.Linear(class_expand, class_num)
 
+    @property
+    def stage_channels(self) -> list:
+        """Channels of ``blocks3`` .. ``blocks6`` (strides 4, 8, 16, 32), for an FPN neck."""
+        return [make_divisible(rows[-1][2] * self.scale) for stage, rows in NET_CONFIG.items() if stage != "blocks2"]
+
+    def stage_features(self, x) -> list:
+        """Outputs of ``blocks3`` .. ``blocks6``, finest first: ``[N, stage_channels[i], H_i, W_i]``."""
+        features = []
+        for name, layer in self.named_children():
+            x = layer(x)
+            if name in ("blocks3", "blocks4", "blocks5", "blocks6"):
+                features.append(x)
+            if name == "blocks6":
+                break
+        return features
+
     def forward(self, x):
         for layer in self.children():
             x = layer(x)

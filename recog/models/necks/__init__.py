@@ -1,10 +1,11 @@
-"""Necks: ``[N, in_channels] -> [N, embedding_size]``; each exposes ``embedding_size``."""
+"""Necks: ``[N, in_channels] -> [N, embedding_size]``; each exposes ``embedding_size``.
 
-from recog.models.necks.fc import FCNeck
+``FPNNeck`` instead takes the backbone's stage maps (``multi_scale = True``).
+"""
 
-__all__ = ["FCNeck"]
 from recog.models.necks.bnneck import BNNeck
+from recog.models.necks.fc import FCNeck
 from recog.models.necks.fpn import FPNNeck
 from recog.models.necks.tanh import TanhNeck
 
-__all__ += ["BNNeck", "TanhNeck", "FPNNeck"]
+__all__ = ["BNNeck", "FCNeck", "FPNNeck", "TanhNeck"]

@@ -28,6 +28,8 @@ class FPNNeck(nn.Layer):
     ``lateral_convs.{i}.*``, ``smooth_convs.{i}.*``, ``fc.*``.
     """
 
+    multi_scale = True  # RecModel feeds it ``backbone.stage_features(images)``
+
     def __init__(self, in_channels: Union[int, Sequence[int]], embedding_size: int = 512, fpn_channels: int = 256):
         super().__init__()
         in_channels = [int(in_channels)] if isinstance(in_channels, int) else [int(c) for c in in_channels]
