@@ -1,12 +1,14 @@
 """Numerical parity with PaddleClas itself: the same weights and input give the same outputs.
 
-PaddleClas's model definitions (``paddleclas==2.6.0``, installed by ``make install`` without its
-dependencies, as a test oracle only) are built with random weights and random BN statistics; the
-weights go through a ``.pdparams`` file into recog's models by name.
+PaddleClas's model definitions (the ``paddleclas==2.6.0`` wheel, which ``make install`` downloads
+into ``.venv/oracles`` as a test oracle, imported from the archive, never installed) are built
+with random weights and random BN statistics; the weights go through a ``.pdparams`` file into
+recog's models by name.
 """
 
-import importlib.util
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -21,10 +23,13 @@ from recog.models.weights import load_pretrained
 
 
 @pytest.fixture(scope="module")
-def ppcls():
-    spec = importlib.util.find_spec("paddleclas")  # locate without importing its heavy __init__
-    assert spec is not None, "the PaddleClas reference is missing: `make install` adds paddleclas==2.6.0 --no-deps"
-    sys.path.insert(0, spec.submodule_search_locations[0])
+def ppcls(tmp_path_factory):
+    wheels = sorted((Path(sys.prefix) / "oracles").glob("paddleclas-2.6.0-*.whl"))
+    assert wheels, f"the PaddleClas reference wheel is missing from {Path(sys.prefix) / 'oracles'}: run make install"
+    unpacked = tmp_path_factory.mktemp("paddleclas")
+    with zipfile.ZipFile(wheels[-1]) as wheel:  # ppcls is a namespace package: zipimport cannot load it
+        wheel.extractall(unpacked, [n for n in wheel.namelist() if n.startswith("paddleclas/ppcls/")])
+    sys.path.insert(0, str(unpacked / "paddleclas"))
     from ppcls.utils import logger
 
     logger.init_logger()
