@@ -2,7 +2,9 @@
 
 Digits 0-4 are the training classes, 5-9 the unseen test classes (query == gallery).
 Files: ``root/images/<digit>/<index>.png`` (8x8 grayscale uint8) and ``root/Ebay_train.txt``,
-``root/Ebay_test.txt``. Digits are not mirror invariant, hence ``mirror_invariant=False``.
+``root/Ebay_test.txt``. For the predict stage the test split is also written as two generic lists
+(``path label``): ``gallery_list.txt`` (every other test image) and ``query_list.txt`` (the rest).
+Digits are not mirror invariant, hence ``mirror_invariant=False``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from recog.errors import DataError
 
 TRAIN_DIGITS = range(0, 5)
 LIST_FILES = ("Ebay_train.txt", "Ebay_test.txt")
+PREDICT_LISTS = ("gallery_list.txt", "query_list.txt")
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -35,7 +38,9 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _is_complete(root: str) -> bool:
-    """Both list files exist and every image they list exists."""
+    """All list files exist and every image the SOP lists name exists."""
+    if not all(os.path.isfile(os.path.join(root, name)) for name in PREDICT_LISTS):
+        return False
     for name in LIST_FILES:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
@@ -68,6 +73,9 @@ def write_digits(root: str) -> None:
             _write_atomic(os.path.join(root, rel), png.tobytes())
             name = LIST_FILES[0] if digit in TRAIN_DIGITS else LIST_FILES[1]
             rows[name].append(f"{index + 1} {digit} {digit} {rel}")
+        test = [row.split() for row in rows[LIST_FILES[1]][1:]]
+        rows[PREDICT_LISTS[0]] = [f"{rel} {digit}" for _, digit, _, rel in test[0::2]]
+        rows[PREDICT_LISTS[1]] = [f"{rel} {digit}" for _, digit, _, rel in test[1::2]]
         for name, lines in rows.items():
             _write_atomic(os.path.join(root, name), ("\n".join(lines) + "\n").encode())
     except OSError as e:

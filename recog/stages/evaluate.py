@@ -18,6 +18,7 @@ from recog.api import build_model, load_splits
 from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.errors import ConfigError
 from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
+from recog.search import GalleryIndex, retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import checkpoint
 from recog.utils.runtime import is_main_process, seed_everything, select_device
@@ -37,8 +38,10 @@ class Evaluator:
         def loader(samples):
             return build_eval_loader(samples, transform, data_cfg.eval_batch_size, data_cfg.num_workers)
 
+        self.splits = splits
         self.query = loader(splits.query)
         self.gallery = loader(splits.gallery) if splits.gallery is not None else None
+        self.last = None  # (query, query_labels, gallery, gallery_labels) of the latest call
         self.recall_at = tuple(eval_cfg.recall_at)
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
@@ -49,11 +52,30 @@ class Evaluator:
         gallery = gallery_labels = None
         if self.gallery is not None:
             gallery, gallery_labels = extract_features(model, self.gallery, self.normalize, "gallery")
+        self.last = (query, query_labels, gallery, gallery_labels)
         if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
             query = binarize(query, self.binarize)
             gallery = binarize(gallery, self.binarize) if gallery is not None else None
             return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
         return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+
+
+    def save_picture(self, path, queries: int = 8, k: int = 5) -> Path:
+        """PNG grid of the first queries and their top-k results from the latest call's features."""
+        query, query_labels, gallery, gallery_labels = self.last
+        n = min(queries, len(query))
+        query_paths = [s.path for s in self.splits.query]
+        if gallery is None:  # query == gallery: a query's own image is not a result
+            index = GalleryIndex.build(query, labels=query_labels.tolist(), paths=query_paths)
+            results = index.results(query[:n], k + 1, query_paths[:n], query_labels[:n].tolist())
+            for i, row in enumerate(results):
+                row["results"] = [r for r in row["results"] if r["index"] != i][:k]
+                for rank, r in enumerate(row["results"], 1):
+                    r["rank"] = rank
+        else:
+            index = GalleryIndex.build(gallery, labels=gallery_labels.tolist(), paths=[s.path for s in self.splits.gallery])
+            results = index.results(query[:n], k, query_paths[:n], query_labels[:n].tolist())
+        return Path(retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist()))
 
 
 def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features") -> Tuple[np.ndarray, np.ndarray]:

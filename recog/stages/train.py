@@ -5,6 +5,7 @@ Writes into the run directory::
     checkpoints/last/   weights, optimizer, epoch and MLflow run id (for resume=true)
     best_model/         weights + resolved config of the best eval so far
     metrics.json        the best model's metrics
+    retrieval.png       the best model's top-5 results for the first eval queries
 """
 
 import itertools
@@ -79,11 +80,13 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
                     if is_main_process():
                         checkpoint.save_checkpoint(run_dir / BEST, model, cfg, state)
                         write_metrics(state["best"], run_dir / "metrics.json")
+                        evaluator.save_picture(run_dir / "retrieval.png")
             if is_main_process():
                 checkpoint.save_checkpoint(run_dir / LAST, model, cfg, dict(state, finished=last_epoch), optimizer, loss_fn)
         if state["best"] is not None:
             tracker.log_artifact(run_dir / BEST)
             tracker.log_artifact(run_dir / "metrics.json")
+            tracker.log_artifact(run_dir / "retrieval.png")
             tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(run_dir / "config.yaml")

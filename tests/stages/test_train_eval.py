@@ -2,6 +2,8 @@
 
 import json
 
+import cv2
+
 import numpy as np
 
 import pytest
@@ -40,7 +42,9 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(steps) >= 4 and steps == sorted(steps)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"best_model", "metrics.json", "config.yaml"} <= artifacts
+    assert {"best_model", "metrics.json", "config.yaml", "retrieval.png"} <= artifacts
+    picture = cv2.imread(str(tmp_path / "run" / "retrieval.png"))
+    assert picture is not None and picture.shape[0] > picture.shape[1] / 6 > 0  # 8 rows of 6 tiles
     assert "best_model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
 
     # The eval stage rebuilds the model from best_model/ and reproduces the training-time eval.

@@ -1,0 +1,12 @@
+"""Gallery search: a faiss index of gallery features or binary codes, and a picture of results.
+
+``GalleryIndex`` builds (``flat`` exact, ``ivf`` / ``hnsw`` approximate), extends, searches
+(deterministic order: best score first, ties by lower gallery index), saves and loads an index
+with its labels and image paths, and computes exact retrieval metrics. ``retrieval_grid``
+draws the queries' top results into a PNG.
+"""
+
+from recog.search.index import FORMAT_VERSION, KINDS, GalleryIndex, IndexConfigError
+from recog.search.picture import retrieval_grid
+
+__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "retrieval_grid"]
