@@ -1,4 +1,4 @@
-# recog: `make demo` (install, train, evaluate on the embedded digits), `make test`.
+# recog: `make demo` (install, then train -> eval -> export -> predict on the embedded digits), `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval test ui clean-outputs
+.PHONY: install demo train eval export predict test ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -31,10 +31,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip download -q --no-deps "paddleclas==2.6.0" -d $(VENV)/oracles
 	@touch $@
 
-# The whole main job on the embedded defaults: train, then evaluate the best model.
+# The whole main job on the embedded digits, into one run folder: train, evaluate the best
+# model, export it, extract features of the query images and search them in a gallery.
+DIGITS := $(OUTPUTS)/data/digits
 demo: install
-	$(BIN)/python run.py stage=train experiment=digits_demo $(ARGS)
-	$(MAKE) --no-print-directory eval ARGS="experiment=digits_demo $(ARGS)"
+	@run=$(OUTPUTS)/runs/demo_$$(date +%Y-%m-%d_%H-%M-%S); set -e; \
+	$(BIN)/python run.py stage=train experiment=digits_demo hydra.run.dir=$$run $(ARGS); \
+	$(BIN)/python run.py stage=eval experiment=digits_demo model_path=$$run/best_model hydra.run.dir=$$run/eval $(ARGS); \
+	$(BIN)/python run.py stage=export experiment=digits_demo model_path=$$run/best_model hydra.run.dir=$$run/logs/export $(ARGS); \
+	$(BIN)/python run.py stage=predict experiment=digits_demo predict.model_dir=$$run/export \
+		predict.input=$(DIGITS)/query_list.txt predict.gallery=$(DIGITS)/gallery_list.txt hydra.run.dir=$$run/predict $(ARGS); \
+	$(BIN)/python scripts/demo_summary.py $$run
 
 train: install
 	$(BIN)/python run.py stage=train $(ARGS)
@@ -44,6 +51,20 @@ eval: install
 	@model="$(MODEL)"; [ -n "$$model" ] || model=$$(ls -td $(OUTPUTS)/runs/*/best_model 2>/dev/null | head -n 1); \
 	if [ -z "$$model" ]; then echo "no best_model under $(OUTPUTS)/runs: run make train first" >&2; exit 2; fi; \
 	$(BIN)/python run.py stage=eval model_path=$$model $(ARGS)
+
+# Exports MODEL (default: the newest best_model under $(OUTPUTS)/runs) for deployment, into <run>/export.
+export: install
+	@model="$(MODEL)"; [ -n "$$model" ] || model=$$(ls -td $(OUTPUTS)/runs/*/best_model 2>/dev/null | head -n 1); \
+	if [ -z "$$model" ]; then echo "no best_model under $(OUTPUTS)/runs: run make train first" >&2; exit 2; fi; \
+	$(BIN)/python run.py stage=export model_path=$$model $(ARGS)
+
+# Features of INPUT (a folder or list) with EXPORT (default: the newest export), searched in
+# GALLERY when given: make predict INPUT=imgs/ GALLERY=gallery.txt
+predict: install
+	@dir="$(EXPORT)"; [ -n "$$dir" ] || dir=$$(ls -td $(OUTPUTS)/runs/*/export 2>/dev/null | head -n 1); \
+	if [ -z "$$dir" ]; then echo "no export under $(OUTPUTS)/runs: run make export first" >&2; exit 2; fi; \
+	$(BIN)/python run.py stage=predict predict.model_dir=$$dir predict.input=$(INPUT) \
+		$(if $(GALLERY),predict.gallery=$(GALLERY)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)

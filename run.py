@@ -1,4 +1,8 @@
-"""recog's one entrypoint: ``python run.py stage=train|eval [overrides]`` (``-m`` for sweeps)."""
+"""recog's one entrypoint: ``python run.py stage=train|eval|export|predict [overrides]`` (``-m`` for sweeps).
+
+``launcher.nproc_per_node=N`` (and ``launcher.nnodes``/``launcher.master``) re-runs this command
+under ``paddle.distributed.launch`` before Hydra starts: see recog/distributed/launch.py.
+"""
 
 import logging
 import sys
@@ -9,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from recog.config import check_overrides, register_schemas
-from recog.errors import RecogError
+from recog.distributed.launch import prepare_argv
+from recog.errors import RecogError, TrainingInterrupted
 
 log = logging.getLogger("recog")
 register_schemas()
@@ -21,6 +26,9 @@ def main(cfg: DictConfig):
 
     try:
         return run_stage(cfg, HydraConfig.get().runtime.output_dir)
+    except TrainingInterrupted as stop:  # SIGTERM / SIGINT: checkpoint saved, exit 128 + signal
+        log.warning("%s", stop)
+        sys.exit(stop.exit_code)
     except RecogError as error:
         log.error("%s", error)
         sys.exit(2)
@@ -29,6 +37,7 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     try:
         check_overrides(sys.argv[1:])
+        sys.argv[1:] = prepare_argv(sys.argv[1:], script=__file__)  # may become the launcher (exec)
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         sys.exit(2)

@@ -11,3 +11,15 @@ class ConfigError(RecogError):
 
 class DataError(RecogError):
     """Unreadable or malformed input data."""
+
+
+class TrainingInterrupted(RecogError):
+    """Training stopped on SIGTERM / SIGINT after saving a checkpoint to resume from.
+
+    ``run.py`` exits with ``exit_code`` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

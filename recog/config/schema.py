@@ -17,6 +17,8 @@ from omegaconf import MISSING
 class Stage(str, Enum):
     train = "train"
     eval = "eval"
+    export = "export"
+    predict = "predict"
 
 
 class Device(str, Enum):
@@ -38,6 +40,27 @@ class Binarize(str, Enum):
 
     sign = "sign"
     round = "round"
+
+
+class AmpLevel(str, Enum):
+    """Mixed precision (GPU only): ``O1`` casts per op (white/black lists), ``O2`` casts the model."""
+
+    O1 = "O1"
+    O2 = "O2"
+
+
+class AmpDtype(str, Enum):
+    float16 = "float16"  # with dynamic loss scaling (GradScaler)
+    bfloat16 = "bfloat16"  # no loss scaling needed
+
+
+class OneDNNMode(str, Enum):
+    """How an export's CPU predictor uses oneDNN (see ``recog.inference.predictor.ONEDNN_MODES``)."""
+
+    auto = "auto"  # the fastest mode that reproduces the model, probed in a child process at export
+    full = "full"
+    no_placement = "no_placement"
+    off = "off"
 
 
 # ---- backbone (stop_layer and pretrained are handled by build_model, not the class) ----------
@@ -344,6 +367,10 @@ class TrainerConfig:
     log_every: int = 10  # steps between metric logs
     grad_clip: Optional[float] = None  # global-norm clip
     steps_per_epoch: Optional[int] = None  # cap on batches per epoch (smoke tests); None: all
+    amp: Optional[AmpLevel] = None  # mixed precision on the GPU: O1 or O2; None: float32
+    amp_dtype: AmpDtype = AmpDtype.float16
+    sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (GPU, >1 process)
+    freeze_bn: bool = False  # BatchNorm in eval mode while training: running statistics, not updated
 
 
 @dataclass
@@ -351,6 +378,41 @@ class EvalConfig:
     recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
     normalize: bool = True  # L2-normalise features: inner product = cosine
     binarize: Optional[Binarize] = None  # rank binary codes by Hamming distance instead
+
+
+@dataclass
+class ExportConfig:
+    """``stage=export``: a Paddle inference model (and optionally ONNX) of ``model_path``."""
+
+    output_dir: Optional[str] = None  # None: <model_path>/../export (beside best_model/)
+    onnx: bool = False  # also write model.onnx (paddle2onnx), checked with onnxruntime
+    opset_version: int = 13  # ONNX opset requested from paddle2onnx
+    tolerance: float = 1e-4  # max abs feature difference allowed vs the dygraph model
+    check_images: int = 16  # eval-split images in the self-check (random input without a dataset)
+    cpu_onednn: OneDNNMode = OneDNNMode.auto  # recorded in preprocess.json; auto probes full, then no_placement
+
+
+class IndexKind(str, Enum):
+    """Gallery index: ``flat`` exact search; ``ivf`` / ``hnsw`` approximate, for large galleries."""
+
+    flat = "flat"
+    ivf = "ivf"
+    hnsw = "hnsw"
+
+
+@dataclass
+class PredictConfig:
+    """``stage=predict``: features of images with an export, and optionally a gallery search."""
+
+    model_dir: Optional[str] = None  # an export directory (stage=export)
+    input: Optional[str] = None  # a folder of images or a list file of `path [label]` lines
+    gallery: Optional[str] = None  # the same, searched by every input image
+    index_dir: Optional[str] = None  # None: <output>/gallery; an existing index is extended
+    index: IndexKind = IndexKind.flat
+    output_dir: Optional[str] = None  # None: the run directory
+    batch_size: int = 32
+    top_k: int = 5
+    picture_queries: int = 8  # rows of retrieval.png (0: no picture)
 
 
 @dataclass
@@ -367,10 +429,21 @@ class PathsConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Data parallelism: ``run.py`` re-runs itself under ``paddle.distributed.launch`` when
+    ``nproc_per_node`` or ``nnodes`` is above 1 (see recog/distributed/launch.py)."""
+
+    nproc_per_node: int = 1  # processes (ranks) on this node: one per GPU, or CPU processes
+    nnodes: int = 1  # nodes; above 1 needs master and the same hydra.run.dir on every node
+    master: Optional[str] = None  # host:port of the rendezvous (paddle.distributed.launch --master)
+    node_rank: Optional[int] = None  # this node's rank (--rank); None: assigned by the master
+
+
+@dataclass
 class RecogConfig:
     stage: Stage = Stage.train
     seed: int = 0
-    model_path: Optional[str] = None  # a best_model/ or checkpoint dir, for eval
+    model_path: Optional[str] = None  # a best_model/ or checkpoint dir, for eval and export
     resume: bool = False
     backbone: Any = MISSING
     neck: Any = None
@@ -382,8 +455,11 @@ class RecogConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 SCHEMAS = {

@@ -19,7 +19,14 @@ class ImageDataset(paddle.io.Dataset):
     ``labels`` (aligned with ``samples``) replaces ``Sample.label``, e.g. with contiguous
     training labels; by default the original labels are returned.
 
-    Augmentation randomness comes from a generator seeded with ``(seed, epoch, worker)``,
+    ``dataset[(i, epoch, draw)]`` (what the training loader asks for) augments sample ``i`` with
+    a generator seeded by ``(seed, epoch, draw)``, where ``draw`` numbers the sample's place in
+    the epoch's stream of batches (see ``build_train_loader``): the augmentation is then a pure
+    function of the seed and the place in the epoch, the same for any ``num_workers``, any
+    number of data-parallel ranks, and after resuming mid-epoch. (The epoch travels with the
+    index because persistent workers never see ``set_epoch``.)
+
+    ``dataset[i]`` draws from a per-process stream seeded with ``(seed, epoch, worker)``,
     where ``worker`` is 0 in the main process and ``id + 1`` in a DataLoader worker. It is
     created on first use in each process, so workers never share a random stream, and the
     run is reproducible for a given seed and ``num_workers``. ``set_epoch`` starts a new
@@ -53,7 +60,11 @@ class ImageDataset(paddle.io.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64]:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[np.ndarray, np.int64]:
+        key = None
+        if isinstance(index, tuple):
+            index, epoch, draw = index
+            key = [self.seed, epoch, draw, 1]
         try:
             image = decode_image(self.samples[index].path)
         except DataError:
@@ -61,7 +72,9 @@ class ImageDataset(paddle.io.Dataset):
             # instead mark the sample and let the main process report it (see raise_if_undecodable).
             size = self.transform.image_size
             return np.zeros((3, size, size), np.float32), np.int64(-1 - index)
-        rng = self._generator() if self.transform.is_random else None
+        rng = None
+        if self.transform.is_random:  # the trailing 1 keeps these keys apart from the streams'
+            rng = self._generator() if key is None else np.random.default_rng(key)
         return self.transform(image, rng), np.int64(self.labels[index])
 
     def raise_if_undecodable(self, labels: np.ndarray) -> None:

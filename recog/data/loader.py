@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import paddle
 
@@ -12,17 +12,44 @@ from recog.data.splits import Sample
 from recog.data.transforms import Transform
 
 
+class KeyedBatches:
+    """A ``PKBatchSampler`` whose indices carry the epoch and their place in the epoch.
+
+    Yields ``[(index, epoch, draw), ...]`` where ``draw = step * W * B + rank * B + j`` numbers
+    the sample across the global batches of the epoch (W ranks, B per rank): ``ImageDataset``
+    seeds the sample's augmentation with it, so augmentation does not depend on which process
+    or worker loads the sample, nor on where a resumed epoch starts.
+    """
+
+    def __init__(self, sampler: PKBatchSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        s = self.sampler
+        for step, batch in enumerate(s, start=s.start):
+            first = step * s.batch_size * s.world_size + s.rank * s.batch_size
+            yield [(index, s.epoch, first + j) for j, index in enumerate(batch)]
+
+
 def build_train_loader(samples: Sequence[Sample], labels: Sequence[int], transform: Transform,
                        batch_size: int, samples_per_class: int, num_workers: int,
-                       seed: int) -> paddle.io.DataLoader:
+                       seed: int, rank: int = 0, world_size: int = 1) -> paddle.io.DataLoader:
     """P x K batches ``[images [B, 3, S, S] float32, labels [B] int64]`` with ``labels``
     (usually contiguous training labels, aligned with ``samples``).
 
-    Call ``set_loader_epoch(loader, epoch)`` before each epoch.
+    ``batch_size`` is per process; with ``world_size`` > 1 each rank gets its share of every
+    global batch (see ``PKBatchSampler``). Call ``set_loader_epoch(loader, epoch)`` before each
+    epoch.
     """
     dataset = ImageDataset(samples, transform, labels=labels, seed=seed)
-    sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+    sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed, rank=rank, world_size=world_size)
+    return paddle.io.DataLoader(dataset, batch_sampler=KeyedBatches(sampler), num_workers=num_workers,
                                 persistent_workers=num_workers > 0)
 
 
@@ -35,8 +62,13 @@ def build_eval_loader(samples: Sequence[Sample], transform: Transform, batch_siz
                                 persistent_workers=num_workers > 0)
 
 
-def set_loader_epoch(loader: paddle.io.DataLoader, epoch: int) -> None:
-    """Reshuffle the batch sampler and reseed augmentation for ``epoch``."""
-    for part in (loader.batch_sampler, loader.dataset):
-        if hasattr(part, "set_epoch"):
-            part.set_epoch(epoch)
+def set_loader_epoch(loader: paddle.io.DataLoader, epoch: int, start: int = 0) -> None:
+    """Reshuffle the batch sampler and reseed augmentation for ``epoch``; ``start`` skips the
+    epoch's first batches (resuming mid-epoch)."""
+    if hasattr(loader.batch_sampler, "set_epoch"):
+        if start:
+            loader.batch_sampler.set_epoch(epoch, start)
+        else:
+            loader.batch_sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

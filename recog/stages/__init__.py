@@ -9,7 +9,8 @@ from recog.config.schema import Stage
 
 
 def run_stage(cfg: DictConfig, run_dir: Path):
-    from recog.stages import evaluate, train
+    from recog.stages import evaluate, export, predict, train
 
-    stages: Dict[Stage, Callable] = {Stage.train: train.run, Stage.eval: evaluate.run}
+    stages: Dict[Stage, Callable] = {Stage.train: train.run, Stage.eval: evaluate.run, Stage.export: export.run,
+                                     Stage.predict: predict.run}
     return stages[Stage(cfg.stage)](cfg, run_dir)

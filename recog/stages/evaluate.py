@@ -2,12 +2,18 @@
 
 ``python run.py stage=eval model_path=<run>/best_model``. The model is rebuilt from the config
 saved beside its weights; the dataset and the eval settings come from the current config.
+
+Data parallel (``launcher.nproc_per_node=N``): each rank extracts the features of a contiguous
+run of whole eval batches (``recog.distributed.parallel.shard_range``), the features and labels
+are gathered in rank order (padded to equal size, then trimmed), which restores the original
+order, and every rank computes the metrics from the same arrays: the result is identical to a
+single process's. Rank 0 writes ``metrics.json`` and logs to MLflow.
 """
 
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -16,11 +22,13 @@ from tqdm import tqdm
 
 from recog.api import build_model, load_splits
 from recog.data import RetrievalSplits, build_eval_loader, build_transform
+from recog.distributed import parallel
 from recog.errors import ConfigError
 from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
 from recog.search import GalleryIndex, retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import checkpoint
+from recog.utils.precision import Amp, amp_settings, autocast
 from recog.utils.runtime import is_main_process, seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -29,14 +37,18 @@ log = logging.getLogger(__name__)
 class Evaluator:
     """Extracts features of the eval splits with a model and scores them.
 
-    Loaders are built once and reused, so training can evaluate every few epochs cheaply.
+    Loaders are built once and reused, so training can evaluate every few epochs cheaply. In a
+    data-parallel run (process group initialised) ``query`` and ``gallery`` load this rank's
+    shard, and ``__call__`` (a collective: every rank calls it) gathers the features first.
     """
 
-    def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig):
+    def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig, amp: Optional[Amp] = None):
         transform = build_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False, hflip=False)
+        rank, world = parallel.rank(), parallel.world_size()
 
         def loader(samples):
-            return build_eval_loader(samples, transform, data_cfg.eval_batch_size, data_cfg.num_workers)
+            start, stop = parallel.shard_range(len(samples), data_cfg.eval_batch_size, rank, world)
+            return build_eval_loader(samples[start:stop], transform, data_cfg.eval_batch_size, data_cfg.num_workers)
 
         self.splits = splits
         self.query = loader(splits.query)
@@ -46,12 +58,18 @@ class Evaluator:
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
+        self.amp = amp
+
+    def features(self, model: paddle.nn.Layer, loader, desc: str) -> Tuple[np.ndarray, np.ndarray]:
+        """Features and labels of a whole eval split, in order (gathered over the ranks)."""
+        features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp)
+        return parallel.gather_rows(features), parallel.gather_rows(labels)
 
     def __call__(self, model: paddle.nn.Layer) -> Dict[str, float]:
-        query, query_labels = extract_features(model, self.query, self.normalize, "query")
+        query, query_labels = self.features(model, self.query, "query")
         gallery = gallery_labels = None
         if self.gallery is not None:
-            gallery, gallery_labels = extract_features(model, self.gallery, self.normalize, "gallery")
+            gallery, gallery_labels = self.features(model, self.gallery, "gallery")
         self.last = (query, query_labels, gallery, gallery_labels)
         if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
             query = binarize(query, self.binarize)
@@ -78,8 +96,10 @@ class Evaluator:
         return Path(retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist()))
 
 
-def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features") -> Tuple[np.ndarray, np.ndarray]:
-    """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode."""
+def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
+                     amp: Optional[Amp] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
+    (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard)."""
     was_training = model.training
     model.eval()
     features, labels = [], []
@@ -87,13 +107,17 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
         for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
             batch_labels = batch_labels.numpy().reshape(-1)
             loader.dataset.raise_if_undecodable(batch_labels)
-            out = model(images)["features"]
+            with autocast(amp):
+                out = model(images)["features"]
+            out = out.astype("float32")
             if normalize:
                 out = paddle.nn.functional.normalize(out, axis=1)
             features.append(out.numpy().astype(np.float32))
             labels.append(batch_labels)
     if was_training:
         model.train()
+    if not features:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
@@ -106,16 +130,20 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         raise ConfigError(f"model_path={model_path} holds no {checkpoint.MODEL_FILE}: point it at a run's best_model/")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    amp = amp_settings(cfg.trainer)
     select_device(cfg.trainer.device)
+    _, world = parallel.init_distributed()
     seed_everything(cfg.seed)
     trained_cfg = checkpoint.load_config(model_path)
     model = build_model(trained_cfg)
     checkpoint.load_model_weights(model_path, model)
     splits = load_splits(cfg)
     tracker = MlflowTracker(cfg, stage="eval")
+    tracker.set_tag("recog.world_size", str(world))
     try:
-        metrics = Evaluator(splits, trained_cfg.data, cfg.eval)(model)
-        write_metrics(metrics, run_dir / "metrics.json")
+        metrics = Evaluator(splits, trained_cfg.data, cfg.eval, amp=amp)(model)
+        if is_main_process():
+            write_metrics(metrics, run_dir / "metrics.json")
         log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
         tracker.log_metrics(metrics, step=0)
         tracker.log_artifact(run_dir / "metrics.json")

@@ -49,11 +49,14 @@ def flatten_config(cfg: DictConfig) -> Dict[str, str]:
 class MlflowTracker:
     """Logs params, metrics and artifacts of one run; does nothing when disabled or not rank 0.
 
-    ``run_id`` continues an existing run (resume) instead of creating one.
+    ``run_id`` continues an existing run (resume) instead of creating one. With
+    ``keep_status=True`` the existing run is only added to (e.g. the export stage logging into
+    the training run): its status is never changed, and ``finish`` leaves it as it was.
     """
 
-    def __init__(self, cfg: DictConfig, stage: str, run_id: Optional[str] = None):
+    def __init__(self, cfg: DictConfig, stage: str, run_id: Optional[str] = None, keep_status: bool = False):
         self.run_id: Optional[str] = None
+        self.keep_status = bool(keep_status and run_id is not None)
         if not (cfg.mlflow.enabled and is_main_process()):
             return
         from mlflow.tracking import MlflowClient  # slow import: only where a run is logged
@@ -63,13 +66,29 @@ class MlflowTracker:
         self.client = MlflowClient(self.uri)
         if run_id is not None:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            if not self.keep_status:
+                self.client.update_run(run_id, status="RUNNING")
             return
         experiment_id = self._experiment_id(cfg)
         name = cfg.mlflow.run_name or default_run_name(cfg)
         run = self.client.create_run(experiment_id, run_name=name, tags={"recog.stage": stage})
         self.run_id = run.info.run_id
         self.log_params(flatten_config(cfg))
+
+    @staticmethod
+    def run_exists(cfg: DictConfig, run_id: Optional[str]) -> bool:
+        """Whether the configured tracking store holds the (not deleted) run ``run_id``."""
+        if not (run_id and cfg.mlflow.enabled and is_main_process()):
+            return False
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        _quiet_database_logs()
+        try:
+            run = MlflowClient(tracking_uri(cfg)).get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.lifecycle_stage != "deleted"
 
     @property
     def active(self) -> bool:
@@ -116,8 +135,8 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """``status``: FINISHED, FAILED or KILLED."""
-        if self.active:
+        """``status``: FINISHED, FAILED or KILLED; a no-op for a ``keep_status`` tracker."""
+        if self.active and not self.keep_status:
             self.client.set_terminated(self.run_id, status=status)
 
     def describe(self) -> str:

@@ -5,7 +5,9 @@ A checkpoint is a directory::
     model.safetensors       model.state_dict()
     loss.safetensors        the loss's state (e.g. CenterLoss's centres), when it has one
     optimizer.safetensors   the optimizer's tensors (momentum buffers, ...), when saved
-    state.json              everything else: epoch, metrics, LR-schedule state, MLflow run id
+    state.json              everything else: epoch, metrics, LR-schedule state, MLflow run id; the
+                            train stage's checkpoints/last adds the step within the epoch, the
+                            process count and every process's RNG state (exact resume)
     config.yaml             the resolved config that built the model
 """
 

@@ -1,27 +1,52 @@
-"""Device choice and seeding."""
+"""Device choice, seeding and random-number-generator state."""
 
+import logging
+import os
 import random
 import warnings
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import paddle
 
 from recog.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-def select_device(name: str) -> str:
-    """``auto``: the GPU when this Paddle build has CUDA and sees one, else the CPU."""
+
+def has_gpu() -> bool:
+    """This Paddle build has CUDA and sees at least one GPU."""
+    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
+def no_gpu_reason() -> str:
+    return ("this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
+            if not paddle.is_compiled_with_cuda() else "no GPU is visible (check CUDA_VISIBLE_DEVICES)")
+
+
+def select_device(name: str, gpu_features: Sequence[str] = ()) -> str:
+    """``auto``: the GPU when this Paddle build has CUDA and sees one, else the CPU.
+
+    ``auto`` falls back to the CPU quietly, unless the run asked for ``gpu_features`` (config
+    settings that only act on a GPU, e.g. ``trainer.sync_bn=true``): then it warns that they
+    have no effect. Under ``paddle.distributed.launch`` each rank takes the GPU the launcher
+    assigned it. Returns ``"cpu"`` or ``"gpu"``.
+    """
     name = getattr(name, "value", name)
-    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    if name == "gpu" and not has_gpu:
-        raise ConfigError("trainer.device=gpu, but " + (
-            "this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
-            if not paddle.is_compiled_with_cuda() else "no GPU is visible (check CUDA_VISIBLE_DEVICES)"))
+    gpu = has_gpu()
+    if name == "gpu" and not gpu:
+        raise ConfigError("trainer.device=gpu, but " + no_gpu_reason())
     if name == "auto":
-        name = "gpu" if has_gpu else "cpu"
+        if not gpu and gpu_features:
+            log.warning("trainer.device=auto found no GPU (%s): running on the CPU, where %s has no effect",
+                        no_gpu_reason(), ", ".join(gpu_features))
+        name = "gpu" if gpu else "cpu"
     if name not in ("cpu", "gpu"):
         raise ConfigError(f"unknown device {name!r}: use auto, cpu or gpu")
-    paddle.set_device(name)
+    if name == "gpu" and int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
+    else:
+        paddle.set_device(name)
     return name
 
 
@@ -29,6 +54,33 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """The state of Python's, NumPy's and Paddle's (current device) global generators, as JSON data."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    paddle_states = []
+    for state in paddle.get_rng_state():
+        device, seed, offset, engine = state.__getstate__()
+        paddle_states.append([device, seed, offset, bytes(engine).decode("ascii")])
+    return {"python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "paddle": paddle_states}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what ``get_rng_state`` returned (in this or another process)."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    generator_state = paddle.base.libpaddle.GeneratorState
+    restored = []
+    for device, seed, offset, engine in state["paddle"]:
+        item = generator_state.__new__(generator_state)
+        item.__setstate__((device, seed, offset, list(engine.encode("ascii"))))
+        restored.append(item)
+    paddle.set_rng_state(restored)
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,5 @@
+"""Data-parallel training and evaluation on ``paddle.distributed``.
+
+``launch``: ``run.py launcher.nproc_per_node=N`` re-runs itself under ``paddle.distributed.launch``.
+``parallel``: the process group, reductions for logging, sharded eval with gathered features.
+"""

@@ -1,0 +1,204 @@
+"""Predict stage: images -> features with an exported model, and optionally a gallery search.
+
+``python run.py stage=predict predict.model_dir=<export> predict.input=DIR|LIST
+[predict.gallery=DIR|LIST]`` writes into the run directory (or ``predict.output_dir``)::
+
+    features.npy      [N, D] float32 features of the images that decoded, in manifest order
+                      (codes.npy instead, [N, ceil(D/8)] uint8 bit-packed, for a binarizing export)
+    manifest.tsv      path <tab> label (empty when unknown), one line per row of features.npy
+    failed.txt        images that could not be decoded (skipped, not fatal)
+    gallery/          the faiss index and its manifest (predict.gallery); reused and extended
+    results.json      top-k gallery results per query (predict.gallery)
+    metrics.json      Recall@K, mAP, ... when queries and gallery both have labels
+    retrieval.png     the first queries and their top-k results, right ones framed green
+
+Extraction streams: memory is bounded by the batch, not by the number of images.
+"""
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from recog.data.lists import format_bad_lines, parse_label
+from recog.data.transforms import decode_image
+from recog.errors import ConfigError, DataError
+from recog.inference import ExportedModel, preprocess_image
+from recog.metrics import format_metrics_table, pack_bits
+from recog.search import GalleryIndex, retrieval_grid
+from recog.stages.evaluate import write_metrics
+from recog.tracking import MlflowTracker
+from recog.utils.runtime import is_main_process
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: Optional[int] = None
+
+
+def read_items(spec: str, what: str) -> List[Item]:
+    """Images of a folder (recursively, sorted; labels unknown) or of a list file whose lines are
+    ``path [label]``, paths relative to the list's folder."""
+    path = Path(spec)
+    if path.is_dir():
+        items = [Item(str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    elif path.is_file():
+        items, problems = [], []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            label, problem = parse_label(fields[1]) if len(fields) == 2 else (None, None)
+            if len(fields) > 2:
+                problem = f"{len(fields)} fields"
+            if problem:
+                problems.append((number, problem))
+            else:
+                items.append(Item(str(path.parent / fields[0]), label))
+        if problems:
+            raise DataError(format_bad_lines(str(path), problems, "'path' or 'path label'"))
+    else:
+        raise ConfigError(f"{what}={spec} is neither a folder nor a list file")
+    if not items:
+        raise DataError(f"{what}={spec} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return items
+
+
+def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size: int, desc: str) -> Tuple[np.ndarray, List[Item], List[str]]:
+    """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy).
+
+    Returns ``(rows, kept items, failed lines)``; ``rows`` is the file memory-mapped read-only.
+    """
+    method = model.preprocess.get("binarize")
+    width = model.feature_dim if not method else -(-model.feature_dim // 8)
+    dtype = np.float32 if not method else np.uint8
+    tmp = out_file.with_name(out_file.name + ".partial.npy")
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), width))
+    kept, failed, count = [], [], 0
+
+    def load(item):
+        try:
+            return preprocess_image(decode_image(item.path), model.preprocess), None
+        except DataError as error:
+            return None, str(error)
+
+    with ThreadPoolExecutor(max_workers=4) as pool, \
+            tqdm(total=len(items), desc=desc, disable=not is_main_process(), dynamic_ncols=True) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            images = []
+            for item, (image, error) in zip(batch, pool.map(load, batch)):
+                if image is None:
+                    log.warning("skipped %s", error)
+                    failed.append(f"{item.path}\t{error}")
+                else:
+                    images.append(image)
+                    kept.append(item)
+            if images:
+                features = model.predict(np.stack(images))  # 0/1 bits for a binarizing export
+                if method:
+                    features = pack_bits(features)
+                rows[count:count + len(images)] = features
+                count += len(images)
+            bar.update(len(batch))
+    rows.flush()
+    del rows
+    # Drop the rows of skipped images: copy in chunks so memory stays bounded.
+    full = np.load(tmp, mmap_mode="r")
+    final = np.lib.format.open_memmap(out_file, mode="w+", dtype=dtype, shape=(count, width))
+    for start in range(0, count, 65536):
+        final[start:start + 65536] = full[start:min(start + 65536, count)]
+    final.flush()
+    del final, full
+    tmp.unlink()
+    return np.load(out_file, mmap_mode="r"), kept, failed
+
+
+def write_manifest(items: List[Item], path: Path) -> None:
+    path.write_text("".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items))
+
+
+def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path) -> GalleryIndex:
+    """Load the index in ``index_dir`` and add the gallery images it lacks, or build it anew."""
+    p = cfg.predict
+    items = read_items(p.gallery, "predict.gallery")
+    binary = bool(model.preprocess.get("binarize"))
+    index = GalleryIndex.load(index_dir) if (index_dir / "manifest.json").is_file() else None
+    if index is not None:
+        known = set(index.paths or [])
+        new = [i for i in items if i.path not in known]
+        log.info("gallery %s: %d images indexed, %d new", index_dir, len(known), len(new))
+    else:
+        new = items
+    if new:
+        rows, kept, failed = extract(model, new, out_dir / "gallery_features.npy", p.batch_size, "gallery")
+        (out_dir / "gallery_failed.txt").write_text("".join(line + "\n" for line in failed))
+        labels = [i.label for i in kept]
+        labels = labels if all(label is not None for label in labels) else None
+        paths = [i.path for i in kept]
+        if index is None:
+            index = GalleryIndex.build(np.asarray(rows), labels=labels, paths=paths, kind=p.index, binary=binary)
+        else:
+            index.add(np.asarray(rows), labels=labels, paths=paths)
+        index.save(index_dir)
+    return index
+
+
+def run(cfg: DictConfig, run_dir) -> dict:
+    p = cfg.predict
+    if not p.model_dir:
+        raise ConfigError("stage=predict needs an export: predict.model_dir=<dir> (make one with stage=export)")
+    if not p.input:
+        raise ConfigError("stage=predict needs images: predict.input=<folder or list file>")
+    out_dir = Path(p.output_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = ExportedModel(p.model_dir, device=cfg.trainer.device)
+    items = read_items(p.input, "predict.input")
+    tracker = MlflowTracker(cfg, stage="predict")
+    try:
+        name = "codes.npy" if model.preprocess.get("binarize") else "features.npy"
+        rows, kept, failed = extract(model, items, out_dir / name, p.batch_size, "predict")
+        write_manifest(kept, out_dir / "manifest.tsv")
+        (out_dir / "failed.txt").write_text("".join(line + "\n" for line in failed))
+        summary = {"images": len(items), "extracted": len(kept), "failed": len(failed)}
+        if failed:
+            log.warning("%d image(s) could not be decoded and were skipped: see %s", len(failed), out_dir / "failed.txt")
+        if p.gallery:
+            index_dir = Path(p.index_dir) if p.index_dir else out_dir / "gallery"
+            index = gallery_index(model, cfg, index_dir, out_dir)
+            queries = np.asarray(rows)
+            paths, labels = [i.path for i in kept], [i.label for i in kept]
+            results = index.results(queries, p.top_k, query_paths=paths, query_labels=labels)
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+            if all(label is not None for label in labels) and index.labels is not None:
+                metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
+                write_metrics(metrics, out_dir / "metrics.json")
+                tracker.log_metrics(metrics, step=0)
+                log.info("retrieval metrics of %d queries\n%s", len(kept), format_metrics_table(metrics))
+                summary["metrics"] = metrics
+            shown = min(p.picture_queries, len(results))
+            if shown:
+                retrieval_grid(paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k,
+                               query_labels=labels[:shown])
+            summary["gallery"] = {"index": str(index_dir), "size": index.ntotal}
+        (out_dir / "predict_summary.json").write_text(json.dumps(summary, indent=2))
+        for artifact in ("results.json", "metrics.json", "retrieval.png", "predict_summary.json", "failed.txt"):
+            if (out_dir / artifact).is_file():
+                tracker.log_artifact(out_dir / artifact)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    log.info("features of %d images in %s; %s", len(kept), out_dir, tracker.describe())
+    return summary

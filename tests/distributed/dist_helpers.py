@@ -1,0 +1,140 @@
+"""Helpers for the data-parallel tests: tiny CPU configs, processes started the way users start them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("_worker.py")
+
+# Tiny and fast on 2 CPU cores; 5 training classes allow P x K = 2 x 4 on each of 2 ranks.
+TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
+        "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu"]
+
+
+def env(threads: int = 1, **extra) -> dict:
+    """The environment of a launched job: ``threads`` OpenMP threads per process, so that features
+    computed by 2 processes on 2 cores match a single process bit for bit (rounding differs with
+    the thread count)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
+
+
+def run_py(*args, timeout=300, threads=1, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env(threads), **kwargs)
+
+
+def launch(nproc: int, script_args, log_dir: Path, timeout=300) -> subprocess.CompletedProcess:
+    """``python -m paddle.distributed.launch --nproc_per_node N SCRIPT ARGS`` (the direct way)."""
+    return subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+                           "--log_dir", str(log_dir), *map(str, script_args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env())
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0 for k in a)
+
+
+def worker_logs(log_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("workerlog.*")))
+
+
+def write_image_lists(root: Path, sizes=(("train", 200), ("query", 37), ("gallery", 53)), classes: int = 5) -> list:
+    """Random 12x12 PNGs, ``i % classes`` labelled, in ``<name>.txt`` lists; returns the dataset overrides.
+
+    Small and odd-sized on purpose: 200 training images give 12 P x K steps of 16 per epoch, and
+    37 / 53 eval images split unevenly over 2 processes. (The digits would cost every process a
+    scikit-learn import and 1797 PNG writes per fresh output root.)
+    """
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for name, count in sizes:
+        lines = []
+        for i in range(count):
+            path = f"img/{name}_{i}.png"
+            cv2.imwrite(str(root / path), (rng.random((12, 12, 3)) * 255).astype(np.uint8))
+            lines.append(f"{path} {i % classes}")
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return ["dataset=image_list", f"dataset.root={root}", "dataset.train_list=train.txt",
+            "dataset.query_list=query.txt", "dataset.gallery_list=gallery.txt"]
+
+
+@pytest.fixture(scope="session")
+def image_lists(tmp_path_factory):  # re-exported by conftest.py
+    return write_image_lists(tmp_path_factory.mktemp("image_lists"))
+
+
+@pytest.fixture()
+def single_thread():  # re-exported by conftest.py
+    """Run in-process Paddle math on one thread (as each of 2 launched processes does) and restore."""
+    import recog  # noqa: F401
+    import paddle
+
+    paddle.base.core.set_num_threads(1)
+    yield
+    paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+
+
+def children(pid: int) -> list:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def rank_of(pid: int):
+    """``PADDLE_TRAINER_ID`` of a process started by the launcher (None if unknown or gone)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"PADDLE_TRAINER_ID="):
+            return int(item.split(b"=", 1)[1])
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def progress(text: str, desc: str) -> int:
+    """The last count of a tqdm bar ``desc`` in captured output (0 if none yet)."""
+    import re
+
+    counts = re.findall(re.escape(desc) + r":\s*\d+%\|[^|]*\|\s*(\d+)/\d+", text)
+    return int(counts[-1]) if counts else 0

@@ -1,0 +1,120 @@
+"""stage=predict: streaming extraction with skipped bad files, gallery search and its growth."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import recog
+from recog.errors import DataError, RecogError
+from recog.inference import ExportedModel, preprocess_image
+from recog.inference.export import export_model
+from recog.search import GalleryIndex
+from recog.stages import predict
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_export")
+    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=24", "head.class_num=5",
+                         f"paths.output_root={root}"])
+    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    export_model(recog.build_model(cfg), cfg, root / "export", images, cpu_onednn="full")
+    return root / "export"
+
+
+def _images(folder, count, seed, label_of=lambda i: i % 3):
+    """PNG files of 3 synthetic classes (a bright square at a class-specific place) and a list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        image = (rng.random((20, 20, 3)) * 40).astype(np.uint8)
+        c = label_of(i)
+        image[2 + 5 * c:8 + 5 * c, 4:16] = 255
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+        lines.append(f"{folder.name}/{i:03d}.png {c}")
+    (folder.parent / f"{folder.name}.txt").write_text("\n".join(lines) + "\n")
+    return folder.parent / f"{folder.name}.txt"
+
+
+def _cfg(tmp_path, export_dir, *overrides):
+    return recog.compose([f"paths.output_root={tmp_path}", "mlflow.enabled=false",
+                          f"predict.model_dir={export_dir}", *overrides])
+
+
+def test_folder_with_corrupt_and_non_image_files_is_extracted_and_both_are_named(tmp_path, export_dir):
+    _images(tmp_path / "imgs", 5, seed=0)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "imgs" / "notes.jpg").write_text("not an image at all")
+    summary = predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'imgs'}", "predict.batch_size=3"),
+                          tmp_path / "out")
+    assert summary == {"images": 7, "extracted": 5, "failed": 2}
+    features = np.load(tmp_path / "out" / "features.npy")
+    manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
+    failed = (tmp_path / "out" / "failed.txt").read_text()
+    assert features.shape == (5, 24) and len(manifest) == 5 and "broken.png" in failed and "notes.jpg" in failed
+    # Row i is the image on manifest line i, exactly as the predictor computes it alone.
+    model = ExportedModel(export_dir)
+    path = manifest[3].split("\t")[0]
+    alone = model.predict(preprocess_image(cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB), model.preprocess)[None])
+    np.testing.assert_allclose(features[3], alone[0], atol=1e-5)
+
+
+def test_gallery_search_results_metrics_and_picture(tmp_path, export_dir):
+    queries, gallery = _images(tmp_path / "q", 6, seed=1), _images(tmp_path / "g", 9, seed=2)
+    cfg = _cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}", "predict.top_k=4",
+               "predict.picture_queries=3")
+    summary = predict.run(cfg, tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results) == 6 and all(len(r["results"]) == 4 for r in results)
+    # Against NumPy brute force on the saved features: inner product, ties by lower index.
+    q = np.load(tmp_path / "out" / "features.npy")
+    index = GalleryIndex.load(tmp_path / "out" / "gallery")
+    g = index.gallery_vectors()
+    scores = q @ g.T
+    for i, row in enumerate(results):
+        expected = sorted(range(len(g)), key=lambda j: (-scores[i, j], j))[:4]
+        assert [r["index"] for r in row["results"]] == expected
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics == recog.metrics.retrieval_metrics(q, [r["label"] for r in results], g, index.labels.tolist())
+    assert summary["metrics"] == metrics
+    picture = cv2.imread(str(tmp_path / "out" / "retrieval.png"))
+    assert picture is not None and picture.shape[0] * 5 == picture.shape[1] * 3  # 3 rows of 1 + 4 tiles
+
+
+def test_adding_to_a_gallery_extracts_only_new_images_and_equals_a_rebuild(tmp_path, export_dir, monkeypatch):
+    queries = _images(tmp_path / "q", 3, seed=1)
+    gallery = _images(tmp_path / "g", 8, seed=2)
+    lines = gallery.read_text().splitlines()
+    (tmp_path / "first.txt").write_text("\n".join(lines[:5]) + "\n")
+    index_dir = tmp_path / "index"
+    base = [f"predict.input={queries}", f"predict.index_dir={index_dir}"]
+    predict.run(_cfg(tmp_path, export_dir, *base, f"predict.gallery={tmp_path / 'first.txt'}"), tmp_path / "a")
+
+    extracted = []
+    real_extract = predict.extract
+    monkeypatch.setattr(predict, "extract", lambda model, items, *a: extracted.append(len(items)) or real_extract(model, items, *a))
+    predict.run(_cfg(tmp_path, export_dir, *base, f"predict.gallery={gallery}"), tmp_path / "b")
+    assert extracted == [3, 3]  # the 3 queries, then only the 3 new gallery images
+    grown = GalleryIndex.load(index_dir)
+    predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}",
+                     f"predict.index_dir={tmp_path / 'rebuilt'}"), tmp_path / "c")
+    rebuilt = GalleryIndex.load(tmp_path / "rebuilt")
+    assert grown.paths == rebuilt.paths and grown.ntotal == 8
+    np.testing.assert_array_equal(grown.gallery_vectors(), rebuilt.gallery_vectors())
+    assert json.loads((tmp_path / "b" / "results.json").read_text()) == json.loads((tmp_path / "c" / "results.json").read_text())
+
+
+def test_bad_input_is_a_clear_error(tmp_path, export_dir):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'empty'}"), tmp_path / "out")
+    with pytest.raises(RecogError, match="preprocess.json|not an export|export"):
+        predict.run(_cfg(tmp_path, tmp_path / "empty", f"predict.input={tmp_path / 'empty'}"), tmp_path / "out")
+    (tmp_path / "bad.txt").write_text("a.png 1\nb.png one\n")
+    with pytest.raises(DataError, match="line 2"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'bad.txt'}"), tmp_path / "out")
+    with pytest.raises(recog.errors.ConfigError, match="predict.input"):
+        predict.run(_cfg(tmp_path, export_dir), tmp_path / "out")
