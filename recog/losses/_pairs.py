@@ -1,4 +1,4 @@
-"""Helpers shared by the pair-based losses: label checks and same-class masks."""
+"""Helpers shared by the pair-based losses: label checks, same-class masks, distances."""
 
 import paddle
 
@@ -25,7 +25,14 @@ def in_batch_masks(labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]
     return same & ~paddle.eye(labels.shape[0]).astype("bool"), ~same
 
 
-def check_pk_batch(name: str, is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor) -> None:
+def pair_masks(inputs: paddle.Tensor, labels: paddle.Tensor, name: str
+               ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """``(labels [N], is_pos [N, N], is_neg [N, N])`` for ``inputs [N, ...]`` and labels [N] or [N, 1]."""
+    labels = flat_labels(labels, inputs.shape[0], name)
+    return (labels, *in_batch_masks(labels))
+
+
+def check_pk_batch(is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor, name: str) -> None:
     """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks)."""
     no_pos = int((~is_pos.any(axis=1)).astype("int64").sum())
     no_neg = int((~is_neg.any(axis=1)).astype("int64").sum())
@@ -46,3 +53,14 @@ def check_class_num(name: str, labels: paddle.Tensor, class_num: int | None) -> 
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= class_num:
         raise ValueError(f"{name}: labels must be in [0, class_num={class_num}), got [{low}, {high}]")
+
+
+def l2_normalize(x: paddle.Tensor, eps: float = 1e-12) -> paddle.Tensor:
+    """``x / max(|x|_2, eps)`` row-wise."""
+    return x / paddle.clip(paddle.norm(x, p=2, axis=-1, keepdim=True), min=eps)
+
+
+def squared_distances(x: paddle.Tensor) -> paddle.Tensor:
+    """``[N, D] -> [N, N]`` squared Euclidean distances, ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clipped at 0."""
+    sq_norm = (x * x).sum(axis=1, keepdim=True)
+    return paddle.clip(sq_norm + sq_norm.t() - 2.0 * paddle.matmul(x, x, transpose_y=True), min=0.0)

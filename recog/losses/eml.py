@@ -42,7 +42,7 @@ class EmlLoss(nn.Layer):
         """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
         labels = flat_labels(labels, inputs.shape[0], "EmlLoss")
         is_pos, is_neg = in_batch_masks(labels)
-        check_pk_batch("EmlLoss", is_pos, is_neg, labels)
+        check_pk_batch(is_pos, is_neg, labels, "EmlLoss")
 
         sq_norm = (inputs * inputs).sum(axis=1, keepdim=True)  # [N, 1]
         dist = sq_norm + sq_norm.t() - 2.0 * paddle.matmul(inputs, inputs, transpose_y=True)

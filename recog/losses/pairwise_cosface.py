@@ -35,7 +35,7 @@ class PairwiseCosface(nn.Layer):
         """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
         labels = flat_labels(labels, inputs.shape[0], "PairwiseCosface")
         is_pos, is_neg = in_batch_masks(labels)
-        check_pk_batch("PairwiseCosface", is_pos, is_neg, labels)
+        check_pk_batch(is_pos, is_neg, labels, "PairwiseCosface")
 
         x = F.normalize(inputs, axis=1)
         sim = paddle.matmul(x, x, transpose_y=True)  # [N, N]

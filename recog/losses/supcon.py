@@ -3,7 +3,7 @@
 import paddle
 import paddle.nn as nn
 
-from recog.losses._pk import check_pk_batch, pair_masks
+from recog.losses._pairs import check_pk_batch, pair_masks
 
 
 class SupConLoss(nn.Layer):

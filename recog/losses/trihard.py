@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.losses._pk import check_pk_batch, l2_normalize, pair_masks, squared_distances
+from recog.losses._pairs import check_pk_batch, l2_normalize, pair_masks, squared_distances
 
 
 class TriHardLoss(nn.Layer):

@@ -1,11 +1,10 @@
 """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss")."""
 
-
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.errors import ConfigError
+from recog.losses._pairs import check_pk_batch, pair_masks
 
 
 class TripletLossV2(nn.Layer):
@@ -31,14 +30,8 @@ class TripletLossV2(nn.Layer):
 
     def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
-        n = inputs.shape[0]
-        labels = labels.reshape([-1])
-        if labels.shape[0] != n:
-            raise ValueError(f"TripletLossV2 got {n} features but {labels.shape[0]} labels")
-        same = labels.unsqueeze(1) == labels.unsqueeze(0)  # [N, N]
-        is_pos = same & ~paddle.eye(n).astype("bool")
-        is_neg = ~same
-        _check_pk_batch(is_pos, is_neg, labels)
+        labels, is_pos, is_neg = pair_masks(inputs, labels, "TripletLossV2")  # [N], [N, N], [N, N]
+        check_pk_batch(is_pos, is_neg, labels, "TripletLossV2")
 
         features = inputs
         if self.normalize_feature:
@@ -51,17 +44,3 @@ class TripletLossV2(nn.Layer):
         dist_ap = paddle.where(is_pos, dist, -inf).max(axis=1)  # [N]
         dist_an = paddle.where(is_neg, dist, inf).min(axis=1)  # [N]
         return F.relu(dist_ap - dist_an + self.margin).mean()
-
-
-def _check_pk_batch(is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor) -> None:
-    """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks)."""
-    no_pos = int((~is_pos.any(axis=1)).astype("int64").sum())
-    no_neg = int((~is_neg.any(axis=1)).astype("int64").sum())
-    if no_pos or no_neg:
-        n_classes = len(set(labels.numpy().tolist()))
-        raise ConfigError(
-            "TripletLossV2 needs P x K batches (several images per class, several classes per "
-            f"batch): this batch has {labels.shape[0]} samples in {n_classes} class(es), "
-            f"{no_pos} anchor(s) without a positive and {no_neg} without a negative. "
-            "Use the P x K sampler (set data.samples_per_class, e.g. 4)."
-        )
