@@ -64,3 +64,10 @@ def squared_distances(x: paddle.Tensor) -> paddle.Tensor:
     """``[N, D] -> [N, N]`` squared Euclidean distances, ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clipped at 0."""
     sq_norm = (x * x).sum(axis=1, keepdim=True)
     return paddle.clip(sq_norm + sq_norm.t() - 2.0 * paddle.matmul(x, x, transpose_y=True), min=0.0)
+
+
+def hardest_pairs(dist: paddle.Tensor, is_pos: paddle.Tensor, is_neg: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Batch-hard mining on ``dist [N, N]``: per anchor the largest distance to a positive and the
+    smallest to a negative, ``([N], [N])`` (Hermans et al. 2017)."""
+    inf = paddle.full_like(dist, float("inf"))
+    return paddle.where(is_pos, dist, -inf).max(axis=1), paddle.where(is_neg, dist, inf).min(axis=1)

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.losses._pairs import check_pk_batch, l2_normalize, pair_masks, squared_distances
+from recog.losses._pairs import check_pk_batch, hardest_pairs, l2_normalize, pair_masks, squared_distances
 
 
 class MSMLoss(nn.Layer):
@@ -31,9 +31,5 @@ class MSMLoss(nn.Layer):
         """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
         labels, is_pos, is_neg = pair_masks(inputs, labels, "MSMLoss")
         check_pk_batch(is_pos, is_neg, labels, "MSMLoss")
-        sq_dist = squared_distances(l2_normalize(inputs))  # [N, N]
-
-        inf = paddle.full_like(sq_dist, float("inf"))
-        hard_pos = paddle.where(is_pos, sq_dist, -inf).max()
-        hard_neg = paddle.where(is_neg, sq_dist, inf).min()
-        return F.relu(hard_pos + self.margin - hard_neg)
+        hard_pos, hard_neg = hardest_pairs(squared_distances(l2_normalize(inputs)), is_pos, is_neg)
+        return F.relu(hard_pos.max() + self.margin - hard_neg.min())  # the hardest pair of the batch

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.losses._pairs import check_pk_batch, l2_normalize, pair_masks, squared_distances
+from recog.losses._pairs import check_pk_batch, hardest_pairs, l2_normalize, pair_masks, squared_distances
 
 
 class TriHardLoss(nn.Layer):
@@ -31,9 +31,5 @@ class TriHardLoss(nn.Layer):
         """inputs: features [N, D] float32; labels: [N] or [N, 1] int. Returns a scalar."""
         labels, is_pos, is_neg = pair_masks(inputs, labels, "TriHardLoss")
         check_pk_batch(is_pos, is_neg, labels, "TriHardLoss")
-        sq_dist = squared_distances(l2_normalize(inputs))  # [N, N]
-
-        inf = paddle.full_like(sq_dist, float("inf"))
-        hard_pos = paddle.where(is_pos, sq_dist, -inf).max(axis=1)  # [N]
-        hard_neg = paddle.where(is_neg, sq_dist, inf).min(axis=1)  # [N]
+        hard_pos, hard_neg = hardest_pairs(squared_distances(l2_normalize(inputs)), is_pos, is_neg)  # [N], [N]
         return F.relu(hard_pos + self.margin - hard_neg).mean()

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.losses._pairs import check_pk_batch, pair_masks
+from recog.losses._pairs import check_pk_batch, hardest_pairs, pair_masks, squared_distances
 
 
 class TripletLossV2(nn.Layer):
@@ -36,11 +36,6 @@ class TripletLossV2(nn.Layer):
         features = inputs
         if self.normalize_feature:
             features = features / (paddle.norm(features, p=2, axis=-1, keepdim=True) + 1e-12)
-        sq_norm = (features * features).sum(axis=1, keepdim=True)  # [N, 1]
-        sq_dist = sq_norm + sq_norm.t() - 2.0 * paddle.matmul(features, features, transpose_y=True)
-        dist = paddle.clip(sq_dist, min=1e-12).sqrt()  # [N, N]
-
-        inf = paddle.full_like(dist, float("inf"))
-        dist_ap = paddle.where(is_pos, dist, -inf).max(axis=1)  # [N]
-        dist_an = paddle.where(is_neg, dist, inf).min(axis=1)  # [N]
+        dist = paddle.clip(squared_distances(features), min=1e-12).sqrt()  # [N, N]
+        dist_ap, dist_an = hardest_pairs(dist, is_pos, is_neg)  # [N], [N]
         return F.relu(dist_ap - dist_an + self.margin).mean()

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from recog.losses._pairs import check_pk_batch, pair_masks, squared_distances
+from recog.losses._pairs import check_pk_batch, hardest_pairs, pair_masks, squared_distances
 
 
 class TripletLoss(nn.Layer):
@@ -31,8 +31,5 @@ class TripletLoss(nn.Layer):
         labels, is_pos, is_neg = pair_masks(inputs, labels, "TripletLoss")
         check_pk_batch(is_pos, is_neg, labels, "TripletLoss")
         dist = paddle.clip(squared_distances(inputs), min=1e-12).sqrt()  # [N, N]
-
-        inf = paddle.full_like(dist, float("inf"))
-        dist_ap = paddle.where(is_pos, dist, -inf).max(axis=1)  # [N]
-        dist_an = paddle.where(is_neg, dist, inf).min(axis=1)  # [N]
+        dist_ap, dist_an = hardest_pairs(dist, is_pos, is_neg)  # [N], [N]
         return F.relu(dist_ap - dist_an + self.margin).mean()
