@@ -1,14 +1,13 @@
 """ArcMargin head: additive angular margin (ArcFace, Deng et al. 2019)."""
 
 import math
-from typing import Optional
 
 import paddle
-import paddle.nn.functional as F
-from paddle import nn
+
+from recog.models.heads.cosine import CosineHead
 
 
-class ArcMargin(nn.Layer):
+class ArcMargin(CosineHead):
     """``features [N, embedding_size] -> logits [N, class_num]``.
 
     In training with labels the target logit is ``scale * cos(theta + margin)``, the others
@@ -19,25 +18,13 @@ class ArcMargin(nn.Layer):
     ``cos(theta) > 0``.
     """
 
-    def __init__(
-        self,
-        embedding_size: int,
-        class_num: int,
-        margin: float = 0.2,
-        scale: float = 30.0,
-        easy_margin: bool = False,
-    ):
-        super().__init__()
-        self.margin, self.scale, self.easy_margin = margin, scale, easy_margin
-        self.weight = self.create_parameter(
-            [embedding_size, class_num], default_initializer=nn.initializer.XavierNormal()
-        )
+    def __init__(self, embedding_size: int, class_num: int, margin: float = 0.2, scale: float = 30.0,
+                 easy_margin: bool = False):
+        super().__init__(embedding_size, class_num, margin, scale)
+        self.easy_margin = easy_margin
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        cos = paddle.matmul(F.normalize(features, axis=1), F.normalize(self.weight, axis=0))
-        if labels is None or not self.training:
-            return cos
-        # The floor keeps d sqrt/d cos finite where cos = +-1 exactly (NaN gradients otherwise).
+    def margin_logits(self, cos: paddle.Tensor, one_hot: paddle.Tensor) -> paddle.Tensor:
+        # 1e-12, not 0: at cos = +-1 the sqrt's gradient would be infinite (NaN after the chain rule).
         sin = paddle.sqrt(paddle.clip(1.0 - cos * cos, min=1e-12))
         cos_margin = cos * math.cos(self.margin) - sin * math.sin(self.margin)
         if self.easy_margin:
@@ -45,5 +32,4 @@ class ArcMargin(nn.Layer):
         else:
             threshold = math.cos(math.pi - self.margin)
             cos_margin = paddle.where(cos > threshold, cos_margin, cos - math.sin(math.pi - self.margin) * self.margin)
-        one_hot = F.one_hot(labels.reshape([-1]).astype("int64"), cos.shape[1])
         return self.scale * (one_hot * cos_margin + (1.0 - one_hot) * cos)

@@ -1,13 +1,12 @@
 """CircleMargin head: Circle loss with class-level labels (Sun et al. 2020, arXiv:2002.10857)."""
 
-from typing import Optional
-
 import paddle
 import paddle.nn.functional as F
-from paddle import nn
+
+from recog.models.heads.cosine import CosineHead
 
 
-class CircleMargin(nn.Layer):
+class CircleMargin(CosineHead):
     """``features [N, embedding_size] -> logits [N, class_num]``; softmax cross-entropy on these
     logits is the Circle loss with one positive (the target class) per sample.
 
@@ -26,21 +25,12 @@ class CircleMargin(nn.Layer):
     """
 
     def __init__(self, embedding_size: int, class_num: int, margin: float = 0.25, scale: float = 256.0):
-        super().__init__()
-        self.embedding_size, self.class_num = embedding_size, class_num
-        self.margin, self.scale = margin, scale
-        self.weight = self.create_parameter(
-            [embedding_size, class_num], default_initializer=nn.initializer.XavierNormal()
-        )
+        super().__init__(embedding_size, class_num, margin, scale)
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        cos = paddle.matmul(F.normalize(features, axis=1), F.normalize(self.weight, axis=0))
-        if labels is None or not self.training:
-            return cos
+    def margin_logits(self, cos: paddle.Tensor, one_hot: paddle.Tensor) -> paddle.Tensor:
         constant = cos.detach()
         alpha_p = F.relu(1.0 + self.margin - constant)
         alpha_n = F.relu(constant + self.margin)
         target = alpha_p * (cos - (1.0 - self.margin))
         other = alpha_n * (cos - self.margin)
-        one_hot = F.one_hot(labels.reshape([-1]).astype("int64"), cos.shape[1])
         return self.scale * (one_hot * target + (1.0 - one_hot) * other)

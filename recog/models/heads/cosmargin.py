@@ -1,13 +1,11 @@
 """CosMargin head: large margin cosine loss (CosFace, Wang et al. 2018, arXiv:1801.09414)."""
 
-from typing import Optional
-
 import paddle
-import paddle.nn.functional as F
-from paddle import nn
+
+from recog.models.heads.cosine import CosineHead
 
 
-class CosMargin(nn.Layer):
+class CosMargin(CosineHead):
     """``features [N, embedding_size] -> logits [N, class_num]``.
 
     In training with labels the target logit is ``scale * (cos(theta) - margin)``, the others
@@ -18,16 +16,7 @@ class CosMargin(nn.Layer):
     """
 
     def __init__(self, embedding_size: int, class_num: int, margin: float = 0.15, scale: float = 64.0):
-        super().__init__()
-        self.embedding_size, self.class_num = embedding_size, class_num
-        self.margin, self.scale = margin, scale
-        self.weight = self.create_parameter(
-            [embedding_size, class_num], default_initializer=nn.initializer.XavierNormal()
-        )
+        super().__init__(embedding_size, class_num, margin, scale)
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        cos = paddle.matmul(F.normalize(features, axis=1), F.normalize(self.weight, axis=0))
-        if labels is None or not self.training:
-            return cos
-        one_hot = F.one_hot(labels.reshape([-1]).astype("int64"), cos.shape[1])
+    def margin_logits(self, cos: paddle.Tensor, one_hot: paddle.Tensor) -> paddle.Tensor:
         return self.scale * (cos - self.margin * one_hot)
