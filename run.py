@@ -22,10 +22,14 @@ register_schemas()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    from recog.distributed.submitit_job import needs_node_launch, run_node_launcher
     from recog.stages import run_stage
 
+    hydra_cfg = HydraConfig.get()
     try:
-        return run_stage(cfg, HydraConfig.get().runtime.output_dir)
+        if needs_node_launch(cfg):  # a submitit task (one per node) starts this node's ranks
+            return run_node_launcher(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task, __file__)
+        return run_stage(cfg, hydra_cfg.runtime.output_dir)
     except TrainingInterrupted as stop:  # SIGTERM / SIGINT: checkpoint saved, exit 128 + signal
         log.warning("%s", stop)
         sys.exit(stop.exit_code)

@@ -60,7 +60,8 @@ def prepare_argv(args: Sequence[str], script: str) -> List[str]:
     if any(a.startswith("-") and a not in MULTIRUN for a in args):
         return args  # --cfg job, --help, ...: Hydra's own modes, nothing is run
     if any(a in MULTIRUN for a in args):
-        _refuse_distributed_sweep(args)
+        if not any(a.startswith("hydra/launcher=submitit") for a in args):
+            _refuse_distributed_sweep(args)  # submitit jobs launch their ranks: recog/distributed/submitit_job.py
         return args
     launcher, run_dir = launch_settings(args)
     if launcher.nproc_per_node <= 1 and launcher.nnodes <= 1:
@@ -74,15 +75,17 @@ def prepare_argv(args: Sequence[str], script: str) -> List[str]:
 
 
 def _refuse_distributed_sweep(args: List[str]) -> None:
-    """Hydra's sweeps run their jobs in this one process: no data-parallel launch for them."""
+    """Hydra's basic and joblib launchers run the jobs in this process or its workers: no
+    data-parallel launch for them (the submitit launcher's jobs launch their own ranks)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides([a for a in args if a not in MULTIRUN])
     swept = [o.input_line for o in overrides if o.is_sweep_override() and _is_launcher_override(o.input_line)]
     launcher, _ = launch_settings([o.input_line for o in overrides if not o.is_sweep_override()])
     if swept or launcher.nproc_per_node > 1 or launcher.nnodes > 1:
-        raise ConfigError("a sweep (-m) cannot run with launcher.nproc_per_node/nnodes above 1: start one "
-                          "data-parallel run per setting")
+        raise ConfigError("a sweep (-m) cannot run with launcher.nproc_per_node/nnodes above 1 on this machine's "
+                          "launchers: start one data-parallel run per setting, or submit the sweep's jobs with "
+                          "hydra/launcher=submitit_slurm (or submitit_local)")
 
 
 def rank_argv(args: List[str], rank: int, world_size: int) -> List[str]:
@@ -151,6 +154,9 @@ def launch_command(args: Sequence[str], launcher, run_dir: str, script: str,
 
     if not _runtime.OMP_NUM_THREADS_FROM_USER or "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launcher.nproc_per_node))
+    if env.get("CUDA_VISIBLE_DEVICES") == "" and not _compiled_with_cuda():
+        # An empty list (e.g. set by submitit without GPUs) makes the launcher look for GPU "" and fail.
+        del env["CUDA_VISIBLE_DEVICES"]
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(launcher.nproc_per_node),
                "--log_dir", str(log_dir(run_dir, launcher))]
     if launcher.nnodes > 1:
@@ -163,6 +169,12 @@ def launch_command(args: Sequence[str], launcher, run_dir: str, script: str,
     if run_dir_override(passed) is None:
         passed.append(f"hydra.run.dir={_quote(run_dir)}")
     return command + [str(Path(script).absolute()), *passed], env
+
+
+def _compiled_with_cuda() -> bool:
+    import paddle
+
+    return paddle.is_compiled_with_cuda()
 
 
 def log_dir(run_dir: str, launcher) -> Path:
