@@ -37,6 +37,7 @@ from recog.errors import ConfigError, RecogError
 from recog.inference.predictor import (FORMAT, FORMAT_VERSION, MODEL_FILE, ONEDNN_MODES, ONNX_FILE, PARAMS_FILE,
                                        PREPROCESS_FILE, REPORT_FILE, ExportedModel)
 from recog.models.rec_model import RecModel
+from recog.utils import atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,9 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
     settings = eval_settings(trained_cfg)
     model.eval()
     reference = dygraph_features(model, check_images, settings["normalize"])
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    _chmod_as_umask(tmp)
-    try:
+    # Written into a temp directory and swapped in whole (recog.utils.atomic): a failed or killed
+    # export leaves the previous one as it was; disk full / permission denied -> StorageError.
+    with atomic.replacing_dir(output_dir, what="export") as tmp:
         started = time.perf_counter()
         extractor = FeatureExtractor(model, settings["normalize"])
         extractor.eval()
@@ -165,9 +165,6 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
                              f"up to {details} (max abs difference on {len(check_images)} images, {check_source}), "
                              f"above export.tolerance={tolerance:g}. The rejected export is in {rejected} "
                              f"({REPORT_FILE} has the numbers); {output_dir} was left unchanged")
-        _replace_dir(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
@@ -322,22 +319,5 @@ def check_replaceable(output_dir: Path) -> None:
                           f"(no {PREPROCESS_FILE}): refusing to replace it; choose an empty or new directory")
 
 
-def _chmod_as_umask(path: Path) -> None:
-    """mkdtemp creates 0700 directories; an export is meant to be shared like any other folder."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
 def _write_json(path: Path, data: Dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``; the previous export is removed only after the swap."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.write_file(path, json.dumps(data, indent=2) + "\n")

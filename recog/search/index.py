@@ -65,7 +65,9 @@ Saved layout (``save(directory)``): ``index.faiss`` (``faiss.write_index`` or
 ``write_index_binary``) and ``manifest.json`` (format version, kind, binary, metric, dim,
 count, params, labels or null, paths or null). Nothing in either file depends on the time or
 on how the gallery was assembled, so a flat index built in two ``add`` steps saves to the same
-bytes as one built at once.
+bytes as one built at once. The pair is written atomically: into a temp directory swapped in
+whole (``recog.utils.atomic``), or, when ``directory`` holds other files too, file by file
+(temp + rename), the manifest last.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ import numpy as np
 
 from recog.errors import ConfigError, DataError
 from recog.metrics import hamming_metrics, retrieval_metrics, unpack_bits
+from recog.utils import atomic
 
 __all__ = ["GalleryIndex", "IndexConfigError", "KINDS", "FORMAT_VERSION"]
 
@@ -379,22 +382,25 @@ class GalleryIndex:
         }
 
     def save(self, directory) -> Path:
-        """Write ``index.faiss`` and ``manifest.json`` into ``directory`` (created if needed)."""
+        """Write ``index.faiss`` and ``manifest.json`` into ``directory`` (created if needed).
+
+        A directory that holds nothing else is replaced whole (``recog.utils.atomic.replacing_dir``),
+        so a failed or killed save leaves the previous index; disk full or permission denied raise
+        ``recog.utils.atomic.StorageError``.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         try:
             text = json.dumps(self.manifest(), indent=1, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"the labels or paths cannot be written as JSON: {error}") from None
-        index_tmp = directory / (INDEX_NAME + ".tmp")
-        manifest_tmp = directory / (MANIFEST_NAME + ".tmp")
-        if self._binary:
-            faiss.write_index_binary(self._index, str(index_tmp))
-        else:
-            faiss.write_index(self._index, str(index_tmp))
-        manifest_tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(index_tmp, directory / INDEX_NAME)
-        os.replace(manifest_tmp, directory / MANIFEST_NAME)
+        data = (faiss.serialize_index_binary if self._binary else faiss.serialize_index)(self._index)
+        if not directory.is_dir() or set(os.listdir(directory)) <= {INDEX_NAME, MANIFEST_NAME}:
+            with atomic.replacing_dir(directory, what="gallery index") as tmp:  # the pair, whole
+                atomic.write_file(tmp / INDEX_NAME, data.tobytes())
+                atomic.write_file(tmp / MANIFEST_NAME, text + "\n")
+        else:  # a folder shared with other files: each file atomically, the manifest last
+            atomic.write_bytes(directory / INDEX_NAME, data.tobytes(), what="gallery index file")
+            atomic.write_text(directory / MANIFEST_NAME, text + "\n", what="gallery index manifest")
         return directory
 
     @classmethod

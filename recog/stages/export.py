@@ -14,7 +14,9 @@ split (random input if no dataset can be read) and the stage fails if any runtim
 the dygraph features by ``export.tolerance`` or more. The folder is logged as artifact ``export/``
 of the training run (found through ``state.json``'s ``mlflow_run_id``) without touching that run's
 status, or, if the tracking store does not hold that run, of a new run tagged ``recog.stage=export``.
-Load it with ``recog.inference.ExportedModel``.
+Load it with ``recog.inference.ExportedModel``. The folder is written beside ``output_dir`` and
+swapped in whole (``recog.utils.atomic``): a failed, killed or disk-full export leaves the
+previous export as it was (disk full / permission denied: ``StorageError``, exit code 2).
 
 Options (``export.*``): ``output_dir``, ``onnx``, ``opset_version``, ``tolerance`` (1e-4),
 ``check_images`` (16), ``cpu_onednn`` (``auto``: the fastest oneDNN mode that works for this model,

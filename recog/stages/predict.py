@@ -12,7 +12,10 @@
     metrics.json      Recall@K, mAP, ... when queries and gallery both have labels
     retrieval.png     the first queries and their top-k results, right ones framed green
 
-Extraction streams: memory is bounded by the batch, not by the number of images.
+Extraction streams: memory is bounded by the batch, not by the number of images. Every file
+(and the gallery index, a directory) is written to a temp name and renamed into place
+(``recog.utils.atomic``): a failed or killed run leaves complete earlier outputs, and disk full /
+permission denied end in ``StorageError`` (exit code 2) naming the file.
 """
 
 import json
@@ -34,6 +37,7 @@ from recog.metrics import format_metrics_table, pack_bits
 from recog.search import GalleryIndex, retrieval_grid
 from recog.stages.evaluate import write_metrics
 from recog.tracking import MlflowTracker
+from recog.utils import atomic
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,25 @@ def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size:
     dtype = np.float32 if not method else np.uint8
     tmp = out_file.with_name(out_file.name + ".partial.npy")
     rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), width))
+    try:
+        atomic.preallocate(tmp)  # disk full: a clear error now, not SIGBUS while filling the memmap
+        rows, kept, failed, count = _extract_into(rows, model, items, batch_size, desc, method)
+        rows.flush()
+        del rows
+        # Drop the rows of skipped images: streamed in chunks (np.save), so memory stays bounded.
+        full = np.load(tmp, mmap_mode="r")
+        with atomic.open_file(out_file, what="features file") as writer:
+            np.save(writer, full[:count])
+        del full
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(out_file, mmap_mode="r"), kept, failed
+
+
+def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], batch_size: int, desc: str,
+                  method) -> Tuple[np.ndarray, List[Item], List[str], int]:
+    """Decode, preprocess and predict ``items`` batch by batch into ``rows`` (skipped images leave
+    no row); returns ``(rows, kept items, failed lines, rows filled)``."""
     kept, failed, count = [], [], 0
 
     def load(item):
@@ -112,21 +135,11 @@ def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size:
                 rows[count:count + len(images)] = features
                 count += len(images)
             bar.update(len(batch))
-    rows.flush()
-    del rows
-    # Drop the rows of skipped images: copy in chunks so memory stays bounded.
-    full = np.load(tmp, mmap_mode="r")
-    final = np.lib.format.open_memmap(out_file, mode="w+", dtype=dtype, shape=(count, width))
-    for start in range(0, count, 65536):
-        final[start:start + 65536] = full[start:min(start + 65536, count)]
-    final.flush()
-    del final, full
-    tmp.unlink()
-    return np.load(out_file, mmap_mode="r"), kept, failed
+    return rows, kept, failed, count
 
 
 def write_manifest(items: List[Item], path: Path) -> None:
-    path.write_text("".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items))
+    atomic.write_text(path, "".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items), "manifest")
 
 
 def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path) -> GalleryIndex:
@@ -143,7 +156,7 @@ def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_di
         new = items
     if new:
         rows, kept, failed = extract(model, new, out_dir / "gallery_features.npy", p.batch_size, "gallery")
-        (out_dir / "gallery_failed.txt").write_text("".join(line + "\n" for line in failed))
+        atomic.write_text(out_dir / "gallery_failed.txt", "".join(line + "\n" for line in failed))
         labels = [i.label for i in kept]
         labels = labels if all(label is not None for label in labels) else None
         paths = [i.path for i in kept]
@@ -170,7 +183,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
         name = "codes.npy" if model.preprocess.get("binarize") else "features.npy"
         rows, kept, failed = extract(model, items, out_dir / name, p.batch_size, "predict")
         write_manifest(kept, out_dir / "manifest.tsv")
-        (out_dir / "failed.txt").write_text("".join(line + "\n" for line in failed))
+        atomic.write_text(out_dir / "failed.txt", "".join(line + "\n" for line in failed))
         summary = {"images": len(items), "extracted": len(kept), "failed": len(failed)}
         if failed:
             log.warning("%d image(s) could not be decoded and were skipped: see %s", len(failed), out_dir / "failed.txt")
@@ -180,7 +193,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
             queries = np.asarray(rows)
             paths, labels = [i.path for i in kept], [i.label for i in kept]
             results = index.results(queries, p.top_k, query_paths=paths, query_labels=labels)
-            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+            atomic.write_text(out_dir / "results.json", json.dumps(results, indent=1), "search results")
             if all(label is not None for label in labels) and index.labels is not None:
                 metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
                 write_metrics(metrics, out_dir / "metrics.json")
@@ -192,7 +205,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
                 retrieval_grid(paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k,
                                query_labels=labels[:shown])
             summary["gallery"] = {"index": str(index_dir), "size": index.ntotal}
-        (out_dir / "predict_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic.write_text(out_dir / "predict_summary.json", json.dumps(summary, indent=2), "summary")
         for artifact in ("results.json", "metrics.json", "retrieval.png", "predict_summary.json", "failed.txt"):
             if (out_dir / artifact).is_file():
                 tracker.log_artifact(out_dir / artifact)

@@ -9,12 +9,18 @@ A checkpoint is a directory::
                             train stage's checkpoints/last adds the step within the epoch, the
                             process count and every process's RNG state (exact resume)
     config.yaml             the resolved config that built the model
+
+Written atomically as a whole (``recog.utils.atomic.replacing_dir``): every file goes into a
+temp directory ``.<name>.tmp-<pid>-<tag>`` beside the checkpoint, is fsync'ed, and the directory
+is swapped in (one ``renameat2(RENAME_EXCHANGE)`` on Linux; else ``<name>`` -> ``.<name>.old``,
+temp -> ``<name>``); the previous version is removed last. A process killed at any moment leaves a
+complete checkpoint: ``<name>``, or ``.<name>.old`` when killed between the two fallback renames,
+which the loaders below read (``atomic.readable_dir``) and the next save puts back. A failed write
+(disk full, permission denied) raises ``atomic.StorageError`` naming the checkpoint and the OS
+reason, and leaves the previous checkpoint byte for byte as it was.
 """
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -22,9 +28,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 import paddle
 from omegaconf import DictConfig, OmegaConf
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 from recog.errors import RecogError
+from recog.utils import atomic
 
 MODEL_FILE, LOSS_FILE, OPTIMIZER_FILE = "model.safetensors", "loss.safetensors", "optimizer.safetensors"
 STATE_FILE, CONFIG_FILE = "state.json", "config.yaml"
@@ -33,31 +41,35 @@ STATE_FILE, CONFIG_FILE = "state.json", "config.yaml"
 def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[str, Any],
                     optimizer: Optional[paddle.optimizer.Optimizer] = None,
                     loss: Optional[paddle.nn.Layer] = None) -> Path:
-    """Write the checkpoint into a temporary sibling directory, then swap it into place."""
+    """Write the checkpoint into a temporary sibling directory, then swap it into place.
+
+    Raises ``atomic.StorageError`` (a ``RecogError``) when the disk refuses; the previous
+    checkpoint at ``path`` is then unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_file(_to_numpy(model.state_dict()), str(tmp / MODEL_FILE))
+    state = dict(state)
+    with atomic.replacing_dir(path, what="checkpoint") as tmp:
+        atomic.write_file(tmp / MODEL_FILE, safetensors_bytes(_to_numpy(model.state_dict())))
         if loss is not None and loss.state_dict():
-            save_file(_to_numpy(loss.state_dict()), str(tmp / LOSS_FILE))
-        state = dict(state)
+            atomic.write_file(tmp / LOSS_FILE, safetensors_bytes(_to_numpy(loss.state_dict())))
         if optimizer is not None:
             tensors, rest = _split_tensors(optimizer.state_dict())
             tensors = _rename_accumulators(tensors, _runtime_to_structured(model, loss))
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            atomic.write_file(tmp / OPTIMIZER_FILE, safetensors_bytes(tensors))
             state["optimizer"] = rest
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default))
-        (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        _replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.write_file(tmp / STATE_FILE, json.dumps(state, indent=2, default=_json_default))
+        atomic.write_file(tmp / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def has_checkpoint(path) -> bool:
+    """Whether ``path`` (or the ``.old`` a process killed mid-swap left) holds a complete checkpoint."""
+    return (atomic.readable_dir(path) / STATE_FILE).is_file()
 
 
 def load_model_weights(path, model: paddle.nn.Layer) -> None:
     """Load ``model.safetensors`` from a checkpoint directory; every parameter must match."""
-    file = Path(path) / MODEL_FILE
+    file = atomic.readable_dir(path) / MODEL_FILE
     if not file.is_file():
         raise RecogError(f"no model weights at {file}: expected a best_model/ or checkpoint directory")
     weights = load_file(str(file))
@@ -72,16 +84,16 @@ def load_model_weights(path, model: paddle.nn.Layer) -> None:
 
 
 def load_state(path) -> Dict[str, Any]:
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    return json.loads((atomic.readable_dir(path) / STATE_FILE).read_text())
 
 
 def load_config(path) -> DictConfig:
-    return OmegaConf.load(Path(path) / CONFIG_FILE)
+    return OmegaConf.load(atomic.readable_dir(path) / CONFIG_FILE)
 
 
 def load_loss_state(path, loss: paddle.nn.Layer) -> None:
     """Restore a loss's own state (if it has one and the checkpoint saved it)."""
-    file = Path(path) / LOSS_FILE
+    file = atomic.readable_dir(path) / LOSS_FILE
     if loss.state_dict() and file.is_file():
         loss.set_state_dict({k: paddle.to_tensor(v) for k, v in load_file(str(file)).items()})
 
@@ -90,7 +102,7 @@ def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: pad
                          loss: Optional[paddle.nn.Layer] = None) -> None:
     """Restore momentum buffers etc. saved by ``save_checkpoint`` for the same architecture."""
     structured_to_runtime = {v: k for k, v in _runtime_to_structured(model, loss).items()}
-    tensors = _rename_accumulators(load_file(str(Path(path) / OPTIMIZER_FILE)), structured_to_runtime)
+    tensors = _rename_accumulators(load_file(str(atomic.readable_dir(path) / OPTIMIZER_FILE)), structured_to_runtime)
     with warnings.catch_warnings():
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
         # reports as unused before LinearWarmup restores it: a false alarm.
@@ -142,12 +154,3 @@ def _json_default(value):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target``; at every moment one complete version exists on disk."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -236,3 +236,40 @@ def test_missing_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RecogError, match="model.safetensors"):
         load_model_weights(tmp_path / "empty", model)
+
+
+def test_killed_mid_swap_the_previous_checkpoint_is_read_and_put_back(tmp_path):
+    cfg = _cfg(tmp_path)
+    saved = _model(cfg, 1)
+    parent = tmp_path / "checkpoints"
+    save_checkpoint(parent / "last", saved, cfg, {"epoch": 1})
+    # What a process killed between the two renames of the fallback swap leaves (no renameat2):
+    # the previous version moved aside, and the new one unfinished in a temp directory.
+    os.replace(parent / "last", parent / ".last.old")
+    (parent / ".last.tmp-999999999-abcdef").mkdir()
+    (parent / ".last.tmp-999999999-abcdef" / "model.safetensors").write_bytes(b"\x10\x00")
+    assert checkpoint.has_checkpoint(parent / "last") and checkpoint.load_state(parent / "last")["epoch"] == 1
+    loaded = _model(cfg, 2)
+    load_model_weights(parent / "last", loaded)
+    for k, v in _state(saved).items():
+        np.testing.assert_array_equal(_state(loaded)[k], v, err_msg=k)
+    save_checkpoint(parent / "last", _model(cfg, 3), cfg, {"epoch": 2})  # tidies up, then saves
+    assert os.listdir(parent) == ["last"] and checkpoint.load_state(parent / "last")["epoch"] == 2
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    path = save_checkpoint(tmp_path / "last", _model(cfg, 1), cfg, {"epoch": 1})
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(RecogError, match=rf"could not write the checkpoint {path}: No space left on device "
+                                         r"\[ENOSPC\] at .*model\.safetensors; the previous checkpoint there "
+                                         r"is unchanged"):
+        save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["last"]
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before

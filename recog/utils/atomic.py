@@ -1,0 +1,295 @@
+"""Crash-safe writes: an output file or directory is replaced whole, or not at all.
+
+Files (``write_bytes``, ``write_text``, ``open_file``): written to ``.<name>.tmp-<pid>-<tag>``
+beside the target, fsync'ed, renamed over the target (``os.replace``: atomic on POSIX), then the
+parent directory is fsync'ed so that the rename itself survives a power cut.
+
+Directories of several files (``replacing_dir``; checkpoints, exports, gallery indexes):
+
+1. every file is written into ``.<name>.tmp-<pid>-<tag>/`` beside the target;
+2. every file and directory in it is fsync'ed;
+3. the swap: on Linux one ``renameat2(RENAME_EXCHANGE)`` exchanges the two directories atomically,
+   so ``<name>`` is always a complete version; where that call is missing or refused (other
+   systems, some file systems), ``<name>`` is renamed to ``.<name>.old`` and the new directory to
+   ``<name>``;
+4. the parent directory is fsync'ed and the previous version removed.
+
+A process killed at any moment (SIGKILL, power cut) leaves one of these states:
+
+* ``<name>`` complete (the previous or the new version), perhaps beside a temp directory
+  (unfinished, or holding the previous version after an exchange) or a partly removed ``.old``;
+* no ``<name>`` but a complete ``.<name>.old`` (killed between the two renames of the fallback).
+
+``readable_dir`` picks the directory to read (``<name>``, else ``.<name>.old``) without changing
+anything; the next ``replacing_dir`` of the same target first puts ``.old`` back (if ``<name>``
+is missing) or removes it, and removes the temp directories of processes that are gone. A temp
+directory is never read.
+
+Failures: an ``OSError`` while writing (disk full, permission denied, read-only file system, ...)
+removes the temporary files and raises ``StorageError`` naming the target and the OS reason; the
+previous version is untouched. Other exceptions pass through, after the same clean-up.
+"""
+
+import ctypes
+import errno
+import functools
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from recog.errors import RecogError
+
+_TMP = ".tmp-"
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+class StorageError(RecogError):
+    """Writing an output failed (disk full, permission denied, ...); the previous version is unchanged."""
+
+
+class FileWriter:
+    """``write(bytes-like)`` straight to a file descriptor via ``os.write`` (a file object for ``np.save``)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        written = 0
+        while written < len(view):
+            written += os.write(self.fd, view[written:])
+        return written
+
+
+def write_file(path, data: Union[bytes, str]) -> None:
+    """Create or truncate ``path`` and write ``data`` (``str``: UTF-8); not atomic by itself:
+    for files inside a ``replacing_dir`` temp directory, which is fsync'ed as a whole."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        FileWriter(fd).write(data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as error:
+        raise _with_filename(error, path) from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def open_file(path, what: str = "file") -> Iterator[FileWriter]:
+    """Write ``path`` atomically through the yielded ``FileWriter``: the target changes only when
+    the block completes."""
+    target = Path(path)
+    existed = target.exists()
+    tmp = _temp_path(target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            yield FileWriter(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as error:
+        raise storage_error(what, target, _with_filename(error, tmp), existed) from None
+    finally:
+        _remove(tmp)
+
+
+def write_bytes(path, data: bytes, what: str = "file") -> Path:
+    """Replace ``path`` with ``data`` atomically (``StorageError`` on failure, old file kept)."""
+    with open_file(path, what) as writer:
+        writer.write(data)
+    return Path(path)
+
+
+def write_text(path, text: str, what: str = "file") -> Path:
+    return write_bytes(path, text.encode("utf-8"), what)
+
+
+@contextmanager
+def replacing_dir(path, what: str = "directory") -> Iterator[Path]:
+    """Yield an empty temp directory beside ``path``; when the block completes, its content
+    replaces ``path`` whole (the swap of the module docstring). The parent is created if needed."""
+    target = Path(path)
+    existed = False
+    tmp: Optional[Path] = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(target)
+        existed = target.exists()
+        tmp = _temp_path(target)
+        os.mkdir(tmp, 0o777)
+        yield tmp
+        _fsync_tree(tmp)
+        _swap_in(tmp, target)
+    except OSError as error:
+        raise storage_error(what, target, error, existed) from None
+    finally:
+        if tmp is not None:
+            _remove(tmp)
+
+
+def readable_dir(path) -> Path:
+    """The directory holding ``path``'s last complete version: ``path``, or its ``.old`` left by
+    a process killed mid-swap; ``path`` itself when neither exists. Changes nothing on disk."""
+    path = Path(path)
+    old = _old_path(path)
+    return old if not path.exists() and old.is_dir() else path
+
+
+def recover_dir(path) -> None:
+    """Tidy what a killed writer of ``path`` left: put a complete ``.old`` back when ``path`` is
+    missing, else remove it; remove temp directories of processes that no longer run."""
+    path = Path(path)
+    old = _old_path(path)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+    prefix = f".{path.name}{_TMP}"
+    if path.parent.is_dir():
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefix) and not _writer_alive(entry.name[len(prefix):]):
+                _remove(Path(entry.path))
+
+
+def preallocate(path, what: str = "scratch file") -> None:
+    """Reserve the disk blocks of ``path`` (e.g. a fresh ``np.memmap``), so that a full disk is a
+    ``StorageError`` now rather than a SIGBUS while the memory map is written."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return  # the file system cannot reserve: write as before
+        raise storage_error(what, path, _with_filename(error, path), None) from None
+    finally:
+        os.close(fd)
+
+
+def storage_error(what: str, target: Path, error: OSError, existed: Optional[bool]) -> StorageError:
+    """``StorageError``: which output, why (the OS reason and its errno name), what was kept."""
+    code = errno.errorcode.get(error.errno or 0)
+    reason = (error.strerror or str(error)) + (f" [{code}]" if code else "")
+    if error.filename and Path(error.filename) != target:
+        reason += f" at {error.filename}"
+    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
+            errno.EACCES: f"check the permissions of {target.parent}",
+            errno.EPERM: f"check the permissions of {target.parent}",
+            errno.EROFS: "write to a writable file system"}.get(error.errno, "")
+    kept = {True: f"the previous {what} there is unchanged", False: "nothing was written there",
+            None: "it was removed"}[existed]
+    return StorageError(f"could not write the {what} {target}: {reason}; {kept}"
+                        + (f". To retry, {hint} and run again" if hint else ""))
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    if _exchange(new, target):  # ``new`` now holds the previous version
+        _fsync_dir(target.parent)
+        _remove(new)
+        return
+    old = _old_path(target)
+    had_target = target.exists()
+    if had_target:
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if had_target:
+            os.replace(old, target)
+        raise
+    _fsync_dir(target.parent)
+    _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2); False where unavailable or ``b`` is missing."""
+    if not b.exists():
+        return False
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # not supported here: fall back to two renames
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return None
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory (deepest first), under ``root``."""
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(os.path.join(top, name), os.O_RDONLY)
+        _fsync_dir(top)
+
+
+def _fsync_dir(path) -> None:
+    _fsync_path(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_path(path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_TMP}{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def _old_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Whether the process named in a temp suffix ``<pid>-<tag>`` still runs (unknown: yes)."""
+    try:
+        pid = int(suffix.split("-", 1)[0])
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return True  # maybe another thread's write in progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Best-effort clean-up: the caller's own outcome matters more than a leftover temp file."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def _with_filename(error: OSError, path) -> OSError:
+    return error if error.filename else OSError(error.errno, error.strerror or str(error), str(path))

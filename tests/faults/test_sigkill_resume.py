@@ -1,0 +1,172 @@
+"""SIGKILL at random moments, then resume=true: every kill leaves a loadable checkpoints/last, and the
+resumed run ends bit for bit where an uninterrupted run ends, with every epoch's metrics in its MLflow run.
+
+A real ``python run.py stage=train`` process is killed three times: at a random step of a random
+epoch (the test's choices come from a seeded RNG), while checkpoints/last is being written, and
+again at a random step. ``checkpoints/last`` is written at each epoch end, so each resume restarts
+at the epoch after the last complete checkpoint; the killed process's MLflow run stays RUNNING and
+each resume continues it.
+"""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from safetensors.numpy import load_file
+
+import recog
+from image_lists import write_image_lists
+from recog.utils import checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS, STEPS = 8, 4
+KILL_SEED = 7  # where the test kills: reproducible choices
+TIMING_METRICS = {"images_per_sec"}  # wall-clock values: never equal between two runs
+
+
+def _image_lists(root: Path) -> list:
+    """Random 12x12 PNGs of 5 classes in train / query / gallery lists; the dataset overrides."""
+    return write_image_lists(root, (("train", 60), ("query", 30), ("gallery", 20)))
+
+
+def _train_args(lists: list, root: Path) -> list:
+    # One OpenMP thread (env below) and no loader workers: a CPU run is then reproducible bit for bit.
+    return ["stage=train", "backbone.scale=0.25", "data.image_size=16", "data.num_workers=0",
+            "neck.embedding_size=32", "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
+            f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
+            "trainer.log_every=1", "mlflow.experiment_name=sigkill", *lists, f"paths.output_root={root}",
+            f"hydra.run.dir={root / 'run'}"]
+
+
+def _start(args: list, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _progress(log_path: Path, epoch: int) -> int:
+    """The last step count of the tqdm bar of ``epoch`` in the log (0 before it shows)."""
+    counts = re.findall(rf"epoch {epoch}/{EPOCHS}:\s*\d+%\|[^|]*\|\s*(\d+)/\d+", log_path.read_text(errors="replace"))
+    return int(counts[-1]) if counts else 0
+
+
+def _writing_last(run_dir: Path) -> bool:
+    """Whether a temp directory of checkpoints/last exists (a write, or the removal of the old version)."""
+    try:
+        return any(name.startswith(".last.tmp-") for name in os.listdir(run_dir / "checkpoints"))
+    except FileNotFoundError:
+        return False
+
+
+def _wait(proc: subprocess.Popen, predicate, log_path: Path, poll: float, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before the kill:\n{log_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting to kill:\n{log_path.read_text()[-3000:]}"
+        time.sleep(poll)
+
+
+def _check_last(last: Path, reference_keys: dict) -> int:
+    """checkpoints/last is complete and loads; returns its epoch."""
+    state = checkpoint.load_state(last)
+    model = recog.build_model(checkpoint.load_config(last))
+    checkpoint.load_model_weights(last, model)  # every parameter present with its shape
+    for name, keys in reference_keys.items():
+        assert set(load_file(str(last / name))) == keys, name
+    assert state["step"] == state["epoch"] * STEPS and state["step_in_epoch"] == 0  # an epoch-end checkpoint
+    return state["epoch"]
+
+
+def _history(client: MlflowClient, run_id: str) -> dict:
+    """``{metric: {step: value}}`` of a run; a step logged again by a resume keeps its last value."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            for key in keys if key not in TIMING_METRICS}
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0 for k in a)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    lists = _image_lists(tmp_path / "data")
+    reference_root, root = tmp_path / "reference", tmp_path / "killed"
+    reference = _start(_train_args(lists, reference_root), tmp_path / "reference.log")  # runs alongside
+    args = _train_args(lists, root)
+    run_dir, last = root / "run", root / "run" / "checkpoints" / "last"
+    rng = random.Random(KILL_SEED)
+    kills = []
+    try:
+        for attempt, moment in enumerate(("random step", "checkpoint write", "random step")):
+            done = checkpoint.load_state(last)["epoch"] if attempt else 0
+            log_path = tmp_path / f"attempt{attempt}.log"
+            proc = _start(args + (["resume=true"] if attempt else []), log_path)
+            try:
+                if moment == "random step":  # the first kill comes after a checkpoint exists
+                    epoch, step = max(done, 1) + rng.randint(1, 2), rng.randint(1, STEPS)
+                    _wait(proc, lambda: _progress(log_path, epoch) >= step, log_path, poll=0.02)
+                    where = f"epoch {epoch} step {step}"
+                else:
+                    _wait(proc, lambda: _writing_last(run_dir), log_path, poll=0.0005)
+                    where = "during a checkpoints/last write"
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=60) == -signal.SIGKILL
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            output = log_path.read_text(errors="replace")
+            if attempt:  # continued from the last complete checkpoint, at the start of the next epoch
+                assert f"at epoch {done + 1}, step 0 of {STEPS}" in output, output[-3000:]
+            if not kills:
+                reference_keys = {name: set(load_file(str(last / name)))
+                                  for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE)}
+                client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+                run_id = checkpoint.load_state(last)["mlflow_run_id"]
+                assert client.get_run(run_id).info.status == "RUNNING"  # nobody could mark it
+            epoch_now = _check_last(last, reference_keys)  # never corrupt
+            assert epoch_now >= done
+            left = sum(name.startswith(".last.tmp-") for name in os.listdir(run_dir / "checkpoints"))
+            kills.append(f"{where}: checkpoint of epoch {epoch_now}" + (f", {left} temp dir left" if left else ""))
+
+        done = checkpoint.load_state(last)["epoch"]
+        assert done < EPOCHS
+        final = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, "resume=true"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert final.returncode == 0, final.stderr[-3000:]
+        assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
+        assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+
+    reference_run = reference_root / "run"
+    state = checkpoint.load_state(last)
+    assert state["epoch"] == EPOCHS and state["finished"] is True
+    for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE):  # bit for bit
+        assert _max_difference(load_file(str(last / name)),
+                               load_file(str(reference_run / "checkpoints" / "last" / name))) == 0.0, name
+    assert _max_difference(load_file(str(run_dir / "best_model" / checkpoint.MODEL_FILE)),
+                           load_file(str(reference_run / "best_model" / checkpoint.MODEL_FILE))) == 0.0
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((reference_run / "metrics.json").read_text())
+    assert not [n for n in os.listdir(run_dir / "checkpoints") if n != "last"]  # killed writers' temp dirs removed
+
+    (run,) = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])  # one run, continued
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    history = _history(client, run_id)
+    reference_client = MlflowClient(f"sqlite:///{reference_root / 'mlflow.db'}")
+    (reference_mlflow,) = reference_client.search_runs([reference_client.get_experiment_by_name("sigkill").experiment_id])
+    assert history == _history(reference_client, reference_mlflow.info.run_id)
+    assert set(history["loss"]) == set(range(1, EPOCHS * STEPS + 1))  # every step
+    assert set(history["recall_at_1"]) == {epoch * STEPS for epoch in range(1, EPOCHS + 1)}  # every epoch's eval
+    print(f"\nSIGKILL {'; '.join(kills)}; resumed == uninterrupted bit for bit")

@@ -1,0 +1,179 @@
+"""recog.utils.atomic: files and directories replaced whole, failures that keep the previous version."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recog.errors import RecogError
+from recog.utils import atomic
+
+
+def _tree(path):
+    """``{relative path: bytes}`` of every file under ``path``."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _fill(directory, **files):
+    for name, text in files.items():
+        atomic.write_file(directory / name, text)
+
+
+def _failing_write(after_bytes: int, code: int = errno.ENOSPC):
+    """An ``os.write`` that writes ``after_bytes`` in total, then fails like a full disk."""
+    real, left = os.write, [after_bytes]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(code, os.strerror(code))
+        data = memoryview(data)[:left[0]]
+        left[0] -= len(data)
+        return real(fd, data)
+
+    return write
+
+
+def test_write_text_replaces_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "results.json"
+    atomic.write_text(target, "old")
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_disk_full_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    atomic.write_text(target, "previous")
+    monkeypatch.setattr(os, "write", _failing_write(after_bytes=3))
+    with pytest.raises(atomic.StorageError) as error:
+        atomic.write_text(target, "x" * 100, what="search results")
+    monkeypatch.undo()
+    message = str(error.value)
+    assert isinstance(error.value, RecogError)
+    assert str(target) in message and "No space left on device [ENOSPC]" in message
+    assert "previous search results there is unchanged" in message and "free some disk space" in message
+    assert target.read_text() == "previous" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_np_save_streams_through_open_file(tmp_path):
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with atomic.open_file(tmp_path / "features.npy") as writer:
+        np.save(writer, rows)
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), rows)
+
+
+def test_replacing_dir_swaps_the_whole_directory(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="1", b="2")
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="3")
+    assert _tree(target) == {"a": b"3"}  # b is gone: replaced whole, not merged
+    assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_replacing_dir_without_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # e.g. not Linux
+    target = tmp_path / "ckpt"
+    for text in ("1", "2"):
+        with atomic.replacing_dir(target) as tmp:
+            _fill(tmp, a=text)
+    assert _tree(target) == {"a": b"2"} and os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_exchange_is_used_on_linux(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    if sys.platform.startswith("linux"):  # glibc >= 2.28 on ext4 / tmpfs / overlayfs
+        assert atomic._exchange(tmp_path / "a", tmp_path / "b")
+        assert (tmp_path / "b" / "x").read_text() == "a" and not (tmp_path / "a" / "x").exists()
+    assert not atomic._exchange(tmp_path / "a", tmp_path / "missing")
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device [ENOSPC]"),
+                                         (errno.EACCES, "Permission denied [EACCES]")])
+def test_failed_directory_write_keeps_the_previous_directory(tmp_path, monkeypatch, code, words):
+    target = tmp_path / "ckpt"
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="old a", b="old b")
+    before = _tree(target)
+    monkeypatch.setattr(os, "write", _failing_write(after_bytes=7, code=code))
+    with pytest.raises(atomic.StorageError) as error:
+        with atomic.replacing_dir(target, what="checkpoint") as tmp:
+            _fill(tmp, a="new a", b="new b")
+    monkeypatch.undo()
+    message = str(error.value)
+    assert f"could not write the checkpoint {target}: {words}" in message
+    assert "previous checkpoint there is unchanged" in message and "/b" in message  # the file that failed
+    assert _tree(target) == before and os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_first_write_failing_says_nothing_was_written(tmp_path, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if ".tmp-" in os.fspath(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(atomic.StorageError, match=r"Permission denied \[EACCES\] at .*\.out\.tmp-.*nothing was "
+                                                  r"written there.*check the permissions of"):
+        with atomic.replacing_dir(tmp_path / "out", what="export"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_errors_pass_through_and_clean_up(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with atomic.replacing_dir(tmp_path / "out") as tmp:
+            _fill(tmp, a="1")
+            1 / 0
+    assert os.listdir(tmp_path) == []
+
+
+def test_killed_between_the_fallback_renames_reads_and_recovers_old(tmp_path):
+    # The state a process killed after ``<name> -> .<name>.old`` and before ``tmp -> <name>`` leaves.
+    target = tmp_path / "last"
+    old, unfinished = tmp_path / ".last.old", tmp_path / ".last.tmp-999999999-abcdef"
+    old.mkdir()
+    (old / "state.json").write_text('{"epoch": 3}')
+    unfinished.mkdir()
+    (unfinished / "state.json").write_text('{"epo')  # cut off mid-write
+    assert atomic.readable_dir(target) == old and os.listdir(tmp_path) != ["last"]  # read-only so far
+    with atomic.replacing_dir(target) as tmp:  # the next save tidies up first
+        assert (target / "state.json").read_text() == '{"epoch": 3}'
+        assert not old.exists() and not unfinished.exists()  # pid 999999999 does not run
+        _fill(tmp, **{"state.json": '{"epoch": 4}'})
+    assert atomic.readable_dir(target) == target and os.listdir(tmp_path) == ["last"]
+
+
+def test_a_live_writers_temp_directory_is_left_alone(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".out.tmp-{sleeper.pid}-abcdef"
+        busy.mkdir()
+        with atomic.replacing_dir(tmp_path / "out") as tmp:
+            _fill(tmp, a="1")
+        assert busy.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    atomic.recover_dir(tmp_path / "out")
+    assert not busy.exists()
+
+
+def test_preallocate_reports_a_full_disk(tmp_path, monkeypatch):
+    scratch = tmp_path / "rows.partial.npy"
+    np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(64, 8)).flush()
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    atomic.preallocate(scratch)  # enough room: no error
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(atomic.StorageError, match=r"rows\.partial\.npy: No space left on device"):
+        atomic.preallocate(scratch)
