@@ -69,10 +69,12 @@ predict: install
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The MLflow UI on the embedded store, bound to this machine only.
+# The MLflow UI on the embedded store, bound to this machine only unless HOST says otherwise
+# (HOST=0.0.0.0 serves every network interface: anyone who can reach the port sees and edits the runs).
+HOST ?= 127.0.0.1
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db \
-		--host 127.0.0.1 --port $(PORT) --workers 1
+		--host $(HOST) --port $(PORT) --workers 1
 
 clean-outputs:
 	rm -rf $(OUTPUTS)

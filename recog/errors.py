@@ -13,6 +13,18 @@ class DataError(RecogError):
     """Unreadable or malformed input data."""
 
 
+class BadImageError(DataError):
+    """One image file that cannot be used: ``path`` and a short ``reason`` (missing, empty, truncated, ...)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, reason)  # args = (path, reason): survives pickling between processes
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"bad image {self.path}: {self.reason}"
+
+
 class TrainingInterrupted(RecogError):
     """Training stopped on SIGTERM / SIGINT after saving a checkpoint to resume from.
 

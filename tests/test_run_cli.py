@@ -77,9 +77,10 @@ def test_malformed_list_line_names_file_and_line(image_list_root):
     assert_clean_failure(run_cli(*list_args(image_list_root, train="bad.txt")), "bad.txt", "line 2")
 
 
-def test_undecodable_image_is_named(image_list_root):
+def test_undecodable_image_is_named_when_bad_images_fail_the_run(image_list_root):
     (image_list_root / "img" / "1_2.png").write_bytes(b"not a png")
-    assert_clean_failure(run_cli(*list_args(image_list_root), "mlflow.enabled=false"), "1_2.png", "cannot decode")
+    assert_clean_failure(run_cli(*list_args(image_list_root), "mlflow.enabled=false", "data.on_bad_image=fail"),
+                         "1_2.png", "cannot decode")
 
 
 def test_unknown_stop_layer_lists_valid_names(tmp_path):

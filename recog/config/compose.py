@@ -1,6 +1,7 @@
 """Compose the config tree outside ``run.py`` and turn composition errors into plain messages."""
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Iterable, List
 
@@ -12,16 +13,18 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from recog.config.schema import register_schemas
+from recog.config.schema import RecogConfig, register_schemas
 from recog.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+MAX_SWEEP_VALUES_CHECKED = 20  # each value is one composition (~0.2 s)
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
     """The same config tree ``python run.py OVERRIDES`` sees (without the ``hydra`` node).
 
-    Raises ``ConfigError`` naming the bad key or option and the valid choices.
+    Raises ``ConfigError`` naming the bad key or option and the valid choices, an interpolation
+    that does not resolve, or a value out of range (``check_values``).
     """
     register_schemas()
     overrides = list(overrides)
@@ -29,39 +32,132 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
         GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         try:
-            return hydra_compose("config", overrides=overrides)
+            cfg = hydra_compose("config", overrides=overrides)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(explain_config_error(error)) from None
+        except Exception as error:  # e.g. Hydra's ValueError for "=1": still the command line's fault
+            shown = " ".join(_quoted(o) for o in overrides)
+            raise ConfigError(f"cannot apply the overrides {shown}: {one_paragraph(str(error))}") from None
+    check_present(cfg)
+    check_interpolations(cfg)
+    check_values(cfg)
+    return cfg
 
 
 def check_overrides(args: List[str]) -> None:
     """Compose once per value of every override before Hydra runs, for readable errors.
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
-    (``head.margin=0.1,0.2``) are checked value by value; ``hydra`` settings, and command lines
-    with Hydra flags other than ``-m``, are left to Hydra.
+    (``head.margin=0.1,0.2``) are checked value by value (the first ``MAX_SWEEP_VALUES_CHECKED``
+    of each); ``hydra`` settings, and command lines with Hydra flags other than ``-m``, are left
+    to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
     plain = [a for a in args if a not in ("-m", "--multirun") and not a.lstrip("+~").startswith("hydra")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(plain)
-    except HydraException as error:
-        raise ConfigError(str(error)) from None
+    parsed = []
+    for arg in plain:  # one at a time, so that the message can say which one is wrong
+        try:
+            parsed.extend(OverridesParser.create().parse_overrides([arg]))
+        except Exception as error:  # HydraException, or the parser's evaluation of e.g. range()
+            raise ConfigError(f"cannot parse the override {_quoted(arg)}: {one_paragraph(str(error))}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     compose(fixed)
     for override in parsed:
         if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
+            try:  # the first values only: range(0, 10**9) is a valid sweep, if a long one
+                values = list(itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_VALUES_CHECKED))
             except Exception:  # interval() and friends have no finite list of values
                 continue
             for value in values:
                 compose(fixed + [f"{override.get_key_element()}={value}"])
 
 
+# Ranges the schema's types cannot express; a value outside them would fail deep inside a stage.
+SEED_RANGE = (0, 2**32 - 1)  # numpy's global seed
+MAX_IMAGE_SIZE = 8192
+_AT_LEAST_ONE = ("image_size", "batch_size", "samples_per_class", "eval_batch_size")
+
+
+def check_present(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "") -> None:
+    """``ConfigError`` if a key of the schema's fixed sections was deleted (``~data``, ``~trainer.epochs``)."""
+    for spec in dataclasses.fields(schema):
+        key = f"{prefix}{spec.name}"
+        if spec.name not in cfg:
+            raise ConfigError(f"{key} was deleted (~{key}), but recog needs it: override its value instead")
+        if dataclasses.is_dataclass(spec.type) and OmegaConf.is_config(cfg._get_node(spec.name)):
+            check_present(cfg[spec.name], spec.type, f"{key}.")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """``ConfigError`` for a ``seed`` or ``data.*`` value out of range (unset ``???`` values are skipped)."""
+    if not OmegaConf.is_missing(cfg, "seed") and not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed must be in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {cfg.seed}")
+    data = cfg.data
+    for key in _AT_LEAST_ONE:
+        if not OmegaConf.is_missing(data, key) and data[key] < 1:
+            raise ConfigError(f"data.{key} must be at least 1, got {data[key]}")
+    if not OmegaConf.is_missing(data, "image_size") and data.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"data.image_size={data.image_size} is over {MAX_IMAGE_SIZE} pixels a side")
+    if not OmegaConf.is_missing(data, "num_workers") and data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {data.num_workers}")
+    for key in ("mean", "std"):
+        if not OmegaConf.is_missing(data, key) and len(data[key]) != 3:
+            raise ConfigError(f"data.{key} needs 3 values (R, G, B), got {list(data[key])}")
+    if not OmegaConf.is_missing(data, "std") and not all(s > 0 for s in data.std):  # also refuses nan
+        raise ConfigError(f"data.std must be positive, got {list(data.std)}")
+    pixels = data.get("max_image_pixels")
+    if pixels is not None and pixels < 1:
+        raise ConfigError(f"data.max_image_pixels must be at least 1, or null for no limit, got {pixels}")
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """``ConfigError`` naming the first ``${...}`` that does not resolve (or resolves to a wrongly typed
+    value), section by section. ``${hydra:...}`` can only resolve inside a Hydra run: a section
+    using it is left to that run."""
+    for key in cfg:
+        if key == "hydra" or OmegaConf.is_missing(cfg, key):
+            continue
+        try:
+            node = cfg[key]  # resolves a top-level interpolation
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+        except Exception as error:  # resolver errors come wrapped or raw, by resolver
+            if "HydraConfig was not set" in str(error):
+                continue
+            where = _full_key(error) or key
+            raise ConfigError(f"cannot resolve {where}: {_first_line(error)}") from None
+
+
 def explain_config_error(error: Exception) -> str:
     """One paragraph: what is wrong, where, and what would be valid."""
+    return one_paragraph(_explain(error))
+
+
+def one_paragraph(text: str) -> str:
+    """A multi-line message (Hydra's) as one line: a list under a line ending in ':' becomes comma
+    separated, and lines of carets (which point into the line above) are dropped."""
+    parts, listing = [], False
+    for raw in text.strip().splitlines():
+        line = raw.strip()
+        if not line or set(line) <= {"^"}:
+            continue
+        indented = raw[:1] in (" ", "\t")
+        if not parts:
+            parts.append(line)
+        elif listing and indented and not parts[-1].endswith(":"):
+            parts.append(", " + line)
+        else:
+            parts.append((" " if parts[-1][-1] in ".:;!?" else "; ") + line)
+        listing = line.endswith(":") or (listing and indented)
+    return "".join(parts)
+
+
+def _quoted(text: str, limit: int = 200) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _explain(error: Exception) -> str:
     if isinstance(error, MissingConfigException):  # unknown group option: Hydra lists the options
         return str(error).split("\nConfig search path:")[0].strip()
     cause = error.__cause__ if error.__cause__ is not None else error

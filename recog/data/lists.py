@@ -1,77 +1,182 @@
-"""Generic image lists: one ``relative/path label`` per line."""
+"""Generic image lists: one ``relative/path label`` per line.
+
+List files are checked in one pass before any work starts: every malformed line, label out of
+range, duplicate path, missing image and path outside the dataset root of every list is
+reported at once, in one ``DataError`` with file names and 1-based line numbers.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from typing import Dict, List, Optional, Tuple
 
 from recog.data.splits import RetrievalSplits, Sample
 from recog.errors import DataError
 
-_MAX_REPORTED = 10
+MAX_LABEL = 2**31 - 1
+_MAX_REPORTED = 20
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "1_0" and other scripts' digits
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+Problem = Tuple[Optional[int], str]  # (1-based line number or None for the whole file, what is wrong)
 
 
-def format_bad_lines(path: str, problems: list[tuple[int, str]], expected: str) -> str:
-    """One-paragraph message listing up to 10 ``(line_number, problem)`` pairs of ``path``."""
-    shown = "; ".join(f"line {n}: {what}" for n, what in problems[:_MAX_REPORTED])
+def format_bad_lines(path: str, problems: List[Problem], expected: str) -> str:
+    """One-paragraph message listing up to 20 ``(line_number, problem)`` pairs of ``path``."""
+    shown = "; ".join(_describe(n, what) for n, what in problems[:_MAX_REPORTED])
     more = f"; and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
-    return (f"{len(problems)} malformed line(s) in {path} (expected {expected}): "
-            f"{shown}{more}")
+    return f"{len(problems)} malformed line(s) in {path} (expected {expected}): {shown}{more}"
 
 
-def parse_label(text: str) -> tuple[int | None, str | None]:
-    """``(label, None)`` for a non-negative integer, else ``(None, problem)``."""
-    try:
-        label = int(text)
-    except ValueError:
-        return None, f"label {text!r} is not an integer"
-    if label < 0:
-        return None, f"label {label} is negative"
-    return label, None
+def short(text: str, limit: int = 80) -> str:
+    """``text`` quoted, cut to ``limit`` characters (a hostile line can be megabytes long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def read_lines(path: str, what: str) -> list[str]:
-    """The lines of a text file; DataError naming ``path`` if it cannot be read."""
+def _describe(line: Optional[int], what: str) -> str:
+    return what if line is None else f"line {line}: {what}"
+
+
+class ListProblems:
+    """Problems of one or more list files, raised together as one ``DataError``."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.by_file: Dict[str, List[Problem]] = {}
+        self.expected: Dict[str, str] = {}
+
+    def add(self, list_file: str, problems: List[Problem], expected: str) -> None:
+        if problems:
+            self.by_file.setdefault(list_file, []).extend(problems)
+            self.expected[list_file] = expected
+
+    def raise_if_any(self) -> None:
+        total = sum(len(p) for p in self.by_file.values())
+        if not total:
+            return
+        parts, budget = [], _MAX_REPORTED
+        for list_file, problems in self.by_file.items():
+            if budget <= 0:
+                break
+            shown = "; ".join(_describe(n, what) for n, what in problems[:budget])
+            parts.append(f"{list_file} (expected {self.expected[list_file]}): {shown}")
+            budget -= min(budget, len(problems))
+        more = f"; and {total - _MAX_REPORTED} more" if total > _MAX_REPORTED else ""
+        raise DataError(f"{total} problem(s) in the dataset lists (image paths relative to the dataset root "
+                        f"{self.root}): {'; '.join(parts)}{more}")
+
+
+def parse_label(text: str, what: str = "label") -> Tuple[Optional[int], Optional[str]]:
+    """``(label, None)`` for an integer in ``0 .. 2**31 - 1`` (ASCII digits), else ``(None, problem)``."""
+    if not _INTEGER.fullmatch(text):
+        return None, f"{what} {short(text)} is not an integer"
+    if text.startswith("-") and text.strip("-0"):
+        return None, f"{what} {short(text)} is negative"
+    if len(text.lstrip("0")) > len(str(MAX_LABEL)) or int(text) > MAX_LABEL:
+        return None, f"{what} {short(text)} is over {MAX_LABEL}"
+    return int(text), None
+
+
+def read_lines(path: str, what: str) -> List[str]:
+    """The lines of a UTF-8 text file (a byte-order mark is ignored), split at newlines only, so
+    line numbers match an editor's; DataError naming ``path`` if it cannot be read."""
     if not os.path.isfile(path):
         raise DataError(f"{what} {path} does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
-def read_image_list(list_file: str, root: str) -> list[Sample]:
-    """Read ``relative/path label`` lines (blank lines and ``#`` comments ignored).
+def resolve_image_path(relative: str, root: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(absolute path, None)`` for a path inside ``root``, else ``(None, problem)``.
 
-    Paths are joined to ``root`` and made absolute. All malformed lines are reported at once
-    in one DataError with their 1-based line numbers.
+    Absolute paths and paths that leave the root (``../``) are refused; the check is on the
+    normalised path, not on symbolic links (a link inside the root is the dataset owner's choice).
     """
-    samples, problems = [], []
+    if _CONTROL.search(relative):
+        return None, f"path {short(relative)} contains control characters"
+    if os.path.isabs(relative):
+        return None, f"absolute path {short(relative)} refused: list paths relative to the dataset root"
+    root = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(root, relative))
+    if os.path.commonpath([root, path]) != root:
+        return None, f"path {short(relative)} refused: it leaves the dataset root"
+    return path, None
+
+
+class EntryChecker:
+    """Checks the image paths of one list file: inside the root, listed once, present on disk."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.first_line: Dict[str, int] = {}
+        self.missing: List[Problem] = []
+        self.problems: List[Problem] = []
+
+    def path(self, line: int, relative: str) -> Optional[str]:
+        """The absolute image path of ``relative`` (listed on ``line``), or None after noting a problem."""
+        path, problem = resolve_image_path(relative, self.root)
+        if problem:
+            self.problems.append((line, problem))
+            return None
+        if path in self.first_line:
+            self.problems.append((line, f"{short(relative)} is listed again (first on line {self.first_line[path]})"))
+            return None
+        self.first_line[path] = line
+        if not os.path.isfile(path):
+            what = "is not a file" if os.path.exists(path) else "does not exist"
+            self.missing.append((line, f"image {short(relative)} {what}"))
+        return path
+
+    def all_problems(self, samples: List[Sample]) -> List[Problem]:
+        """Every problem by line; an empty list, or one whose images are all missing, as one problem."""
+        problems = list(self.problems)
+        if not samples and not problems:
+            problems.append((None, "lists no images"))
+        elif samples and len(self.missing) == len(samples):
+            problems.append((None, f"none of the {len(samples)} listed images exist, e.g. {short(samples[0].path, 200)}: "
+                                   "check the dataset root"))
+        else:
+            problems.extend(self.missing)
+        return sorted(problems, key=lambda p: -1 if p[0] is None else p[0])
+
+
+LIST_FORMAT = "'relative/path label' per line, label an integer >= 0"
+
+
+def parse_image_list(list_file: str, root: str) -> Tuple[List[Sample], List[Problem]]:
+    """``(samples, problems)`` of a ``relative/path label`` list (blank lines and ``#`` comments ignored)."""
+    samples, checker = [], EntryChecker(root)
     for n, line in enumerate(read_lines(list_file, "image list"), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
         if len(fields) != 2:
-            problems.append((n, f"{len(fields)} fields in {line!r}"))
+            checker.problems.append((n, f"{len(fields)} fields in {short(line)}"))
             continue
         label, problem = parse_label(fields[1])
         if problem:
-            problems.append((n, problem))
+            checker.problems.append((n, problem))
             continue
-        samples.append(Sample(os.path.abspath(os.path.join(root, fields[0])), label))
-    if problems:
-        raise DataError(format_bad_lines(list_file, problems, "'relative/path label'"))
+        path = checker.path(n, fields[0])
+        if path is not None:
+            samples.append(Sample(path, label))
+    return samples, checker.all_problems(samples)
+
+
+def read_image_list(list_file: str, root: str) -> List[Sample]:
+    """Read a ``relative/path label`` list: absolute paths under ``root``; all problems in one DataError."""
+    samples, problems = parse_image_list(list_file, root)
+    found = ListProblems(os.path.abspath(root))
+    found.add(list_file, problems, LIST_FORMAT)
+    found.raise_if_any()
     return samples
-
-
-def check_split(samples: list[Sample], list_file: str) -> None:
-    """Fail early on an empty split or a first image that is missing (usually a wrong root)."""
-    if not samples:
-        raise DataError(f"{list_file} lists no images")
-    if not os.path.isfile(samples[0].path):
-        raise DataError(f"image {samples[0].path}, the first listed in {list_file}, does not "
-                        "exist: check the dataset root")
 
 
 def load_lists(root: str, train_list: str, query_list: str, gallery_list: str | None = None,
@@ -79,15 +184,17 @@ def load_lists(root: str, train_list: str, query_list: str, gallery_list: str | 
     """Load splits from list files (relative to ``root`` unless absolute).
 
     Without ``gallery_list`` the query set is also the gallery (query == gallery protocol).
+    The problems of all the lists are reported together.
     """
     if not os.path.isdir(root):
         raise DataError(f"dataset root {root} does not exist")
-    splits = {}
+    splits, found = {}, ListProblems(os.path.abspath(root))
     for name, list_file in (("train", train_list), ("query", query_list), ("gallery", gallery_list)):
         if list_file is None:
             splits[name] = None
             continue
         list_file = os.path.join(root, list_file)
-        splits[name] = read_image_list(list_file, root)
-        check_split(splits[name], list_file)
+        splits[name], problems = parse_image_list(list_file, root)
+        found.add(list_file, problems, LIST_FORMAT)
+    found.raise_if_any()
     return RetrievalSplits(splits["train"], splits["query"], splits["gallery"], mirror_invariant)

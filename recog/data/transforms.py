@@ -8,15 +8,56 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from recog.errors import ConfigError, DataError
+from recog.data.image_header import JPEG_SOI, image_size, jpeg_is_truncated
+from recog.errors import BadImageError, ConfigError
+
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels, 300 MB decoded: above it, likely a bomb
 
 
-def decode_image(path: str) -> np.ndarray:
-    """Read an image file as ``[H, W, 3] uint8`` RGB (grayscale is repeated to 3 channels)."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file; ``BadImageError`` if it is missing, unreadable or empty."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImageError(path, "missing: the file does not exist") from None
+    except OSError as e:
+        raise BadImageError(path, f"unreadable: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise BadImageError(path, f"unreadable path: {e}") from None
+    if not data:
+        raise BadImageError(path, "empty: the file has zero bytes")
+    return data
+
+
+def _check_pixels(path: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImageError(path, f"too large: {width} x {height} = {width * height} pixels is over "
+                                  f"data.max_image_pixels={max_pixels} (a decompression bomb?)")
+
+
+def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file as ``[H, W, 3] uint8`` RGB (grayscale is repeated to 3 channels).
+
+    Raises ``BadImageError`` (a ``DataError``) naming the path and the reason: missing, unreadable,
+    empty, truncated (JPEG without its end marker; other formats fail to decode), not an image
+    OpenCV reads, or over ``max_pixels`` (None: no limit of recog's own). The size of PNG, JPEG,
+    GIF, BMP, WebP and TIFF files is read from their header, so an oversized one is refused before
+    it is decoded; other formats are checked after decoding (see ``recog.data.image_header``).
+    """
+    data = read_image_file(path)
+    size = image_size(data)
+    if size is not None:
+        _check_pixels(path, *size, max_pixels)
+    if data.startswith(JPEG_SOI) and jpeg_is_truncated(data):
+        raise BadImageError(path, "truncated: the JPEG has no end-of-image marker")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise BadImageError(path, f"cannot decode: {str(e).strip().splitlines()[-1]}") from None
     if image is None:
-        raise DataError(f"cannot decode image {path}: the file is missing, unreadable or not "
-                        "an image format OpenCV reads")
+        raise BadImageError(path, "cannot decode: corrupt, truncated or not an image format OpenCV reads")
+    _check_pixels(path, image.shape[1], image.shape[0], max_pixels)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -58,7 +99,7 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     if len(mean) != 3 or len(std) != 3:
         raise ConfigError(f"data.mean and data.std need 3 values (R, G, B), got {list(mean)} "
                           f"and {list(std)}")
-    if min(std) <= 0:
+    if not all(s > 0 for s in std):  # also refuses nan
         raise ConfigError(f"data.std must be positive, got {list(std)}")
     return Transform(int(image_size), tuple(map(float, mean)), tuple(map(float, std)),
                      flip=bool(train and hflip))

@@ -1,3 +1,5 @@
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -31,14 +33,32 @@ def test_load_sop(tmp_path):
 
 
 def test_bad_header_and_rows_name_file_and_line(tmp_path):
+    _sop_root(tmp_path, ["1 1 1 a.jpg", "5 1 1 d.jpg"], [])
     path = tmp_path / "Ebay_train.txt"
-    path.write_text("id class path\n1 1 1 a.jpg\n2 x 1 b.jpg\n3 1 c.jpg\n")
+    path.write_text("id class path\n1 1 1 a.jpg\n2 x 1 b.jpg\n3 1 c.jpg\n4 1 1 ../up.jpg\n5 1 1 d.jpg\n"
+                    "6 1 1 a.jpg\n7 1 -1 e.jpg\n8 1 1 missing.jpg\n")
     with pytest.raises(DataError) as err:
         read_sop_file(str(path), str(tmp_path))
     msg = str(err.value)
     assert str(path) in msg
-    assert "line 1: header" in msg and "line 3: class_id" in msg and "line 4: 3 fields" in msg
-    assert "line 2:" not in msg
+    assert [int(n) for n in re.findall(r"line (\d+):", msg)] == [1, 3, 4, 5, 7, 8, 9]
+    for fragment in ("line 1: header", "line 3: class_id 'x' is not an integer", "line 4: 3 fields",
+                     "line 5: path '../up.jpg' refused: it leaves the dataset root",
+                     "line 7: 'a.jpg' is listed again (first on line 2)", "line 8: super_class_id '-1' is negative",
+                     "line 9: image 'missing.jpg' does not exist"):
+        assert fragment in msg, fragment
+
+
+def test_problems_of_both_files_are_reported_together(tmp_path):
+    root = _sop_root(tmp_path, ["1 1 1 a.jpg"], ["2 2 1 b.jpg"])
+    (tmp_path / "Ebay_train.txt").write_text(HEADER + "1 1 1 a.jpg\n2 1 1 /etc/passwd\n")
+    (tmp_path / "Ebay_test.txt").write_text(HEADER + "3 2 x b.jpg\n")
+    with pytest.raises(DataError) as err:
+        load_sop(root)
+    msg = str(err.value)
+    assert msg.startswith("2 problem(s)")
+    assert re.search(r"Ebay_train\.txt .*line 3: absolute path '/etc/passwd' refused", msg)
+    assert re.search(r"Ebay_test\.txt .*line 2: super_class_id 'x' is not an integer", msg)
 
 
 def test_missing_root_and_files_explain_the_layout(tmp_path):
@@ -48,5 +68,5 @@ def test_missing_root_and_files_explain_the_layout(tmp_path):
     with pytest.raises(DataError, match="Ebay_test.txt does not exist; expected .*ROOT/Ebay_train"):
         load_sop(str(tmp_path))
     (tmp_path / "Ebay_test.txt").write_text(HEADER)
-    with pytest.raises(DataError, match="Ebay_train.txt lists no images"):
+    with pytest.raises(DataError, match=r"Ebay_train.txt \(expected .*\): lists no images"):
         load_sop(str(tmp_path))
