@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recog.metrics import format_metrics_table, retrieval_metrics
-from recog.metrics.retrieval import _score_rows
+from recog.metrics.retrieval import _SCORE_CHUNK, _score_rows
 
 KS = (1, 2, 5, 10)
 
@@ -81,14 +81,15 @@ def test_query_is_gallery_matches_brute_force(kind, seed):
 @pytest.mark.parametrize("kind", ["small_int", "float"])
 def test_identical_results_for_any_block_size(protocol, kind):
     rng = np.random.default_rng(7)
-    qf = make_features(rng, kind, 300, 5).astype(np.float32)  # > 2 score chunks of 128 rows
-    ql = rng.integers(0, 60, size=300)
+    n = 2 * _SCORE_CHUNK + 100  # whole chunks and a partial one
+    qf = make_features(rng, kind, n, 5).astype(np.float32)
+    ql = rng.integers(0, n // 5, size=n)
     gallery = ()
     if protocol == "separate":
         gallery = (make_features(rng, kind, 90, 5), rng.integers(0, 50, size=90))
     results = [
         retrieval_metrics(qf, ql, *gallery, recall_at=KS, block_size=b)
-        for b in (1, 3, 7, 130, 1000)
+        for b in (1000, 37, 130, _SCORE_CHUNK, 700, 5000)
     ]
     assert results[0]["num_queries_without_positive"] > 0
     for other in results[1:]:
@@ -98,14 +99,24 @@ def test_identical_results_for_any_block_size(protocol, kind):
 def test_scores_do_not_depend_on_the_block():
     # BLAS rounds differently depending on the product's shape (seen with D=33, M=50).
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((300, 33)).astype(np.float32)
+    n = 2 * _SCORE_CHUNK + 100  # whole chunks (multiplied in place) and a partial one (padded)
+    q = rng.standard_normal((n, 33)).astype(np.float32)
     g = rng.standard_normal((50, 33)).astype(np.float32)
-    full = _score_rows(q, g, 0, 300)
-    for block in (1, 3, 7, 100):
-        parts = [_score_rows(q, g, s, min(s + block, 300)) for s in range(0, 300, block)]
+    full = _score_rows(q, g, 0, n)
+    for block in (7, 100, _SCORE_CHUNK, 600):
+        parts = [_score_rows(q, g, s, min(s + block, n)) for s in range(0, n, block)]
         np.testing.assert_array_equal(np.concatenate(parts), full)
     exact = q.astype(np.float64) @ g.T.astype(np.float64)
     np.testing.assert_allclose(full, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_scores_of_a_one_chunk_gallery_do_not_depend_on_the_block():
+    # numpy multiplies A @ A.T with another BLAS routine (syrk): query set == a gallery of one chunk.
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((_SCORE_CHUNK, 33)).astype(np.float32)
+    full = _score_rows(q, q, 0, _SCORE_CHUNK)
+    parts = [_score_rows(q, q, s, min(s + 100, _SCORE_CHUNK)) for s in range(0, _SCORE_CHUNK, 100)]
+    np.testing.assert_array_equal(np.concatenate(parts), full)
 
 
 def test_hand_computed_example():
@@ -186,6 +197,10 @@ def test_bad_inputs_raise():
         retrieval_metrics(feats, [0, 0, 1], block_size=0)
     with pytest.raises(ValueError, match="inf or nan"):
         retrieval_metrics(np.array([[np.nan, 0.0]] * 2), [0, 0])
+    with pytest.raises(ValueError, match="not all finite"):  # finite features, overflowing products
+        retrieval_metrics(np.full((2, 2), 1e30, dtype=np.float32), [0, 0])
+    with pytest.raises(ValueError, match="cannot be sorted"):
+        retrieval_metrics(feats, [0, 0, 1], feats, np.array([{}, {}, {}], dtype=object))
 
 
 def test_format_metrics_table():
