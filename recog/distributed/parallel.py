@@ -53,6 +53,19 @@ def mean_across_ranks(values: Dict[str, paddle.Tensor]) -> Dict[str, float]:
     return dict(zip(names, stacked.numpy().tolist()))
 
 
+def max_across_ranks(flags: paddle.Tensor) -> np.ndarray:
+    """``flags`` ([F] int32, e.g. 0/1 per condition) element-wise maxed over the ranks, read back
+    to the host: one all_reduce (none in a single process) and one synchronisation.
+
+    The train loop's one per-step sync: "non-finite loss or gradient" and "stop requested" ride
+    in the same small tensor, so every rank skips, fails or stops after the same step.
+    """
+    if is_distributed():
+        flags = flags.clone()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.numpy()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is True on any rank (an all_reduce MAX)."""
     if not is_distributed():

@@ -1,8 +1,9 @@
-"""Child process of the export check: run an export with one oneDNN mode on saved images.
+"""Child process of the oneDNN check: run an inference model with one oneDNN mode on saved images.
 
-``python -m recog.inference._probe EXPORT_DIR MODE IMAGES.npy OUT.npz``. Run apart from the export
+``python -m recog.inference._probe MODEL_DIR MODE IMAGES.npy OUT.npz``. Run apart from the caller
 because some of Paddle's oneDNN kernels crash the process (a segmentation fault) on some graphs;
-the export then falls back to the next mode instead of dying with it.
+the caller (an export, or the eval stage's predictor) then falls back to the next mode instead of
+dying with it. ``MODEL_DIR`` needs only the inference model files, not a whole export.
 """
 
 import sys
@@ -10,15 +11,16 @@ import sys
 
 def main(argv) -> int:
     model_dir, mode, images_path, out_path = argv
+    import os
+
     import numpy as np
 
-    from recog.inference.predictor import ExportedModel
+    from recog.inference.predictor import GraphPredictor
 
-    model = ExportedModel(model_dir, device="cpu", onednn=mode)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    model = GraphPredictor(model_dir, device="cpu", threads=threads, onednn=mode)
     images = np.load(images_path)
-    batch = model.predict(images, binarize=False)
-    single = model.predict(images[:1], binarize=False)
-    np.savez(out_path, batch=batch, single=single)
+    np.savez(out_path, batch=model.run(images), single=model.run(images[:1]))
     return 0
 
 

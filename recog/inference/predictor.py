@@ -116,6 +116,47 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+class GraphPredictor:
+    """The Paddle Inference predictor of ``inference.json`` / ``inference.pdiparams`` in ``model_dir``:
+    ``run(batch [N, ...] float32) -> [N, D] float32``. No ``preprocess.json`` needed (see ``ExportedModel``).
+
+    ``device``: ``cpu`` or ``gpu`` (see ``resolve_device``; ``gpu_id`` picks the GPU); ``threads``:
+    CPU math threads; ``onednn``: one of ``ONEDNN_MODES`` (CPU only).
+    """
+
+    def __init__(self, model_dir: Union[str, Path], device: str = "cpu", threads: int = 1, onednn: str = "full",
+                 gpu_id: int = 0):
+        from paddle import inference
+
+        if onednn not in ONEDNN_MODES:
+            raise ConfigError(f"unknown oneDNN mode {onednn!r}: use one of {', '.join(ONEDNN_MODES)}")
+        model_dir = Path(model_dir)
+        config = inference.Config(str(model_dir / MODEL_FILE), str(model_dir / PARAMS_FILE))
+        if device == "gpu":
+            config.enable_use_gpu(256, int(gpu_id))  # initial memory pool (MB), device id
+        else:
+            config.disable_gpu()
+            if onednn == "off":
+                config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default
+            else:
+                config.enable_mkldnn()
+                if onednn == "no_placement":
+                    config.delete_pass("onednn_placement_pass")
+            config.set_cpu_math_library_num_threads(int(threads))
+        config.switch_ir_optim(True)
+        config.disable_glog_info()
+        self._predictor = inference.create_predictor(config)
+        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
+        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self._input.reshape(list(batch.shape))
+        self._input.copy_from_cpu(batch)
+        self._predictor.run()
+        return self._output.copy_to_cpu().astype(np.float32, copy=False)
+
+
 class ExportedModel:
     """An export directory loaded into a Paddle Inference predictor.
 
@@ -129,8 +170,6 @@ class ExportedModel:
 
     def __init__(self, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None,
                  onednn: Optional[str] = None):
-        from paddle import inference
-
         self.model_dir = Path(model_dir)
         self.preprocess = load_preprocess(self.model_dir)
         self.device = resolve_device(device)
@@ -144,23 +183,7 @@ class ExportedModel:
         if onednn not in ONEDNN_MODES:
             raise ConfigError(f"unknown oneDNN mode {onednn!r}: use one of {', '.join(ONEDNN_MODES)}")
         self.onednn = onednn if self.device == "cpu" else None
-        config = inference.Config(str(self.model_dir / MODEL_FILE), str(self.model_dir / PARAMS_FILE))
-        if self.device == "gpu":
-            config.enable_use_gpu(256, 0)  # initial memory pool (MB), device id
-        else:
-            config.disable_gpu()
-            if onednn == "off":
-                config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default
-            else:
-                config.enable_mkldnn()
-                if onednn == "no_placement":
-                    config.delete_pass("onednn_placement_pass")
-            config.set_cpu_math_library_num_threads(self.threads)
-        config.switch_ir_optim(True)
-        config.disable_glog_info()
-        self._predictor = inference.create_predictor(config)
-        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
-        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+        self._graph = GraphPredictor(self.model_dir, self.device, self.threads, onednn)
 
     @property
     def feature_dim(self) -> int:
@@ -191,11 +214,7 @@ class ExportedModel:
         if images.shape[0] == 0:
             features = np.zeros((0, self.feature_dim), np.float32)
         else:
-            batch = np.ascontiguousarray(images, dtype=np.float32)
-            self._input.reshape(list(batch.shape))
-            self._input.copy_from_cpu(batch)
-            self._predictor.run()
-            features = self._output.copy_to_cpu().astype(np.float32, copy=False)
+            features = self._graph.run(images)
         method = self.binarize if binarize is None or binarize else None
         if binarize and not method:
             raise ValueError(f"{self.model_dir} records no binarisation method (eval.binarize was not set)")

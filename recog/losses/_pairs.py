@@ -1,8 +1,36 @@
-"""Helpers shared by the pair-based losses: label checks, same-class masks, distances."""
+"""Helpers shared by the pair-based losses: label checks, same-class masks, distances.
+
+The label checks (``check_pk_batch``, ``check_class_num``, and CenterLoss's / NpairsLoss's own)
+read device tensors back to the host: a synchronisation. They run by default, so a loss called
+on a bad batch says why; the train loop, whose sampler guarantees every batch's P x K structure,
+runs them on its first step only and turns them off for the rest (``label_checks(False)``).
+"""
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import paddle
 
 from recog.errors import ConfigError
+
+_LABEL_CHECKS = contextvars.ContextVar("recog_label_checks", default=True)
+
+
+def label_checks_enabled() -> bool:
+    """Whether the losses check their labels (the default; see ``label_checks``)."""
+    return _LABEL_CHECKS.get()
+
+
+@contextlib.contextmanager
+def label_checks(enabled: bool) -> Iterator[None]:
+    """Within the block the losses' label checks are on or off. Turn them off only where the
+    batches are known to be valid (the P x K sampler's, after a first checked step)."""
+    token = _LABEL_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _LABEL_CHECKS.reset(token)
 
 
 def flat_labels(labels: paddle.Tensor, n: int, name: str) -> paddle.Tensor:
@@ -33,7 +61,10 @@ def pair_masks(inputs: paddle.Tensor, labels: paddle.Tensor, name: str
 
 
 def check_pk_batch(is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.Tensor, name: str) -> None:
-    """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks)."""
+    """Raise ConfigError unless every anchor has a positive and a negative ([N, N] bool masks).
+    A device read-back: skipped while ``label_checks(False)``."""
+    if not label_checks_enabled():
+        return
     no_pos = int((~is_pos.any(axis=1)).astype("int64").sum())
     no_neg = int((~is_neg.any(axis=1)).astype("int64").sum())
     if no_pos or no_neg:
@@ -47,8 +78,9 @@ def check_pk_batch(is_pos: paddle.Tensor, is_neg: paddle.Tensor, labels: paddle.
 
 
 def check_class_num(name: str, labels: paddle.Tensor, class_num: int | None) -> None:
-    """ValueError if a label is outside ``[0, class_num)`` (no check when ``class_num`` is None)."""
-    if class_num is None or labels.shape[0] == 0:
+    """ValueError if a label is outside ``[0, class_num)`` (no check when ``class_num`` is None).
+    A device read-back: skipped while ``label_checks(False)``."""
+    if class_num is None or labels.shape[0] == 0 or not label_checks_enabled():
         return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= class_num:

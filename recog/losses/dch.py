@@ -49,10 +49,9 @@ class DCHLoss(nn.Layer):
         s = same_class(labels).astype(inputs.dtype)  # [N, N]
         n_sim = s.sum()
         n_dissim = float(s.numel()) - n_sim
-        if float(n_dissim) > 0:
-            w = s * (s.numel() / n_sim) + (1.0 - s) * (s.numel() / n_dissim)
-        else:
-            w = paddle.ones_like(s)
+        # A where, not an if: no device read-back (n_dissim is 0 only when the batch has one class).
+        balanced = s * (s.numel() / n_sim) + (1.0 - s) * (s.numel() / paddle.clip(n_dissim, min=1.0))
+        w = paddle.where(n_dissim > 0, balanced, paddle.ones_like(s))
 
         d = self._cauchy_distance(inputs, inputs)
         pair = w * (s * paddle.log(d / self.gamma) + paddle.log(1.0 + self.gamma / d))

@@ -4,6 +4,7 @@ import paddle
 import paddle.nn as nn
 
 from recog.errors import ConfigError
+from recog.losses._pairs import label_checks_enabled
 
 
 class NpairsLoss(nn.Layer):
@@ -33,14 +34,15 @@ class NpairsLoss(nn.Layer):
         labels = labels.reshape([-1])
         if labels.shape[0] != n:
             raise ValueError(f"NpairsLoss got {n} features but {labels.shape[0]} labels")
-        classes, counts = paddle.unique(labels, return_counts=True)
-        if classes.shape[0] < 2 or bool((counts != 2).any()):
-            raise ConfigError(
-                "NpairsLoss needs P x K batches with K = 2 (exactly two images per class, several "
-                f"classes per batch): this batch has {n} samples in {classes.shape[0]} class(es) with "
-                f"{sorted(set(counts.numpy().tolist()))} samples per class. "
-                "Use the P x K sampler with data.samples_per_class=2."
-            )
+        if label_checks_enabled():  # device read-backs (see recog.losses._pairs.label_checks)
+            classes, counts = paddle.unique(labels, return_counts=True)
+            if classes.shape[0] < 2 or bool((counts != 2).any()):
+                raise ConfigError(
+                    "NpairsLoss needs P x K batches with K = 2 (exactly two images per class, several "
+                    f"classes per batch): this batch has {n} samples in {classes.shape[0]} class(es) with "
+                    f"{sorted(set(counts.numpy().tolist()))} samples per class. "
+                    "Use the P x K sampler with data.samples_per_class=2."
+                )
         order = paddle.argsort(labels, stable=True)  # classes grouped, batch order kept inside each
         anchors = paddle.gather(inputs, order[0::2])  # [P, D]
         positives = paddle.gather(inputs, order[1::2])  # [P, D]

@@ -16,13 +16,24 @@ the eval set; rank 0 alone logs to MLflow, draws progress bars and writes files.
 SIGTERM / SIGINT during training: the ranks agree to stop after the current step, rank 0 writes
 ``checkpoints/last`` (mid-epoch), the MLflow run is marked KILLED, and ``TrainingInterrupted`` is
 raised (``run.py`` exits 143 / 130). ``resume=true`` continues from that step exactly.
+
+A NaN or Inf loss or gradient stops the run before the step is applied (``NonFiniteError``, naming
+the step and the loss term; exit code 2), leaving ``checkpoints/last`` and ``best_model`` as they
+were; with ``trainer.skip_nonfinite=true`` the step is skipped instead and counted
+(``skipped_steps``, logged to MLflow).
+
+Host synchronisation: one per step, deliberately (``StepRunner.read_flags``: "non-finite" and
+"stop requested" in one small tensor, max-reduced over the ranks). Labels are checked on the host
+copies the loader yields; the losses' own label checks (device read-backs) run on the first step
+only; loss values are read back, and averaged over the ranks, every ``trainer.log_every`` steps.
 """
 
 import itertools
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import paddle
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -31,13 +42,16 @@ from tqdm import tqdm
 from recog.api import build_loss, build_model, load_splits
 from recog.config import require_complete
 from recog.data import build_train_loader, build_transform, set_loader_epoch
+from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
+from recog.data.loader import dataset_options, to_device
 from recog.distributed import parallel
-from recog.errors import ConfigError, TrainingInterrupted
+from recog.errors import ConfigError, RecogError, TrainingInterrupted
+from recog.losses._pairs import label_checks
 from recog.metrics import format_metrics_table
 from recog.optim import build_optimizer
 from recog.stages.evaluate import Evaluator, write_metrics
 from recog.tracking import MlflowTracker
-from recog.utils import checkpoint
+from recog.utils import atomic, checkpoint
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, amp_settings, autocast
 from recog.utils.runtime import (get_rng_state, has_gpu, is_main_process, seed_everything, select_device,
@@ -46,6 +60,16 @@ from recog.utils.runtime import (get_rng_state, has_gpu, is_main_process, seed_e
 log = logging.getLogger(__name__)
 
 LAST, BEST = Path("checkpoints") / "last", Path("best_model")
+
+
+class NonFiniteError(RecogError):
+    """A training step produced a NaN or Inf loss or gradient; ``step`` is the global step (from 1),
+    ``terms`` the loss terms' values (NaN / Inf included) on this rank, averaged over the ranks."""
+
+    def __init__(self, message: str, step: int, terms: Dict[str, float]):
+        super().__init__(message)
+        self.step = step
+        self.terms = terms
 
 
 class TrainNet(paddle.nn.Layer):
@@ -62,31 +86,102 @@ class TrainNet(paddle.nn.Layer):
 
 
 class StepRunner:
-    """One optimisation step (autocast, loss scaling) and the cross-rank stop agreement."""
+    """One optimisation step (autocast, loss scaling), its finite check and the cross-rank stop agreement.
 
-    def __init__(self, net: paddle.nn.Layer, amp: Optional[Amp] = None, stop: Optional[StopRequest] = None):
+    Each step reads back one small flag tensor (``read_flags``): whether the loss or a gradient is
+    NaN / Inf on any rank, and whether any rank was asked to stop (``stop_agreed``). A non-finite
+    step raises ``NonFiniteError`` before the optimizer applies it, or with ``skip_nonfinite`` is
+    dropped (no update; the LR schedule still advances) and counted in ``skipped``.
+
+    The losses check their labels (P x K structure, label range: device read-backs) on the first
+    step only: the P x K sampler gives every later batch the same structure.
+    """
+
+    def __init__(self, net: paddle.nn.Layer, amp: Optional[Amp] = None, stop: Optional[StopRequest] = None,
+                 skip_nonfinite: bool = False):
         self.net = net
         self.amp = amp
         self.scaler = paddle.amp.GradScaler() if amp is not None and amp.needs_loss_scaling else None
         self.stop = stop
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skipped = 0
+        self.stop_agreed = False
+        self.labels_checked = False
+        self.parameters = [p for p in net.parameters() if not p.stop_gradient]
 
-    def __call__(self, images, labels, optimizer, schedule) -> Dict[str, paddle.Tensor]:
-        with autocast(self.amp):
+    def __call__(self, images, labels, optimizer, schedule, step: int = 0, epoch: int = 0) -> Dict[str, paddle.Tensor]:
+        """Run global step ``step`` (from 1; for messages) of epoch ``epoch`` (from 0)."""
+        with label_checks(not self.labels_checked), autocast(self.amp):
             losses = self.net(images, labels)
+        self.labels_checked = True
         if self.scaler is not None:
             self.scaler.scale(losses["loss"]).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
         else:
             losses["loss"].backward()
-            optimizer.step()
-        optimizer.clear_grad()
+        nonfinite, self.stop_agreed = self.read_flags(losses["loss"])
+        if nonfinite:
+            message, terms = self.describe_nonfinite(losses, step, epoch)
+            optimizer.clear_grad()
+            if not self.skip_nonfinite:
+                raise NonFiniteError(
+                    f"{message}. Stopped before applying the step: checkpoints/last and best_model/ are as they "
+                    "were. Lower optimizer.lr, set trainer.grad_clip, check the data, or skip such steps with "
+                    "trainer.skip_nonfinite=true", step, terms)
+            self.skipped += 1
+            log.warning("%s: step skipped (%d so far)", message, self.skipped)
+        else:
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.clear_grad()
         schedule.step()
         return losses
 
+    def read_flags(self, loss: paddle.Tensor) -> Tuple[bool, bool]:
+        """``(non-finite loss or gradient on any rank, stop requested on any rank)``: the step's one
+        deliberate host sync (and its one all_reduce in a data-parallel run).
+
+        The loss is the sum of the terms, so it is non-finite iff a term is. Gradients are checked
+        after backward, where ``DataParallel`` has averaged them: a NaN on one rank is on all. With
+        float16 loss scaling, overflowing gradients are the scaler's to skip: the loss alone is checked.
+        """
+        finite = paddle.isfinite(loss.astype("float32"))
+        grads = [p.grad for p in self.parameters if p.grad is not None] if self.scaler is None else []
+        if grads:
+            finite = finite & paddle.stack([paddle.isfinite(g).all() for g in grads]).all()
+        stop = self.stop is not None and self.stop.requested
+        flags = paddle.stack([(~finite).astype("int32"), paddle.full([], int(stop), dtype="int32")])
+        nonfinite, stop_agreed = parallel.max_across_ranks(flags).tolist()
+        return bool(nonfinite), bool(stop_agreed)
+
+    def describe_nonfinite(self, losses: Dict[str, paddle.Tensor], step: int,
+                           epoch: int) -> Tuple[str, Dict[str, float]]:
+        """What was not finite, read only once it was detected: the loss terms (averaged over the
+        ranks, a collective every rank reaches), else the first parameters with NaN / Inf gradients."""
+        values = parallel.mean_across_ranks(losses)
+        terms = {name: value for name, value in values.items() if name != "loss"}
+        shown = ", ".join(f"{name} = {value:.4g}" for name, value in terms.items())
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        where = f"step {step} (epoch {epoch + 1})"
+        if bad:
+            return f"non-finite loss at {where}: loss term {' and '.join(repr(n) for n in bad)} ({shown})", values
+        if not math.isfinite(values["loss"]):  # finite terms whose sum overflows
+            return f"non-finite loss at {where}: the sum of the loss terms ({shown})", values
+        names = [name for name, p in self._named_parameters() if p.grad is not None
+                 and not bool(paddle.isfinite(p.grad).all())]
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"non-finite gradient at {where}: {listed or 'a parameter'} (loss terms finite: {shown})", values
+
+    def _named_parameters(self):
+        for name, param in self.net.named_parameters():
+            yield name.replace("_layers.", "", 1) if name.startswith("_layers.") else name, param
+
     def should_stop(self) -> bool:
-        """Whether any rank received SIGTERM / SIGINT; a collective, reached by every rank at the
-        same step boundaries, so that all ranks stop after the same step."""
+        """Whether any rank received SIGTERM / SIGINT; a collective for the points between steps
+        (after an epoch's eval and checkpoint), reached by every rank. Within an epoch each step's
+        ``read_flags`` carries the agreement (``stop_agreed``)."""
         return self.stop is not None and parallel.any_rank(self.stop.requested)
 
 
@@ -103,6 +198,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     rank, world = parallel.init_distributed()
     if cfg.resume:
         run_dir = find_run_to_resume(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # loader workers may record bad images there from the start
     seed_everything(cfg.seed)
     splits = load_splits(cfg)
     labels = splits.train_labels_contiguous()
@@ -111,8 +207,9 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     loss_fn = build_loss(cfg, class_num=splits.num_train_classes, embedding_size=model.embedding_size)
     data = cfg.data
     transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant)
+    options = dataset_options(data, run_dir)
     loader = build_train_loader(splits.train, labels, transform, data.batch_size, data.samples_per_class,
-                                data.num_workers, cfg.seed, rank=rank, world_size=world)
+                                data.num_workers, cfg.seed, rank=rank, world_size=world, options=options)
     steps_per_epoch = min(len(loader), cfg.trainer.steps_per_epoch or len(loader))
     if cfg.trainer.sync_bn and world > 1:
         model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -125,11 +222,12 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     if world > 1:  # broadcasts rank 0's weights; gradients are averaged over the ranks
         net = paddle.DataParallel(net, find_unused_parameters=_has_unused_parameters(model, loss_fn))
         paddle.seed(cfg.seed + rank)  # same weights everywhere, but each rank its own dropout masks
-    runner = StepRunner(net, amp)
-    evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp)
+    runner = StepRunner(net, amp, skip_nonfinite=cfg.trainer.skip_nonfinite)
+    evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp, options=options)
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best": None, "mlflow_run_id": None}
     if cfg.resume:
         state = _restore(run_dir / LAST, model, loss_fn, optimizer, runner.scaler, rank, world)
+        runner.skipped = state.pop("skipped_steps", 0)
         log.info("resuming %s at epoch %d, step %d of %d", run_dir, state["epoch"] + 1, state["step_in_epoch"],
                  steps_per_epoch)
         if state["step_in_epoch"] >= steps_per_epoch:
@@ -176,11 +274,22 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
             tracker.log_artifact(run_dir / "metrics.json")
             tracker.log_artifact(run_dir / "retrieval.png")
             tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
+        if runner.skip_nonfinite:
+            tracker.log_metrics({"skipped_steps": runner.skipped}, step=state["step"])
+            if runner.skipped:
+                log.warning("%d training step(s) skipped for a non-finite loss or gradient", runner.skipped)
+        bad_images = run_dir / BAD_IMAGES
+        if is_main_process() and bad_images.is_file():
+            log.warning("%s", summarize_bad_images(bad_images))
+            tracker.log_artifact(bad_images)
         if is_main_process():
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "the run's config")
         tracker.log_artifact(run_dir / "config.yaml")
     except (KeyboardInterrupt, TrainingInterrupted):
-        tracker.finish("KILLED")
+        # The launcher repeats SIGTERM while a rank lives (3 times, 0.2 s apart): outside the training
+        # loop's StopRequest the default handler would end the process before the status is written.
+        with StopRequest():
+            tracker.finish("KILLED")
         raise
     except BaseException:
         tracker.finish("FAILED")
@@ -194,8 +303,10 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int
                     tracker: MlflowTracker, steps: int, start: int = 0, runner: Optional[StepRunner] = None) -> int:
     """Batches ``start .. steps - 1`` of the epoch (after ``set_loader_epoch(loader, epoch, start)``);
     returns the global step count. Stops early, after a whole step, when the runner's stop request
-    is set on any rank. Host syncs (and cross-rank loss averages) only every ``log_every`` steps."""
-    runner = runner if runner is not None else StepRunner(TrainNet(model, loss_fn))
+    is set on any rank. One host sync per step (``StepRunner.read_flags``); loss values are read
+    (and averaged over the ranks) only every ``log_every`` steps."""
+    runner = runner if runner is not None else StepRunner(TrainNet(model, loss_fn),
+                                                          skip_nonfinite=cfg.trainer.skip_nonfinite)
     model.train()
     if cfg.trainer.freeze_bn:
         freeze_batch_norm(model)
@@ -205,24 +316,30 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int
                disable=not is_main_process(), dynamic_ncols=True)
     tick, images_seen = time.perf_counter(), 0
     done = start  # batches of this epoch; not bar.n, which a disabled bar (ranks > 0) does not count
-    for images, labels in itertools.islice(loader, steps - start):
-        loader.dataset.raise_if_undecodable(labels.numpy())
-        losses = runner(images, labels, optimizer, schedule)
-        step += 1
-        done += 1
-        images_seen += images.shape[0] * world
-        bar.update(1)
-        if step % log_every == 0 or done == steps:
-            values = parallel.mean_across_ranks(losses)
-            elapsed = time.perf_counter() - tick
-            values["lr"] = optimizer.get_lr()
-            values["images_per_sec"] = images_seen / max(elapsed, 1e-9)
-            tracker.log_metrics(values, step=step)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_sec']:.0f}")
-            tick, images_seen = time.perf_counter(), 0
-        if done < steps and runner.should_stop():
-            break
-    bar.close()
+    try:
+        for images, labels in itertools.islice(loader, steps - start):
+            # Host tensors (see build_train_loader): a copy, not a device read-back.
+            loader.dataset.check_batch(labels.numpy(), training=True)
+            losses = runner(to_device(images), to_device(labels), optimizer, schedule, step=step + 1, epoch=epoch)
+            step += 1
+            done += 1
+            images_seen += images.shape[0] * world
+            bar.update(1)
+            if step % log_every == 0 or done == steps:
+                values = parallel.mean_across_ranks(losses)
+                elapsed = time.perf_counter() - tick
+                values["lr"] = optimizer.get_lr()
+                values["images_per_sec"] = images_seen / max(elapsed, 1e-9)
+                if runner.skip_nonfinite:
+                    values["skipped_steps"] = runner.skipped
+                tracker.log_metrics(values, step=step)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                                img_s=f"{values['images_per_sec']:.0f}")
+                tick, images_seen = time.perf_counter(), 0
+            if done < steps and runner.stop_agreed:
+                break
+    finally:
+        bar.close()  # also on an error: its message then starts on a line of its own
     return step
 
 
@@ -255,6 +372,8 @@ def _save_last(run_dir: Path, model, cfg, state: dict, optimizer, loss_fn, runne
     extra = {"finished": finished, "world_size": world, "rng": rng}
     if runner.scaler is not None:
         extra["grad_scaler"] = runner.scaler.state_dict()
+    if runner.skip_nonfinite:
+        extra["skipped_steps"] = runner.skipped
     checkpoint.save_checkpoint(run_dir / LAST, model, cfg, dict(state, **extra), optimizer, loss_fn)
 
 
@@ -272,7 +391,7 @@ def _interrupted(stop: StopRequest, run_dir: Path, state: dict) -> TrainingInter
 def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
     """The run dir whose ``checkpoints/last`` to continue: this one if it has one (e.g.
     ``hydra.run.dir=<old run>``), else the newest unfinished run under ``paths.output_root/runs``."""
-    if (run_dir / LAST / checkpoint.STATE_FILE).is_file():
+    if checkpoint.has_checkpoint(run_dir / LAST):
         return run_dir
     runs = sorted(Path(cfg.paths.output_root).glob(f"runs/*/{LAST}/{checkpoint.STATE_FILE}"), reverse=True)
     for state_file in runs:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from image_lists import write_image_lists
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_worker.py")
 
@@ -47,28 +49,6 @@ def max_difference(a: dict, b: dict) -> float:
 
 def worker_logs(log_dir: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("workerlog.*")))
-
-
-def write_image_lists(root: Path, sizes=(("train", 200), ("query", 37), ("gallery", 53)), classes: int = 5) -> list:
-    """Random 12x12 PNGs, ``i % classes`` labelled, in ``<name>.txt`` lists; returns the dataset overrides.
-
-    Small and odd-sized on purpose: 200 training images give 12 P x K steps of 16 per epoch, and
-    37 / 53 eval images split unevenly over 2 processes. (The digits would cost every process a
-    scikit-learn import and 1797 PNG writes per fresh output root.)
-    """
-    import cv2
-
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    for name, count in sizes:
-        lines = []
-        for i in range(count):
-            path = f"img/{name}_{i}.png"
-            cv2.imwrite(str(root / path), (rng.random((12, 12, 3)) * 255).astype(np.uint8))
-            lines.append(f"{path} {i % classes}")
-        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    return ["dataset=image_list", f"dataset.root={root}", "dataset.train_list=train.txt",
-            "dataset.query_list=query.txt", "dataset.gallery_list=gallery.txt"]
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,30 @@
-"""The eval stage's options: binary codes ranked by Hamming distance."""
+"""The eval stage's options: binary codes ranked by Hamming distance; the feature engines (dygraph,
+Paddle Inference predictor, auto)."""
+
+import logging
 
 import numpy as np
+import paddle
 import pytest
 
 import recog
 from recog.api import load_splits
+from recog.errors import RecogError
+from recog.inference.eval_predictor import EvalPredictor
 from recog.metrics import binarize, hamming_metrics
 from recog.stages.evaluate import Evaluator, extract_features
+
+TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
+# A random-weight model maps the digits to nearly collapsed features (cosines close to 1), and the
+# digits hold near-duplicates: differences of 1e-6 between the engines can swap results at such
+# near-ties, a few of the 896 queries. The features themselves are compared to 1e-4.
+TIES = 0.01
 
 
 @pytest.mark.parametrize("method", ["sign", "round"])
 def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, method):
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck=tanh",
-                         "neck.embedding_size=16", "head=none", f"eval.binarize={method}", f"paths.output_root={tmp_path}"])
+    cfg = recog.compose(TINY + ["neck=tanh", "neck.embedding_size=16", "head=none", f"eval.binarize={method}",
+                                "eval.engine=dygraph", f"paths.output_root={tmp_path}"])
     model = recog.build_model(cfg)
     splits = load_splits(cfg)
     evaluator = Evaluator(splits, cfg.data, cfg.eval)
@@ -29,3 +41,76 @@ def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, method):
             expected = hamming_metrics(binarize(raw, method), labels, recall_at=(1, 5, 10))
     assert metrics == expected
     assert "precision_at_1" in metrics and "mAP" in metrics
+
+
+def _evaluators(tmp_path, *extra):
+    """``(model, {engine: Evaluator})`` on the digits' 896 eval images, one Evaluator per engine."""
+    base = TINY + [*(extra or ["neck.embedding_size=24", "head.class_num=5"]), f"paths.output_root={tmp_path}"]
+    cfg = recog.compose(base)
+    splits = load_splits(cfg)
+    engines = {engine: Evaluator(splits, cfg.data, recog.compose(base + [f"eval.engine={engine}"]).eval)
+               for engine in ("dygraph", "predictor")}
+    return recog.build_model(cfg), engines
+
+
+def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path):
+    model, engines = _evaluators(tmp_path)
+    before = {}
+    for round_ in range(2):
+        metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
+        features = {engine: evaluator.last[0] for engine, evaluator in engines.items()}
+        assert {e: ev.engine_used for e, ev in engines.items()} == {"dygraph": "dygraph", "predictor": "predictor"}
+        assert features["dygraph"].shape == (896, 24)
+        np.testing.assert_allclose(features["predictor"], features["dygraph"], atol=1e-4)  # the engine's check
+        np.testing.assert_array_equal(engines["predictor"].last[1], engines["dygraph"].last[1])
+        assert metrics["predictor"] == pytest.approx(metrics["dygraph"], abs=TIES)
+        if round_ == 0:  # as an optimizer step would: the next eval must see the new weights
+            before = features
+            with paddle.no_grad():
+                for param in model.parameters():
+                    param.set_value(param * 1.5 + 0.01)
+    assert not np.allclose(before["predictor"], features["predictor"], atol=1e-3)
+    assert model.training  # a freshly built model trains; eval left it so
+
+
+def test_predictor_engine_with_binary_codes(tmp_path):
+    model, engines = _evaluators(tmp_path, "neck=tanh", "neck.embedding_size=16", "head=none", "eval.binarize=sign")
+    metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
+    raw = {engine: evaluator.last[0] for engine, evaluator in engines.items()}
+    scale = np.abs(raw["dygraph"]).max()  # raw tanh activations (not normalised): tiny at initialisation
+    assert scale > 0 and not np.allclose(np.linalg.norm(raw["dygraph"], axis=1), 1.0)
+    assert np.abs(raw["predictor"] - raw["dygraph"]).max() <= 1e-4 * scale
+    np.testing.assert_array_equal(binarize(raw["predictor"], "sign"), binarize(raw["dygraph"], "sign"))
+    assert metrics["predictor"] == pytest.approx(metrics["dygraph"], abs=TIES)
+
+
+def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path):
+    cfg = recog.compose(TINY + ["head.class_num=5", f"paths.output_root={tmp_path}"])
+    splits = load_splits(cfg)
+    model = recog.build_model(cfg)
+    small = Evaluator(splits, cfg.data, cfg.eval)  # 896 images x 16^2 px = 0.23 megapixels < 1.0
+    large = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.predictor_min_megapixels=0.2"]).eval)
+    assert not small.wants_predictor() and large.wants_predictor()
+    small(model)
+    large(model)
+    assert small.engine_used == "dygraph" and small.predictor is None
+    assert large.engine_used == "predictor" and large.predictor.onednn == "full"
+    np.testing.assert_allclose(large.last[0], small.last[0], atol=1e-4)
+
+
+def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(tmp_path, monkeypatch, caplog):
+    def refuse(self):
+        raise RecogError("the eval predictor differs from the dygraph model by 0.5")
+
+    monkeypatch.setattr(EvalPredictor, "refresh", refuse)
+    cfg = recog.compose(TINY + ["head.class_num=5", "eval.predictor_min_megapixels=0", f"paths.output_root={tmp_path}"])
+    splits = load_splits(cfg)
+    model = recog.build_model(cfg)
+    auto = Evaluator(splits, cfg.data, cfg.eval)
+    with caplog.at_level(logging.WARNING, logger="recog.stages.evaluate"):
+        metrics = auto(model)
+    assert auto.engine_used == "dygraph" and "recall_at_1" in metrics
+    assert "eval.engine=auto" in caplog.text and "differs from the dygraph model by 0.5" in caplog.text
+    explicit = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.engine=predictor"]).eval)
+    with pytest.raises(RecogError, match="differs from the dygraph model"):
+        explicit(model)

@@ -1,0 +1,128 @@
+"""The train loop's host synchronisation: one read-back per step, the losses' label checks on the first
+step only, host batches from the loader, and a stop request honoured after the step it arrived in."""
+
+import signal
+import threading
+
+import paddle
+import pytest
+
+import recog
+from image_lists import write_image_lists
+from recog.api import build_loss, build_model, load_splits
+from recog.data import build_train_loader, build_transform, set_loader_epoch
+from recog.errors import ConfigError
+from recog.optim import build_optimizer
+from recog.stages import train
+from recog.tracking import MlflowTracker
+from recog.utils.interrupt import StopRequest
+
+STEPS = 4
+READ_BACKS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory):
+    return write_image_lists(tmp_path_factory.mktemp("sync_lists"), (("train", 40), ("query", 10)))
+
+def _cfg(lists, tmp_path, *extra):
+    return recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
+                          "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.log_every=100",
+                          "mlflow.enabled=false", *lists, f"paths.output_root={tmp_path}", *extra])
+
+
+def _parts(cfg):
+    splits = load_splits(cfg)
+    model = build_model(cfg, class_num=splits.num_train_classes)
+    loss_fn = build_loss(cfg, class_num=splits.num_train_classes, embedding_size=model.embedding_size)
+    transform = build_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std, train=True, hflip=True)
+    loader = build_train_loader(splits.train, splits.train_labels_contiguous(), transform, cfg.data.batch_size,
+                                cfg.data.samples_per_class, 0, cfg.seed)
+    optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
+    set_loader_epoch(loader, 0)
+    return model, loss_fn, loader, optimizer, schedule
+
+
+def _record_read_backs(monkeypatch):
+    """Every outermost Tensor -> host conversion as the ``module.function`` of recog that asked for it."""
+    calls, depth = [], threading.local()
+
+    def caller():
+        import sys
+
+        frame = sys._getframe(2)
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if module.startswith("recog."):
+                return f"{module}.{frame.f_code.co_name}"
+            frame = frame.f_back
+        return "?"
+
+    for name in READ_BACKS:
+        real = getattr(paddle.Tensor, name)
+
+        def wrapper(self, *args, _real=real, **kwargs):
+            outer = not getattr(depth, "n", 0)
+            if outer:
+                calls.append((caller(), self.place.is_cpu_place()))
+            depth.n = getattr(depth, "n", 0) + 1
+            try:
+                return _real(self, *args, **kwargs)
+            finally:
+                depth.n -= 1
+
+        monkeypatch.setattr(paddle.Tensor, name, wrapper)
+    return calls
+
+
+def test_one_read_back_per_step_and_label_checks_on_the_first_step_only(tmp_path, lists, monkeypatch):
+    cfg = _cfg(lists, tmp_path)
+    model, loss_fn, loader, optimizer, schedule = _parts(cfg)
+    tracker = MlflowTracker(cfg, stage="train")  # disabled: logs nothing
+    calls = _record_read_backs(monkeypatch)
+    step = train.train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, 0, 0, tracker, STEPS)
+    monkeypatch.undo()
+
+    assert step == STEPS
+    callers = [c for c, _ in calls]
+    flags = "recog.distributed.parallel.max_across_ranks"
+    assert callers.count(flags) == STEPS  # the one deliberate sync of each step
+    assert callers.count("recog.stages.train.train_one_epoch") == STEPS  # the labels' host copy for check_batch
+    assert all(on_cpu for c, on_cpu in calls if c == "recog.stages.train.train_one_epoch")
+    assert callers.count("recog.distributed.parallel.mean_across_ranks") == 1  # the last step is logged
+    from_losses = [i for i, c in enumerate(callers) if c.startswith("recog.losses.")]
+    assert from_losses and max(from_losses) < callers.index(flags)  # the P x K checks ran, in step 1 only
+    assert set(callers) == {flags, "recog.stages.train.train_one_epoch", "recog.distributed.parallel.mean_across_ranks",
+                            *(callers[i] for i in from_losses)}
+
+
+def test_a_bad_pk_batch_still_fails_clearly_on_the_first_step(tmp_path, lists):
+    cfg = _cfg(lists, tmp_path, "data.batch_size=4", "data.samples_per_class=1", "trainer.epochs=1")
+    with pytest.raises(ConfigError, match=r"TripletLossV2 needs P x K.*samples_per_class"):
+        train.run(cfg, tmp_path / "run")
+
+
+def test_a_stop_request_ends_the_epoch_after_the_step_it_arrived_in(tmp_path, lists, monkeypatch):
+    cfg = _cfg(lists, tmp_path)
+    model, loss_fn, loader, optimizer, schedule = _parts(cfg)
+    stop = StopRequest()  # not entered: no signal handlers, the test sets it as a signal would
+    runner = train.StepRunner(train.TrainNet(model, loss_fn), stop=stop)
+    real_forward, calls = train.TrainNet.forward, [0]
+
+    def forward(self, images, labels):
+        calls[0] += 1
+        if calls[0] == 2:
+            stop.signum = signal.SIGTERM
+        return real_forward(self, images, labels)
+
+    monkeypatch.setattr(train.TrainNet, "forward", forward)
+    step = train.train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, 0, 0,
+                                 MlflowTracker(cfg, stage="train"), STEPS, runner=runner)
+    assert step == 2 and calls[0] == 2 and runner.stop_agreed
+
+
+def test_the_loaders_yield_host_tensors(tmp_path, lists):
+    _, _, loader, _, _ = _parts(_cfg(lists, tmp_path))
+    images, labels = next(iter(loader))
+    assert images.place.is_cpu_place() and labels.place.is_cpu_place()
+    assert images.shape == [8, 3, 16, 16] and labels.dtype == paddle.int64
