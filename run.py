@@ -24,17 +24,24 @@ register_schemas()
 def main(cfg: DictConfig):
     from recog.distributed.submitit_job import needs_node_launch, run_node_launcher
     from recog.stages import run_stage
+    from recog.tracking.sweep import SweepJobFailed, in_multirun, objective_value
 
     hydra_cfg = HydraConfig.get()
     try:
         if needs_node_launch(cfg):  # a submitit task (one per node) starts this node's ranks
-            return run_node_launcher(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task, __file__)
-        return run_stage(cfg, hydra_cfg.runtime.output_dir)
+            result = run_node_launcher(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task, __file__,
+                                       job_num=hydra_cfg.job.get("num"))
+        else:
+            result = run_stage(cfg, hydra_cfg.runtime.output_dir)
+        # A sweep job returns sweep.objective (a float, what the Optuna sweeper maximises).
+        return objective_value(cfg, result) if in_multirun() else result
     except TrainingInterrupted as stop:  # SIGTERM / SIGINT: checkpoint saved, exit 128 + signal
         log.warning("%s", stop)
-        sys.exit(stop.exit_code)
+        sys.exit(stop.exit_code)  # in a sweep too: stops the whole sweep
     except RecogError as error:
         log.error("%s", error)
+        if in_multirun():  # Hydra records the job as failed and the sweep goes on
+            raise SweepJobFailed(str(error)) from error
         sys.exit(2)
 
 

@@ -21,13 +21,14 @@ hydra.run.dir=<job dir>``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import zlib
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,12 +77,17 @@ def default_port(job_id: str) -> int:
     return 20000 + zlib.crc32(str(job_id).encode()) % 10000
 
 
-def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], script: str) -> int:
-    """Run this node's ``paddle.distributed.launch`` for the job; returns its exit status (0) or
-    raises ``RecogError`` when a rank failed."""
+def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], script: str,
+                      job_num: Optional[int] = None) -> Dict[str, float]:
+    """Run this node's ``paddle.distributed.launch`` for the job; returns the run's ``metrics.json``
+    (``{}`` if the stage wrote none), or raises ``RecogError`` when a rank failed."""
+    from recog.tracking.sweep import JOB_NUM_ENV
+
     job_env = submitit_environment()
     launcher = node_launcher_settings(cfg, job_env)
     command, env = launch_command(list(overrides), launcher, str(Path(run_dir).absolute()), script)
+    if job_num is not None:  # the ranks run in Hydra's run mode: name their MLflow run after the sweep job
+        env[JOB_NUM_ENV] = str(job_num)
     log.info("submitit job %s, node %d of %d: %d process(es) under paddle.distributed.launch, run dir %s",
              job_env.job_id, job_env.node + 1, job_env.num_nodes, launcher.nproc_per_node, run_dir)
     child = subprocess.Popen(command, env=env)
@@ -94,7 +100,8 @@ def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], s
     if status != 0:
         raise RecogError(f"paddle.distributed.launch exited with status {status} on node {job_env.node}; "
                          f"the ranks' logs are in {Path(run_dir) / 'launch'}")
-    return status
+    metrics = Path(run_dir) / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
 def _forwarded_signals() -> List[int]:

@@ -1,3 +1,3 @@
-from recog.tracking.mlflow_tracker import MlflowTracker, flatten_config, tracking_uri
+from recog.tracking.mlflow_tracker import MlflowTracker, check_reachable, flatten_config, tracking_uri
 
-__all__ = ["MlflowTracker", "flatten_config", "tracking_uri"]
+__all__ = ["MlflowTracker", "check_reachable", "flatten_config", "tracking_uri"]

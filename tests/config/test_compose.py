@@ -174,6 +174,12 @@ def _check_experiment(option, root):
         assert get_object(term._target_)
 
 
+def _check_hparams_search(option, root):
+    # Composition only: tests/test_sweeps.py checks the search-space keys and runs a search.
+    cfg = compose([f"hparams_search={option}", f"paths.output_root={root}"])
+    require_complete(cfg, *[k for k in cfg if k != "dataset"])
+
+
 CHECKS = {
     "backbone": _check_backbone,
     "neck": _check_neck,
@@ -183,6 +189,7 @@ CHECKS = {
     "optimizer": _check_optimizer,
     "lr": _check_lr,
     "experiment": _check_experiment,
+    "hparams_search": _check_hparams_search,
 }
 
 

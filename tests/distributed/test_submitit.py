@@ -71,8 +71,12 @@ def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, i
     assert sorted(p.name for p in (job_dir / "launch").glob("workerlog.*")) == ["workerlog.0", "workerlog.1"]
     assert weights(job_dir / "best_model")  # rank 0 wrote the best model into the job dir
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("submitit").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("submitit").experiment_id])
+    (run,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # rank 0's, under the sweep's parent run
     assert run.info.status == "FINISHED" and run.data.tags["recog.world_size"] == "2"
+    assert run.info.run_name.startswith("#0") and "recall_at_1" in run.data.metrics
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and len(runs) == 2
 
 
 def test_an_empty_cuda_visible_devices_is_dropped_on_a_cpu_build():
