@@ -348,6 +348,13 @@ class MultiStepConfig:
 
 
 # ---- everything else --------------------------------------------------------------------------
+class OnBadImage(str, Enum):
+    """What a run does with an image it cannot use (missing, empty, truncated, not an image, too large)."""
+
+    skip = "skip"  # warn, list it in <run dir>/bad_images.tsv; training uses another image of its class
+    fail = "fail"  # stop at once with the path (exit 2)
+
+
 @dataclass
 class DataConfig:
     image_size: int = 224
@@ -357,6 +364,10 @@ class DataConfig:
     num_workers: int = 2
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    on_bad_image: OnBadImage = OnBadImage.skip
+    # Larger images are refused (as bad images) before decoding when the header tells the size
+    # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
+    max_image_pixels: Optional[int] = 100_000_000
 
 
 @dataclass
@@ -371,6 +382,19 @@ class TrainerConfig:
     amp_dtype: AmpDtype = AmpDtype.float16
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (GPU, >1 process)
     freeze_bn: bool = False  # BatchNorm in eval mode while training: running statistics, not updated
+    # A NaN / Inf loss or gradient stops the run naming the step and the loss term; true skips such
+    # steps instead (no update), counted in the metric skipped_steps.
+    skip_nonfinite: bool = False
+
+
+class EvalEngine(str, Enum):
+    """What computes the eval features: the dygraph model, or a Paddle Inference predictor of it
+    (oneDNN on the CPU); ``auto`` picks the predictor on the CPU for large enough eval sets
+    (see recog/stages/evaluate.py)."""
+
+    auto = "auto"
+    dygraph = "dygraph"
+    predictor = "predictor"
 
 
 @dataclass
@@ -378,6 +402,9 @@ class EvalConfig:
     recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
     normalize: bool = True  # L2-normalise features: inner product = cosine
     binarize: Optional[Binarize] = None  # rank binary codes by Hamming distance instead
+    engine: EvalEngine = EvalEngine.auto
+    # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
+    predictor_min_megapixels: float = 1.0
 
 
 @dataclass
@@ -420,7 +447,21 @@ class MlflowConfig:
     enabled: bool = True
     tracking_uri: Optional[str] = None  # None: sqlite:///<paths.output_root>/mlflow.db
     experiment_name: str = "recog"
-    run_name: Optional[str] = None  # None: backbone/neck/head/loss
+    run_name: Optional[str] = None  # None: backbone/neck/head/loss; a sweep job's run adds "#<job> <swept values>"
+    # An unreachable store at start: true stops with a message (exit 2); false goes on and keeps
+    # the run's MLflow calls in <run dir>/mlflow_pending.jsonl (scripts/replay_mlflow.py).
+    required: bool = True
+    request_retries: int = 2  # HTTP retries per call (MLflow's default, 7, stalls for minutes)
+    request_timeout: int = 30  # seconds per HTTP request
+    register_best: bool = False  # register export/ (or best_model/) of the run, of a sweep's best run
+    model_name: str = "recog"  # the registered model's name
+
+
+@dataclass
+class SweepConfig:
+    """``run.py -m``: what a sweep job returns to the sweeper and the parent run ranks by."""
+
+    objective: str = "recall_at_1"  # an eval metric, maximised: recall_at_K, precision_at_K, mAP, mINP
 
 
 @dataclass
@@ -458,6 +499,7 @@ class RecogConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
