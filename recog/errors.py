@@ -1,5 +1,7 @@
 """Errors that reach the user as a one-paragraph message, not a traceback."""
 
+from typing import Dict
+
 
 class RecogError(Exception):
     """A problem the user can fix (bad config, bad data); shown without a traceback."""
@@ -23,6 +25,16 @@ class BadImageError(DataError):
 
     def __str__(self) -> str:
         return f"bad image {self.path}: {self.reason}"
+
+
+class NonFiniteError(RecogError):
+    """A training step produced a NaN or Inf loss or gradient; ``step`` is the global step (from 1),
+    ``terms`` the loss terms' values (NaN / Inf included) on this rank, averaged over the ranks."""
+
+    def __init__(self, message: str, step: int, terms: Dict[str, float]):
+        super().__init__(message)
+        self.step = step
+        self.terms = terms
 
 
 class TrainingInterrupted(RecogError):

@@ -45,7 +45,7 @@ from recog.data import build_train_loader, build_transform, set_loader_epoch
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
 from recog.data.loader import dataset_options, to_device
 from recog.distributed import parallel
-from recog.errors import ConfigError, RecogError, TrainingInterrupted
+from recog.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from recog.losses._pairs import label_checks
 from recog.metrics import format_metrics_table
 from recog.optim import build_optimizer
@@ -60,16 +60,6 @@ from recog.utils.runtime import (get_rng_state, has_gpu, is_main_process, seed_e
 log = logging.getLogger(__name__)
 
 LAST, BEST = Path("checkpoints") / "last", Path("best_model")
-
-
-class NonFiniteError(RecogError):
-    """A training step produced a NaN or Inf loss or gradient; ``step`` is the global step (from 1),
-    ``terms`` the loss terms' values (NaN / Inf included) on this rank, averaged over the ranks."""
-
-    def __init__(self, message: str, step: int, terms: Dict[str, float]):
-        super().__init__(message)
-        self.step = step
-        self.terms = terms
 
 
 class TrainNet(paddle.nn.Layer):

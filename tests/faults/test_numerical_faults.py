@@ -17,7 +17,7 @@ from image_lists import write_image_lists
 from recog.errors import RecogError
 from recog.losses import TripletLossV2
 from recog.stages import train
-from recog.stages.train import NonFiniteError
+from recog.errors import NonFiniteError
 from recog.utils import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
 import recog
+from image_lists import write_image_lists
 from mlflow_server import free_port
 from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
@@ -30,15 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def image_lists(tmp_path_factory) -> Path:
     """3 classes x 4 random 12x12 PNGs in train / query lists."""
     root = tmp_path_factory.mktemp("lists")
-    (root / "img").mkdir()
-    lines = []
-    for label in range(3):
-        for i in range(4):
-            cv2.imwrite(str(root / "img" / f"{label}_{i}.png"),
-                        (np.random.default_rng(10 * label + i).random((12, 12, 3)) * 255).astype(np.uint8))
-            lines.append(f"img/{label}_{i}.png {label}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    (root / "query.txt").write_text("\n".join(lines) + "\n")
+    write_image_lists(root, (("train", 12), ("query", 12)), classes=3)
     return root
 
 
