@@ -49,9 +49,8 @@ def submitit_environment():
 
 def needs_node_launch(cfg: DictConfig) -> bool:
     """This Hydra job runs as a submitit task and its config asks for more than one process."""
-    if under_launcher() or submitit_environment() is None:
-        return False
-    return cfg.launcher.nproc_per_node > 1 or submitit_environment().num_nodes > 1
+    job_env = None if under_launcher() else submitit_environment()
+    return job_env is not None and (cfg.launcher.nproc_per_node > 1 or job_env.num_nodes > 1)
 
 
 def node_launcher_settings(cfg: DictConfig, job_env) -> DictConfig:
