@@ -385,6 +385,13 @@ class TrainerConfig:
     # A NaN / Inf loss or gradient stops the run naming the step and the loss term; true skips such
     # steps instead (no update), counted in the metric skipped_steps.
     skip_nonfinite: bool = False
+    # Faster training steps (recog/training/compile.py), each auto | true | false. compile: forward +
+    # loss (+ backward) as paddle.jit.to_static programs; onednn: oneDNN kernels in them (CPU);
+    # channels_last: PIR's NHWC layout pass (GPU with amp). auto: the fastest mode measured correct.
+    compile: str = "auto"
+    onednn: str = "auto"
+    channels_last: str = "auto"
+    fused_finite_check: bool = True  # one kernel checks all gradients for NaN / Inf (false: one per tensor)
 
 
 class EvalEngine(str, Enum):

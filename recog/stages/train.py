@@ -51,6 +51,8 @@ from recog.metrics import format_metrics_table
 from recog.optim import build_optimizer
 from recog.stages.evaluate import Evaluator, write_metrics
 from recog.tracking import MlflowTracker
+from recog.training.compile import configure_step, step_kernels  # speed hook (issue 16)
+from recog.training.finite import all_finite, all_finite_per_tensor  # speed hook (issue 16)
 from recog.utils import atomic, checkpoint
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, amp_settings, autocast
@@ -98,16 +100,21 @@ class StepRunner:
         self.stop_agreed = False
         self.labels_checked = False
         self.parameters = [p for p in net.parameters() if not p.stop_gradient]
+        # speed hook (issue 16): what computes the losses (`net`, or a compiled version of it set by
+        # recog.training.compile.configure_step) and which finite check read_flags runs.
+        self.forward = net
+        self.fused_finite_check = True
 
     def __call__(self, images, labels, optimizer, schedule, step: int = 0, epoch: int = 0) -> Dict[str, paddle.Tensor]:
         """Run global step ``step`` (from 1; for messages) of epoch ``epoch`` (from 0)."""
-        with label_checks(not self.labels_checked), autocast(self.amp):
-            losses = self.net(images, labels)
-        self.labels_checked = True
-        if self.scaler is not None:
-            self.scaler.scale(losses["loss"]).backward()
-        else:
-            losses["loss"].backward()
+        with step_kernels(self.forward):  # speed hook (issue 16): oneDNN kernels of compiled programs
+            with label_checks(not self.labels_checked), autocast(self.amp):
+                losses = self.forward(images, labels)  # speed hook (issue 16): was self.net
+            self.labels_checked = True
+            if self.scaler is not None:
+                self.scaler.scale(losses["loss"]).backward()
+            else:
+                losses["loss"].backward()
         nonfinite, self.stop_agreed = self.read_flags(losses["loss"])
         if nonfinite:
             message, terms = self.describe_nonfinite(losses, step, epoch)
@@ -137,10 +144,9 @@ class StepRunner:
         after backward, where ``DataParallel`` has averaged them: a NaN on one rank is on all. With
         float16 loss scaling, overflowing gradients are the scaler's to skip: the loss alone is checked.
         """
-        finite = paddle.isfinite(loss.astype("float32"))
         grads = [p.grad for p in self.parameters if p.grad is not None] if self.scaler is None else []
-        if grads:
-            finite = finite & paddle.stack([paddle.isfinite(g).all() for g in grads]).all()
+        # speed hook (issue 16): one kernel over all gradients (recog/training/finite.py)
+        finite = (all_finite if self.fused_finite_check else all_finite_per_tensor)(loss, grads)
         stop = self.stop is not None and self.stop.requested
         flags = paddle.stack([(~finite).astype("int32"), paddle.full([], int(stop), dtype="int32")])
         nonfinite, stop_agreed = parallel.max_across_ranks(flags).tolist()
@@ -213,6 +219,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         net = paddle.DataParallel(net, find_unused_parameters=_has_unused_parameters(model, loss_fn))
         paddle.seed(cfg.seed + rank)  # same weights everywhere, but each rank its own dropout masks
     runner = StepRunner(net, amp, skip_nonfinite=cfg.trainer.skip_nonfinite)
+    step_mode = configure_step(runner, cfg.trainer, world, amp is not None)  # speed hook (issue 16)
     evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp, options=options)
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best": None, "mlflow_run_id": None}
     if cfg.resume:
@@ -227,10 +234,10 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     tracker = MlflowTracker(cfg, stage="train", run_id=state["mlflow_run_id"])
     state["mlflow_run_id"] = tracker.run_id
     tracker.set_tag("recog.world_size", str(world))
-    log.info("%s: %d train images in %d classes, %d steps per epoch%s; %s", model.__class__.__name__,
+    log.info("%s: %d train images in %d classes, %d steps per epoch%s, %s step; %s", model.__class__.__name__,
              len(splits.train), splits.num_train_classes, steps_per_epoch,
              f" on each of {world} processes (batch {data.batch_size} per process)" if world > 1 else "",
-             tracker.describe())
+             step_mode.describe(), tracker.describe())  # speed hook (issue 16): step_mode
     try:
         with StopRequest() as stop:
             runner.stop = stop
