@@ -18,12 +18,22 @@ in Paddle 3.3.1 (PP-LCNet x1.0 recipe, batch 64 at 64 px):
 - the whole net compiled with oneDNN: the loss matches dygraph (3e-7) but all 93 gradients are
   wrong (relative error 0.03 to 4) - the "no gradients" seen before was this, in another form;
 - the backbone compiled with oneDNN, the rest in dygraph: every gradient matches dygraph to < 1e-3
-  relative (tests/training/test_compile.py checks weights after several steps).
+  relative (tests/training/test_compile.py checks weights after several steps), and the forward
+  runs ~3x faster, but the backward ~1.4x slower than the native kernels': ~0.94x dygraph overall
+  (median of 6 alternating steps; the ~12x seen before came from a backward that was wrong);
+- oneDNN for the backbone's forward program only (backward program built with the flag off):
+  88 of 93 gradients wrong, no faster.
 
-``auto`` (the default of both) is what ``scripts/bench_train.py --against paddleclas`` measured
-fastest and correct: compiled with oneDNN kernels on the CPU, compiled on a GPU; dygraph in a
-data-parallel run (``paddle.DataParallel`` reduces gradients through hooks on the dygraph
-parameters, which this module does not claim to preserve).
+``auto`` (the default of each) is what ``scripts/bench_train.py --against paddleclas`` measured
+fastest among the correct modes: compiled, with Paddle's native CPU kernels (oneDNN off: with
+correct gradients its backward is slower than the native one, see README "Training throughput");
+dygraph in a data-parallel run (``paddle.DataParallel`` reduces gradients through hooks on the
+dygraph parameters, which this module does not claim to preserve).
+
+Measured in Paddle 3.3.1, oneDNN in training also has a failure we could only work around: a
+process whose first SOT translation of a layer runs with ``FLAGS_use_mkldnn`` on dies with
+SIGSEGV (``_translate_without_onednn``); one run of a side-by-side benchmark also died so after
+the workaround. It stays opt-in (``trainer.onednn=true``).
 """
 
 from __future__ import annotations
@@ -93,7 +103,7 @@ def resolve_step_mode(trainer_cfg, device: str, world_size: int = 1, amp: bool =
                     "(gradients are averaged by paddle.DataParallel's hooks on dygraph parameters)", world_size)
         compiled = False
     return StepMode(compile=compiled,
-                    onednn=compiled and device == "cpu" and onednn != "false",
+                    onednn=compiled and device == "cpu" and onednn == "true",
                     channels_last=compiled and device != "cpu" and amp and layout != "false")
 
 
