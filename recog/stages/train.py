@@ -43,7 +43,7 @@ from recog.api import build_loss, build_model, load_splits
 from recog.config import require_complete
 from recog.data import build_train_loader, build_transform, set_loader_epoch
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
-from recog.data.loader import dataset_options, to_device
+from recog.data.loader import dataset_options
 from recog.distributed import parallel
 from recog.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from recog.losses._pairs import label_checks
@@ -53,6 +53,7 @@ from recog.stages.evaluate import Evaluator, write_metrics
 from recog.tracking import MlflowTracker
 from recog.training.compile import configure_step, step_kernels  # speed hook (issue 16)
 from recog.training.finite import all_finite, all_finite_per_tensor  # speed hook (issue 16)
+from recog.training.prefetch import prefetch_to_device  # speed hook (issue 16)
 from recog.utils import atomic, checkpoint
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, amp_settings, autocast
@@ -314,10 +315,12 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, epoch: int
     tick, images_seen = time.perf_counter(), 0
     done = start  # batches of this epoch; not bar.n, which a disabled bar (ranks > 0) does not count
     try:
-        for images, labels in itertools.islice(loader, steps - start):
+        # speed hook (issue 16): on a GPU the next batch's copy is issued before this step runs
+        for images, labels, device_images, device_labels in prefetch_to_device(
+                itertools.islice(loader, steps - start)):
             # Host tensors (see build_train_loader): a copy, not a device read-back.
             loader.dataset.check_batch(labels.numpy(), training=True)
-            losses = runner(to_device(images), to_device(labels), optimizer, schedule, step=step + 1, epoch=epoch)
+            losses = runner(device_images, device_labels, optimizer, schedule, step=step + 1, epoch=epoch)
             step += 1
             done += 1
             images_seen += images.shape[0] * world
