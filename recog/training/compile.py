@@ -149,10 +149,11 @@ class CompiledForward:
     93 gradients wrong (relative error 0.03 for the ArcMargin weight, 0.9-4 for the others), while
     a backbone-only program's gradients match dygraph's (tests/training/test_compile.py).
 
-    Calls with the label checks on (the first step) run in dygraph. If the first compiled call
-    fails, the BatchNorm statistics and random state it may have changed are restored, one
-    warning names the sublayer that cannot be converted, and every call from then on runs in
-    dygraph. ``kernels()`` is the context the step's forward *and* backward run in: Paddle picks
+    Calls with the label checks on (the first step) run in dygraph. If a compiled call fails (the
+    first translation, or a re-translation SOT starts when one of its guards no longer holds), the
+    BatchNorm statistics and random state it may have changed are restored, one warning names the
+    sublayer that cannot be converted, the call is repeated in dygraph, and every later call runs
+    in dygraph (a genuine error then surfaces from the dygraph call). ``kernels()`` is the context the step's forward *and* backward run in: Paddle picks
     a program's kernels when it first runs it, and the backward program first runs in
     ``loss.backward()``.
     """
@@ -187,12 +188,10 @@ class CompiledForward:
     def __call__(self, images, labels):
         if not self.active or label_checks_enabled():
             return self.net(images, labels)
-        if self.compiled_calls:
-            self.compiled_calls += 1
-            return self._compiled(images, labels)
+        # A later call may translate again (SOT re-traces when a guard fails) and fail then too.
         saved = _snapshot(self.net)
         try:
-            if self.mode.onednn:
+            if self.mode.onednn and not self.compiled_calls:
                 self._translate_without_onednn(images, labels)
             losses = self._compiled(images, labels)
         except Exception as error:  # noqa: BLE001 - any conversion failure falls back to dygraph
@@ -203,7 +202,7 @@ class CompiledForward:
             log.warning("trainer.compile: %s cannot be converted by paddle.jit.to_static; training in dygraph "
                         "(set trainer.compile=false to skip the attempt)", self.failed)
             return self.net(images, labels)
-        self.compiled_calls = 1
+        self.compiled_calls += 1
         return losses
 
     def _compiled(self, images, labels):
