@@ -21,6 +21,9 @@ in Paddle 3.3.1 (PP-LCNet x1.0 recipe, batch 64 at 64 px):
   relative (tests/training/test_compile.py checks weights after several steps), and the forward
   runs ~3x faster, but the backward ~1.4x slower than the native kernels': ~0.94x dygraph overall
   (median of 6 alternating steps; the ~12x seen before came from a backward that was wrong);
+- ResNet50_vd (no dropout) with the backbone compiled with oneDNN: the step-3 loss differs from
+  dygraph's by 0.6% (``scripts/bench_train.py backbone=resnet_vd ... --against paddleclas``): not
+  the same function there;
 - oneDNN for the backbone's forward program only (backward program built with the flag off):
   88 of 93 gradients wrong, no faster.
 
