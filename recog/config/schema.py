@@ -387,7 +387,7 @@ class TrainerConfig:
     skip_nonfinite: bool = False
     # Faster training steps (recog/training/compile.py), each auto | true | false. compile: forward +
     # loss (+ backward) as paddle.jit.to_static programs; onednn: oneDNN kernels in them (CPU);
-    # channels_last: PIR's NHWC layout pass (GPU with amp). auto: the fastest mode measured correct.
+    # channels_last: PIR's NHWC layout pass (GPU with amp, compiled). auto: dygraph, no faster mode was measured.
     compile: str = "auto"
     onednn: str = "auto"
     channels_last: str = "auto"

@@ -167,15 +167,19 @@ def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_lay
 
 def test_switches_resolve_as_documented():
     trainer = _cfg().trainer
-    assert resolve_step_mode(trainer, "cpu") == StepMode(compile=True)  # auto: compiled, native kernels
-    assert resolve_step_mode(trainer, "cpu", world_size=2) == StepMode()  # data parallel: dygraph
-    assert resolve_step_mode(trainer, "gpu", amp=True) == StepMode(compile=True, channels_last=True)
+    assert resolve_step_mode(trainer, "cpu") == StepMode()  # auto: dygraph (measured as fast)
+    assert resolve_step_mode(trainer, "gpu", amp=True) == StepMode()
+    compiled = _cfg("trainer.compile=true").trainer
+    assert resolve_step_mode(compiled, "cpu") == StepMode(compile=True)  # native kernels
+    assert resolve_step_mode(compiled, "cpu", world_size=2) == StepMode()  # data parallel: dygraph
+    assert resolve_step_mode(compiled, "gpu", amp=True) == StepMode(compile=True, channels_last=True)
     assert resolve_step_mode(_cfg("trainer.compile=false").trainer, "cpu") == StepMode()
-    assert resolve_step_mode(_cfg("trainer.onednn=true").trainer, "cpu") == StepMode(compile=True, onednn=True)
+    assert resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "cpu") == \
+        StepMode(compile=True, onednn=True)
     with pytest.raises(ConfigError, match="trainer.onednn=true needs trainer.compile"):
         resolve_step_mode(_cfg("trainer.compile=false", "trainer.onednn=true").trainer, "cpu")
     with pytest.raises(ConfigError, match="oneDNN CPU kernels"):
-        resolve_step_mode(_cfg("trainer.onednn=true").trainer, "gpu")
+        resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "gpu")
     with pytest.raises(ConfigError, match="channels_last=true is for a GPU"):
         resolve_step_mode(_cfg("trainer.channels_last=true").trainer, "cpu")
     with pytest.raises(ConfigError, match="trainer.compile='fast'"):
