@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.models.backbones import PPLCNetV2
+from recog.models.backbones.pplcnet_v2 import PPLCNetV2
 from recog.models.stop_layer import stop_layer_names, truncate_after
 from recog.models.weights import load_pretrained
 from paddleclas_oracle import import_ppcls, randomise

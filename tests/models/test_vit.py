@@ -8,8 +8,7 @@ import paddle
 import pytest
 
 from paddleclas_oracle import import_ppcls, randomise
-from recog.models.backbones import ViT
-from recog.models.backbones.vit import DropPath
+from recog.models.backbones.vit import DropPath, ViT
 from recog.models.stop_layer import stop_layer_names, truncate_after
 from recog.models.weights import load_pretrained
 
