@@ -98,6 +98,31 @@ class VisionMobileNetV3Config:
     pretrained: Optional[str] = None
 
 
+@dataclass
+class PPLCNetV2Config:
+    _target_: str = "recog.models.backbones.pplcnet_v2.PPLCNetV2"
+    size: str = "base"  # small | base | large
+    dropout_prob: float = 0.2
+    class_expand: int = 1280  # last_conv channels: the width at flatten
+    shitu: bool = False  # PP-ShiTuV2's variant: last stage stride 1, biased last_conv, no ReLU after it
+    stop_layer: Optional[str] = "flatten"
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class ViTConfig:
+    _target_: str = "recog.models.backbones.vit.ViT"
+    size: str = "small"  # tiny | small | base (DeiT-Ti / ViT-S / ViT-B)
+    patch_size: int = 16
+    img_size: int = 224  # the grid the position embeddings are stored for; other inputs interpolate
+    drop_path: float = 0.1  # stochastic depth of the last block (linear from 0)
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    pool: str = "cls"  # what stop_layer=pool returns: cls (class token) | mean (of the patch tokens)
+    stop_layer: Optional[str] = "pool"
+    pretrained: Optional[str] = None
+
+
 # ---- neck -------------------------------------------------------------------------------------
 @dataclass
 class FCNeckConfig:
@@ -130,6 +155,18 @@ class FPNNeckConfig:
 class FCHeadConfig:
     _target_: str = "recog.models.heads.FCHead"
     class_num: Optional[int] = None
+    bias: bool = True
+    weight_std: Optional[float] = None  # None: Xavier; else N(0, std)
+
+
+@dataclass
+class AdaMarginConfig:
+    _target_: str = "recog.models.heads.adamargin.AdaMargin"
+    class_num: Optional[int] = None
+    m: float = 0.4  # margin
+    h: float = 0.333  # how much of the norm spread moves the margin
+    s: float = 64.0  # scale
+    t_alpha: float = 1.0  # weight of this batch in the norm statistics' moving average
 
 
 @dataclass
@@ -174,6 +211,19 @@ class TripletLossV2Config:
     input: LossInput = LossInput.features
     margin: float = 0.5
     normalize_feature: bool = True
+
+
+@dataclass
+class TripletAngularMarginConfig:
+    _target_: str = "recog.losses.triplet_angular.TripletAngularMarginLoss"
+    weight: float = 1.0
+    input: LossInput = LossInput.features
+    margin: float = 0.5
+    normalize_feature: bool = True
+    add_absolute: bool = False
+    absolute_loss_weight: float = 1.0
+    ap_value: float = 0.9
+    an_value: float = 0.5
 
 
 @dataclass
@@ -356,6 +406,25 @@ class OnBadImage(str, Enum):
 
 
 @dataclass
+class AugmentConfig:
+    """``data.augment``: training augmentation, PaddleClas's operators and parameters (see
+    ``recog.data.transforms.Augment``). The defaults add nothing to a flip."""
+
+    random_resized_crop: bool = False  # RandCropImage: area U(crop_scale), aspect U(crop_ratio)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: bool = True  # RandFlipImage p=0.5, only for mirror-invariant datasets
+    pad_crop: int = 0  # Pad + RandCropImageV2: pad pixels per side, crop back at a random offset
+    rotate_prob: float = 0.0  # RandomRotation: probability
+    rotate_degrees: float = 90.0  # ... of an angle U(-d, d)
+    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # brightness contrast saturation hue
+    erase_prob: float = 0.0  # RandomErasing (EPSILON): probability
+    erase_area: List[float] = field(default_factory=lambda: [0.02, 0.4])  # sl, sh
+    erase_ratio: float = 0.3  # r1: aspect in [r1, 1/r1]
+    erase_value: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # fill, normalised units
+
+
+@dataclass
 class DataConfig:
     image_size: int = 224
     batch_size: int = 64
@@ -368,6 +437,7 @@ class DataConfig:
     # Larger images are refused (as bad images) before decoding when the header tells the size
     # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
     max_image_pixels: Optional[int] = 100_000_000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -506,15 +576,15 @@ class RecogConfig:
 
 SCHEMAS = {
     "backbone": {"pplcnet": PPLCNetConfig, "resnet_vd": ResNetVdConfig, "vision_resnet": VisionResNetConfig,
-                 "vision_mobilenetv3": VisionMobileNetV3Config},
+                 "vision_mobilenetv3": VisionMobileNetV3Config, "pplcnet_v2": PPLCNetV2Config, "vit": ViTConfig},
     "neck": {"fc": FCNeckConfig, "bnneck": BNNeckConfig, "tanh": TanhNeckConfig, "fpn": FPNNeckConfig},
     "head": {"fc": FCHeadConfig, "arcmargin": ArcMarginConfig, "cosmargin": CosMarginConfig,
-             "circlemargin": CircleMarginConfig},
+             "circlemargin": CircleMarginConfig, "adamargin": AdaMarginConfig},
     "loss": {"ce": CELossConfig, "triplet_v2": TripletLossV2Config, "triplet": TripletLossConfig,
              "trihard": TriHardLossConfig, "center": CenterLossConfig, "supcon": SupConLossConfig,
              "msm": MSMLossConfig, "npairs": NpairsLossConfig, "eml": EmlLossConfig,
              "pairwise_cosface": PairwiseCosfaceConfig, "xbm": XBMConfig, "dch": DCHLossConfig,
-             "dshsd": DSHSDLossConfig, "lcdsh": LCDSHLossConfig},
+             "dshsd": DSHSDLossConfig, "lcdsh": LCDSHLossConfig, "triplet_angular": TripletAngularMarginConfig},
     "dataset": {"digits": DigitsConfig, "sop": SOPConfig, "image_list": ImageListConfig},
     "optimizer": {"momentum": MomentumConfig, "adamw": AdamWConfig},
     "lr": {"warmup_cosine": WarmupCosineConfig, "multi_step": MultiStepConfig},

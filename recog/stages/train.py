@@ -196,7 +196,8 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     cfg = _with_class_num(cfg, splits.num_train_classes)
     loss_fn = build_loss(cfg, class_num=splits.num_train_classes, embedding_size=model.embedding_size)
     data = cfg.data
-    transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant)
+    transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant,
+                                augment=data.get("augment"))
     options = dataset_options(data, run_dir)
     loader = build_train_loader(splits.train, labels, transform, data.batch_size, data.samples_per_class,
                                 data.num_workers, cfg.seed, rank=rank, world_size=world, options=options)
