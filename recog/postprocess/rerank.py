@@ -16,8 +16,11 @@ of the features as given; L2-normalise them first for cosine retrieval):
 
 Each query's ``top_k`` nearest gallery items (by ``d``) are re-ordered by ``d*``; the rest of the
 gallery keeps its original order after them, so a ranking metric can combine the two (with
-``top_k`` the gallery size this is the full re-ranking). The reference implementation's
-column-wise rescaling of ``d`` by its maximum (which needs every distance) is not applied.
+``top_k`` the gallery size this is the full re-ranking).
+
+Differences from the authors' released code, which follows the paper less literally: its
+column-wise rescaling of ``d`` by the column's maximum (which needs every distance) is not
+applied, and the expansion condition is the paper's ``>= 2/3`` (the code tests ``> 2/3``).
 """
 
 from __future__ import annotations

@@ -192,6 +192,7 @@ class ViT(nn.Layer):
             else:
                 x = layer(x)
             if name == "patch_embed":
-                cls = self.cls_token.expand([x.shape[0], 1, self.embed_dim]).astype(x.dtype)
+                # Broadcast, not expand(x.shape[0]): the batch size is -1 in an exported (static) graph.
+                cls = self.cls_token.astype(x.dtype) + paddle.zeros_like(x[:, :1])
                 x = paddle.concat([cls, x], axis=1) + self.position_embeddings(grid_h, grid_w)
         return x
