@@ -132,3 +132,15 @@ def test_drop_path_zeroes_whole_samples_and_rescales():
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ViT(img_size=32, **kwargs)
+
+
+def test_exports_with_a_dynamic_batch_size(tmp_path):
+    """paddle.jit.save as stage=export does it: batch dimension None, fixed image size."""
+    model = truncate_after(ViT(size="tiny", img_size=32), "pool")
+    model.eval()
+    spec = paddle.static.InputSpec([None, 3, 48, 48], "float32", name="x")
+    paddle.jit.save(model, str(tmp_path / "inference"), input_spec=[spec])
+    loaded = paddle.jit.load(str(tmp_path / "inference"))
+    x = _images(48, 48, n=3)
+    with paddle.no_grad():
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
