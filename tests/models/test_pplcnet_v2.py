@@ -104,3 +104,16 @@ def test_rep_fused_conv_is_frozen_and_the_rest_trains():
 def test_invalid_size_lists_valid_ones():
     with pytest.raises(ValueError, match="small, base, large"):
         PPLCNetV2(size="tiny")
+
+
+def test_fused_branches_give_the_same_outputs(tmp_path):
+    model = PPLCNetV2(size="small", shitu=True)  # shitu: the 1x1 branch too (stride-1 first block)
+    randomise(model, tmp_path / "w.pdparams", seed=4)
+    model.eval()
+    x = _images(size=32)
+    with paddle.no_grad():
+        before = model(x).numpy()
+        model.fuse_branches()
+        after = model(x).numpy()
+    assert model.stages[3][0].fused and len(model.stages[3][0].dw_conv_list) == 3
+    assert _max_rel_diff(after, before) < 1e-5

@@ -8,6 +8,8 @@ their depthwise conv is a sum of BN'd depthwise convs of kernels k, k-2, ..., 1 
 at stride 1), each without activation, followed by one ReLU.
 """
 
+import paddle
+import paddle.nn.functional as F
 from paddle import ParamAttr, nn
 from paddle.nn.initializer import KaimingNormal
 from paddle.regularizer import L2Decay
@@ -65,8 +67,9 @@ class RepDepthwiseSeparable(nn.Layer):
     [+ identity shortcut when ``shortcut`` and stride 1 and ``in == out``].
 
     With ``rep``, ``dw_conv`` is the single conv (with bias) the branches fuse into for
-    deployment. It is kept so that PaddleClas's weight files load with no unexpected key, but
-    it is not used in this (training) form and its parameters are frozen.
+    deployment (``fuse_branches``, in eval mode only: it bakes in the BN running statistics).
+    It is kept so that PaddleClas's weight files load with no unexpected key; until fused it is
+    not used and its parameters are frozen.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, kernel_size: int = 3,
@@ -92,10 +95,31 @@ class RepDepthwiseSeparable(nn.Layer):
         else:
             self.pw_conv = ConvBN(in_channels, out_channels, 1)
         self.split_pw = split_pw
+        self.fused = False
+
+    def fuse_branches(self) -> None:
+        """Fold the BN'd depthwise branches into ``dw_conv`` (kernels zero-padded to the largest,
+        each scaled by ``gamma / sqrt(var + eps)``, biases ``beta - mean * gamma / sqrt(var + eps)``,
+        summed); ``forward`` then runs the single conv. Same outputs in eval mode, fewer ops."""
+        if not self.rep:
+            return
+        size = self.dw_conv.weight.shape[-1]
+        kernel, bias = 0.0, 0.0
+        for branch in self.dw_conv_list:
+            bn = branch.bn
+            scale = bn.weight / paddle.sqrt(bn._variance + bn._epsilon)
+            pad = (size - branch.conv.weight.shape[-1]) // 2
+            kernel = kernel + F.pad(branch.conv.weight * scale.reshape([-1, 1, 1, 1]), [pad, pad, pad, pad])
+            bias = bias + bn.bias - bn._mean * scale
+        self.dw_conv.weight.set_value(kernel)
+        self.dw_conv.bias.set_value(bias)
+        self.fused = True
 
     def forward(self, x):
         identity = x
-        if self.rep:
+        if self.rep and self.fused:
+            x = self.act(self.dw_conv(x))
+        elif self.rep:
             branches = [conv(x) for conv in self.dw_conv_list]
             y = branches[0]
             for branch in branches[1:]:
@@ -156,6 +180,15 @@ class PPLCNetV2(nn.Layer):
         self.dropout = nn.Dropout(p=dropout_prob, mode="downscale_in_infer")
         self.flatten = nn.Flatten(start_axis=1, stop_axis=-1)
         self.fc = nn.Linear(class_expand, class_num)
+
+    def fuse_branches(self) -> "PPLCNetV2":
+        """Fold every re-parameterisable block's branches into one conv (for inference: call it
+        on a model in eval mode, after its weights are final); returns the model."""
+        with paddle.no_grad():
+            for layer in self.sublayers():
+                if isinstance(layer, RepDepthwiseSeparable):
+                    layer.fuse_branches()
+        return self
 
     @property
     def stage_channels(self) -> list:
