@@ -25,14 +25,18 @@ applied, and the expansion condition is the paper's ``>= 2/3`` (the code tests `
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
 
 from recog.postprocess.knn import _as_float32, knn
+
+log = logging.getLogger(__name__)
 
 
 def k_reciprocal_rerank(queries, gallery=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
@@ -72,6 +76,7 @@ def k_reciprocal_rerank(queries, gallery=None, k1: int = 20, k2: int = 6, lambda
 
     k1 = min(k1, len(points) - 1)
     k2 = min(k2, len(points))
+    started = time.perf_counter()
     if self_match:  # one search serves the neighbour graph and the candidates
         neighbours, dist = _neighbour_lists(points, max(k1 + 1, k2, k + 1))  # [n, K] self first
         cand, cand_dist = neighbours[:, 1:k + 1], dist[:, 1:k + 1]
@@ -81,13 +86,19 @@ def k_reciprocal_rerank(queries, gallery=None, k1: int = 20, k2: int = 6, lambda
         cand, cand_dist = knn(q, g, k, metric="l2")
         cand_points = cand + offset
     cand_dist = np.maximum(cand_dist, 0.0)
+    log.info("re-ranking %d queries: neighbour search over %d points in %.1f s", len(q), len(points),
+             time.perf_counter() - started)
     weights = _reciprocal_weights(points, neighbours, k1, block_size)
     if k2 > 1:
         n = len(points)
         expand = sparse.csr_matrix((np.full(n * k2, 1.0 / k2), (np.repeat(np.arange(n), k2),
                                                                  neighbours[:, :k2].ravel())), shape=(n, n))
         weights = (expand @ weights).tocsr()
+    log.info("re-ranking: k-reciprocal sets (%.1f entries per point after expansion) at %.1f s",
+             weights.nnz / len(points), time.perf_counter() - started)
     jaccard = _jaccard_distances(weights, cand_points, len(q), block_size)
+    log.info("re-ranking: Jaccard distances of %d candidates per query at %.1f s", cand.shape[1],
+             time.perf_counter() - started)
     final = ((1.0 - lambda_value) * jaccard + lambda_value * cand_dist).astype(np.float32)
     order = np.argsort(final, axis=1, kind="stable")
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(final, order, axis=1)
