@@ -4,7 +4,8 @@
     python scripts/bench_recipes.py default digits_demo --seeds 3 dataset=digits trainer.epochs=2
 
 A recipe is a name in conf/experiment/ or ``default`` (no experiment: ``python run.py``'s
-defaults). Each (recipe, seed) trains as ``python run.py experiment=RECIPE seed=S OVERRIDES``
+defaults), optionally followed, in the same quoted argument, by overrides of its own
+(``"digits_demo loss=ce_triplet_angular"``), applied before the shared ones. Each (recipe, seed) trains as ``python run.py experiment=RECIPE seed=S OVERRIDES``
 in its own process, with MLflow off and the run directory under
 ``outputs/bench_recipes/<date>_<time>/<recipe>/seed<S>``; the overrides come last, so they set
 the shared budget and data (``dataset=...``, ``trainer.epochs``, ``trainer.steps_per_epoch``,
@@ -34,8 +35,8 @@ BUDGET_KEYS = ("dataset", "data.image_size", "data.batch_size", "trainer.epochs"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe_a")
-    parser.add_argument("recipe_b")
+    parser.add_argument("recipe_a", help="NAME or \"NAME override ...\"")
+    parser.add_argument("recipe_b", help="NAME or \"NAME override ...\"")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per recipe (default 3)")
     parser.add_argument("--strict", action="store_true", help="refuse recipes whose data or budget differ")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per training run")
@@ -44,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def recipe_overrides(recipe: str) -> list[str]:
-    return [] if recipe == "default" else [f"experiment={recipe}"]
+    name, *own = recipe.split()
+    return ([] if name == "default" else [f"experiment={name}"]) + own
 
 
 def budget(recipe: str, overrides: list[str]) -> dict:
@@ -96,23 +98,25 @@ def main(argv=None) -> int:
     results = {r: [] for r in recipes}
     for seed in range(args.seeds):
         for recipe in recipes:  # interleaved: a change of machine load hits both alike
-            row = train(recipe, seed, args.overrides, root / recipe / f"seed{seed}", args.timeout)
+            folder = "_".join(recipe.split()).replace("/", "_").replace("=", "-")
+            row = train(recipe, seed, args.overrides, root / folder / f"seed{seed}", args.timeout)
             results[recipe].append(row)
             print(f"{recipe} seed {seed}: recall@1 {row['recall_at_1']:.4f}  mAP {row['mAP']:.4f}  "
                   f"({row['seconds']:.0f} s)", flush=True)
 
     print()
     print(f"overrides: {' '.join(args.overrides) or '(none)'}; runs in {root}")
-    print(f"{'recipe':<28} {'seed':>4} {'Recall@1':>9} {'mAP':>8}")
+    width = max(28, *(len(r) for r in recipes))
+    print(f"{'recipe':<{width}} {'seed':>4} {'Recall@1':>9} {'mAP':>8}")
     for recipe in recipes:
         for seed, row in enumerate(results[recipe]):
-            print(f"{recipe:<28} {seed:>4} {row['recall_at_1']:>9.4f} {row['mAP']:>8.4f}")
+            print(f"{recipe:<{width}} {seed:>4} {row['recall_at_1']:>9.4f} {row['mAP']:>8.4f}")
     print()
-    print(f"{'recipe':<28} {'Recall@1 (mean +- sd)':>24} {'mAP (mean +- sd)':>22}")
+    print(f"{'recipe':<{width}} {'Recall@1 (mean +- sd)':>24} {'mAP (mean +- sd)':>22}")
     for recipe in recipes:
         r1 = mean_sd([row["recall_at_1"] for row in results[recipe]])
         m = mean_sd([row["mAP"] for row in results[recipe]])
-        print(f"{recipe:<28} {r1:>24} {m:>22}")
+        print(f"{recipe:<{width}} {r1:>24} {m:>22}")
     return 0
 
 
