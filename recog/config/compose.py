@@ -86,12 +86,13 @@ def check_overrides(args: List[str]) -> None:
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
     (``head.margin=0.1,0.2``) are checked value by value (the first ``MAX_SWEEP_VALUES_CHECKED``
-    of each); ``hydra`` settings, and command lines with Hydra flags other than ``-m``, are left
+    of each); ``hydra`` settings but ``hydra.searchpath`` (which adds components), and command lines with Hydra flags other than ``-m``, are left
     to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
-    plain = [a for a in args if a not in ("-m", "--multirun") and not a.lstrip("+~").startswith("hydra")]
+    plain = [a for a in args if a not in ("-m", "--multirun")
+             and (not a.lstrip("+~").startswith("hydra") or a.lstrip("+~").startswith("hydra.searchpath="))]
     parsed = []
     for arg in plain:  # one at a time, so that the message can say which one is wrong
         try:
