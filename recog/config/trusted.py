@@ -33,7 +33,7 @@ from recog.registry import GROUPS, TERM_FN, Registry, active_searchpath, compone
 
 SPECIAL_KEY = re.compile(r"^_\w+_$")  # _target_, _args_, _partial_, _recursive_, _convert_, _call_, ...
 TRUST_HINT = ("if you trust this model folder's code, name the target on the command line: "
-              "trusted_targets=[{target}] (see README, Models)")
+              "trusted_targets=[{target}] (see README, Running stages)")
 
 
 def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Optional[Sequence[str]] = None) -> DictConfig:
