@@ -58,7 +58,8 @@ def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Opt
     tree = upgrade_layout(tree)
     registry = load_registry(active_searchpath() if searchpath is None else searchpath)
     check_targets(tree, file, registry, trusted_targets)
-    tree.pop("trusted_targets", None)  # trust is given by this run, never by the saved file
+    if "trusted_targets" in tree:  # trust is given by this run, never by the saved file
+        tree["trusted_targets"] = []
     if isinstance(tree.get("backbone"), dict) and tree["backbone"].get("pretrained"):
         tree["backbone"]["pretrained"] = None
     return OmegaConf.create(tree)
