@@ -128,7 +128,7 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
 
 
 def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
-    args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "lr.warmup_epochs=0",
+    args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "scheduler.warmup_epochs=0",
                                        "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")]
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)

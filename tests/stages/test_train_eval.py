@@ -97,7 +97,7 @@ def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
 
     def centres_after(lr, name):
         cfg = recog.compose(TINY + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
-                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "lr.warmup_epochs=0",
+                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "scheduler.warmup_epochs=0",
                                     "mlflow.enabled=false"])
         train.run(cfg, tmp_path / name)
         return load_file(str(tmp_path / name / "checkpoints" / "last" / "loss.safetensors"))
