@@ -28,6 +28,7 @@ from typing import Any, Iterable, Optional, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from recog.config.components import check_components
 from recog.errors import ConfigError
 from recog.registry import GROUPS, TERM_FN, Registry, active_searchpath, component_nodes, load_registry
 
@@ -58,6 +59,10 @@ def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Opt
     tree = upgrade_layout(tree)
     registry = load_registry(active_searchpath() if searchpath is None else searchpath)
     check_targets(tree, file, registry, trusted_targets)
+    try:  # the arguments too, now that every target is known to be registered or trusted
+        check_components(tree, registry, trusted_targets)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error}") from None
     if "trusted_targets" in tree:  # trust is given by this run, never by the saved file
         tree["trusted_targets"] = []
     if isinstance(tree.get("backbone"), dict) and tree["backbone"].get("pretrained"):

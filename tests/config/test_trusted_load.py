@@ -327,3 +327,11 @@ def test_checkpoint_reader_is_the_only_config_reader():
     assert readers == []
     users = {p.relative_to(root).as_posix() for p in root.rglob("*.py") if "load_config(" in p.read_text()}
     assert {"stages/evaluate.py", "stages/export.py", "api.py"} <= users
+
+
+def test_saved_arguments_are_checked_against_the_constructor(saved, tmp_path):
+    evil, _ = _hostile_folder(saved, tmp_path, lambda t, m, d: _set(t, "backbone.scael", 1.0))
+    with pytest.raises(ConfigError) as error:
+        load_model(evil)
+    message = str(error.value)
+    assert str(evil / checkpoint.CONFIG_FILE) in message and "'scael'" in message and "valid keys in backbone" in message
