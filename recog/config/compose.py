@@ -2,7 +2,6 @@
 
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Iterable, List
 
 from hydra import compose as hydra_compose
