@@ -221,7 +221,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     select_device(cfg.trainer.device)
     _, world = parallel.init_distributed()
     seed_everything(cfg.seed)
-    trained_cfg = checkpoint.load_config(model_path)
+    trained_cfg = checkpoint.load_config(model_path, trusted_targets=cfg.trusted_targets)
     model = build_model(trained_cfg)
     checkpoint.load_model_weights(model_path, model)
     splits = load_splits(cfg)

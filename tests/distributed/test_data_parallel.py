@@ -20,7 +20,7 @@ from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_l
 # draws per-rank masks: off. Triplet losses mine within a batch: CE only. Random flips stay on:
 # they are seeded by the sample's place in the global batch, not by the process.
 EQUIVALENT = TINY + ["loss=ce", "head=fc", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true",
-                     "optimizer.lr=0.1", "lr.warmup_epochs=0", "trainer.epochs=1", "trainer.steps_per_epoch=3",
+                     "optimizer.lr=0.1", "scheduler.warmup_epochs=0", "trainer.epochs=1", "trainer.steps_per_epoch=3",
                      "trainer.log_every=1", "mlflow.enabled=false"]
 
 

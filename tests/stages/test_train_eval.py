@@ -33,11 +33,11 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
     experiment = client.get_experiment_by_name("e2e")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "pplcnet/fcneck/arcmargin/ce+triplet"
+    assert run.info.run_name == "pplcnet/fcneck/arcmargin/ce+triplet_v2"
     params = run.data.params
     assert params["backbone.scale"] == "0.25" and params["head.margin"] == "0.2"
     assert params["head.class_num"] == "5"  # followed the dataset: digits 0-4
-    assert {"loss", "ce", "triplet", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
+    assert {"loss", "ce", "triplet_v2", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
             "mAP", "best_recall_at_1"} <= set(run.data.metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(steps) >= 4 and steps == sorted(steps)
@@ -97,7 +97,7 @@ def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
 
     def centres_after(lr, name):
         cfg = recog.compose(TINY + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
-                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "lr.warmup_epochs=0",
+                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "scheduler.warmup_epochs=0",
                                     "mlflow.enabled=false"])
         train.run(cfg, tmp_path / name)
         return load_file(str(tmp_path / name / "checkpoints" / "last" / "loss.safetensors"))
