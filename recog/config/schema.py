@@ -126,6 +126,12 @@ class EvalEngine(str, Enum):
     predictor = "predictor"
 
 
+class Rerank(str, Enum):
+    """Re-ranking of each query's top candidates: ``k_reciprocal`` (Zhong et al. 2017)."""
+
+    k_reciprocal = "k_reciprocal"
+
+
 @dataclass
 class EvalConfig:
     recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
@@ -134,6 +140,16 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
+    # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
+    # during training and by stage=predict's gallery search.
+    flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
+    query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
+    qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
+    rerank: Optional[Rerank] = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
+    rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
+    rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
+    rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
+    rerank_top_k: int = 100  # candidates re-ranked per query; the rest keep their order
 
 
 @dataclass

@@ -36,7 +36,8 @@ from recog.data.loader import dataset_options, to_device
 from recog.distributed import parallel
 from recog.errors import ConfigError
 from recog.inference.eval_predictor import EvalPredictor
-from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
+from recog.metrics import binarize, format_metrics_table, hamming_metrics
+from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import atomic, checkpoint
@@ -80,6 +81,7 @@ class Evaluator:
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
+        self.post = PostProcess.from_config(eval_cfg)  # eval.flip / query_expansion / rerank
         self.amp = amp
         self.image_size = int(data_cfg.image_size)
         self.engine = str(getattr(eval_cfg.engine, "value", eval_cfg.engine))
@@ -93,7 +95,7 @@ class Evaluator:
         predictor = self.predictor if self.engine_used == "predictor" else None
         kept = []
         features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp, predictor=predictor,
-                                            kept=kept)
+                                            kept=kept, post=self.post)
         indices = np.concatenate(kept).astype(np.int64) + self.first_index[loader] if kept else np.zeros(0, np.int64)
         return parallel.gather_rows(features), parallel.gather_rows(labels), parallel.gather_rows(indices)
 
@@ -112,7 +114,7 @@ class Evaluator:
             query = binarize(query, self.binarize)
             gallery = binarize(gallery, self.binarize) if gallery is not None else None
             return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
-        return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+        return self.post.metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
 
     def num_images(self) -> int:
         """Eval images this process extracts (its shards of query and gallery)."""
@@ -170,15 +172,28 @@ class Evaluator:
 
 def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
                      amp: Optional[Amp] = None, predictor: Optional[EvalPredictor] = None,
-                     kept: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                     kept: Optional[List[np.ndarray]] = None,
+                     post: Optional[PostProcess] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
     (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
 
     Samples whose image was bad are left out (``dataset.check_batch``); ``kept``, if given, receives
     the loader positions of the rows returned, one array per batch. With ``predictor`` (refreshed
     with ``model``'s weights, normalising as ``normalize`` says) it computes the features instead
-    of the dygraph model.
+    of the dygraph model. ``post`` (``eval.flip``): the features of each image and of its mirror, averaged.
     """
+    post = post or PostProcess()
+
+    def forward(images: paddle.Tensor) -> np.ndarray:
+        if predictor is not None:
+            return predictor.predict(images.numpy())
+        with autocast(amp):
+            out = model(to_device(images))["features"]
+        out = out.astype("float32")
+        if normalize:
+            out = paddle.nn.functional.normalize(out, axis=1)
+        return out.numpy().astype(np.float32)
+
     was_training = model.training
     model.eval()
     features, labels = [], []
@@ -187,15 +202,7 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
         for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
             batch_labels = batch_labels.numpy().reshape(-1)
             keep = loader.dataset.check_batch(batch_labels)  # host labels: a copy, not a device read-back
-            if predictor is not None:
-                out = predictor.predict(images.numpy())
-            else:
-                with autocast(amp):
-                    out = model(to_device(images))["features"]
-                out = out.astype("float32")
-                if normalize:
-                    out = paddle.nn.functional.normalize(out, axis=1)
-                out = out.numpy().astype(np.float32)
+            out = post.features_of(forward, images, normalize)
             features.append(out[keep])
             labels.append(batch_labels[keep])
             if kept is not None:
