@@ -1,13 +1,11 @@
-"""Eval stage: features for query and gallery, then Recall@K and mAP.
-
-``python run.py stage=eval model_path=<run>/best_model``. The model is rebuilt from the config
-saved beside its weights; the dataset and the eval settings come from the current config.
+"""Features of the eval splits and their retrieval metrics (Recall@K, mAP, ...), shared by the
+train and eval stages.
 
 Data parallel (``launcher.nproc_per_node=N``): each rank extracts the features of a contiguous
 run of whole eval batches (``recog.distributed.parallel.shard_range``), the features and labels
 are gathered in rank order (padded to equal size, then trimmed), which restores the original
 order, and every rank computes the metrics from the same arrays: the result is identical to a
-single process's. Rank 0 writes ``metrics.json`` and logs to MLflow.
+single process's.
 
 Feature extraction (``eval.engine``): ``dygraph`` runs the model; ``predictor`` a Paddle Inference
 predictor of its feature path (``recog.inference.eval_predictor``: oneDNN on the CPU, several times
@@ -18,32 +16,30 @@ the graph, probing oneDNN in a child process: about 5 s) costs more than it save
 and whenever the predictor cannot reproduce the model.
 """
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from recog.api import build_model, load_splits
 from recog.data import RetrievalSplits, build_eval_loader, build_transform
-from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
-from recog.data.loader import dataset_options, to_device
+from recog.data.loader import to_device
 from recog.distributed import parallel
-from recog.errors import ConfigError
 from recog.inference.eval_predictor import EvalPredictor
-from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
+from recog.metrics import binarize, hamming_metrics, retrieval_metrics
 from recog.search import GalleryIndex, retrieval_grid
-from recog.tracking import MlflowTracker
-from recog.utils import atomic, checkpoint
-from recog.utils.precision import Amp, amp_settings, autocast
-from recog.utils.runtime import is_main_process, seed_everything, select_device
+from recog.utils.precision import Amp, autocast
+from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
+
+
+class EvalInterrupted(Exception):
+    """Feature extraction stopped between two batches because a stop was requested (SIGINT / SIGTERM)."""
 
 
 class Evaluator:
@@ -53,6 +49,11 @@ class Evaluator:
     is the predictor (``eval.engine``). In a data-parallel run (process group initialised) ``query``
     and ``gallery`` load this rank's shard, and ``__call__`` (a collective: every rank calls it)
     gathers the features first.
+
+    ``stop`` (a ``recog.utils.interrupt.StopRequest``, set by the stage that owns the signal
+    handlers): once it is requested, extraction stops after the current batch on every rank (each
+    rank still reaches the same gathers) and ``__call__`` raises ``EvalInterrupted``: Ctrl-C or
+    SIGTERM during an eval stops within about one batch instead of waiting for the whole eval.
     """
 
     def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig, amp: Optional[Amp] = None,
@@ -86,6 +87,7 @@ class Evaluator:
         self.predictor_min_megapixels = float(eval_cfg.predictor_min_megapixels)
         self.predictor: Optional[EvalPredictor] = None
         self.engine_used: Optional[str] = None  # "dygraph" or "predictor" at the latest call
+        self.stop = None  # a StopRequest, or None: extract every batch
 
     def features(self, model: paddle.nn.Layer, loader, desc: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and indices in the split of a whole eval split's usable samples, in
@@ -93,7 +95,7 @@ class Evaluator:
         predictor = self.predictor if self.engine_used == "predictor" else None
         kept = []
         features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp, predictor=predictor,
-                                            kept=kept)
+                                            kept=kept, should_stop=self._stop_requested)
         indices = np.concatenate(kept).astype(np.int64) + self.first_index[loader] if kept else np.zeros(0, np.int64)
         return parallel.gather_rows(features), parallel.gather_rows(labels), parallel.gather_rows(indices)
 
@@ -104,6 +106,9 @@ class Evaluator:
         gallery = gallery_labels = gallery_kept = None
         if self.gallery is not None:
             gallery, gallery_labels, gallery_kept = self.features(model, self.gallery, "gallery")
+        if self.stop is not None and parallel.any_rank(self.stop.requested):  # every rank reaches this
+            raise EvalInterrupted(f"eval stopped by {self.stop.name(self.stop.signum or 15)} after "
+                                  f"{time.perf_counter() - started:.1f} s")
         self.last = (query, query_labels, gallery, gallery_labels)
         self.last_kept = (query_kept, gallery_kept)
         log.info("eval features of %d images in %.1f s (%s)", self.num_images(), time.perf_counter() - started,
@@ -113,6 +118,9 @@ class Evaluator:
             gallery = binarize(gallery, self.binarize) if gallery is not None else None
             return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
         return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+
+    def _stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     def num_images(self) -> int:
         """Eval images this process extracts (its shards of query and gallery)."""
@@ -170,14 +178,16 @@ class Evaluator:
 
 def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
                      amp: Optional[Amp] = None, predictor: Optional[EvalPredictor] = None,
-                     kept: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                     kept: Optional[List[np.ndarray]] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
     (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
 
     Samples whose image was bad are left out (``dataset.check_batch``); ``kept``, if given, receives
     the loader positions of the rows returned, one array per batch. With ``predictor`` (refreshed
     with ``model``'s weights, normalising as ``normalize`` says) it computes the features instead
-    of the dygraph model.
+    of the dygraph model. ``should_stop``, checked before each batch: True ends the extraction
+    early (the rows so far are returned; the caller decides what a partial result means).
     """
     was_training = model.training
     model.eval()
@@ -185,6 +195,8 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
     position = 0
     with paddle.no_grad():
         for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+            if should_stop is not None and should_stop():
+                break
             batch_labels = batch_labels.numpy().reshape(-1)
             keep = loader.dataset.check_batch(batch_labels)  # host labels: a copy, not a device read-back
             if predictor is not None:
@@ -206,46 +218,3 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
     if not features:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)
-
-
-def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
-    """Evaluate ``cfg.model_path``; writes ``metrics.json`` into ``run_dir`` and logs to MLflow."""
-    if not cfg.model_path:
-        raise ConfigError("stage=eval needs a trained model: model_path=<run dir>/best_model")
-    model_path = Path(cfg.model_path)
-    if not (model_path / checkpoint.MODEL_FILE).is_file():
-        raise ConfigError(f"model_path={model_path} holds no {checkpoint.MODEL_FILE}: point it at a run's best_model/")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    amp = amp_settings(cfg.trainer)
-    select_device(cfg.trainer.device)
-    _, world = parallel.init_distributed()
-    seed_everything(cfg.seed)
-    trained_cfg = checkpoint.load_config(model_path)
-    model = build_model(trained_cfg)
-    checkpoint.load_model_weights(model_path, model)
-    splits = load_splits(cfg)
-    tracker = MlflowTracker(cfg, stage="eval")
-    tracker.set_tag("recog.world_size", str(world))
-    try:
-        evaluator = Evaluator(splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir))
-        metrics = evaluator(model)
-        if is_main_process():
-            write_metrics(metrics, run_dir / "metrics.json")
-        log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
-        tracker.log_metrics(metrics, step=0)
-        tracker.log_artifact(run_dir / "metrics.json")
-        bad_images = Path(run_dir) / BAD_IMAGES
-        if is_main_process() and bad_images.is_file():
-            log.warning("%s (left out of the metrics)", summarize_bad_images(bad_images))
-            tracker.log_artifact(bad_images)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-    log.info(tracker.describe())
-    return metrics
-
-
-def write_metrics(metrics: Dict[str, float], path: Path) -> None:
-    atomic.write_text(path, json.dumps(metrics, indent=2, sort_keys=True), "metrics")
