@@ -12,7 +12,7 @@ from recog.api import load_splits
 from recog.errors import RecogError
 from recog.inference.eval_predictor import EvalPredictor
 from recog.metrics import binarize, hamming_metrics
-from recog.stages.evaluate import Evaluator, extract_features
+from recog.evaluation import Evaluator, extract_features
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
 # A random-weight model maps the digits to nearly collapsed features (cosines close to 1), and the
@@ -107,7 +107,7 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
     splits = load_splits(cfg)
     model = recog.build_model(cfg)
     auto = Evaluator(splits, cfg.data, cfg.eval)
-    with caplog.at_level(logging.WARNING, logger="recog.stages.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="recog.evaluation.evaluator"):
         metrics = auto(model)
     assert auto.engine_used == "dygraph" and "recall_at_1" in metrics
     assert "eval.engine=auto" in caplog.text and "differs from the dygraph model by 0.5" in caplog.text

@@ -14,6 +14,8 @@ from recog.data import build_train_loader, build_transform, set_loader_epoch
 from recog.errors import ConfigError
 from recog.optim import build_optimizer
 from recog.stages import train
+from recog.training.loop import EpochLoop
+from recog.training.step import StepRunner, TrainNet
 from recog.tracking import MlflowTracker
 from recog.utils.interrupt import StopRequest
 
@@ -80,19 +82,20 @@ def test_one_read_back_per_step_and_label_checks_on_the_first_step_only(tmp_path
     model, loss_fn, loader, optimizer, schedule = _parts(cfg)
     tracker = MlflowTracker(cfg, stage="train")  # disabled: logs nothing
     calls = _record_read_backs(monkeypatch)
-    step = train.train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, 0, 0, tracker, STEPS)
+    runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule)
+    step = EpochLoop(runner, loader, STEPS, cfg.trainer, tracker).train_epoch(0, 0)
     monkeypatch.undo()
 
     assert step == STEPS
     callers = [c for c, _ in calls]
     flags = "recog.distributed.parallel.max_across_ranks"
     assert callers.count(flags) == STEPS  # the one deliberate sync of each step
-    assert callers.count("recog.stages.train.train_one_epoch") == STEPS  # the labels' host copy for check_batch
-    assert all(on_cpu for c, on_cpu in calls if c == "recog.stages.train.train_one_epoch")
+    assert callers.count("recog.training.loop.train_epoch") == STEPS  # the labels' host copy for check_batch
+    assert all(on_cpu for c, on_cpu in calls if c == "recog.training.loop.train_epoch")
     assert callers.count("recog.distributed.parallel.mean_across_ranks") == 1  # the last step is logged
     from_losses = [i for i, c in enumerate(callers) if c.startswith("recog.losses.")]
     assert from_losses and max(from_losses) < callers.index(flags)  # the P x K checks ran, in step 1 only
-    assert set(callers) == {flags, "recog.stages.train.train_one_epoch", "recog.distributed.parallel.mean_across_ranks",
+    assert set(callers) == {flags, "recog.training.loop.train_epoch", "recog.distributed.parallel.mean_across_ranks",
                             *(callers[i] for i in from_losses)}
 
 
@@ -106,8 +109,8 @@ def test_a_stop_request_ends_the_epoch_after_the_step_it_arrived_in(tmp_path, li
     cfg = _cfg(lists, tmp_path)
     model, loss_fn, loader, optimizer, schedule = _parts(cfg)
     stop = StopRequest()  # not entered: no signal handlers, the test sets it as a signal would
-    runner = train.StepRunner(train.TrainNet(model, loss_fn), stop=stop)
-    real_forward, calls = train.TrainNet.forward, [0]
+    runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule, stop=stop)
+    real_forward, calls = TrainNet.forward, [0]
 
     def forward(self, images, labels):
         calls[0] += 1
@@ -115,9 +118,8 @@ def test_a_stop_request_ends_the_epoch_after_the_step_it_arrived_in(tmp_path, li
             stop.signum = signal.SIGTERM
         return real_forward(self, images, labels)
 
-    monkeypatch.setattr(train.TrainNet, "forward", forward)
-    step = train.train_one_epoch(model, loss_fn, optimizer, schedule, loader, cfg, 0, 0,
-                                 MlflowTracker(cfg, stage="train"), STEPS, runner=runner)
+    monkeypatch.setattr(TrainNet, "forward", forward)
+    step = EpochLoop(runner, loader, STEPS, cfg.trainer, MlflowTracker(cfg, stage="train")).train_epoch(0, 0)
     assert step == 2 and calls[0] == 2 and runner.stop_agreed
 
 
