@@ -18,6 +18,7 @@ Resume from the run alone (``resume=true hydra.run.dir=RUN``, or the newest unfi
 only what can change on resume (``RESUMABLE``), anything else is a ``ConfigError`` listing the keys.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors import safe_open
 
+from recog.config.schema import RecogConfig
 from recog.distributed import parallel
 from recog.errors import ConfigError, RecogError
 from recog.utils import checkpoint
@@ -242,9 +244,12 @@ def resume_config(cfg: DictConfig, run_dir: Path, defaults: DictConfig) -> DictC
     without overrides). Another changed key that differs from the saved run is a ``ConfigError``
     listing them all."""
     saved = checkpoint.load_config(run_dir / LAST)
-    current, default, before = _flat(cfg), _flat(defaults), _flat(saved)
+    current, before = _flat(cfg), _flat(saved)
+    # What this command set: compared before resolution, so that e.g. a dataset root that follows
+    # paths.output_root is not an override of its own.
+    typed, default = _flat(cfg, resolve=False), _flat(defaults, resolve=False)
     missing = object()
-    given = {k for k in current.keys() | default.keys() if current.get(k, missing) != default.get(k, missing)}
+    given = {k for k in typed.keys() | default.keys() if typed.get(k, missing) != default.get(k, missing)}
     refused = sorted(k for k in given if not _resumable(k) and current.get(k, missing) != before.get(k, missing))
     if refused:
         shown = ", ".join(f"{k} (saved {_value(before, k)}, now {_value(current, k)})" for k in refused[:12])
@@ -269,8 +274,12 @@ def resume_config(cfg: DictConfig, run_dir: Path, defaults: DictConfig) -> DictC
 
 
 def _is_structured(cfg: DictConfig, key: str) -> bool:
-    node = cfg._get_node(key)
-    return OmegaConf.is_dict(node) and OmegaConf.get_type(node) not in (dict, None)
+    """Whether ``key`` is one of recog's own sections (a dataclass of ``RecogConfig``: data, trainer,
+    ...), as opposed to a component group (backbone, loss, dataset, ...) or a top-level value."""
+    return key in _SECTIONS
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(RecogConfig) if dataclasses.is_dataclass(f.type)}
 
 
 def _resumable(key: str) -> bool:
@@ -281,9 +290,9 @@ def _value(flat: dict, key: str) -> str:
     return repr(flat[key]) if key in flat else "absent"
 
 
-def _flat(cfg: DictConfig) -> Dict[str, Any]:
-    """Dotted key -> resolved leaf value (lists as tuples), without the ``hydra`` node."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)
+def _flat(cfg: DictConfig, resolve: bool = True) -> Dict[str, Any]:
+    """Dotted key -> leaf value (lists as tuples), without the ``hydra`` node."""
+    container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False, enum_to_str=True)
     out: Dict[str, Any] = {}
 
     def walk(node, prefix):
