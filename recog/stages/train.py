@@ -37,7 +37,7 @@ import paddle
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recog.api import build_loss, build_model, load_splits
-from recog.config import compose, require_complete
+from recog.config import require_complete
 from recog.data import build_train_loader, build_transform
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
 from recog.data.loader import dataset_options
@@ -47,7 +47,8 @@ from recog.evaluation import Evaluator, check_monitor, score
 from recog.optim import build_optimizer
 from recog.tracking import MlflowTracker
 from recog.training.loop import EpochLoop
-from recog.training.resume import BEST, Checkpoints, find_run_to_resume, new_state, resume_config
+from recog.training.resume import (BEST, Checkpoints, command_line_overrides, find_run_to_resume, new_state,
+                                   resume_config)
 from recog.training.run_lock import RunLock
 from recog.training.step import StepRunner, TrainNet, has_unused_parameters
 from recog.utils import atomic
@@ -64,7 +65,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     run_dir = Path(run_dir)
     if cfg.resume:  # the run's own config; what this command may change is checked
         run_dir = find_run_to_resume(cfg, run_dir)
-        cfg = resume_config(cfg, run_dir, compose())
+        cfg = resume_config(cfg, run_dir, command_line_overrides())
     monitor = check_monitor(cfg)
     amp = amp_settings(cfg.trainer)  # fails before any work when mixed precision cannot run here
     device_name = getattr(cfg.trainer.device, "value", cfg.trainer.device)

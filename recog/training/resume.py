@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors import safe_open
@@ -238,18 +238,43 @@ def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
                       f"{root}; pass hydra.run.dir=<run dir> to pick one")
 
 
-def resume_config(cfg: DictConfig, run_dir: Path, defaults: DictConfig) -> DictConfig:
-    """The config of the resumed run: the one saved in ``run_dir``'s checkpoint, with what this
-    command changed of ``RESUMABLE`` (keys where ``cfg`` differs from ``defaults``, the config
-    without overrides). Another changed key that differs from the saved run is a ``ConfigError``
-    listing them all."""
+def command_line_overrides() -> Optional[List[str]]:
+    """The overrides of the ``run.py`` command line (Hydra's), or None outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):  # HydraConfig not set: the Python API
+        return None
+
+
+def given_keys(cfg: DictConfig, overrides: Optional[List[str]]) -> Set[str]:
+    """The dotted keys of ``cfg`` this command set: those under an override's key or group (``overrides``,
+    the command line), or without a command line (the Python API) the keys whose value differs from
+    the config composed without overrides (compared before resolution, so that a value following
+    ``paths.output_root`` is not an override of its own)."""
+    typed = _flat(cfg, resolve=False)
+    if overrides is not None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        roots = [o.key_or_group.split("@")[0] for o in OverridesParser.create().parse_overrides(overrides)]
+        roots = [r for r in roots if r.split(".")[0] != "hydra"]
+        return {k for k in typed if any(k == r or k.startswith(r + ".") for r in roots)} | set(roots)
+    from recog.config import compose
+
+    default = _flat(compose(), resolve=False)
+    missing = object()
+    return {k for k in typed.keys() | default.keys() if typed.get(k, missing) != default.get(k, missing)}
+
+
+def resume_config(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None) -> DictConfig:
+    """The config of the resumed run: the one saved in ``run_dir``'s checkpoint, with the values of
+    ``RESUMABLE`` keys this command set (``given_keys``). A set key of another kind whose value differs
+    from the saved run's is a ``ConfigError`` listing them all."""
     saved = checkpoint.load_config(run_dir / LAST)
     current, before = _flat(cfg), _flat(saved)
-    # What this command set: compared before resolution, so that e.g. a dataset root that follows
-    # paths.output_root is not an override of its own.
-    typed, default = _flat(cfg, resolve=False), _flat(defaults, resolve=False)
+    given = given_keys(cfg, overrides)
     missing = object()
-    given = {k for k in typed.keys() | default.keys() if typed.get(k, missing) != default.get(k, missing)}
     refused = sorted(k for k in given if not _resumable(k) and current.get(k, missing) != before.get(k, missing))
     if refused:
         shown = ", ".join(f"{k} (saved {_value(before, k)}, now {_value(current, k)})" for k in refused[:12])
