@@ -114,3 +114,31 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
     explicit = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.engine=predictor"]).eval)
     with pytest.raises(RecogError, match="differs from the dygraph model"):
         explicit(model)
+
+
+@pytest.mark.parametrize("engine", ["dygraph", "predictor"])
+def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, monkeypatch):
+    """Issue 13 defect 6: Ctrl-C / SIGTERM during an eval waited for the whole eval (11-33 s)."""
+    import signal
+
+    from recog.data.dataset import ImageDataset
+    from recog.evaluation import EvalInterrupted
+    from recog.utils.interrupt import StopRequest
+
+    cfg = recog.compose(TINY + [f"eval.engine={engine}", "data.eval_batch_size=64", f"paths.output_root={tmp_path}"])
+    model = recog.build_model(cfg)
+    evaluator = Evaluator(load_splits(cfg), cfg.data, cfg.eval)
+    evaluator.stop = stop = StopRequest()  # not entered: the test sets it as the signal handler would
+    real_check, batches = ImageDataset.check_batch, []
+
+    def check_batch(self, labels, training=False):
+        batches.append(len(labels))
+        if len(batches) == 2:
+            stop.signum = signal.SIGINT
+        return real_check(self, labels, training)
+
+    monkeypatch.setattr(ImageDataset, "check_batch", check_batch)
+    with pytest.raises(EvalInterrupted, match="eval stopped by SIGINT"):
+        evaluator(model)
+    assert len(batches) == 2 and len(evaluator.query) == 14  # 2 of the 14 query batches, and no gallery batch
+    assert evaluator.last is None  # no partial result left behind
