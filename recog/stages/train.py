@@ -47,8 +47,8 @@ from recog.evaluation import Evaluator, check_monitor, score
 from recog.optim import build_optimizer
 from recog.tracking import MlflowTracker
 from recog.training.loop import EpochLoop
-from recog.training.resume import (BEST, Checkpoints, command_line_overrides, find_run_to_resume, new_state,
-                                   resume_config)
+from recog.training.resume import BEST, Checkpoints, find_run_to_resume, new_state
+from recog.training.resume_config import command_line_overrides, resume_config
 from recog.training.run_lock import RunLock
 from recog.training.step import StepRunner, TrainNet, has_unused_parameters
 from recog.utils import atomic
@@ -74,8 +74,8 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
                           "drop it on CPU (trainer.freeze_bn=true avoids per-process batch statistics)")
     select_device(cfg.trainer.device, ["trainer.sync_bn=true"] if cfg.trainer.sync_bn else [])
     rank, world = parallel.init_distributed()
-    # One training per run dir; loader workers may record bad images there from the start.
-    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():
+    run_dir.mkdir(parents=True, exist_ok=True)  # loader workers may record bad images there from the start
+    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():  # one training per run dir
         best = _train(cfg, run_dir, rank, world, amp)
     log.info("best model: %s (%s %.4f)", run_dir / BEST, monitor, score(best, monitor))
     return best
