@@ -142,3 +142,32 @@ def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, 
         evaluator(model)
     assert len(batches) == 2 and len(evaluator.query) == 14  # 2 of the 14 query batches, and no gallery batch
     assert evaluator.last is None  # no partial result left behind
+
+
+def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from recog.errors import TrainingInterrupted
+    from recog.evaluation import evaluator as module
+    from recog.stages import evaluate
+    from recog.utils import checkpoint
+
+    overrides = TINY + ["eval.engine=dygraph", "data.eval_batch_size=64", f"paths.output_root={tmp_path}",
+                        "mlflow.enabled=false", "head.class_num=5"]
+    cfg = recog.compose(overrides)
+    checkpoint.save_checkpoint(tmp_path / "model", recog.build_model(cfg), cfg, {"epoch": 0})
+    real, batches = module.to_device, []
+
+    def to_device(tensor):
+        batches.append(1)
+        if len(batches) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first batch is computed
+        return real(tensor)
+
+    monkeypatch.setattr(module, "to_device", to_device)
+    with pytest.raises(TrainingInterrupted, match="eval stopped by SIGINT.*nothing was written") as stopped:
+        evaluate.run(recog.compose(overrides + ["stage=eval", f"model_path={tmp_path / 'model'}"]), tmp_path / "eval")
+    assert stopped.value.exit_code == 130 and len(batches) == 1
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the stage's handlers are gone
