@@ -30,7 +30,7 @@ class StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, grace: float = 5.0, deadline: float = 300.0):
+    def __init__(self, grace: float = 10.0, deadline: float = 300.0):
         self.signum: Optional[int] = None
         self.grace = grace
         self.deadline = deadline
