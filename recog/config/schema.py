@@ -392,7 +392,7 @@ class TrainerConfig:
 class EvalEngine(str, Enum):
     """What computes the eval features: the dygraph model, or a Paddle Inference predictor of it
     (oneDNN on the CPU); ``auto`` picks the predictor on the CPU for large enough eval sets
-    (see recog/stages/evaluate.py)."""
+    (see recog/evaluation/evaluator.py)."""
 
     auto = "auto"
     dygraph = "dygraph"
