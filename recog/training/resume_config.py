@@ -19,6 +19,8 @@ from recog.utils import checkpoint
 # What a resumed run may change: dotted keys, or prefixes ending in "." (whole sections).
 RESUMABLE = ("trainer.epochs", "trainer.device", "data.num_workers", "launcher.", "mlflow.", "paths.", "resume",
              "stage", "model_path")
+# Filled in by the run when null (head.class_num follows the dataset): null on resume means the saved value.
+FILLED_BY_THE_RUN = ("head.class_num",)
 
 
 def command_line_overrides() -> Optional[List[str]]:
@@ -58,7 +60,8 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]]
     current, before = _flat(cfg), _flat(saved)
     given = given_keys(cfg, overrides)
     missing = object()
-    refused = sorted(k for k in given if not _resumable(k) and current.get(k, missing) != before.get(k, missing))
+    refused = sorted(k for k in given if not _resumable(k) and current.get(k, missing) != before.get(k, missing)
+                     and not (k in FILLED_BY_THE_RUN and current.get(k) is None))
     if refused:
         shown = ", ".join(f"{k} (saved {_value(before, k)}, now {_value(current, k)})" for k in refused[:12])
         more = f" and {len(refused) - 12} more" if len(refused) > 12 else ""

@@ -172,3 +172,16 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = read_state(run_dir / "checkpoints" / "last")
     assert state["finished"] is True and state["epoch"] == 2 and state["step"] == 2 * 25  # 200 images, batch 8
+
+
+def test_a_null_class_num_on_resume_means_the_one_the_run_filled_in(interrupted, tmp_path, lists):
+    """head.class_num=null follows the dataset: the saved config holds the number the run filled in.
+    With a command line (run.py), every key under an overridden group counts as set."""
+    from recog.training.resume_config import resume_config
+
+    root, run = _copy(interrupted, tmp_path)
+    overrides = FIRST + lists + ["head=arcmargin", f"paths.output_root={root}", "resume=true"]
+    resumed = resume_config(recog.compose(overrides), run, overrides)
+    assert resumed.head.class_num == 5 and resumed.neck.embedding_size == 32
+    with pytest.raises(ConfigError, match=r"head.margin \(saved 0.2, now 0.3\)"):
+        resume_config(recog.compose(overrides + ["head.margin=0.3"]), run, overrides + ["head.margin=0.3"])
