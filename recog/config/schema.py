@@ -114,12 +114,14 @@ class TrainerConfig:
     # A NaN / Inf loss or gradient stops the run naming the step and the loss term; true skips such
     # steps instead (no update), counted in the metric skipped_steps.
     skip_nonfinite: bool = False
+    # The eval metric that picks best_model/ (higher is better): recall_at_K, precision_at_K, mAP, mINP
+    monitor: str = "recall_at_1"
 
 
 class EvalEngine(str, Enum):
     """What computes the eval features: the dygraph model, or a Paddle Inference predictor of it
     (oneDNN on the CPU); ``auto`` picks the predictor on the CPU for large enough eval sets
-    (see recog/stages/evaluate.py)."""
+    (see recog/evaluation/evaluator.py)."""
 
     auto = "auto"
     dygraph = "dygraph"
@@ -206,7 +208,8 @@ class MlflowConfig:
 class SweepConfig:
     """``run.py -m``: what a sweep job returns to the sweeper and the parent run ranks by."""
 
-    objective: str = "recall_at_1"  # an eval metric, maximised: recall_at_K, precision_at_K, mAP, mINP
+    # An eval metric, maximised: recall_at_K, precision_at_K, mAP, mINP; by default the one that picks the best model
+    objective: str = "${trainer.monitor}"
 
 
 @dataclass

@@ -45,7 +45,7 @@ from recog.inference import ExportedModel, preprocess_image
 from recog.metrics import format_metrics_table, pack_bits
 from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, retrieval_grid
-from recog.stages.evaluate import write_metrics
+from recog.evaluation.results import write_metrics
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
 from recog.utils.runtime import is_main_process

@@ -15,7 +15,7 @@ from recog.postprocess import average_flipped
 from recog.postprocess.metrics import postprocessed_metrics
 from recog.postprocess.settings import PostProcess
 from recog.stages import evaluate
-from recog.stages.evaluate import Evaluator
+from recog.evaluation import Evaluator
 from recog.utils import checkpoint
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "neck.embedding_size=16", "head.class_num=5",

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 import recog
 from recog.stages import evaluate, train
+from recog.training.loop import EpochLoop
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
         "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e"]
@@ -59,17 +60,17 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
 
 def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
     overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
-    real_epoch = train.train_one_epoch
+    real_epoch = EpochLoop.train_epoch
 
-    def interrupted(*args, **kwargs):
-        if args[6] == 1:  # epoch index: stop in the second epoch, as Ctrl-C would
+    def interrupted(self, epoch, *args, **kwargs):
+        if epoch == 1:  # stop in the second epoch, as Ctrl-C would
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+        return real_epoch(self, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    monkeypatch.setattr(EpochLoop, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.run(recog.compose(overrides), tmp_path / "runs" / "first")
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(EpochLoop, "train_epoch", real_epoch)
     client = _client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "KILLED"
