@@ -83,6 +83,9 @@ class Evaluator:
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
         self.post = PostProcess.from_config(eval_cfg)  # eval.flip / query_expansion / rerank
+        if self.post.flip and not getattr(splits, "mirror_invariant", True):
+            log.warning("eval.flip=true on a dataset that is not mirror-invariant: a mirrored image may not "
+                        "look like its class (digits, text), and the averaged features can be worse")
         self.amp = amp
         self.image_size = int(data_cfg.image_size)
         self.engine = str(getattr(eval_cfg.engine, "value", eval_cfg.engine))
