@@ -61,7 +61,7 @@ def test_resume_true_alone_continues_with_the_saved_config(interrupted, tmp_path
     assert state["epoch"] == 3 and state["finished"] is True and state["step"] == 6  # trainer.epochs may change
     assert not (root / "runs" / "new").exists()
     saved = recog.utils.checkpoint.load_config(run / "checkpoints" / "last")
-    assert saved.neck.embedding_size == 32 and saved.optimizer.lr == 0.02 and "triplet" in saved.loss
+    assert saved.neck.embedding_size == 32 and saved.optimizer.lr == 0.02 and "triplet_v2" in saved.loss
     assert saved.trainer.epochs == 3 and 0.0 <= best["recall_at_1"] <= 1.0
 
 
