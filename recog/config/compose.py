@@ -146,6 +146,28 @@ def check_values(cfg: DictConfig) -> None:
     pixels = data.get("max_image_pixels")
     if pixels is not None and pixels < 1:
         raise ConfigError(f"data.max_image_pixels must be at least 1, or null for no limit, got {pixels}")
+    if "eval" in cfg:
+        check_eval_values(cfg.eval)
+
+
+def check_eval_values(evaluation: DictConfig) -> None:
+    """``ConfigError`` for an ``eval.*`` post-processing value out of range."""
+    def value(key):
+        return None if OmegaConf.is_missing(evaluation, key) else evaluation.get(key)
+
+    if (value("query_expansion") or 0) < 0:
+        raise ConfigError(f"eval.query_expansion must be 0 (off) or a number of neighbours, got {value('query_expansion')}")
+    if (value("qe_alpha") or 0.0) < 0 or value("qe_alpha") != value("qe_alpha"):
+        raise ConfigError(f"eval.qe_alpha must be 0 (average QE) or positive, got {value('qe_alpha')}")
+    for key in ("rerank_k1", "rerank_k2", "rerank_top_k"):
+        if value(key) is not None and value(key) < 1:
+            raise ConfigError(f"eval.{key} must be at least 1, got {value(key)}")
+    lam = value("rerank_lambda")
+    if lam is not None and not 0.0 <= lam <= 1.0:  # also refuses nan
+        raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {lam}")
+    if value("binarize") and (value("query_expansion") or value("rerank")):
+        raise ConfigError("eval.query_expansion and eval.rerank work on real features; "
+                          "they cannot be combined with eval.binarize")
 
 
 def check_interpolations(cfg: DictConfig) -> None:

@@ -65,6 +65,25 @@ class OnBadImage(str, Enum):
 
 
 @dataclass
+class AugmentConfig:
+    """``data.augment``: training augmentation, PaddleClas's operators and parameters (see
+    ``recog.data.transforms.Augment``). The defaults add nothing to a flip."""
+
+    random_resized_crop: bool = False  # RandCropImage: area U(crop_scale), aspect U(crop_ratio)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: bool = True  # RandFlipImage p=0.5, only for mirror-invariant datasets
+    pad_crop: int = 0  # Pad + RandCropImageV2: pad pixels per side, crop back at a random offset
+    rotate_prob: float = 0.0  # RandomRotation: probability
+    rotate_degrees: float = 90.0  # ... of an angle U(-d, d)
+    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # brightness contrast saturation hue
+    erase_prob: float = 0.0  # RandomErasing (EPSILON): probability
+    erase_area: List[float] = field(default_factory=lambda: [0.02, 0.4])  # sl, sh
+    erase_ratio: float = 0.3  # r1: aspect in [r1, 1/r1]
+    erase_value: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # fill, normalised units
+
+
+@dataclass
 class DataConfig:
     image_size: int = 224
     batch_size: int = 64
@@ -77,6 +96,7 @@ class DataConfig:
     # Larger images are refused (as bad images) before decoding when the header tells the size
     # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
     max_image_pixels: Optional[int] = 100_000_000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -108,6 +128,12 @@ class EvalEngine(str, Enum):
     predictor = "predictor"
 
 
+class Rerank(str, Enum):
+    """Re-ranking of each query's top candidates: ``k_reciprocal`` (Zhong et al. 2017)."""
+
+    k_reciprocal = "k_reciprocal"
+
+
 @dataclass
 class EvalConfig:
     recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
@@ -116,6 +142,16 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
+    # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
+    # during training and by stage=predict's gallery search.
+    flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
+    query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
+    qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
+    rerank: Optional[Rerank] = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
+    rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
+    rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
+    rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
+    rerank_top_k: int = 100  # candidates re-ranked per query; the rest keep their order
 
 
 @dataclass

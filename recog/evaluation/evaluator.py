@@ -30,7 +30,8 @@ from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.data.loader import to_device
 from recog.distributed import parallel
 from recog.inference.eval_predictor import EvalPredictor
-from recog.metrics import binarize, hamming_metrics, retrieval_metrics
+from recog.metrics import binarize, hamming_metrics
+from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, retrieval_grid
 from recog.utils.precision import Amp, autocast
 from recog.utils.runtime import is_main_process
@@ -81,6 +82,10 @@ class Evaluator:
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
+        self.post = PostProcess.from_config(eval_cfg)  # eval.flip / query_expansion / rerank
+        if self.post.flip and not getattr(splits, "mirror_invariant", True):
+            log.warning("eval.flip=true on a dataset that is not mirror-invariant: a mirrored image may not "
+                        "look like its class (digits, text), and the averaged features can be worse")
         self.amp = amp
         self.image_size = int(data_cfg.image_size)
         self.engine = str(getattr(eval_cfg.engine, "value", eval_cfg.engine))
@@ -95,7 +100,7 @@ class Evaluator:
         predictor = self.predictor if self.engine_used == "predictor" else None
         kept = []
         features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp, predictor=predictor,
-                                            kept=kept, should_stop=self._stop_requested)
+                                            kept=kept, should_stop=self._stop_requested, post=self.post)
         indices = np.concatenate(kept).astype(np.int64) + self.first_index[loader] if kept else np.zeros(0, np.int64)
         return parallel.gather_rows(features), parallel.gather_rows(labels), parallel.gather_rows(indices)
 
@@ -117,7 +122,7 @@ class Evaluator:
             query = binarize(query, self.binarize)
             gallery = binarize(gallery, self.binarize) if gallery is not None else None
             return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
-        return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+        return self.post.metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
 
     def _stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -179,7 +184,8 @@ class Evaluator:
 def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
                      amp: Optional[Amp] = None, predictor: Optional[EvalPredictor] = None,
                      kept: Optional[List[np.ndarray]] = None,
-                     should_stop: Optional[Callable[[], bool]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                     should_stop: Optional[Callable[[], bool]] = None,
+                     post: Optional[PostProcess] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
     (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
 
@@ -188,7 +194,20 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
     with ``model``'s weights, normalising as ``normalize`` says) it computes the features instead
     of the dygraph model. ``should_stop``, checked before each batch: True ends the extraction
     early (the rows so far are returned; the caller decides what a partial result means).
+    ``post`` (``eval.flip``): the features of each image and of its mirror, averaged.
     """
+    post = post or PostProcess()
+
+    def forward(images: paddle.Tensor) -> np.ndarray:
+        if predictor is not None:
+            return predictor.predict(images.numpy())
+        with autocast(amp):
+            out = model(to_device(images))["features"]
+        out = out.astype("float32")
+        if normalize:
+            out = paddle.nn.functional.normalize(out, axis=1)
+        return out.numpy().astype(np.float32)
+
     was_training = model.training
     model.eval()
     features, labels = [], []
@@ -199,15 +218,7 @@ def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str 
                 break
             batch_labels = batch_labels.numpy().reshape(-1)
             keep = loader.dataset.check_batch(batch_labels)  # host labels: a copy, not a device read-back
-            if predictor is not None:
-                out = predictor.predict(images.numpy())
-            else:
-                with autocast(amp):
-                    out = model(to_device(images))["features"]
-                out = out.astype("float32")
-                if normalize:
-                    out = paddle.nn.functional.normalize(out, axis=1)
-                out = out.numpy().astype(np.float32)
+            out = post.features_of(forward, images, normalize)
             features.append(out[keep])
             labels.append(batch_labels[keep])
             if kept is not None:

@@ -89,7 +89,8 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
     model = build_model(cfg, class_num=class_num)
     loss_fn = build_loss(cfg, class_num=class_num, embedding_size=model.embedding_size)
     data = cfg.data
-    transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant)
+    transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant,
+                                augment=data.get("augment"))
     options = dataset_options(data, run_dir)
     loader = build_train_loader(splits.train, splits.train_labels_contiguous(), transform, data.batch_size,
                                 data.samples_per_class, data.num_workers, cfg.seed, rank=rank, world_size=world,

@@ -395,7 +395,7 @@ def test_misspelt_key_in_other_sections():
     message = _both(["data.imgae_size=32"])
     assert "imgae_size" in message and "image_size" in _valid_keys(message)
     message = _both(["head=fc", "head.margin=0.3"])  # FC has no margin
-    assert "margin" in message and _valid_keys(message) == {"class_num"}
+    assert "margin" in message and _valid_keys(message) == {"class_num", "bias", "weight_std"}
 
 
 def test_unknown_top_level_key():

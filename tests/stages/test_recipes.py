@@ -37,8 +37,12 @@ def digits_root(tmp_path_factory) -> Path:
 def shrink(cfg) -> list:
     """Overrides that make the recipe's model small, keeping its structure."""
     out = []
-    if "PPLCNet" in cfg.backbone._target_:
+    if cfg.backbone._target_.endswith(".PPLCNetV2"):
+        out.append("backbone.size=small")
+    elif "PPLCNet" in cfg.backbone._target_:
         out.append("backbone.scale=0.25")
+    if cfg.backbone._target_.endswith(".ViT"):
+        out.append("backbone.size=tiny")
     if "ResNetVd" in cfg.backbone._target_:
         out.append("backbone.depth=18")
     if cfg.head is not None and cfg.head.class_num is not None:
