@@ -177,7 +177,9 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     except RecogError as error:
         return str(error)
     try:
-        OmegaConf.load(path / checkpoint.CONFIG_FILE)
+        checkpoint.load_config(path)  # the checked reader: a hostile config is a problem too
+    except RecogError as error:
+        return str(error)
     except Exception as error:  # OSError, a YAML error of any kind
         return f"{path / checkpoint.CONFIG_FILE} cannot be read ({type(error).__name__})"
     for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE):
