@@ -59,7 +59,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
     model.eval()
     images, source = check_batch(cfg, trained_cfg)
 
-    state = checkpoint.load_state(model_path) if (model_path / checkpoint.STATE_FILE).is_file() else {}
+    state = checkpoint.load_state(model_path, required=()) if (model_path / checkpoint.STATE_FILE).is_file() else {}
     train_run_id = state.get("mlflow_run_id")
     if MlflowTracker.run_exists(cfg, train_run_id):
         tracker = MlflowTracker(cfg, stage="export", run_id=train_run_id, keep_status=True)

@@ -22,7 +22,7 @@ pytestmark = [
     # Paddle's LinearWarmup keeps its inner schedule's state in the same dict and then warns about it
     pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
 ]
-FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"}
+FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yaml", "manifest.json"}
 
 
 def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
@@ -60,7 +60,7 @@ def test_model_round_trip(tmp_path):
     expected = _state(saved)
     assert any(not np.array_equal(v, _state(other)[k]) for k, v in expected.items())
 
-    path = save_checkpoint(tmp_path / "ckpt", saved, cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "ckpt", saved, cfg, {"epoch": 1, "step": 0})
     assert path == tmp_path / "ckpt"
     load_model_weights(path, other)
     loaded = _state(other)
@@ -115,7 +115,7 @@ def test_optimizer_state_loads_into_a_model_built_later_in_the_same_process(tmp_
     cfg = _cfg(tmp_path)
     model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
     _train_step(model, loss_fn, optimizer, schedule)
-    save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0}, optimizer)
+    save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0, "step": 0}, optimizer)
     _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
     uninterrupted = _state(model)
     model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
@@ -174,7 +174,7 @@ def test_files_are_safetensors_not_pickle(tmp_path):
 
 def test_without_optimizer(tmp_path):
     cfg = _cfg(tmp_path)
-    path = save_checkpoint(tmp_path / "best_model", _model(cfg, 1), cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "best_model", _model(cfg, 1), cfg, {"epoch": 1, "step": 0})
     assert {f.name for f in path.iterdir()} == FILES - {"optimizer.safetensors"}
     assert "optimizer" not in checkpoint.load_state(path)
 
@@ -183,8 +183,8 @@ def test_saving_again_replaces_atomically(tmp_path):
     cfg = _cfg(tmp_path)
     first, second = _model(cfg, 1), _model(cfg, 2)
     parent = tmp_path / "run" / "checkpoints"
-    save_checkpoint(parent / "last", first, cfg, {"epoch": 1})
-    save_checkpoint(parent / "last", second, cfg, {"epoch": 2})
+    save_checkpoint(parent / "last", first, cfg, {"epoch": 1, "step": 0})
+    save_checkpoint(parent / "last", second, cfg, {"epoch": 2, "step": 0})
     assert os.listdir(parent) == ["last"]  # no temp or .old directories left behind
     assert {f.name for f in (parent / "last").iterdir()} == FILES - {"optimizer.safetensors"}
     assert checkpoint.load_state(parent / "last")["epoch"] == 2
@@ -196,7 +196,7 @@ def test_saving_again_replaces_atomically(tmp_path):
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     cfg = _cfg(tmp_path)
     model = _model(cfg, 1)
-    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1, "step": 0})
     before = {f.name: f.read_bytes() for f in path.iterdir()}
     with pytest.raises(TypeError):  # fails after the weights were written to the temp directory
         save_checkpoint(tmp_path / "last", _model(cfg, 2), cfg, {"epoch": 2, "bad": object()})
@@ -242,7 +242,7 @@ def test_killed_mid_swap_the_previous_checkpoint_is_read_and_put_back(tmp_path):
     cfg = _cfg(tmp_path)
     saved = _model(cfg, 1)
     parent = tmp_path / "checkpoints"
-    save_checkpoint(parent / "last", saved, cfg, {"epoch": 1})
+    save_checkpoint(parent / "last", saved, cfg, {"epoch": 1, "step": 0})
     # What a process killed between the two renames of the fallback swap leaves (no renameat2):
     # the previous version moved aside, and the new one unfinished in a temp directory.
     os.replace(parent / "last", parent / ".last.old")
@@ -253,13 +253,13 @@ def test_killed_mid_swap_the_previous_checkpoint_is_read_and_put_back(tmp_path):
     load_model_weights(parent / "last", loaded)
     for k, v in _state(saved).items():
         np.testing.assert_array_equal(_state(loaded)[k], v, err_msg=k)
-    save_checkpoint(parent / "last", _model(cfg, 3), cfg, {"epoch": 2})  # tidies up, then saves
+    save_checkpoint(parent / "last", _model(cfg, 3), cfg, {"epoch": 2, "step": 0})  # tidies up, then saves
     assert os.listdir(parent) == ["last"] and checkpoint.load_state(parent / "last")["epoch"] == 2
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
-    path = save_checkpoint(tmp_path / "last", _model(cfg, 1), cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "last", _model(cfg, 1), cfg, {"epoch": 1, "step": 0})
     before = {f.name: f.read_bytes() for f in path.iterdir()}
 
     def full(fd, data):
@@ -269,7 +269,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypa
     with pytest.raises(RecogError, match=rf"could not write the checkpoint {path}: No space left on device "
                                          r"\[ENOSPC\] at .*model\.safetensors; the previous checkpoint there "
                                          r"is unchanged"):
-        save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2})
+        save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2, "step": 0})
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last"]
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
