@@ -50,6 +50,7 @@ from recog.losses._pairs import label_checks
 from recog.metrics import format_metrics_table
 from recog.optim import build_optimizer
 from recog.stages.evaluate import Evaluator, write_metrics
+from recog.stages.export import export_after_training
 from recog.tracking import MlflowTracker
 from recog.utils import atomic, checkpoint
 from recog.utils.interrupt import StopRequest
@@ -275,6 +276,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         if is_main_process():
             atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "the run's config")
         tracker.log_artifact(run_dir / "config.yaml")
+        export_after_training(cfg, run_dir, tracker)  # <run>/export + the run's MLflow Model (export.after_train)
     except (KeyboardInterrupt, TrainingInterrupted):
         # The launcher repeats SIGTERM while a rank lives (3 times, 0.2 s apart): outside the training
         # loop's StopRequest the default handler would end the process before the status is written.
