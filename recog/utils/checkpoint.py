@@ -137,7 +137,7 @@ def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: pad
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
         # reports as unused before LinearWarmup restores it: a false alarm.
         warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
-        optimizer.set_state_dict({**load_state(path, required=()).get("optimizer", {}),
+        optimizer.set_state_dict({**load_state(path, required=("optimizer",))["optimizer"],
                                   **{k: paddle.to_tensor(v) for k, v in tensors.items()}})
 
 

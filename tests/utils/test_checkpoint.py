@@ -273,3 +273,104 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypa
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last"]
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+
+
+# ---- integrity: manifest.json, tampering, legacy folders -------------------------------------
+def _saved(tmp_path, with_optimizer=True):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg, 1)
+    optimizer = build_optimizer(cfg, model.parameters(), 4)[0] if with_optimizer else None
+    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1, "step": 4, "mlflow_run_id": None}, optimizer)
+    return path, cfg, model, optimizer
+
+
+def _load_everything(path, cfg):
+    """What resuming reads: the state, the weights, the optimizer, the config."""
+    state = checkpoint.load_state(path)
+    model = _model(cfg, 2)
+    load_model_weights(path, model)
+    optimizer = build_optimizer(cfg, model.parameters(), 4)[0]
+    load_optimizer_state(path, optimizer, model)
+    return state, checkpoint.load_config(path)
+
+
+def test_the_manifest_lists_every_file_with_size_and_sha256(tmp_path):
+    import hashlib
+
+    path, _, _, _ = _saved(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == "recog-manifest" and manifest["kind"] == "checkpoint"
+    assert manifest["format_version"] == 1 and manifest["recog_version"]
+    assert set(manifest["files"]) == FILES - {"manifest.json"}
+    for name, entry in manifest["files"].items():
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _truncate(file, count=64):
+    file.write_bytes(file.read_bytes()[:-count])
+
+
+def _alter(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("model.safetensors", _truncate, r"model.safetensors is truncated \(\d+ bytes, manifest.json says \d+\)"),
+    ("model.safetensors", _alter, "model.safetensors was altered"),
+    ("optimizer.safetensors", lambda f: f.unlink(), "optimizer.safetensors is missing"),
+    ("state.json", lambda f: f.write_text("{not json"), "state.json is truncated|state.json is longer|state.json was"),
+    ("state.json", lambda f: f.write_text("{}"), "state.json is truncated"),
+    ("config.yaml", _alter, "config.yaml was altered"),
+])
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, name, damage, message):
+    path, cfg, _, _ = _saved(tmp_path)
+    damage(path / name)
+    with pytest.raises(checkpoint.IntegrityError, match=message) as error:
+        _load_everything(path, cfg)
+    assert str(path / name) in str(error.value) and "copy the checkpoint again" in str(error.value)
+
+
+def test_a_file_added_after_saving_or_a_bad_manifest_is_refused(tmp_path):
+    path, cfg, _, _ = _saved(tmp_path)
+    (path / "loss.safetensors").write_bytes(b"not written by recog")
+    loss = build_loss(_cfg(tmp_path, "loss=ce_center"), class_num=3, embedding_size=8)
+    with pytest.raises(checkpoint.IntegrityError, match="loss.safetensors is not listed in"):
+        checkpoint.load_loss_state(path, loss)
+    (path / "manifest.json").write_text(json.dumps({"format": "recog-manifest", "format_version": "1",
+                                                    "kind": "checkpoint", "files": {}}))
+    with pytest.raises(checkpoint.IntegrityError, match="format_version must be an integer, got str"):
+        checkpoint.load_state(path)
+    (path / "manifest.json").write_text("[]")
+    with pytest.raises(checkpoint.IntegrityError, match="must hold a JSON object"):
+        checkpoint.load_state(path)
+
+
+def test_a_checkpoint_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
+    path, cfg, saved, _ = _saved(tmp_path)
+    (path / "manifest.json").unlink()  # as written before manifests existed
+    state, _ = _load_everything(path, cfg)
+    assert state["epoch"] == 1 and "has no manifest.json" in caplog.text and "unverified" in caplog.text
+    loaded = _model(cfg, 3)
+    load_model_weights(path, loaded)
+    assert all(np.array_equal(v, _state(saved)[k]) for k, v in _state(loaded).items())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _truncate(p / "model.safetensors", 4096), "model.safetensors is not a readable safetensors file"),
+    (lambda p: (p / "state.json").write_text("garbage"), "state.json is not valid JSON"),
+    (lambda p: (p / "state.json").write_text("{}"), "state.json lacks epoch, step"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0}'), "state.json lacks optimizer"),
+    (lambda p: (p / "state.json").write_text('{"epoch": "1", "step": 0}'), "epoch must be an integer, got str"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": true}'), "step must be an integer, got bool"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0, "best": [1]}'), "best must be an object or null"),
+    (lambda p: (p / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing"),
+])
+def test_a_damaged_legacy_checkpoint_is_an_error_not_a_traceback(tmp_path, damage, message):
+    path, cfg, _, _ = _saved(tmp_path)
+    (path / "manifest.json").unlink()
+    damage(path)
+    with pytest.raises(checkpoint.IntegrityError, match=message):
+        _load_everything(path, cfg)
