@@ -151,10 +151,16 @@ def check_file(directory, name: str, kind: str, what: str, manifest: Optional[Di
 
 
 def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> Optional[Dict[str, Any]]:
-    """Check every file the manifest lists (and that each of ``required`` exists); returns the
-    manifest, None for a legacy folder (``required`` still checked)."""
+    """Check every file the manifest lists (and that each of ``required`` exists), and that the
+    folder holds no other file; returns the manifest, None for a legacy folder (``required`` still
+    checked)."""
     directory = Path(directory)
     manifest = read_manifest(directory, kind, what)
+    if manifest is not None:
+        extra = unlisted_files(directory, manifest)
+        if extra:
+            raise IntegrityError(f"{directory / extra[0]} is not listed in {directory / MANIFEST_FILE}: it was added "
+                                 f"after the {what} was written; remove it, or {_fix(what)}")
     names = list(dict.fromkeys([*(manifest["files"] if manifest else ()), *required]))
     for name in names:
         check_file(directory, name, kind, what, manifest=manifest, required=name in required or manifest is not None)
