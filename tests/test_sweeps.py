@@ -214,4 +214,14 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
 
     (version,) = client.search_model_versions("name = 'tiny'")  # the sweep's best only, not every job
     assert version.run_id == finished.info.run_id
-    assert version.source.endswith("/best_model") and parent.data.tags["recog.registered_model"] == "tiny/1"
+    assert version.source.startswith("models:/m-")  # its MLflow Model, not a raw folder
+    assert parent.data.tags["recog.registered_model"] == "tiny/1 (@champion)"
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+    import mlflow
+    import numpy as np
+
+    from recog.tracking.mlflow_model import tracking_uri
+
+    with tracking_uri(f"sqlite:///{out / 'mlflow.db'}"):
+        features = mlflow.pyfunc.load_model("models:/tiny@champion").predict(np.zeros((1, 20, 24, 3), np.uint8))
+    assert features.dtype == np.float32 and features.shape[0] == 1
