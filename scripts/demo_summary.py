@@ -38,6 +38,9 @@ def main(run: Path) -> None:
 
 def served_model_check(run: Path) -> int:
     """pyfunc load of the run's MLflow Model and one prediction on a query image, against ExportedModel."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import numpy as np
 
     import recog  # noqa: F401  (quiets Paddle before MLflow imports it)

@@ -1,5 +1,8 @@
 """Write an export directory from a trained ``RecModel`` and check it against the model.
 
+(Over 300 lines: writing, self-checking, the oneDNN probe and the replace-only-an-export rule are
+one transaction on one folder and read best together.)
+
 ``export_model`` is what ``stage=export`` runs after rebuilding the model; it works on any
 ``RecModel`` (``scripts/bench_predict.py`` uses it on random weights).
 

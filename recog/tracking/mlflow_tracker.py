@@ -22,7 +22,6 @@ Store settings (URI, request retries and timeout, the experiment) live in recog/
 
 import contextlib
 import contextvars
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from recog.errors import ConfigError, RecogError
 from recog.tracking import sweep_job
 from recog.tracking.local_record import LocalRecord, record_path
+from recog.tracking.naming import default_run_name, training_run_id, training_run_link
 from recog.tracking.store import (apply_request_settings, artifact_location, check_reachable, experiment_id,
                                   short_error, tracking_errors, tracking_uri, unreachable_message)
 from recog.utils.runtime import is_main_process
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MlflowTracker", "check_reachable", "collect_runs", "default_run_name", "flatten_config",
            "record_failed_job", "tracking_uri"]
 
-TRAIN_RUN_TAG, NOTE_TAG = "recog.train_run_id", "mlflow.note.content"
 # The runs created while ``collect_runs`` is active (None outside): how ``run_stage`` finds the run
 # of a sweep job that failed. Scoped to the ``with`` block (and its thread / context), not a global list.
 _STARTED: contextvars.ContextVar = contextvars.ContextVar("recog_started_runs", default=None)
@@ -59,28 +58,6 @@ def collect_runs() -> Iterator[List[Optional[str]]]:
         yield started
     finally:
         _STARTED.reset(token)
-
-
-def default_run_name(cfg: DictConfig, stage: str = "train", train_run_name: Optional[str] = None) -> str:
-    """``train pplcnet x1.0 arcmargin 14:03`` (stage, backbone and width, head, start time); an eval,
-    export or predict run: ``<stage> <the training run's name>`` when it is known."""
-    if stage != "train" and train_run_name:
-        return f"{stage} {train_run_name}"
-    clock = time.strftime("%H:%M")
-    if stage != "train":
-        source = OmegaConf.select(cfg, "predict.model_dir" if stage == "predict" else "model_path")
-        where = Path(str(source)).resolve() if source else None
-        label = f"{where.parent.name}/{where.name}" if where is not None else ""
-        return " ".join(filter(None, [stage, label, clock]))
-
-    def short(node) -> str:
-        return "none" if node is None else str(node._target_).rsplit(".", 1)[-1].lower()
-
-    backbone = cfg.backbone
-    width = backbone.get("scale")
-    depth = backbone.get("depth")
-    size = f"x{float(width)}" if width is not None else (str(depth) if depth is not None else "")
-    return " ".join(filter(None, ["train", short(backbone), size, short(cfg.get("head")), clock]))
 
 
 def flatten_config(cfg: DictConfig) -> Dict[str, str]:
@@ -358,38 +335,3 @@ def record_failed_job(cfg: DictConfig, error: Exception, started_run_ids: List[O
         tracker.finish("FAILED")
     except Exception as failure:  # noqa: BLE001
         log.warning("could not record the failed job in MLflow: %s", short_error(failure))
-
-
-
-
-def training_run_id(cfg: DictConfig, stage: str) -> Optional[str]:
-    """The MLflow run id of the training run whose model an eval (``model_path``'s ``state.json``) or
-    predict run (``predict.model_dir``'s ``export_report.json``) uses; None when unknown."""
-    try:
-        if stage == "eval" and cfg.get("model_path"):
-            from recog.utils import checkpoint
-
-            path = Path(str(cfg.model_path))
-            if (path / checkpoint.STATE_FILE).is_file():
-                return checkpoint.load_state(path, required=()).get("mlflow_run_id")
-        if stage == "predict" and OmegaConf.select(cfg, "predict.model_dir"):
-            from recog.inference.predictor import REPORT_FILE
-
-            report = Path(str(cfg.predict.model_dir)) / REPORT_FILE
-            if report.is_file():
-                found = json.loads(report.read_text())
-                value = found.get("train_run_id") or found.get("mlflow_run_id") if isinstance(found, dict) else None
-                return value if isinstance(value, str) else None
-    except (OSError, ValueError, RecogError):  # the stage itself reports a bad model folder
-        return None
-    return None
-
-
-def training_run_link(train_run, stage: str) -> Dict[str, str]:
-    """Tags linking a run to ``train_run``: ``recog.train_run_id`` and a description (shown in the
-    run's page) with a link to it."""
-    info = train_run.info
-    link = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"
-    verb = {"eval": "Evaluates", "export": "Exports", "predict": "Extracts features with"}.get(stage, "Uses")
-    return {TRAIN_RUN_TAG: info.run_id,
-            NOTE_TAG: f"{verb} the model of training run [{info.run_name or info.run_id}]({link}) (`{info.run_id}`)."}
