@@ -20,7 +20,7 @@ def register_run_model(client, run_id: str, model_name: str, alias: Optional[str
     when the run logged no MLflow Model."""
     from mlflow.exceptions import MlflowException
 
-    from recog.tracking.mlflow_model import ARTIFACT_PATH, logged_model_id
+    from recog.tracking.mlflow_model import ARTIFACT_PATH, logged_model_id, tracking_uri
 
     model_id = logged_model_id(client, run_id)
     if model_id is None:
@@ -32,8 +32,9 @@ def register_run_model(client, run_id: str, model_name: str, alias: Optional[str
     except MlflowException:
         client.create_registered_model(model_name, description="recog feature extractor: images uint8 [N, H, W, 3] "
                                                                "-> features float32 [N, D] (see the version's run)")
-    version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                                          tags={"recog.artifact": ARTIFACT_PATH})
+    with tracking_uri(client.tracking_uri):  # MLflow resolves the models:/ source through the fluent store
+        version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
+                                              model_id=model_id, tags={"recog.artifact": ARTIFACT_PATH})
     if alias:
         client.set_registered_model_alias(model_name, alias, version.version)
     log.info("registered the MLflow Model of run %s as %s version %s%s", run_id, model_name, version.version,
