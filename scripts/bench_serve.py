@@ -9,6 +9,9 @@ and served from there. The server is `mlflow models serve --env-manager local` o
 port), started and stopped by this script. Each request posts ``{"inputs": <uint8 [B, H, W, 3]>}``
 to ``/invocations``; the figures are per request, client side (JSON encoding, HTTP, decoding,
 preprocessing, the Paddle Inference predictor, the reply), after ``--warmup`` untimed requests.
+For comparison, ``in-process`` is ``mlflow.pyfunc.load_model(...).predict(images)`` in this
+process (no JSON, no HTTP): the difference is the serving overhead, mostly MLflow's JSON parsing
+of the nested pixel lists.
 """
 
 import argparse
@@ -87,6 +90,24 @@ def post(port: int, images: np.ndarray) -> np.ndarray:
         return np.asarray(json.loads(reply.read())["predictions"], dtype=np.float32)
 
 
+def compare_in_process(model: str, tracking_uri: str, batches, repeat: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    import recog  # noqa: F401
+    import mlflow
+    from recog.tracking.mlflow_model import tracking_uri as using
+
+    with using(tracking_uri):
+        loaded = mlflow.pyfunc.load_model(model)
+    for batch, images in batches:
+        loaded.predict(images)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            loaded.predict(images)
+            times.append(time.perf_counter() - start)
+        print(f"in-process pyfunc predict, batch {batch}: median {statistics.median(times) * 1e3:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="an MLflow model URI (default: a tiny model made here)")
@@ -112,6 +133,7 @@ def main() -> None:
             rng = np.random.default_rng(0)
             print(f"{model} served by `mlflow models serve --env-manager local` on 127.0.0.1:{port}; "
                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} cores")
+            in_process = []
             print(f"{'batch':>5}  {'images':>14}  {'median ms':>9}  {'p90 ms':>7}  {'ms/image':>8}  {'images/s':>8}")
             for batch in args.batches:
                 images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
@@ -126,8 +148,13 @@ def main() -> None:
                 p90 = sorted(times)[min(len(times) - 1, int(0.9 * len(times)))]
                 print(f"{batch:>5}  {f'{args.size}x{args.size}x3':>14}  {median * 1e3:>9.1f}  {p90 * 1e3:>7.1f}  "
                       f"{median * 1e3 / batch:>8.2f}  {batch / median:>8.1f}   -> features {list(features.shape)}")
-        finally:
+                in_process.append((batch, images))
             os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+            compare_in_process(model, tracking_uri, in_process, args.repeat)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
