@@ -21,6 +21,7 @@ the logged pip requirements list the third-party packages recog's inference need
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
 DATA_DIR = "export"  # the export's folder inside the MLflow Model
 LOADER_MODULE = __name__
+ENV_URI = "MLFLOW_TRACKING_URI"
 EXAMPLE_SIZE = 48  # the input example: one uint8 [1, 48, 48, 3] image (any size works)
 
 
@@ -106,16 +108,22 @@ def pip_requirements() -> List[str]:
 
 @contextlib.contextmanager
 def tracking_uri(uri: str):
-    """MLflow's fluent API (``Model.log``, ``register_model``) against ``uri``; restored afterwards."""
+    """MLflow's fluent API (``Model.log``, ``load_model``, registration) against ``uri``; afterwards
+    the previous URI and ``MLFLOW_TRACKING_URI`` (which ``mlflow.set_tracking_uri`` exports for
+    child processes) are restored exactly, so nothing leaks into later runs or subprocesses."""
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
-    previous = utils._tracking_uri
+    previous, exported = utils._tracking_uri, os.environ.get(ENV_URI)
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         utils._tracking_uri = previous
+        if exported is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = exported
 
 
 def log_model(uri: str, run_id: str, export_dir) -> str:
