@@ -164,6 +164,7 @@ class ExportConfig:
     tolerance: float = 1e-4  # max abs feature difference allowed vs the dygraph model
     check_images: int = 16  # eval-split images in the self-check (random input without a dataset)
     cpu_onednn: OneDNNMode = OneDNNMode.auto  # recorded in preprocess.json; auto probes full, then no_placement
+    after_train: bool = True  # stage=train exports best_model/ into <run>/export and logs it as the MLflow Model
 
 
 class IndexKind(str, Enum):

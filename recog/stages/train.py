@@ -45,6 +45,7 @@ from recog.distributed import parallel
 from recog.errors import ConfigError, TrainingInterrupted
 from recog.evaluation import Evaluator, check_monitor, score
 from recog.optim import build_optimizer
+from recog.stages.export import export_after_training
 from recog.tracking import MlflowTracker
 from recog.training.loop import EpochLoop
 from recog.training.resume import BEST, Checkpoints, find_run_to_resume, new_state
@@ -143,6 +144,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
         if is_main_process():
             atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "the run's config")
         tracker.log_artifact(run_dir / "config.yaml")
+        export_after_training(cfg, run_dir, tracker)  # <run>/export + the run's MLflow Model (export.after_train)
     except (KeyboardInterrupt, TrainingInterrupted):
         # The launcher repeats SIGTERM while a rank lives (3 times, 0.2 s apart): outside the training
         # loop's StopRequest the default handler would end the process before the status is written.
