@@ -13,6 +13,7 @@ from recog.errors import ConfigError, RecogError
 from recog.stages import train
 from recog.training.loop import EpochLoop
 from recog.training.resume import checkpoint_problem, find_run_to_resume, read_state
+from recog.utils import checkpoint, manifest
 
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
 # would build another model (the shape mismatch of issue 12) or read another dataset.
@@ -84,9 +85,9 @@ def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, l
 
 @pytest.mark.parametrize("field, value, expected", [
     ("epoch", -5, "'epoch' must be a whole number >= 0, got -5"),
-    ("step", "7", "'step' must be a whole number >= 0, got '7'"),
-    ("best", [1], "'best' must be null or an object of metric values"),
-    ("finished", "no", "'finished' must be true or false"),
+    ("step", "7", "step must be an integer, got str"),  # a wrong type: checkpoint.load_state's check
+    ("best", [1], "best must be an object or null, got list"),
+    ("finished", "no", "finished must be true/false, got str"),
     ("rng", [{}, {}], "'rng' must hold one RNG state per process"),
 ])
 def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, field, value, expected):
@@ -96,6 +97,7 @@ def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, fi
     state = json.loads(state_file.read_text())
     state[field] = value
     state_file.write_text(json.dumps(state))
+    manifest.write_manifest(state_file.parent, checkpoint.KIND)  # edited, not damaged: the manifest agrees
     with pytest.raises(RecogError, match="state.json") as error:
         train.run(recog.compose([f"paths.output_root={root}", "resume=true"]), run)
     assert expected in str(error.value)
@@ -113,7 +115,7 @@ def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(inte
     (garbage / "checkpoints" / "last" / "state.json").write_text("{not json")
     assert checkpoint_problem(good / "checkpoints" / "last") is None
     assert "truncated" in checkpoint_problem(truncated / "checkpoints" / "last")
-    assert "cannot be read" in checkpoint_problem(garbage / "checkpoints" / "last")
+    assert "damaged" in checkpoint_problem(garbage / "checkpoints" / "last")  # by its manifest
 
     cfg = recog.compose([f"paths.output_root={root}", "resume=true"])
     with caplog.at_level(logging.WARNING, logger="recog.training.resume"):
