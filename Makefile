@@ -15,7 +15,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval export predict test ui clean-outputs
+.PHONY: install demo train eval export predict serve test ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -41,7 +41,8 @@ demo: install
 	$(BIN)/python run.py stage=export experiment=digits_demo model_path=$$run/best_model hydra.run.dir=$$run/logs/export $(ARGS); \
 	$(BIN)/python run.py stage=predict experiment=digits_demo predict.model_dir=$$run/export \
 		predict.input=$(DIGITS)/query_list.txt predict.gallery=$(DIGITS)/gallery_list.txt hydra.run.dir=$$run/predict $(ARGS); \
-	$(BIN)/python scripts/demo_summary.py $$run
+	$(BIN)/python scripts/demo_summary.py $$run; \
+	$(BIN)/python scripts/demo_summary.py --served-model $$run
 
 train: install
 	$(BIN)/python run.py stage=train $(ARGS)
@@ -65,6 +66,13 @@ predict: install
 	if [ -z "$$dir" ]; then echo "no export under $(OUTPUTS)/runs: run make export first" >&2; exit 2; fi; \
 	$(BIN)/python run.py stage=predict predict.model_dir=$$dir predict.input=$(INPUT) \
 		$(if $(GALLERY),predict.gallery=$(GALLERY)) $(ARGS)
+
+# Serves MODEL (an MLflow model URI; default: the newest run's MLflow Model, runs:/<run id>/model)
+# over HTTP on 127.0.0.1:PORT (default 5001) with `mlflow models serve` in this environment:
+# make serve MODEL=models:/recog@champion PORT=5001; then POST {"inputs": <uint8 [N, H, W, 3]>} to /invocations.
+SERVE_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),5001)
+serve: install
+	@model="$(MODEL)"; if [ -z "$$model" ]; then 		state=$$(ls -td $(OUTPUTS)/runs/*/best_model/state.json 2>/dev/null | head -n 1); 		run_id=$$([ -n "$$state" ] && $(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("mlflow_run_id") or "")' "$$state"); 		if [ -z "$$run_id" ]; then echo "no tracked run under $(OUTPUTS)/runs: run make train first, or pass MODEL=models:/<name>@<alias>" >&2; exit 2; fi; 		model="runs:/$$run_id/model"; fi; 	echo "serving $$model on http://127.0.0.1:$(SERVE_PORT)/invocations"; 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(OUTPUTS))/mlflow.db}" 		$(BIN)/mlflow models serve --env-manager local -m "$$model" -h 127.0.0.1 -p $(SERVE_PORT)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     from recog.data.loader import dataset_options, to_device
     from recog.errors import RecogError
     from recog.optim import build_optimizer
-    from recog.stages.train import StepRunner, TrainNet
+    from recog.training.step import StepRunner, TrainNet
     from recog.training.compile import configure_step, resolve_step_mode
     from recog.utils.runtime import seed_everything, select_device
 
@@ -199,7 +199,8 @@ def main(argv=None) -> int:
         model, loss_fn = new_model()
         copy_weights(reference, model)
         optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
-        runner = StepRunner(TrainNet(model, loss_fn), skip_nonfinite=True)  # a NaN must not end the benchmark
+        runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule,
+                            skip_nonfinite=True)  # a NaN must not end the benchmark
         trainer = cfg.trainer.copy()
         trainer.compile, trainer.onednn = compile_, onednn
         mode = configure_step(runner, trainer)
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
         def step_alone():
             images, batch_labels = in_memory[position[0] % len(in_memory)]
             position[0] += 1
-            runner(to_device(images), to_device(batch_labels), optimizer, schedule)
+            runner(to_device(images), to_device(batch_labels))
 
         # A compiled step: step 1 runs in dygraph (label checks), step 2 translates; neither is timed.
         step_rates[mode] = timed(args.steps, step_alone, warmup=max(args.warmup, 3 if mode.compile else 0))
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
 
     def step_in_loop():
         images, batch_labels = next(stream)
-        runner(to_device(images), to_device(batch_labels), optimizer, schedule)
+        runner(to_device(images), to_device(batch_labels))
 
     loop_rate = timed(args.steps, step_in_loop)
     eval_seconds, checkpoint_seconds = epoch_overheads(cfg, splits, model, loss_fn, optimizer, dataset_options)
@@ -300,7 +301,7 @@ def main(argv=None) -> int:
 def epoch_overheads(cfg, splits, model, loss_fn, optimizer, dataset_options):
     """Seconds of one eval (as ``stage=train`` runs it after an epoch) and of one ``checkpoints/last``
     write (weights, optimizer, state), into a temporary directory."""
-    from recog.stages.evaluate import Evaluator
+    from recog.evaluation import Evaluator
     from recog.utils import checkpoint
 
     with tempfile.TemporaryDirectory() as run_dir:
@@ -359,8 +360,8 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
         if mode == default_mode:
             default_name = name
 
-        def step(images, batch_labels, runner=runner, optimizer=optimizer, schedule=schedule):
-            return runner(images, batch_labels, optimizer, schedule)["loss"]
+        def step(images, batch_labels, runner=runner):
+            return runner(images, batch_labels)["loss"]
         contenders[name] = step
 
     # The same 3 batches from the same weights; dropout reseeded identically before each step.

@@ -1,5 +1,8 @@
 """Write an export directory from a trained ``RecModel`` and check it against the model.
 
+(Over 300 lines: writing, self-checking, the oneDNN probe and the replace-only-an-export rule are
+one transaction on one folder and read best together.)
+
 ``export_model`` is what ``stage=export`` runs after rebuilding the model; it works on any
 ``RecModel`` (``scripts/bench_predict.py`` uses it on random weights).
 
@@ -34,10 +37,10 @@ import paddle
 from paddle import nn
 
 from recog.errors import ConfigError, RecogError
-from recog.inference.predictor import (FORMAT, FORMAT_VERSION, MODEL_FILE, ONEDNN_MODES, ONNX_FILE, PARAMS_FILE,
-                                       PREPROCESS_FILE, REPORT_FILE, ExportedModel)
+from recog.inference.predictor import (FORMAT, FORMAT_VERSION, MANIFEST_KIND, MODEL_FILE, ONEDNN_MODES, ONNX_FILE,
+                                       PARAMS_FILE, PREPROCESS_FILE, REPORT_FILE, ExportedModel)
 from recog.models.rec_model import RecModel
-from recog.utils import atomic
+from recog.utils import atomic, manifest
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +151,13 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
         if cpu_onednn == "auto" and mode != ONEDNN_MODES[0]:
             log.info("CPU predictor: oneDNN mode %r for this model (%s)", mode,
                         "; ".join(f"{k}: {v}" for k, v in attempts.items()))
+        manifest.write_manifest(tmp, MANIFEST_KIND)  # the check below loads the folder as a user would
         report["max_abs_diff"] = _compare(tmp, check_images, reference, device, onnx)
         report["export_seconds"] = round(time.perf_counter() - started, 3)
         failed = {k: v for k, v in report["max_abs_diff"].items() if not v < tolerance}
         report["passed"] = not failed
         _write_json(tmp / REPORT_FILE, report)
+        manifest.write_manifest(tmp, MANIFEST_KIND)  # last: lists every file of the export
         for name, diff in report["max_abs_diff"].items():
             log.info("export check: max |dygraph - %s| = %.3g on %d images (%s; tolerance %.1g)", name, diff,
                      len(check_images), check_source, tolerance)
@@ -310,13 +315,48 @@ def _versions(onnx: bool) -> Dict[str, str]:
     return versions
 
 
+EXPORT_FILES = (MODEL_FILE, PARAMS_FILE, PREPROCESS_FILE, REPORT_FILE, ONNX_FILE, manifest.MANIFEST_FILE)
+
+
 def check_replaceable(output_dir: Path) -> None:
-    """``ConfigError`` unless ``output_dir`` is new, empty or an earlier export (safe to replace)."""
+    """``ConfigError`` unless ``output_dir`` is new, empty or an earlier recog export holding
+    nothing else: replacing it must not delete a file of the user's.
+
+    An earlier export is recognised by its ``manifest.json`` (kind ``export``; every file in the
+    folder listed in it); one written before manifests existed by holding only the files an export
+    writes, with a ``preprocess.json`` of format ``recog-export``.
+    """
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir())
-                                                            and not (output_dir / PREPROCESS_FILE).is_file())):
-        raise ConfigError(f"export.output_dir={output_dir} exists and is not an earlier export "
-                          f"(no {PREPROCESS_FILE}): refusing to replace it; choose an empty or new directory")
+    if not output_dir.exists() and not output_dir.is_symlink():
+        return
+    refuse = (f"export.output_dir={output_dir} exists and is not a recog export ({{}}): refusing to write into it "
+              "(nothing there was changed); choose a new or empty directory, or move those files away")
+    if output_dir.is_symlink() or not output_dir.is_dir():
+        raise ConfigError(refuse.format("not a directory"))
+    entries = sorted(p.name for p in output_dir.iterdir())
+    if not entries:
+        return
+    if manifest.MANIFEST_FILE in entries:
+        try:
+            found = manifest.read_manifest(output_dir, MANIFEST_KIND, "export")
+        except RecogError as error:
+            raise ConfigError(refuse.format(f"its {manifest.MANIFEST_FILE} is not an export's: {error}")) from None
+        others = manifest.unlisted_files(output_dir, found)
+        others += [p.name for p in output_dir.iterdir() if p.is_dir() and not any(p.iterdir())]
+        if others:
+            raise ConfigError(refuse.format(f"it holds files its {manifest.MANIFEST_FILE} does not list: "
+                                            f"{', '.join(others[:5])}"))
+        return
+    others = [name for name in entries if name not in EXPORT_FILES or not (output_dir / name).is_file()]
+    if others:
+        raise ConfigError(refuse.format(f"no {manifest.MANIFEST_FILE}, and files an export does not write: "
+                                        f"{', '.join(others[:5])}"))
+    try:
+        legacy = json.loads((output_dir / PREPROCESS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        legacy = None
+    if not (isinstance(legacy, dict) and legacy.get("format") == FORMAT):
+        raise ConfigError(refuse.format(f"no {manifest.MANIFEST_FILE}, and no {PREPROCESS_FILE} of format {FORMAT}"))
 
 
 def _write_json(path: Path, data: Dict[str, Any]) -> None:

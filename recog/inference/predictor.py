@@ -6,6 +6,11 @@ An export directory holds::
     preprocess.json                       how images must be prepared, and what the output is
     export_report.json                    the export's self-check (feature differences vs the trained model)
     model.onnx                            the same model in ONNX, with export.onnx=true
+    manifest.json                         size and SHA-256 of every file above (recog.utils.manifest)
+
+Loading verifies every file against ``manifest.json`` first: a missing, truncated or altered file
+is an ``IntegrityError`` naming it (never features from damaged weights); ``preprocess.json``'s
+fields are type-checked. An export without a manifest (older recog) loads with a warning.
 
 Typical use::
 
@@ -32,6 +37,8 @@ import numpy as np
 
 from recog.data.transforms import build_transform
 from recog.errors import ConfigError, RecogError
+from recog.utils import manifest
+from recog.utils.manifest import IntegrityError
 
 MODEL_FILE, PARAMS_FILE = "inference.json", "inference.pdiparams"
 PREPROCESS_FILE, REPORT_FILE, ONNX_FILE = "preprocess.json", "export_report.json", "model.onnx"
@@ -41,6 +48,12 @@ FORMAT, FORMAT_VERSION = "recog-export", 1
 # norm without affine parameters, as BNNeck's, or nearest upsampling, as FPN's) or "off". The export
 # stage records the fastest mode that reproduces the model on this machine.
 ONEDNN_MODES = ("full", "no_placement", "off")
+MANIFEST_KIND = "export"
+# preprocess.json: the fields recog reads back and their JSON types (None: null allowed).
+PREPROCESS_FIELDS = {"format": str, "format_version": int, "image_size": int, "mean": list, "std": list,
+                     "feature_dim": int, "normalize": bool, "binarize": (str, None), "runtime": (dict, None),
+                     "files": (dict, None), "mlflow_run_id": (str, None)}
+BINARIZE_METHODS = ("sign", "round")
 
 EXPORT_CONTENTS = (f"an export directory (written by `python run.py stage=export model_path=<run>/best_model`) "
                    f"holds {MODEL_FILE} and {PARAMS_FILE} (the Paddle inference model), {PREPROCESS_FILE} "
@@ -48,30 +61,67 @@ EXPORT_CONTENTS = (f"an export directory (written by `python run.py stage=export
                    f"export.onnx=true")
 
 
-def load_preprocess(model_dir: Union[str, Path]) -> Dict[str, Any]:
-    """The parsed ``preprocess.json`` of an export directory; ``RecogError`` if it is not an export."""
+def load_preprocess(model_dir: Union[str, Path], verify: bool = True) -> Dict[str, Any]:
+    """The parsed, type-checked ``preprocess.json`` of an export directory; ``RecogError`` if it is
+    not an export, ``IntegrityError`` if a file differs from ``manifest.json`` (``verify``: every
+    file is checked, else only ``preprocess.json``)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise RecogError(f"{model_dir} is not a directory: expected an export directory; {EXPORT_CONTENTS}")
+    has_manifest = (model_dir / manifest.MANIFEST_FILE).is_file()
     missing = [name for name in (MODEL_FILE, PARAMS_FILE, PREPROCESS_FILE) if not (model_dir / name).is_file()]
-    if missing:
+    if missing and not has_manifest:
         hint = ""
         if (model_dir / "model.safetensors").is_file():
             hint = f" ({model_dir} looks like a trained model: export it first with stage=export model_path={model_dir})"
         raise RecogError(f"{model_dir} is not a recog export: missing {', '.join(missing)}{hint}; {EXPORT_CONTENTS}")
+    if verify:
+        manifest.verify(model_dir, MANIFEST_KIND, "export", required=(MODEL_FILE, PARAMS_FILE, PREPROCESS_FILE))
+    else:
+        manifest.check_file(model_dir, PREPROCESS_FILE, MANIFEST_KIND, "export")
+    path = model_dir / PREPROCESS_FILE
     try:
-        preprocess = json.loads((model_dir / PREPROCESS_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise RecogError(f"cannot read {model_dir / PREPROCESS_FILE}: {error}") from None
-    required = ("image_size", "mean", "std", "feature_dim", "normalize")
+        preprocess = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise IntegrityError(f"cannot read {path}: {error}; export the model again") from None
+    required = ("format", "image_size", "mean", "std", "feature_dim", "normalize")
     absent = [key for key in required if key not in preprocess] if isinstance(preprocess, dict) else list(required)
-    if absent or preprocess.get("format") != FORMAT:
-        raise RecogError(f"{model_dir / PREPROCESS_FILE} is not a recog export description (format "
-                         f"{FORMAT!r} with {', '.join(required)}); missing: {', '.join(absent) or 'format'}")
+    if absent:
+        raise RecogError(f"{path} is not a recog export description (format {FORMAT!r} with {', '.join(required)}); "
+                         f"missing: {', '.join(absent)}")
+    manifest.check_fields(path, preprocess, PREPROCESS_FIELDS, required=required)
+    if preprocess["format"] != FORMAT:
+        raise RecogError(f"{path} is not a recog export description (format {preprocess['format']!r}, "
+                         f"expected {FORMAT!r})")
     if preprocess.get("format_version", 0) > FORMAT_VERSION:
         raise RecogError(f"{model_dir} was exported by a newer recog (format version "
                          f"{preprocess['format_version']} > {FORMAT_VERSION}): update recog to load it")
+    _check_values(path, preprocess)
     return preprocess
+
+
+def _check_values(path: Path, preprocess: Dict[str, Any]) -> None:
+    """Ranges and element types of ``preprocess.json``'s fields (their JSON types are checked already)."""
+    def bad(key: str, expected: str):
+        return IntegrityError(f"{path}: {key} must be {expected}, got {json.dumps(preprocess.get(key))[:80]}; "
+                              "export the model again")
+
+    if preprocess["image_size"] < 1:
+        raise bad("image_size", "a positive integer")
+    if preprocess["feature_dim"] < 1:
+        raise bad("feature_dim", "a positive integer")
+    for key in ("mean", "std"):
+        values = preprocess[key]
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise bad(key, "a list of 3 numbers (R, G, B)")
+    if not all(v > 0 for v in preprocess["std"]):
+        raise bad("std", "3 positive numbers")
+    if preprocess.get("binarize") not in (None, *BINARIZE_METHODS):
+        raise bad("binarize", f"null or one of {', '.join(BINARIZE_METHODS)}")
+    onednn = (preprocess.get("runtime") or {}).get("cpu_onednn", ONEDNN_MODES[0])
+    if onednn not in ONEDNN_MODES:
+        raise IntegrityError(f"{path}: runtime.cpu_onednn must be one of {', '.join(ONEDNN_MODES)}, got "
+                             f"{json.dumps(onednn)[:60]}; export the model again")
 
 
 def preprocess_image(image: np.ndarray, preprocess: Union[Mapping[str, Any], "ExportedModel"]) -> np.ndarray:

@@ -14,21 +14,23 @@ def run_stage(cfg: DictConfig, run_dir: Path):
 
     An unreachable tracking server stops the stage before any work (``mlflow.required``). Inside
     a sweep, a job that fails is recorded as a FAILED MLflow run even when it failed before its
-    stage started one (see recog/tracking/sweep.py).
+    stage started one (``record_failed_job``; the runs the stage started are collected while it
+    runs, ``recog.tracking.collect_runs``).
     """
     from recog.stages import evaluate, export, predict, train
-    from recog.tracking import MlflowTracker, check_reachable
-    from recog.tracking.sweep import in_multirun, record_failed_job
+    from recog.tracking import check_reachable, collect_runs
+    from recog.tracking.mlflow_tracker import record_failed_job
+    from recog.tracking.sweep_job import in_multirun
 
     stages: Dict[Stage, Callable] = {Stage.train: train.run, Stage.eval: evaluate.run, Stage.export: export.run,
                                      Stage.predict: predict.run}
     check_reachable(cfg)
-    started = len(MlflowTracker.started_run_ids)
-    try:
-        return stages[Stage(cfg.stage)](cfg, run_dir)
-    except TrainingInterrupted:
-        raise
-    except Exception as error:
-        if in_multirun():
-            record_failed_job(cfg, error, MlflowTracker.started_run_ids[started:], run_dir)
-        raise
+    with collect_runs() as started:
+        try:
+            return stages[Stage(cfg.stage)](cfg, run_dir)
+        except TrainingInterrupted:
+            raise
+        except Exception as error:
+            if in_multirun():
+                record_failed_job(cfg, error, started, run_dir)
+            raise

@@ -12,8 +12,14 @@ into ``<run>/export`` (``export.output_dir``)::
 The export is checked on up to ``export.check_images`` images of the configured dataset's eval
 split (random input if no dataset can be read) and the stage fails if any runtime differs from
 the dygraph features by ``export.tolerance`` or more. The folder is logged as artifact ``export/``
-of the training run (found through ``state.json``'s ``mlflow_run_id``) without touching that run's
+and as the MLflow Model ``model`` (``runs:/<run id>/model``, recog/tracking/mlflow_model.py) of the
+training run (found through ``state.json``'s ``mlflow_run_id``) without touching that run's
 status, or, if the tracking store does not hold that run, of a new run tagged ``recog.stage=export``.
+``manifest.json`` (size and SHA-256 of every file) is written last; loading verifies it. An
+existing ``output_dir`` is replaced only if it is an earlier recog export holding nothing else.
+
+``stage=train`` runs the same export of its best model at its end (``export_after_training``)
+unless ``export.after_train=false``.
 Load it with ``recog.inference.ExportedModel``. The folder is written beside ``output_dir`` and
 swapped in whole (``recog.utils.atomic``): a failed, killed or disk-full export leaves the
 previous export as it was (disk full / permission denied: ``StorageError``, exit code 2).
@@ -25,7 +31,7 @@ probed in a child process; or ``full`` / ``no_placement`` / ``off`` without prob
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from omegaconf import DictConfig
@@ -36,7 +42,7 @@ from recog.errors import ConfigError, RecogError
 from recog.inference.export import check_replaceable, export_model
 from recog.tracking import MlflowTracker
 from recog.utils import checkpoint
-from recog.utils.runtime import seed_everything, select_device
+from recog.utils.runtime import is_main_process, seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +50,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
     """Export ``cfg.model_path``; returns the check report (plus ``output_dir``)."""
     model_path = check_model_path(cfg.model_path)
-    export_cfg = cfg.export
-    if export_cfg.check_images < 1:
-        raise ConfigError(f"export.check_images must be at least 1, got {export_cfg.check_images}")
-    if not export_cfg.tolerance > 0:
-        raise ConfigError(f"export.tolerance must be positive, got {export_cfg.tolerance}")
-    output_dir = Path(export_cfg.output_dir) if export_cfg.output_dir else model_path.parent / "export"
+    check_options(cfg.export)
+    output_dir = Path(cfg.export.output_dir) if cfg.export.output_dir else model_path.parent / "export"
     check_replaceable(output_dir)  # before any work: never overwrite a folder that is not an export
-    device = select_device(cfg.trainer.device)
-    seed_everything(cfg.seed)
-    trained_cfg = checkpoint.load_config(model_path)
-    model = build_model(trained_cfg)
-    checkpoint.load_model_weights(model_path, model)
-    model.eval()
-    images, source = check_batch(cfg, trained_cfg)
-
-    state = checkpoint.load_state(model_path) if (model_path / checkpoint.STATE_FILE).is_file() else {}
+    state = checkpoint.load_state(model_path, required=()) if (model_path / checkpoint.STATE_FILE).is_file() else {}
     train_run_id = state.get("mlflow_run_id")
     if MlflowTracker.run_exists(cfg, train_run_id):
         tracker = MlflowTracker(cfg, stage="export", run_id=train_run_id, keep_status=True)
@@ -69,21 +63,61 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
         if train_run_id and tracker.active:
             log.info("the training run %s is not in %s: logging the export as a new run", train_run_id, tracker.uri)
     try:
-        report = export_model(model, trained_cfg, output_dir, images, check_source=source, model_path=str(model_path),
-                              onnx=export_cfg.onnx, opset_version=export_cfg.opset_version,
-                              tolerance=export_cfg.tolerance, device=device, cpu_onednn=export_cfg.cpu_onednn,
-                              extra={"mlflow_run_id": tracker.run_id})
-        tracker.log_artifact(output_dir, "export")
-        tracker.set_tag("recog.export_dir", str(output_dir.resolve()))
-        if not tracker.keep_status:  # a run of its own: the check numbers as metrics too
-            tracker.log_metrics({f"export_max_abs_diff_{k}": v for k, v in report["max_abs_diff"].items()}, step=0)
+        report = export_and_log(cfg, model_path, output_dir, tracker, train_run_id)
     except BaseException:
         tracker.finish("FAILED")  # a no-op on the training run: its status stays as it was
         raise
     tracker.finish()
-    log.info("exported %s to %s: features [N, %d]%s; %s", model_path, output_dir.resolve(),
-             int(model.embedding_size), " + model.onnx" if export_cfg.onnx else "", tracker.describe())
+    log.info("exported %s to %s: features [N, %d]%s; %s", model_path, output_dir.resolve(), report["feature_dim"],
+             " + model.onnx" if cfg.export.onnx else "", tracker.describe())
     return dict(report, output_dir=str(output_dir.resolve()))
+
+
+def export_after_training(cfg: DictConfig, run_dir, tracker: MlflowTracker) -> Optional[Dict[str, Any]]:
+    """The end of ``stage=train``: export ``<run>/best_model`` into ``<run>/export`` (or
+    ``export.output_dir``) and log it to the training run, as artifact ``export/`` and as the
+    run's MLflow Model ``model``. Skipped (None) with ``export.after_train=false``, without a best
+    model, and on ranks other than 0."""
+    model_path = Path(run_dir) / "best_model"
+    if not cfg.export.after_train or not is_main_process() or not checkpoint.has_checkpoint(model_path):
+        return None
+    check_options(cfg.export)
+    output_dir = Path(cfg.export.output_dir) if cfg.export.output_dir else Path(run_dir) / "export"
+    check_replaceable(output_dir)
+    report = export_and_log(cfg, model_path, output_dir, tracker, tracker.run_id)
+    log.info("exported the best model to %s (export.after_train=false skips this)", output_dir.resolve())
+    return report
+
+
+def export_and_log(cfg: DictConfig, model_path: Path, output_dir: Path, tracker: MlflowTracker,
+                   train_run_id: Optional[str]) -> Dict[str, Any]:
+    """Rebuild the model of ``model_path``, export it into ``output_dir`` (checked), and log the
+    folder to ``tracker``'s run: artifact ``export/`` and the MLflow Model ``model``."""
+    export_cfg = cfg.export
+    device = select_device(cfg.trainer.device)
+    seed_everything(cfg.seed)
+    trained_cfg = checkpoint.load_config(model_path, trusted_targets=cfg.trusted_targets)
+    model = build_model(trained_cfg)
+    checkpoint.load_model_weights(model_path, model)
+    model.eval()
+    images, source = check_batch(cfg, trained_cfg)
+    report = export_model(model, trained_cfg, output_dir, images, check_source=source, model_path=str(model_path),
+                          onnx=export_cfg.onnx, opset_version=export_cfg.opset_version,
+                          tolerance=export_cfg.tolerance, device=device, cpu_onednn=export_cfg.cpu_onednn,
+                          extra={"mlflow_run_id": tracker.run_id, "train_run_id": train_run_id})
+    tracker.log_artifact(output_dir, "export")
+    tracker.set_tag("recog.export_dir", str(output_dir.resolve()))
+    tracker.log_model(output_dir)
+    if not tracker.keep_status and tracker.stage == "export":  # a run of its own: the check numbers too
+        tracker.log_metrics({f"export_max_abs_diff_{k}": v for k, v in report["max_abs_diff"].items()}, step=0)
+    return dict(report, feature_dim=int(model.embedding_size))
+
+
+def check_options(export_cfg) -> None:
+    if export_cfg.check_images < 1:
+        raise ConfigError(f"export.check_images must be at least 1, got {export_cfg.check_images}")
+    if not export_cfg.tolerance > 0:
+        raise ConfigError(f"export.tolerance must be positive, got {export_cfg.tolerance}")
 
 
 def check_model_path(model_path) -> Path:

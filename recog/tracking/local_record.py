@@ -10,7 +10,9 @@
     {"op": "log_artifact", "path": "/abs/file/or/dir", "artifact_path": null | "best_model"}
     {"op": "update_run", "status": "RUNNING"}      (a resumed run reopened)
     {"op": "set_terminated", "status": "FINISHED" | "FAILED" | "KILLED", "end_time": ms}
-    {"op": "register_model", "name": ..., "artifact": "best_model" | "export"}
+    {"op": "log_inputs", "dataset": {"name": ..., "digest": ..., "source": ..., "context": ...}}
+    {"op": "log_model", "path": "/abs/export/dir"}  (the export as the run's MLflow Model)
+    {"op": "register_model", "name": ..., "alias": null | "champion"}
 
 ``replay`` sends them to MLflow in order. Its progress (lines done, the run id created for a
 ``create_run``) is kept in ``mlflow_pending.progress.json``, so a replay that fails half-way
@@ -105,7 +107,10 @@ def _create_run(client, call: Dict[str, Any]) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        experiment_id = client.create_experiment(call["experiment_name"], artifact_location=call.get("artifact_location"))
+        from recog.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+        experiment_id = client.create_experiment(call["experiment_name"], artifact_location=call.get("artifact_location"),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     run = client.create_run(experiment_id, start_time=call.get("start_time"), tags=call.get("tags") or {},
                             run_name=call.get("run_name"))
     return run.info.run_id
@@ -135,10 +140,18 @@ def _apply(client, run_id: str, call: Dict[str, Any]) -> None:
         client.set_terminated(run_id, status=call["status"], end_time=call.get("end_time"))
     elif op == "update_run":
         client.update_run(run_id, status=call["status"])
-    elif op == "register_model":
-        from recog.tracking.registry import register_run_artifact
+    elif op == "log_inputs":
+        from recog.tracking.datasets import dataset_input
 
-        register_run_artifact(client, run_id, call["name"], call["artifact"])
+        client.log_inputs(run_id, datasets=[dataset_input(call["dataset"])])
+    elif op == "log_model":
+        from recog.tracking.mlflow_model import log_model
+
+        log_model(client.tracking_uri, run_id, call["path"])
+    elif op == "register_model":
+        from recog.tracking.registry import register_run_model
+
+        register_run_model(client, run_id, call["name"], call.get("alias"))
     else:
         raise ConfigError(f"unknown MLflow call {op!r} in {RECORD_FILE}")
 

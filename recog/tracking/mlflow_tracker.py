@@ -1,5 +1,11 @@
 """One MLflow run per stage invocation, written by the main process only.
 
+A run is named by its stage and what differs (``train pplcnet x1.0 arcmargin 14:03``; ``eval <the
+training run's name>``), logs its dataset as an MLflow dataset input (recog/tracking/datasets.py)
+and, once the run has an export, the export as its MLflow Model ``model``
+(recog/tracking/mlflow_model.py). Eval, export and predict runs link to the training run whose
+model they used: tag ``recog.train_run_id`` and a link in the run's description.
+
 When the tracking store cannot be reached:
 
 * at start (the run cannot be created or reopened): with ``mlflow.required=true`` (default) a
@@ -11,108 +17,47 @@ When the tracking store cannot be reached:
   again, and ``python scripts/replay_mlflow.py <run dir>`` sends them afterwards
   (see recog/tracking/local_record.py). Files stay in the run dir as usual.
 
-HTTP stores are tried ``mlflow.request_retries`` extra times with ``mlflow.request_timeout``
-seconds per request (MLflow's own defaults, 7 retries and 120 s, stall a run for minutes), unless
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are exported.
+Store settings (URI, request retries and timeout, the experiment) live in recog/tracking/store.py.
 """
 
+import contextlib
+import contextvars
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from recog.errors import ConfigError
-from recog.tracking import sweep
+from recog.errors import ConfigError, RecogError
+from recog.tracking import sweep_job
 from recog.tracking.local_record import LocalRecord, record_path
+from recog.tracking.naming import default_run_name, training_run_id, training_run_link
+from recog.tracking.store import (apply_request_settings, artifact_location, check_reachable, experiment_id,
+                                  short_error, tracking_errors, tracking_uri, unreachable_message)
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
 
-_RETRIES_ENV, _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
-_EXPORTED = {name for name in (_RETRIES_ENV, _TIMEOUT_ENV) if name in os.environ}
+__all__ = ["MlflowTracker", "check_reachable", "collect_runs", "default_run_name", "flatten_config",
+           "record_failed_job", "tracking_uri"]
+
+# The runs created while ``collect_runs`` is active (None outside): how ``run_stage`` finds the run
+# of a sweep job that failed. Scoped to the ``with`` block (and its thread / context), not a global list.
+_STARTED: contextvars.ContextVar = contextvars.ContextVar("recog_started_runs", default=None)
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    """``mlflow.tracking_uri``, or the embedded SQLite store ``<paths.output_root>/mlflow.db``."""
-    if cfg.mlflow.tracking_uri:
-        return str(cfg.mlflow.tracking_uri)
-    root = Path(cfg.paths.output_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def apply_request_settings(mlflow_cfg) -> None:
-    """HTTP retries and timeout from the config, unless the user exported MLflow's variables."""
-    _quiet_library_logs()
-    for name, value in ((_RETRIES_ENV, mlflow_cfg.request_retries), (_TIMEOUT_ENV, mlflow_cfg.request_timeout)):
-        if name not in _EXPORTED:
-            os.environ[name] = str(int(value))
-
-
-def tracking_errors() -> tuple:
-    """Exceptions that mean "the tracking store failed", as opposed to a bug in recog."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    return MlflowException, requests.RequestException, OSError
-
-
-def unreachable_message(uri: str, error: Exception) -> str:
-    return (f"MLflow tracking store {uri} cannot be reached ({short_error(error)}). Start it or fix "
-            "mlflow.tracking_uri; or run without tracking (mlflow.enabled=false); or pass mlflow.required=false "
-            "to go on regardless: the run's MLflow calls are then kept in <run dir>/mlflow_pending.jsonl and "
-            "`python scripts/replay_mlflow.py <run dir>` sends them once the store is back")
-
-
-def check_reachable(cfg: DictConfig) -> None:
-    """Fail fast, before a stage does any work, when ``mlflow.required`` and the tracking server
-    (an http(s) URI) does not answer; ``ConfigError`` says what to do."""
-    if not (cfg.mlflow.enabled and cfg.mlflow.required and is_main_process()):
-        return
-    uri = tracking_uri(cfg)
-    if not uri.startswith(("http://", "https://")):
-        return
-    from mlflow.tracking import MlflowClient
-
-    apply_request_settings(cfg.mlflow)
+@contextlib.contextmanager
+def collect_runs() -> Iterator[List[Optional[str]]]:
+    """``with collect_runs() as started:``: ``started`` receives the id of every run a tracker creates
+    inside the block (None for a run kept only in the local record), in order."""
+    started: List[Optional[str]] = []
+    token = _STARTED.set(started)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except tracking_errors() as error:
-        raise ConfigError(unreachable_message(uri, error)) from None
-
-
-def short_error(error: Exception) -> str:
-    """The gist of an MLflow / requests error: its first line, at most 300 characters."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def experiment_id(client, cfg: DictConfig, uri: str) -> str:
-    """``mlflow.experiment_name``'s id, creating the experiment (artifacts beside an embedded store)."""
-    name = cfg.mlflow.experiment_name
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(cfg, uri))
-
-
-def artifact_location(cfg: DictConfig, uri: str) -> Optional[str]:
-    if uri.startswith("sqlite:"):  # keep artifacts beside the embedded database
-        return (Path(cfg.paths.output_root).resolve() / "mlartifacts").as_uri()
-    return None
-
-
-def default_run_name(cfg: DictConfig) -> str:
-    """e.g. ``pplcnet/fc/arcmargin/ce+triplet``, from the chosen config classes."""
-    def short(node) -> str:
-        if node is None:
-            return "none"
-        return str(node._target_).rsplit(".", 1)[-1].lower().replace("config", "")
-    loss = "+".join(cfg.loss.keys())
-    return f"{short(cfg.backbone)}/{short(cfg.neck)}/{short(cfg.head)}/{loss}"
+        yield started
+    finally:
+        _STARTED.reset(token)
 
 
 def flatten_config(cfg: DictConfig) -> Dict[str, str]:
@@ -140,21 +85,23 @@ class MlflowTracker:
     of calls made while the store is unreachable.
 
     Inside a sweep (``run.py -m``) a new run is a child of the sweep's parent run (see
-    recog/tracking/sweep.py). With ``mlflow.register_best=true`` outside a sweep, a successful
-    ``finish`` registers the run's ``export/`` (or ``best_model/``) as a new version of
+    recog/tracking/sweep_job.py). With ``mlflow.register_best=true`` outside a sweep, a successful
+    ``finish`` registers the run's MLflow Model (``log_model``) as a new version of
     ``mlflow.model_name``.
+
+    ``train_run_id``: the training run whose model this run uses; for eval and predict runs it is
+    found by default in ``model_path``'s ``state.json`` / ``predict.model_dir``'s export report.
     """
 
-    # Runs created by this process, newest last (a sweep job that fails is matched to its run).
-    started_run_ids: List[Optional[str]] = []
-
     def __init__(self, cfg: DictConfig, stage: str, run_id: Optional[str] = None, keep_status: bool = False,
-                 run_dir=None):
+                 run_dir=None, train_run_id: Optional[str] = None):
         self.run_id: Optional[str] = None
         self.keep_status = bool(keep_status and run_id is not None)
         self.enabled = bool(cfg.mlflow.enabled and is_main_process())
         self.record: Optional[LocalRecord] = None
         self.logged_artifacts: List[str] = []  # artifact paths logged at the top level, e.g. best_model
+        self.logged_model = False  # whether log_model logged the run's MLflow Model
+        self.stage = stage
         if not self.enabled:
             return
         from mlflow.tracking import MlflowClient  # slow import: only where a run is logged
@@ -163,16 +110,22 @@ class MlflowTracker:
         self.uri = tracking_uri(cfg)
         self.client = MlflowClient(self.uri)
         self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
-        self.model_name = cfg.mlflow.model_name if cfg.mlflow.register_best and not sweep.in_sweep() else None
+        self.model_name = cfg.mlflow.model_name if cfg.mlflow.register_best and not sweep_job.in_sweep() else None
         if run_id is not None:
             self.run_id = run_id
             if not self.keep_status:
                 self._at_start(cfg, lambda: self.client.update_run(run_id, status="RUNNING"), "update_run",
                                status="RUNNING")
             return
-        name = " ".join(filter(None, [cfg.mlflow.run_name, sweep.child_run_name()])) or default_run_name(cfg)
+        if train_run_id is None and stage in ("eval", "predict"):
+            train_run_id = training_run_id(cfg, stage)
+        train_run = self._find_run(train_run_id)
+        name = (" ".join(filter(None, [cfg.mlflow.run_name, sweep_job.child_run_name()]))
+                or default_run_name(cfg, stage, train_run.info.run_name if train_run else None))
         tags = {"recog.stage": stage, "recog.omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-                **sweep.child_run_tags()}
+                **sweep_job.child_run_tags()}
+        if train_run is not None:
+            tags.update(training_run_link(train_run, stage))
         start_time = _now_ms()
 
         def create():
@@ -182,8 +135,44 @@ class MlflowTracker:
 
         self._at_start(cfg, create, "create_run", experiment_name=cfg.mlflow.experiment_name, run_name=name,
                        tags=tags, start_time=start_time, artifact_location=artifact_location(cfg, self.uri))
-        MlflowTracker.started_run_ids.append(self.run_id)
+        started = _STARTED.get()
+        if started is not None:
+            started.append(self.run_id)
         self.log_params(flatten_config(cfg))
+        self._log_dataset(cfg, stage)
+
+    def _find_run(self, run_id: Optional[str]):
+        """The run ``run_id`` in this store, or None (not given, deleted, or not there)."""
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except tracking_errors():
+            return None
+        return run if run.info.lifecycle_stage != "deleted" else None
+
+    def _log_dataset(self, cfg: DictConfig, stage: str) -> None:
+        from recog.tracking.datasets import dataset_input, dataset_record
+
+        try:
+            record = dataset_record(cfg, stage)
+        except (OSError, ValueError, RecogError) as error:  # never stop a stage for its dataset's digest
+            log.warning("could not describe the dataset for MLflow: %s", error)
+            return
+        if record is not None:
+            self._send(lambda: self.client.log_inputs(self.run_id, datasets=[dataset_input(record)]), "log_inputs",
+                       dataset=record)
+
+    def log_model(self, export_dir) -> None:
+        """Log ``export_dir`` (a verified recog export) as this run's MLflow Model ``model``
+        (``runs:/<run id>/model``, shown in the UI's Models column)."""
+        if not self.active:
+            return
+        from recog.tracking.mlflow_model import log_model
+
+        export_dir = Path(export_dir).resolve()
+        self._send(lambda: log_model(self.uri, self.run_id, export_dir), "log_model", path=str(export_dir))
+        self.logged_model = True
 
     @staticmethod
     def run_exists(cfg: DictConfig, run_id: Optional[str]) -> bool:
@@ -267,15 +256,14 @@ class MlflowTracker:
             self._register()
 
     def _register(self) -> None:
-        from recog.tracking.registry import ARTIFACTS, register_run_artifact
+        from recog.tracking.registry import register_run_model
 
-        artifact = next((name for name in ARTIFACTS if name in self.logged_artifacts), None)
-        if artifact is None:
-            log.warning("mlflow.register_best=true: this run logged neither %s, nothing to register",
-                        " nor ".join(ARTIFACTS))
+        if not self.logged_model:
+            log.warning("mlflow.register_best=true: this run logged no MLflow Model (export.after_train=false?), "
+                        "nothing to register; export it (stage=export) to register it")
             return
-        self._send(lambda: register_run_artifact(self.client, self.run_id, self.model_name, artifact),
-                   "register_model", name=self.model_name, artifact=artifact)
+        self._send(lambda: register_run_model(self.client, self.run_id, self.model_name), "register_model",
+                   name=self.model_name, alias=None)
 
     def describe(self) -> str:
         if not self.enabled:
@@ -326,9 +314,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _quiet_library_logs() -> None:
-    # The embedded store migrates its schema on first use and alembic logs every step at INFO.
-    for name in ("alembic", "alembic.runtime.migration"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # urllib3 warns on every retry of an unreachable server; the tracker reports the failure once.
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+def record_failed_job(cfg: DictConfig, error: Exception, started_run_ids: List[Optional[str]], run_dir) -> None:
+    """A sweep job that raised ``error``: its run gets the tag ``recog.error``; a job that failed
+    before its stage created a run gets a FAILED run of its own, so that every job of the sweep
+    is in MLflow. Never raises (the job's own error is the one to report)."""
+    if not cfg.mlflow.enabled:
+        return
+    message = short_error(error)
+    try:
+        run_id = started_run_ids[-1] if started_run_ids else None
+        if run_id is not None:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri(cfg)).set_tag(run_id, "recog.error", message)
+            return
+        if started_run_ids:
+            return  # the run only exists in the local record
+        tracker = MlflowTracker(cfg, stage=str(getattr(cfg.stage, "value", cfg.stage)), run_dir=run_dir)
+        tracker.set_tag("recog.error", message)
+        tracker.finish("FAILED")
+    except Exception as failure:  # noqa: BLE001
+        log.warning("could not record the failed job in MLflow: %s", short_error(failure))

@@ -9,6 +9,11 @@ A checkpoint is a directory::
                             train stage's checkpoints/last adds the step within the epoch, the
                             process count and every process's RNG state (exact resume)
     config.yaml             the resolved config that built the model
+    manifest.json           size and SHA-256 of each file above (``recog.utils.manifest``), written last
+
+Every loader below checks the file it reads against ``manifest.json`` first: a missing, truncated
+or altered file is an ``IntegrityError`` (a ``RecogError``) naming the file; ``state.json``'s
+fields are type-checked. A checkpoint without a manifest (older recog) loads with a warning.
 
 Written atomically as a whole (``recog.utils.atomic.replacing_dir``): every file goes into a
 temp directory ``.<name>.tmp-<pid>-<tag>`` beside the checkpoint, is fsync'ed, and the directory
@@ -23,7 +28,7 @@ reason, and leaves the previous checkpoint byte for byte as it was.
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -32,10 +37,17 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 
 from recog.errors import RecogError
-from recog.utils import atomic
+from recog.utils import atomic, manifest
+from recog.utils.manifest import IntegrityError
 
 MODEL_FILE, LOSS_FILE, OPTIMIZER_FILE = "model.safetensors", "loss.safetensors", "optimizer.safetensors"
 STATE_FILE, CONFIG_FILE = "state.json", "config.yaml"
+KIND, WHAT = "checkpoint", "checkpoint"
+# state.json: the fields recog reads back and their JSON types (None: null allowed).
+STATE_FIELDS = {"epoch": int, "step": int, "step_in_epoch": int, "best": (dict, None), "mlflow_run_id": (str, None),
+                "finished": bool, "world_size": int, "rng": (list, None), "optimizer": dict,
+                "grad_scaler": (dict, None), "skipped_steps": int}
+STATE_REQUIRED = ("epoch", "step")
 
 
 def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[str, Any],
@@ -59,6 +71,7 @@ def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[s
             state["optimizer"] = rest
         atomic.write_file(tmp / STATE_FILE, json.dumps(state, indent=2, default=_json_default))
         atomic.write_file(tmp / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        manifest.write_manifest(tmp, KIND)  # last: lists every file above
     return path
 
 
@@ -69,10 +82,12 @@ def has_checkpoint(path) -> bool:
 
 def load_model_weights(path, model: paddle.nn.Layer) -> None:
     """Load ``model.safetensors`` from a checkpoint directory; every parameter must match."""
-    file = atomic.readable_dir(path) / MODEL_FILE
-    if not file.is_file():
+    directory = atomic.readable_dir(path)
+    file = directory / MODEL_FILE
+    if not file.is_file() and not (directory / manifest.MANIFEST_FILE).is_file():
         raise RecogError(f"no model weights at {file}: expected a best_model/ or checkpoint directory")
-    weights = load_file(str(file))
+    manifest.check_file(directory, MODEL_FILE, KIND, WHAT)
+    weights = _load_tensors(file)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -83,32 +98,66 @@ def load_model_weights(path, model: paddle.nn.Layer) -> None:
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
 
 
-def load_state(path) -> Dict[str, Any]:
-    return json.loads((atomic.readable_dir(path) / STATE_FILE).read_text())
+def load_state(path, required=STATE_REQUIRED) -> Dict[str, Any]:
+    """``state.json``, verified against the manifest and type-checked (``IntegrityError`` otherwise);
+    ``required``: the fields the caller needs (default: those resuming needs)."""
+    directory = atomic.readable_dir(path)
+    manifest.check_file(directory, STATE_FILE, KIND, WHAT)
+    file = directory / STATE_FILE
+    try:
+        state = json.loads(file.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise IntegrityError(f"{file} is not valid JSON ({error}): the checkpoint is damaged; copy it again from "
+                             "where it came from, or use another checkpoint") from None
+    manifest.check_fields(file, state, STATE_FIELDS, required=required)
+    return state
 
 
-def load_config(path) -> DictConfig:
-    return OmegaConf.load(atomic.readable_dir(path) / CONFIG_FILE)
+def load_config(path, trusted_targets: Iterable[str] = (), searchpath: Optional[Sequence[str]] = None) -> DictConfig:
+    """The checked config a checkpoint was saved with: nothing it names is imported or run.
+
+    Every ``_target_`` must be a registered component of its group (``recog.config.trusted``);
+    ``trusted_targets``: the documented opt-in (``trusted_targets=[...]`` on the command line),
+    ``searchpath``: the ``hydra.searchpath`` whose yaml files register components (None: the
+    running job's). Raises ``ConfigError`` naming the file, the key and the value.
+    """
+    from recog.config.trusted import load_saved_config  # lazily: it pulls in the registry
+
+    directory = atomic.readable_dir(path)
+    manifest.check_file(directory, CONFIG_FILE, KIND, WHAT)
+    return load_saved_config(directory / CONFIG_FILE, trusted_targets, searchpath)
 
 
 def load_loss_state(path, loss: paddle.nn.Layer) -> None:
     """Restore a loss's own state (if it has one and the checkpoint saved it)."""
-    file = atomic.readable_dir(path) / LOSS_FILE
-    if loss.state_dict() and file.is_file():
-        loss.set_state_dict({k: paddle.to_tensor(v) for k, v in load_file(str(file)).items()})
+    directory = atomic.readable_dir(path)
+    if loss.state_dict() and manifest.check_file(directory, LOSS_FILE, KIND, WHAT, required=False):
+        loss.set_state_dict({k: paddle.to_tensor(v) for k, v in _load_tensors(directory / LOSS_FILE).items()})
 
 
 def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer,
                          loss: Optional[paddle.nn.Layer] = None) -> None:
     """Restore momentum buffers etc. saved by ``save_checkpoint`` for the same architecture."""
     structured_to_runtime = {v: k for k, v in _runtime_to_structured(model, loss).items()}
-    tensors = _rename_accumulators(load_file(str(atomic.readable_dir(path) / OPTIMIZER_FILE)), structured_to_runtime)
+    directory = atomic.readable_dir(path)
+    manifest.check_file(directory, OPTIMIZER_FILE, KIND, WHAT)
+    tensors = _rename_accumulators(_load_tensors(directory / OPTIMIZER_FILE), structured_to_runtime)
     with warnings.catch_warnings():
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
         # reports as unused before LinearWarmup restores it: a false alarm.
         warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
-        optimizer.set_state_dict({**load_state(path).get("optimizer", {}),
+        optimizer.set_state_dict({**load_state(path, required=("optimizer",))["optimizer"],
                                   **{k: paddle.to_tensor(v) for k, v in tensors.items()}})
+
+
+def _load_tensors(file: Path) -> Dict[str, np.ndarray]:
+    """A safetensors file; a damaged one (in a folder without a manifest) is an ``IntegrityError``."""
+    try:
+        return load_file(str(file))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise IntegrityError(f"{file} is not a readable safetensors file ({type(error).__name__}: {error}): the "
+                             "checkpoint is damaged; copy it again from where it came from, or use another "
+                             "checkpoint") from None
 
 
 def _runtime_to_structured(model: paddle.nn.Layer, loss: Optional[paddle.nn.Layer] = None) -> Dict[str, str]:

@@ -90,3 +90,41 @@ def is_main_process() -> bool:
     except Exception:  # pragma: no cover - distributed not initialised
         warnings.warn("could not read the distributed rank; assuming rank 0")
         return True
+
+
+def targets_subclass_of(node, module: str, name: str) -> bool:
+    """Whether the config ``node``'s ``_target_`` is the class ``module.name`` or a subclass of it
+    (e.g. a Hydra launcher or sweeper plugin); False when that plugin is not installed or the
+    target does not import. A real class check, not a look at the target's spelling."""
+    import importlib
+
+    target = str(node.get("_target_", "") or "") if node is not None else ""
+    if not target:
+        return False
+    try:
+        from hydra.utils import get_class
+
+        return issubclass(get_class(target), getattr(importlib.import_module(module), name))
+    except Exception:  # noqa: BLE001 - plugin missing or an unimportable target: not that plugin
+        return False
+
+
+def is_joblib_launcher(launcher_cfg) -> bool:
+    """``hydra.launcher`` is Hydra's joblib launcher plugin (or a subclass)."""
+    return targets_subclass_of(launcher_cfg, "hydra_plugins.hydra_joblib_launcher.joblib_launcher", "JoblibLauncher")
+
+
+def divide_threads_among_jobs(config) -> None:
+    """With the joblib launcher (a sweep's parallel jobs), each of its ``n_jobs`` worker processes
+    gets cores / n_jobs threads (``OMP_NUM_THREADS``, read by Paddle when a worker starts), unless
+    the user exported ``OMP_NUM_THREADS``: parallel jobs would otherwise each use every core."""
+    from recog import _runtime
+
+    if _runtime.OMP_NUM_THREADS_FROM_USER or not is_joblib_launcher(config.hydra.launcher):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(config.hydra.launcher.get("n_jobs") or -1)
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 all cores, -2 all but one
+    threads = max(1, cores // jobs)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    log.info("joblib launcher: %d parallel job(s), OMP_NUM_THREADS=%d each", jobs, threads)

@@ -18,7 +18,7 @@ from recog.inference import export as export_lib
 from recog.inference.export import onnx_features
 from recog.metrics import binarize
 from recog.stages import export, train
-from recog.stages.evaluate import extract_features
+from recog.evaluation import extract_features
 from recog.utils import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,9 +210,9 @@ def test_a_failed_check_keeps_the_previous_export_and_says_by_how_much(tmp_path,
     model_path, _, _ = _untrained_best_model(tmp_path)
     args = ["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}", "data.num_workers=0",
             "mlflow.enabled=false", "export.cpu_onednn=full", "export.check_images=3", *digits]
-    out = tmp_path / "run" / "export"  # an earlier export (only what marks one), to be kept
+    out = tmp_path / "run" / "export"  # an earlier export (as written before manifests), to be kept
     out.mkdir()
-    (out / "preprocess.json").write_text('{"earlier": true}')
+    (out / "preprocess.json").write_text('{"format": "recog-export", "earlier": true}')
     real = export_lib.dygraph_features
     monkeypatch.setattr(export_lib, "dygraph_features", lambda *a, **k: real(*a, **k) + 1e-3)
     with pytest.raises(RecogError, match=r"export\.tolerance=0\.0001") as error:
@@ -230,9 +230,42 @@ def test_output_dir_that_is_not_an_export_is_not_replaced(tmp_path):
     (keep / "notes.txt").write_text("mine")
     cfg = recog.compose(["stage=export", f"model_path={model_path}", f"export.output_dir={keep}",
                          f"paths.output_root={tmp_path}", "mlflow.enabled=false"])
-    with pytest.raises(ConfigError, match="not an earlier export"):
+    with pytest.raises(ConfigError, match="not a recog export .*notes.txt"):
         export.run(cfg, tmp_path / "job")
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
+    """Before manifests, a preprocess.json was enough for export to wipe the folder."""
+    model_path, _, _ = _untrained_best_model(tmp_path)
+    keep = tmp_path / "mine"
+    (keep / "sub").mkdir(parents=True)
+    files = {"preprocess.json": '{"format": "recog-export"}', "notes.txt": "mine", "sub/data.bin": "x"}
+    for name, text in files.items():
+        (keep / name).write_text(text)
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
+                             f"export.output_dir={keep}", f"paths.output_root={tmp_path}", "mlflow.enabled=false",
+                             f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert "is not a recog export" in output and "notes.txt" in output
+    assert {p.relative_to(keep).as_posix(): p.read_text() for p in keep.rglob("*") if p.is_file()} == files
+
+
+def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_path):
+    model_path, _, _ = _untrained_best_model(tmp_path)
+    out = tmp_path / "out"
+    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"export.output_dir={out}",
+                         f"paths.output_root={tmp_path}", "mlflow.enabled=false", "export.cpu_onednn=full"])
+    export.run(cfg, tmp_path / "job")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "export" and set(manifest["files"]) == {
+        "inference.json", "inference.pdiparams", "preprocess.json", "export_report.json"}
+    export.run(cfg, tmp_path / "job")  # an earlier export with nothing else: replaced
+    (out / "my_gallery.index").write_bytes(b"user data")
+    with pytest.raises(ConfigError, match="files its manifest.json does not list: my_gallery.index"):
+        export.run(cfg, tmp_path / "job")
+    assert (out / "my_gallery.index").read_bytes() == b"user data"
 
 
 def test_model_path_without_weights_is_a_config_error(tmp_path):

@@ -1,4 +1,4 @@
-"""Pieces of recog/tracking/sweep.py that need no sweep: thread division, the objective check."""
+"""Pieces of the sweep code that need no sweep: thread division (recog/utils/runtime.py), the objective check."""
 
 import os
 
@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 import recog
 from recog import _runtime
 from recog.errors import ConfigError
-from recog.tracking.sweep import check_objective, divide_threads_among_jobs
+from recog.tracking.sweep_job import check_objective
+from recog.utils.runtime import divide_threads_among_jobs
 
 
 def hydra_config(target: str, n_jobs: int):

@@ -14,7 +14,7 @@ import pytest
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
-from recog.stages.train import StepRunner, TrainNet
+from recog.training.step import StepRunner, TrainNet
 from recog.training.compile import CompiledForward, StepMode, configure_step, resolve_step_mode
 
 STEPS = 4
@@ -59,12 +59,12 @@ def _train(cfg, mode: StepMode, batches, extra_layer=None):
     params = [p for p in net.parameters() if not p.stop_gradient]
     optimizer = _RecordingMomentum(params, learning_rate=0.002, momentum=0.9, weight_decay=5e-4)
     schedule = paddle.optimizer.lr.StepDecay(0.002, step_size=1000)
-    runner = StepRunner(net)
+    runner = StepRunner(net, optimizer, schedule)
     if mode.compile:
         runner.forward = CompiledForward(net, mode)
     for i, (images, labels) in enumerate(batches):
         paddle.seed(100 + i)  # the same dropout masks in every mode
-        runner(images, labels, optimizer, schedule, step=i + 1)
+        runner(images, labels, step=i + 1)
     stats = [b.numpy() for b in model.buffers()]
     return [p.numpy() for p in params], stats, runner, optimizer
 
@@ -189,7 +189,7 @@ def test_switches_resolve_as_documented():
 def test_configure_step_sets_the_runner_from_the_config():
     cfg = _cfg("trainer.compile=true", "trainer.fused_finite_check=false")
     net = TrainNet(build_model(cfg, class_num=5), build_loss(cfg, class_num=5, embedding_size=16))
-    runner = StepRunner(net)
+    runner = StepRunner(net, None, None)  # configure_step reads neither optimizer nor schedule
     mode = configure_step(runner, cfg.trainer)
     assert mode.compile and isinstance(runner.forward, CompiledForward) and runner.forward.net is net
     assert runner.fused_finite_check is False

@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 import recog  # noqa: F401
-from recog.stages.train import StepRunner
+from recog.training.step import StepRunner
 from recog.training.finite import all_finite, all_finite_per_tensor
 
 
@@ -45,7 +45,7 @@ def test_fused_check_sees_a_non_finite_loss_with_finite_gradients():
 @pytest.mark.parametrize("fused", [True, False])
 def test_step_runner_flags_a_nan_gradient_with_either_check(fused):
     layer = paddle.nn.Linear(3, 2)
-    runner = StepRunner(layer)
+    runner = StepRunner(layer, None, None)  # read_flags uses neither optimizer nor schedule
     runner.fused_finite_check = fused
     loss = (layer(paddle.ones([4, 3])) ** 2).sum()
     loss.backward()

@@ -22,13 +22,13 @@ pytestmark = [
     # Paddle's LinearWarmup keeps its inner schedule's state in the same dict and then warns about it
     pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
 ]
-FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"}
+FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yaml", "manifest.json"}
 
 
 def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
     return compose(["backbone.scale=0.25", "backbone.dropout_prob=0.0", "data.image_size=32", "neck.embedding_size=8",
-                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "lr=warmup_cosine",
-                    "lr.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
+                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "scheduler=warmup_cosine",
+                    "scheduler.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
 
 
 def _model(cfg, seed):
@@ -60,7 +60,7 @@ def test_model_round_trip(tmp_path):
     expected = _state(saved)
     assert any(not np.array_equal(v, _state(other)[k]) for k, v in expected.items())
 
-    path = save_checkpoint(tmp_path / "ckpt", saved, cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "ckpt", saved, cfg, {"epoch": 1, "step": 0})
     assert path == tmp_path / "ckpt"
     load_model_weights(path, other)
     loaded = _state(other)
@@ -115,7 +115,7 @@ def test_optimizer_state_loads_into_a_model_built_later_in_the_same_process(tmp_
     cfg = _cfg(tmp_path)
     model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
     _train_step(model, loss_fn, optimizer, schedule)
-    save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0}, optimizer)
+    save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 0, "step": 0}, optimizer)
     _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
     uninterrupted = _state(model)
     model, loss_fn, optimizer, schedule = _fresh_process(cfg, 1)
@@ -174,7 +174,7 @@ def test_files_are_safetensors_not_pickle(tmp_path):
 
 def test_without_optimizer(tmp_path):
     cfg = _cfg(tmp_path)
-    path = save_checkpoint(tmp_path / "best_model", _model(cfg, 1), cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "best_model", _model(cfg, 1), cfg, {"epoch": 1, "step": 0})
     assert {f.name for f in path.iterdir()} == FILES - {"optimizer.safetensors"}
     assert "optimizer" not in checkpoint.load_state(path)
 
@@ -183,8 +183,8 @@ def test_saving_again_replaces_atomically(tmp_path):
     cfg = _cfg(tmp_path)
     first, second = _model(cfg, 1), _model(cfg, 2)
     parent = tmp_path / "run" / "checkpoints"
-    save_checkpoint(parent / "last", first, cfg, {"epoch": 1})
-    save_checkpoint(parent / "last", second, cfg, {"epoch": 2})
+    save_checkpoint(parent / "last", first, cfg, {"epoch": 1, "step": 0})
+    save_checkpoint(parent / "last", second, cfg, {"epoch": 2, "step": 0})
     assert os.listdir(parent) == ["last"]  # no temp or .old directories left behind
     assert {f.name for f in (parent / "last").iterdir()} == FILES - {"optimizer.safetensors"}
     assert checkpoint.load_state(parent / "last")["epoch"] == 2
@@ -196,7 +196,7 @@ def test_saving_again_replaces_atomically(tmp_path):
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     cfg = _cfg(tmp_path)
     model = _model(cfg, 1)
-    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1, "step": 0})
     before = {f.name: f.read_bytes() for f in path.iterdir()}
     with pytest.raises(TypeError):  # fails after the weights were written to the temp directory
         save_checkpoint(tmp_path / "last", _model(cfg, 2), cfg, {"epoch": 2, "bad": object()})
@@ -242,7 +242,7 @@ def test_killed_mid_swap_the_previous_checkpoint_is_read_and_put_back(tmp_path):
     cfg = _cfg(tmp_path)
     saved = _model(cfg, 1)
     parent = tmp_path / "checkpoints"
-    save_checkpoint(parent / "last", saved, cfg, {"epoch": 1})
+    save_checkpoint(parent / "last", saved, cfg, {"epoch": 1, "step": 0})
     # What a process killed between the two renames of the fallback swap leaves (no renameat2):
     # the previous version moved aside, and the new one unfinished in a temp directory.
     os.replace(parent / "last", parent / ".last.old")
@@ -253,13 +253,13 @@ def test_killed_mid_swap_the_previous_checkpoint_is_read_and_put_back(tmp_path):
     load_model_weights(parent / "last", loaded)
     for k, v in _state(saved).items():
         np.testing.assert_array_equal(_state(loaded)[k], v, err_msg=k)
-    save_checkpoint(parent / "last", _model(cfg, 3), cfg, {"epoch": 2})  # tidies up, then saves
+    save_checkpoint(parent / "last", _model(cfg, 3), cfg, {"epoch": 2, "step": 0})  # tidies up, then saves
     assert os.listdir(parent) == ["last"] and checkpoint.load_state(parent / "last")["epoch"] == 2
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
-    path = save_checkpoint(tmp_path / "last", _model(cfg, 1), cfg, {"epoch": 1})
+    path = save_checkpoint(tmp_path / "last", _model(cfg, 1), cfg, {"epoch": 1, "step": 0})
     before = {f.name: f.read_bytes() for f in path.iterdir()}
 
     def full(fd, data):
@@ -269,7 +269,108 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypa
     with pytest.raises(RecogError, match=rf"could not write the checkpoint {path}: No space left on device "
                                          r"\[ENOSPC\] at .*model\.safetensors; the previous checkpoint there "
                                          r"is unchanged"):
-        save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2})
+        save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2, "step": 0})
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last"]
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+
+
+# ---- integrity: manifest.json, tampering, legacy folders -------------------------------------
+def _saved(tmp_path, with_optimizer=True):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg, 1)
+    optimizer = build_optimizer(cfg, model.parameters(), 4)[0] if with_optimizer else None
+    path = save_checkpoint(tmp_path / "last", model, cfg, {"epoch": 1, "step": 4, "mlflow_run_id": None}, optimizer)
+    return path, cfg, model, optimizer
+
+
+def _load_everything(path, cfg):
+    """What resuming reads: the state, the weights, the optimizer, the config."""
+    state = checkpoint.load_state(path)
+    model = _model(cfg, 2)
+    load_model_weights(path, model)
+    optimizer = build_optimizer(cfg, model.parameters(), 4)[0]
+    load_optimizer_state(path, optimizer, model)
+    return state, checkpoint.load_config(path)
+
+
+def test_the_manifest_lists_every_file_with_size_and_sha256(tmp_path):
+    import hashlib
+
+    path, _, _, _ = _saved(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == "recog-manifest" and manifest["kind"] == "checkpoint"
+    assert manifest["format_version"] == 1 and manifest["recog_version"]
+    assert set(manifest["files"]) == FILES - {"manifest.json"}
+    for name, entry in manifest["files"].items():
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _truncate(file, count=64):
+    file.write_bytes(file.read_bytes()[:-count])
+
+
+def _alter(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("model.safetensors", _truncate, r"model.safetensors is truncated \(\d+ bytes, manifest.json says \d+\)"),
+    ("model.safetensors", _alter, "model.safetensors was altered"),
+    ("optimizer.safetensors", lambda f: f.unlink(), "optimizer.safetensors is missing"),
+    ("state.json", lambda f: f.write_text("{not json"), "state.json is truncated|state.json is longer|state.json was"),
+    ("state.json", lambda f: f.write_text("{}"), "state.json is truncated"),
+    ("config.yaml", _alter, "config.yaml was altered"),
+])
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, name, damage, message):
+    path, cfg, _, _ = _saved(tmp_path)
+    damage(path / name)
+    with pytest.raises(checkpoint.IntegrityError, match=message) as error:
+        _load_everything(path, cfg)
+    assert str(path / name) in str(error.value) and "copy the checkpoint again" in str(error.value)
+
+
+def test_a_file_added_after_saving_or_a_bad_manifest_is_refused(tmp_path):
+    path, cfg, _, _ = _saved(tmp_path)
+    (path / "loss.safetensors").write_bytes(b"not written by recog")
+    loss = build_loss(_cfg(tmp_path, "loss=ce_center"), class_num=3, embedding_size=8)
+    with pytest.raises(checkpoint.IntegrityError, match="loss.safetensors is not listed in"):
+        checkpoint.load_loss_state(path, loss)
+    (path / "manifest.json").write_text(json.dumps({"format": "recog-manifest", "format_version": "1",
+                                                    "kind": "checkpoint", "files": {}}))
+    with pytest.raises(checkpoint.IntegrityError, match="format_version must be an integer, got str"):
+        checkpoint.load_state(path)
+    (path / "manifest.json").write_text("[]")
+    with pytest.raises(checkpoint.IntegrityError, match="must hold a JSON object"):
+        checkpoint.load_state(path)
+
+
+def test_a_checkpoint_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
+    path, cfg, saved, _ = _saved(tmp_path)
+    (path / "manifest.json").unlink()  # as written before manifests existed
+    state, _ = _load_everything(path, cfg)
+    assert state["epoch"] == 1 and "has no manifest.json" in caplog.text and "unverified" in caplog.text
+    loaded = _model(cfg, 3)
+    load_model_weights(path, loaded)
+    assert all(np.array_equal(v, _state(saved)[k]) for k, v in _state(loaded).items())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _truncate(p / "model.safetensors", 4096), "model.safetensors is not a readable safetensors file"),
+    (lambda p: (p / "state.json").write_text("garbage"), "state.json is not valid JSON"),
+    (lambda p: (p / "state.json").write_text("{}"), "state.json lacks epoch, step"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0}'), "state.json lacks optimizer"),
+    (lambda p: (p / "state.json").write_text('{"epoch": "1", "step": 0}'), "epoch must be an integer, got str"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": true}'), "step must be an integer, got bool"),
+    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0, "best": [1]}'), "best must be an object or null"),
+    (lambda p: (p / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing"),
+])
+def test_a_damaged_legacy_checkpoint_is_an_error_not_a_traceback(tmp_path, damage, message):
+    path, cfg, _, _ = _saved(tmp_path)
+    (path / "manifest.json").unlink()
+    damage(path)
+    with pytest.raises(checkpoint.IntegrityError, match=message):
+        _load_everything(path, cfg)
