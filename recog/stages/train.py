@@ -47,6 +47,7 @@ from recog.evaluation import Evaluator, check_monitor, score
 from recog.optim import build_optimizer
 from recog.stages.export import export_after_training
 from recog.tracking import MlflowTracker
+from recog.training.compile import configure_step  # speed hook (issue 16)
 from recog.training.loop import EpochLoop
 from recog.training.resume import BEST, Checkpoints, find_run_to_resume, new_state
 from recog.training.resume_config import command_line_overrides, resume_config
@@ -109,6 +110,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
         net = paddle.DataParallel(net, find_unused_parameters=has_unused_parameters(model, loss_fn))
         paddle.seed(cfg.seed + rank)  # same weights everywhere, but each rank its own dropout masks
     runner = StepRunner(net, optimizer, schedule, amp, skip_nonfinite=cfg.trainer.skip_nonfinite)
+    step_mode = configure_step(runner, cfg.trainer, world, amp is not None)  # speed hook (issue 16)
     evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp, options=options)
     checkpoints = Checkpoints(run_dir, model, loss_fn, cfg, runner, world)
     state = new_state()
@@ -120,10 +122,10 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
     tracker = MlflowTracker(cfg, stage="train", run_id=state["mlflow_run_id"])
     state["mlflow_run_id"] = tracker.run_id
     tracker.set_tag("recog.world_size", str(world))
-    log.info("%s: %d train images in %d classes, %d steps per epoch%s; %s", model.__class__.__name__,
+    log.info("%s: %d train images in %d classes, %d steps per epoch%s, %s step; %s", model.__class__.__name__,
              len(splits.train), splits.num_train_classes, steps_per_epoch,
              f" on each of {world} processes (batch {data.batch_size} per process)" if world > 1 else "",
-             tracker.describe())
+             step_mode.describe(), tracker.describe())  # speed hook (issue 16): step_mode
     try:
         with StopRequest() as stop:
             runner.stop = stop

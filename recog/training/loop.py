@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from recog.data import set_loader_epoch
-from recog.data.loader import to_device
 from recog.distributed import parallel
 from recog.errors import TrainingInterrupted
 from recog.evaluation import EvalInterrupted, Evaluator, is_better, write_metrics
 from recog.metrics import format_metrics_table
+from recog.training.prefetch import prefetch_to_device  # speed hook (issue 16)
 from recog.training.resume import Checkpoints
 from recog.training.step import StepRunner, freeze_batch_norm
 from recog.utils.runtime import is_main_process
@@ -105,12 +105,13 @@ class EpochLoop:
         try:
             # The loader yields this epoch's remaining batches and ends (KeyedBatches stops at
             # steps_per_epoch): iterating to the end keeps persistent workers in step.
-            for images, labels in self.loader:
+            # speed hook (issue 16): on a GPU the next batch's copy is issued before this step runs
+            for images, labels, device_images, device_labels in prefetch_to_device(self.loader):
                 if done >= steps:  # a loader longer than the epoch (built without steps_per_epoch)
                     break
                 # Host tensors (see build_train_loader): a copy, not a device read-back.
                 self.loader.dataset.check_batch(labels.numpy(), training=True)
-                losses = runner(to_device(images), to_device(labels), step=step + 1, epoch=epoch)
+                losses = runner(device_images, device_labels, step=step + 1, epoch=epoch)
                 step += 1
                 done += 1
                 images_seen += images.shape[0] * world

@@ -16,6 +16,8 @@ import paddle
 from recog.distributed import parallel
 from recog.errors import NonFiniteError
 from recog.losses._pairs import label_checks
+from recog.training.compile import step_kernels  # speed hook (issue 16)
+from recog.training.finite import all_finite, all_finite_per_tensor  # speed hook (issue 16)
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, autocast
 
@@ -62,17 +64,22 @@ class StepRunner:
         self.stop_agreed = False
         self.labels_checked = False
         self.parameters = [p for p in net.parameters() if not p.stop_gradient]
+        # speed hook (issue 16): what computes the losses (`net`, or a compiled version of it set by
+        # recog.training.compile.configure_step) and which finite check read_flags runs.
+        self.forward = net
+        self.fused_finite_check = True
 
     def __call__(self, images, labels, step: int = 0, epoch: int = 0) -> Dict[str, paddle.Tensor]:
         """Run global step ``step`` (from 1; for messages) of epoch ``epoch`` (from 0)."""
         optimizer = self.optimizer
-        with label_checks(not self.labels_checked), autocast(self.amp):
-            losses = self.net(images, labels)
-        self.labels_checked = True
-        if self.scaler is not None:
-            self.scaler.scale(losses["loss"]).backward()
-        else:
-            losses["loss"].backward()
+        with step_kernels(self.forward):  # speed hook (issue 16): oneDNN kernels of compiled programs
+            with label_checks(not self.labels_checked), autocast(self.amp):
+                losses = self.forward(images, labels)  # speed hook (issue 16): was self.net
+            self.labels_checked = True
+            if self.scaler is not None:
+                self.scaler.scale(losses["loss"]).backward()
+            else:
+                losses["loss"].backward()
         nonfinite, self.stop_agreed = self.read_flags(losses["loss"])
         if nonfinite:
             message, terms = self.describe_nonfinite(losses, step, epoch)
@@ -102,10 +109,9 @@ class StepRunner:
         after backward, where ``DataParallel`` has averaged them: a NaN on one rank is on all. With
         float16 loss scaling, overflowing gradients are the scaler's to skip: the loss alone is checked.
         """
-        finite = paddle.isfinite(loss.astype("float32"))
         grads = [p.grad for p in self.parameters if p.grad is not None] if self.scaler is None else []
-        if grads:
-            finite = finite & paddle.stack([paddle.isfinite(g).all() for g in grads]).all()
+        # speed hook (issue 16): one kernel over all gradients (recog/training/finite.py)
+        finite = (all_finite if self.fused_finite_check else all_finite_per_tensor)(loss, grads)
         stop = self.stop is not None and self.stop.requested
         flags = paddle.stack([(~finite).astype("int32"), paddle.full([], int(stop), dtype="int32")])
         nonfinite, stop_agreed = parallel.max_across_ranks(flags).tolist()
