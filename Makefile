@@ -1,4 +1,5 @@
-# recog: `make demo` (install, then train -> eval -> export -> predict on the embedded digits), `make test`.
+# recog: `make demo` (install, then train -> eval -> export -> predict on the embedded digits), `make test`
+# (the whole suite, what CI runs), `make test-fast` (the edit loop: the tests not marked slow).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval export predict test ui clean-outputs
+.PHONY: install demo train eval export predict test test-fast ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -66,8 +67,16 @@ predict: install
 	$(BIN)/python run.py stage=predict predict.model_dir=$$dir predict.input=$(INPUT) \
 		$(if $(GALLERY),predict.gallery=$(GALLERY)) $(ARGS)
 
+# The whole suite (CI: .ci/run) on TEST_WORKERS processes (pytest-xdist), one thread each, printing
+# the 15 slowest tests. Tests in one xdist_group (those starting several processes) share a worker.
+# One process: make test TEST_WORKERS=0.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
+
+# The edit loop: every test not marked slow (@pytest.mark.slow), well under 90 s on 2 cores.
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 # The MLflow UI on the embedded store, bound to this machine only unless HOST says otherwise
 # (HOST=0.0.0.0 serves every network interface: anyone who can reach the port sees and edits the runs).

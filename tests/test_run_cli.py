@@ -75,6 +75,7 @@ def list_args(root, train="train.txt", query="query.txt"):
             "data.image_size=16", "trainer.epochs=1", "data.num_workers=0", f"paths.output_root={root / 'out'}"]
 
 
+@pytest.mark.slow
 def test_train_run_writes_run_dir_and_mlflow(image_list_root):
     result = run_cli("stage=train", *list_args(image_list_root), "hydra.run.dir=" + str(image_list_root / "run"))
     assert result.returncode == 0, result.stderr
@@ -103,11 +104,13 @@ def test_missing_dataset_root(tmp_path, capfd):
                          str(tmp_path / "nope"), "Ebay_train.txt")
 
 
+@pytest.mark.slow
 def test_malformed_list_line_names_file_and_line(image_list_root):
     (image_list_root / "bad.txt").write_text("img/0_0.png 0\nimg/0_1.png zero\n")
     assert_clean_failure(run_cli(*list_args(image_list_root, train="bad.txt")), "bad.txt", "line 2")
 
 
+@pytest.mark.slow
 def test_undecodable_image_is_named_when_bad_images_fail_the_run(image_list_root):
     (image_list_root / "img" / "1_2.png").write_bytes(b"not a png")
     assert_clean_failure(run_cli(*list_args(image_list_root), "mlflow.enabled=false", "data.on_bad_image=fail"),
