@@ -56,6 +56,7 @@ def grid_sweep(lists, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
 @pytest.mark.slow
 def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
     result, out = grid_sweep
@@ -88,6 +89,7 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
     assert "comparison/comparison.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
 
 
+@pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
 @pytest.mark.slow
 def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_sweep, tmp_path):
     result, out = grid_sweep

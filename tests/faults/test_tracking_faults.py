@@ -22,6 +22,8 @@ from mlflow_server import free_port
 from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
 
+pytestmark = pytest.mark.xdist_group("test_tracking_faults")  # one xdist worker starts the module's MLflow server once
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

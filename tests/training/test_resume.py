@@ -14,6 +14,8 @@ from recog.stages import train
 from recog.training.loop import EpochLoop
 from recog.training.resume import checkpoint_problem, find_run_to_resume, read_state
 
+pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains the interrupted run once
+
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
 # would build another model (the shape mismatch of issue 12) or read another dataset.
 FIRST = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
