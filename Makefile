@@ -68,7 +68,8 @@ predict: install
 		$(if $(GALLERY),predict.gallery=$(GALLERY)) $(ARGS)
 
 # The whole suite (CI: .ci/run) on TEST_WORKERS processes (pytest-xdist), one thread each, printing
-# the 15 slowest tests. Tests in one xdist_group (those starting several processes) share a worker.
+# the 15 slowest tests. Tests in one xdist_group share a worker: those starting several processes, and
+# those sharing a costly module fixture (a trained run, a sweep, an MLflow server).
 # One process: make test TEST_WORKERS=0.
 TEST_WORKERS ?= 2
 test: install
