@@ -129,6 +129,7 @@ def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(inte
         find_run_to_resume(cfg, truncated)
 
 
+@pytest.mark.slow
 def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     """run.py end to end: SIGTERM mid-epoch prints the exact command that continues the run, which
     needs no other override; a changed setting on resume is one message listing it."""
