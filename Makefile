@@ -1,4 +1,5 @@
-# recog: `make demo` (install, then train -> eval -> export -> predict on the embedded digits), `make test`.
+# recog: `make demo` (install, then train -> eval -> export -> predict on the embedded digits), `make test`
+# (the whole suite, what CI runs), `make test-fast` (the edit loop: the tests not marked slow).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval export predict serve test ui clean-outputs
+.PHONY: install demo train eval export predict serve test test-fast ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -74,8 +75,17 @@ SERVE_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),500
 serve: install
 	@model="$(MODEL)"; if [ -z "$$model" ]; then 		state=$$(ls -td $(OUTPUTS)/runs/*/best_model/state.json 2>/dev/null | head -n 1); 		run_id=$$([ -n "$$state" ] && $(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("mlflow_run_id") or "")' "$$state"); 		if [ -z "$$run_id" ]; then echo "no tracked run under $(OUTPUTS)/runs: run make train first, or pass MODEL=models:/<name>@<alias>" >&2; exit 2; fi; 		model="runs:/$$run_id/model"; fi; 	echo "serving $$model on http://127.0.0.1:$(SERVE_PORT)/invocations"; 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(OUTPUTS))/mlflow.db}" 		$(BIN)/mlflow models serve --env-manager local -m "$$model" -h 127.0.0.1 -p $(SERVE_PORT)
 
+# The whole suite (CI: .ci/run) on TEST_WORKERS processes (pytest-xdist), one thread each, printing
+# the 15 slowest tests. Tests in one xdist_group share a worker: those starting several processes, and
+# those sharing a costly module fixture (a trained run, a sweep, an MLflow server).
+# One process: make test TEST_WORKERS=0.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
+
+# The edit loop: every test not marked slow (@pytest.mark.slow), well under 90 s on 2 cores.
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 # The MLflow UI on the embedded store, bound to this machine only unless HOST says otherwise
 # (HOST=0.0.0.0 serves every network interface: anyone who can reach the port sees and edits the runs).

@@ -57,6 +57,8 @@ def grid_sweep(lists, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
+@pytest.mark.slow
 def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
     result, out = grid_sweep
     assert result.returncode == 0, result.stderr
@@ -88,6 +90,8 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
     assert "comparison/comparison.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
 
 
+@pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
+@pytest.mark.slow
 def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_sweep, tmp_path):
     result, out = grid_sweep
     assert result.returncode == 0, result.stderr
@@ -112,6 +116,7 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
     assert "comparison/compare.png" in artifacts
 
 
+@pytest.mark.slow
 def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path):
     out = tmp_path / "out"
     result = run_cli("-m", "hparams_search=margin_head", "hydra.sweeper.n_trials=3", *tiny(lists, out),
@@ -161,6 +166,7 @@ def test_every_search_space_names_real_keys_and_maximises(search):
     check_overrides([f"hparams_search={search}", *overrides])  # ConfigError on an unknown key
 
 
+@pytest.mark.slow
 def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path):
     out = tmp_path / "out"
     result = run_cli("-m", "head=arcmargin,nosuchhead", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}")
@@ -169,6 +175,7 @@ def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path):
     assert not (out / "sweep").exists() and not (out / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists, tmp_path):
     out = tmp_path / "out"
     result = run_cli("-m", "head=arcmargin,fc", "head.margin=0.1,0.2", *tiny(lists, out),
@@ -181,6 +188,7 @@ def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists,
     assert client.search_runs([client.get_experiment_by_name("recog").experiment_id]) == []
 
 
+@pytest.mark.slow
 def test_sweep_objective_must_be_an_eval_metric(lists, tmp_path):
     out = tmp_path / "out"
     result = run_cli("-m", "head.margin=0.1,0.2", "sweep.objective=accuracy", *tiny(lists, out),
@@ -190,6 +198,8 @@ def test_sweep_objective_must_be_an_eval_metric(lists, tmp_path):
     assert not (out / "sweep" / "0").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")  # two parallel jobs
 def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tmp_path):
     """Two parallel jobs (each with half the cores), one of which fails: a FAILED run, the other job
     completes, the parent is summarised at exit and the best job's model is registered."""

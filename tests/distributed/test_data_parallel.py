@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import recog
 from recog.api import load_splits
@@ -13,6 +14,8 @@ from recog.utils import checkpoint
 from recog.utils.runtime import seed_everything
 
 from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_logs
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # Why this config: DataParallel averages the ranks' gradients, and CE is a mean over the batch, so
 # with equal per-rank batches one DDP step equals one step on the concatenated batch - as long as

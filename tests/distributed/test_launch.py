@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 import recog
@@ -15,6 +16,8 @@ from recog.stages import train
 
 from dist_helpers import (ROOT, TINY, alive, children, env, max_difference, progress, rank_of, run_py, wait_for,
                           weights)
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # As in test_data_parallel: a config whose 2-process training equals 1 process on the concatenated batches.
 EQUIVALENT = TINY + ["loss=ce", "head=fc", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true", "optimizer.lr=0.1",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
@@ -13,6 +14,8 @@ import recog
 from recog.stages import train
 
 from dist_helpers import ROOT, TINY, env, max_difference, progress, run_py, wait_for, weights
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # Dropout on (Paddle's RNG), random flips on (image lists are mirror invariant), momentum and a
 # warmup-cosine schedule, CE + batch-hard triplet: everything that must continue exactly.

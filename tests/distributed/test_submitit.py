@@ -59,6 +59,8 @@ def test_a_sweep_with_the_submitit_launcher_may_ask_for_several_processes():
     assert launch.prepare_argv(args, "run.py") == args
 
 
+@pytest.mark.xdist_group("processes")
+@pytest.mark.slow
 def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, image_lists):
     sweep = tmp_path / "sweep"
     result = run_py("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",

@@ -21,6 +21,7 @@ TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
 TIES = 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sign", "round"])
 def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, method):
     cfg = recog.compose(TINY + ["neck=tanh", "neck.embedding_size=16", "head=none", f"eval.binarize={method}",
@@ -53,6 +54,7 @@ def _evaluators(tmp_path, *extra):
     return recog.build_model(cfg), engines
 
 
+@pytest.mark.slow
 def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path):
     model, engines = _evaluators(tmp_path)
     before = {}
@@ -73,6 +75,7 @@ def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path):
     assert model.training  # a freshly built model trains; eval left it so
 
 
+@pytest.mark.slow
 def test_predictor_engine_with_binary_codes(tmp_path):
     model, engines = _evaluators(tmp_path, "neck=tanh", "neck.embedding_size=16", "head=none", "eval.binarize=sign")
     metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
@@ -84,6 +87,7 @@ def test_predictor_engine_with_binary_codes(tmp_path):
     assert metrics["predictor"] == pytest.approx(metrics["dygraph"], abs=TIES)
 
 
+@pytest.mark.slow
 def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path):
     cfg = recog.compose(TINY + ["head.class_num=5", f"paths.output_root={tmp_path}"])
     splits = load_splits(cfg)

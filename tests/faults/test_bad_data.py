@@ -249,6 +249,7 @@ def _add_bad_images(root, kinds_by_class):
     return added
 
 
+@pytest.mark.slow
 def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root):
     """Needs the stages' wiring (see the module docstring)."""
     # (A file missing at the start is a list problem: see test_list_problems_are_reported_together_before_training.)
@@ -265,6 +266,7 @@ def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root):
         assert f"bad image {path}" in output, path
 
 
+@pytest.mark.slow
 def test_fail_mode_stops_with_the_path(dataset_root):
     (bad,) = _add_bad_images(dataset_root, {1: ["truncated_png"]})
     result = run_cli(*list_args(dataset_root), "data.on_bad_image=fail")
@@ -272,6 +274,7 @@ def test_fail_mode_stops_with_the_path(dataset_root):
     assert not (dataset_root / "run" / "best_model").exists()
 
 
+@pytest.mark.slow
 def test_list_problems_are_reported_together_before_training(dataset_root):
     lines = (dataset_root / "train.txt").read_text().splitlines()
     lines[1] = "img/0_1.png zero"
@@ -286,6 +289,7 @@ def test_list_problems_are_reported_together_before_training(dataset_root):
     assert not (dataset_root / "run" / "best_model").exists()
 
 
+@pytest.mark.slow
 def test_paths_outside_the_root_are_refused(dataset_root, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     secret = write_good(outside, "secret.png", 5)

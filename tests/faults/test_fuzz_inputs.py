@@ -78,6 +78,7 @@ def _check(args):
     return None
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **FUZZ)
 @given(st.lists(overrides(), min_size=1, max_size=3), st.booleans())
 def test_fuzzed_overrides_work_or_fail_with_one_paragraph(args, multirun):
@@ -126,6 +127,7 @@ def run_cli(*args):
     ("~data", "data was deleted"),
     ("data.mean=[1,2", "no viable alternative"),
 ])
+@pytest.mark.slow
 def test_run_py_exits_2_with_one_paragraph(tmp_path, override, fragment):
     result = run_cli(override, f"paths.output_root={tmp_path}")
     assert result.returncode == 2, result.stderr
@@ -257,6 +259,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_run_py_refuses_a_weight_file_that_would_run_code(tmp_path):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pdparams"

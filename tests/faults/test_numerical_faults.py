@@ -65,6 +65,7 @@ def _runs(tmp_path):
     return client, client.search_runs([client.get_experiment_by_name("numerics").experiment_id])
 
 
+@pytest.mark.slow
 def test_nan_loss_term_stops_naming_step_and_term_and_keeps_the_checkpoints(tmp_path, lists, monkeypatch):
     run_dir = tmp_path / "run"
     snapshot = {}
@@ -110,6 +111,7 @@ def test_a_nan_gradient_with_finite_losses_names_the_parameters(tmp_path, lists,
     assert not (tmp_path / "run" / "checkpoints").exists()  # the first epoch never finished
 
 
+@pytest.mark.slow
 def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatch, caplog):
     bad_steps = {2, STEPS + 1}
     _inject(monkeypatch, bad_steps, lambda value, _: value + float("inf"))
@@ -129,6 +131,7 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
     assert "non-finite loss at step 2 (epoch 1): loss term 'triplet_v2'" in caplog.text
 
 
+@pytest.mark.slow
 def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
     args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "scheduler.warmup_epochs=0",
                                        "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")]

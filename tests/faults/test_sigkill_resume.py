@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
@@ -97,6 +98,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0 for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     lists = _image_lists(tmp_path / "data")
     reference_root, root = tmp_path / "reference", tmp_path / "killed"

@@ -25,7 +25,9 @@ from recog.stages import export, predict, train
 from recog.utils import checkpoint
 from recog.utils.atomic import StorageError
 
-pytestmark = pytest.mark.filterwarnings("ignore:There are some unused values in state_dict")
+pytestmark = [pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
+              pytest.mark.slow,  # every test uses the trained reference run
+              pytest.mark.xdist_group("test_storage_faults")]  # one xdist worker trains the reference run once
 
 EPOCHS, STEPS = 4, 3
 TIMING_METRICS = {"images_per_sec"}

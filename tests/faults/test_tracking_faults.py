@@ -22,6 +22,8 @@ from mlflow_server import free_port
 from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
 
+pytestmark = pytest.mark.xdist_group("test_tracking_faults")  # one xdist worker starts the module's MLflow server once
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -60,6 +62,7 @@ def metrics_of(rest_run: dict) -> dict:
     return {m["key"]: m["value"] for m in rest_run["data"].get("metrics", [])}
 
 
+@pytest.mark.slow
 def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists, tmp_path):
     result = run_cli(*tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={mlflow_server.uri}",
                      f"hydra.run.dir={tmp_path / 'run'}")
@@ -74,6 +77,7 @@ def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists
     assert not (tmp_path / "out" / "mlflow.db").exists()  # nothing went to the embedded store
 
 
+@pytest.mark.slow
 def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     result = run_cli(*tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={dead}",
@@ -85,6 +89,7 @@ def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path):
     assert not (tmp_path / "run" / "best_model").exists()  # stopped before any training
 
 
+@pytest.mark.slow
 def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, image_lists, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     run_dir = tmp_path / "run"
@@ -116,6 +121,7 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     assert not (run_dir / RECORD_FILE).exists()  # renamed once replayed
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_loses_nothing(server_factory, tmp_path, caplog):
     server = server_factory().start()
     cfg = recog.compose([f"mlflow.tracking_uri={server.uri}", f"paths.output_root={tmp_path / 'out'}",

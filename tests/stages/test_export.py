@@ -21,6 +21,8 @@ from recog.stages import export, train
 from recog.evaluation import extract_features
 from recog.utils import checkpoint
 
+pytestmark = pytest.mark.xdist_group("test_export")  # one xdist worker trains the module's runs once
+
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONES = {
     "pplcnet": ["backbone.scale=0.25"],
@@ -78,6 +80,7 @@ def _eval_features(model_path: Path, cfg, count: int = 20):
 
 
 # PP-LCNet goes through the default oneDNN probe (cpu_onednn=auto); ResNet_vd skips it to stay quick.
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_exported_features_equal_dygraph_eval_features(trained, backbone):
     root, overrides = trained[backbone]
@@ -123,6 +126,7 @@ def test_exported_features_equal_dygraph_eval_features(trained, backbone):
     assert preprocess["runtime"] == {"cpu_onednn": "full"} and exported.onednn == "full"
 
 
+@pytest.mark.slow
 def test_export_is_an_artifact_of_the_training_run_whose_status_is_unchanged(trained, store):
     root, overrides = trained["pplcnet"]
     model_path = root / "run" / "best_model"
@@ -159,6 +163,7 @@ def _untrained_best_model(tmp_path, extra=()):
     return path, cfg, model
 
 
+@pytest.mark.slow
 def test_without_the_training_run_in_the_store_a_new_export_run_is_logged(tmp_path, digits, store):
     model_path, _, _ = _untrained_best_model(tmp_path)  # its state.json names a run id the store does not hold
     cfg = recog.compose(["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}",
@@ -172,6 +177,7 @@ def test_without_the_training_run_in_the_store_a_new_export_run_is_logged(tmp_pa
     assert "export/preprocess.json" in {a.path for a in client.list_artifacts(run.info.run_id, "export")}
 
 
+@pytest.mark.slow
 def test_binarized_model_exports_real_features_and_predict_applies_the_method(tmp_path):
     model_path, cfg, model = _untrained_best_model(tmp_path, ["neck=tanh", "eval.binarize=sign"])
     # No readable dataset: the check falls back to random input.
@@ -191,6 +197,7 @@ def test_binarized_model_exports_real_features_and_predict_applies_the_method(tm
     assert np.array_equal(codes, binarize(raw, "sign"))
 
 
+@pytest.mark.slow
 def test_a_model_that_crashes_full_onednn_falls_back_to_a_working_mode(tmp_path):
     """Paddle 3.3's oneDNN batch norm without affine parameters (BNNeck) kills the process: the probe
     runs in a child process, so the export survives, records a mode that works, and it reproduces the model."""
@@ -206,6 +213,7 @@ def test_a_model_that_crashes_full_onednn_falls_back_to_a_working_mode(tmp_path)
     assert np.abs(exported.predict(images) - export_lib.dygraph_features(model, images, True)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_failed_check_keeps_the_previous_export_and_says_by_how_much(tmp_path, monkeypatch, digits):
     model_path, _, _ = _untrained_best_model(tmp_path)
     args = ["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}", "data.num_workers=0",
@@ -268,6 +276,7 @@ def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_p
     assert (out / "my_gallery.index").read_bytes() == b"user data"
 
 
+@pytest.mark.slow
 def test_model_path_without_weights_is_a_config_error(tmp_path):
     model_path, _, _ = _untrained_best_model(tmp_path)
     (model_path / "model.safetensors").unlink()

@@ -56,6 +56,7 @@ def test_the_recipes_are_there():
     assert {"general_pplcnet_x2_5", "sop_resnet50_vd", "deephash_dshsd", "deephash_dch", "deephash_lcdsh"} <= set(RECIPES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_one_tiny_epoch(name, tmp_path, digits_root):
     overrides = [f"experiment={name}", f"dataset.root={digits_root}", f"paths.output_root={tmp_path}"] + TINY

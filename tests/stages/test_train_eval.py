@@ -22,6 +22,7 @@ def _client(root) -> MlflowClient:
     return MlflowClient(f"sqlite:///{root}/mlflow.db")
 
 
+@pytest.mark.slow
 def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
     overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
     best = train.run(recog.compose(overrides), tmp_path / "run")
@@ -59,6 +60,7 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
     assert len(runs) == 1 and runs[0].data.metrics["recall_at_1"] == pytest.approx(metrics["recall_at_1"])
 
 
+@pytest.mark.slow
 def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
     overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
     real_epoch = EpochLoop.train_epoch
@@ -93,6 +95,7 @@ def test_resume_without_an_unfinished_run_is_a_clear_error(tmp_path):
         train.run(recog.compose(TINY + [f"paths.output_root={tmp_path}", "resume=true"]), tmp_path / "runs" / "x")
 
 
+@pytest.mark.slow
 def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
     """CenterLoss learns its centres with the model; they land in the last checkpoint."""
     from safetensors.numpy import load_file

@@ -37,6 +37,7 @@ def test_unreachable_store_at_start_is_a_config_error_when_required(tmp_path):
     assert not (tmp_path / "run" / RECORD_FILE).exists()
 
 
+@pytest.mark.slow
 def test_offline_from_start_keeps_the_whole_run_and_replays_it(tmp_path, caplog):
     cfg = compose(tmp_path, f"mlflow.tracking_uri={dead_uri()}", "mlflow.required=false")
     run_dir = tmp_path / "run"

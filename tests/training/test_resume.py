@@ -15,6 +15,8 @@ from recog.training.loop import EpochLoop
 from recog.training.resume import checkpoint_problem, find_run_to_resume, read_state
 from recog.utils import checkpoint, manifest
 
+pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains the interrupted run once
+
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
 # would build another model (the shape mismatch of issue 12) or read another dataset.
 FIRST = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
@@ -129,6 +131,7 @@ def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(inte
         find_run_to_resume(cfg, truncated)
 
 
+@pytest.mark.slow
 def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     """run.py end to end: SIGTERM mid-epoch prints the exact command that continues the run, which
     needs no other override; a changed setting on resume is one message listing it."""
