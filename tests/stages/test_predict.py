@@ -103,8 +103,21 @@ def test_adding_to_a_gallery_extracts_only_new_images_and_equals_a_rebuild(tmp_p
                      f"predict.index_dir={tmp_path / 'rebuilt'}"), tmp_path / "c")
     rebuilt = GalleryIndex.load(tmp_path / "rebuilt")
     assert grown.paths == rebuilt.paths and grown.ntotal == 8
-    np.testing.assert_array_equal(grown.gallery_vectors(), rebuilt.gallery_vectors())
-    assert json.loads((tmp_path / "b" / "results.json").read_text()) == json.loads((tmp_path / "c" / "results.json").read_text())
+    # Batches of 5 + 3 images vs one of 8: the predictor's kernels may differ in the last bits by batch size.
+    np.testing.assert_allclose(grown.gallery_vectors(), rebuilt.gallery_vectors(), rtol=0, atol=1e-6)
+    assert _rounded(json.loads((tmp_path / "b" / "results.json").read_text())) == \
+        _rounded(json.loads((tmp_path / "c" / "results.json").read_text()))
+
+
+def _rounded(value, digits: int = 5):
+    """``value`` (parsed JSON) with every float rounded: the same ranking, scores equal to ``digits`` places."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
 
 
 def test_bad_input_is_a_clear_error(tmp_path, export_dir):
