@@ -1,5 +1,7 @@
 """One MLflow run per stage invocation, written by the main process only.
 
+(Over 300 lines: every MLflow call of a run goes through the one offline-fallback path here.)
+
 A run is named by its stage and what differs (``train pplcnet x1.0 arcmargin 14:03``; ``eval <the
 training run's name>``), logs its dataset as an MLflow dataset input (recog/tracking/datasets.py)
 and, once the run has an export, the export as its MLflow Model ``model``
