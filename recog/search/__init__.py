@@ -7,6 +7,6 @@ draws the queries' top results into a PNG.
 """
 
 from recog.search.index import FORMAT_VERSION, KINDS, GalleryIndex, IndexConfigError
-from recog.search.picture import retrieval_grid
+from recog.search.picture import retrieval_grid, save_retrieval_grid
 
-__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "retrieval_grid"]
+__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "retrieval_grid", "save_retrieval_grid"]
