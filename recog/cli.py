@@ -39,26 +39,28 @@ _LEFT_TO_HYDRA = ("help", "hydra_help", "shell_completion", "config_path", "conf
                   "experimental_rerun")
 
 
-def precheck(argv: List[str]) -> None:
-    """``ConfigError`` for a command line that must not start (module docstring)."""
+def precheck(argv: List[str]) -> Optional[DictConfig]:
+    """``ConfigError`` for a command line that must not start (module docstring); returns the
+    composed config of a run (without swept values), None for what is left to Hydra or only prints."""
     if any(a == "--version" for a in argv):
-        return
+        return None
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit:  # an unknown flag: Hydra prints its usage
-        return
+        return None
     if any(getattr(args, name) for name in _LEFT_TO_HYDRA):
-        return
+        return None
     overrides = list(args.overrides)
     check_overrides(overrides + (["-m"] if args.multirun else []))
     check_added_keys(overrides)
     if args.cfg or args.info:  # prints, runs nothing
-        return
+        return None
     fixed, swept = _fixed_and_swept(overrides)
     cfg = compose(fixed)
     if "stage" not in swept:
         check_stage_ready(cfg)
     check_output_dirs(cfg, overrides, multirun=bool(args.multirun))
+    return cfg
 
 
 # ---------------------------------------------------------------------- added keys

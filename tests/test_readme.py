@@ -67,15 +67,19 @@ def run_block(block: Block, cwd: Path) -> None:
     wanted = block.options.get("output")
     text = block.substituted()
     if block.language == "python":
-        script = cwd / f"readme_{block.line}.py"
-        script.write_text(block.prelude + resolve_runs(text, cwd))
-        runs = [[sys.executable, script.name]]
+        commands = [block.prelude + text]
     else:
         commands = shell_commands(text)
         if "tiny" in block.options:
             commands = [with_tiny_overrides(c) for c in commands]
-        runs = [["bash", "-c", block.prelude + resolve_runs(c, cwd)] for c in commands]
-    for argv in runs:
+    for command in commands:
+        command = resolve_runs(command, cwd)  # <run>: the newest run when this command starts
+        if block.language == "python":
+            script = cwd / f"readme_{block.line}.py"
+            script.write_text(command)
+            argv = [sys.executable, script.name]
+        else:
+            argv = ["bash", "-c", block.prelude + command]
         result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
         shown = f"{block.name}: {argv[-1]!r} exited {result.returncode}, expected {expect}\n{output[-4000:]}"

@@ -13,6 +13,8 @@ def build(what: str, node, **kwargs):
     if not target:
         raise ConfigError(f"{what} has no _target_ (got {OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}): "
                           f"choose an option of the {what.split('.')[0]} group")
+    if not str(target).startswith("recog."):  # e.g. a saved config from elsewhere: never import or call it
+        raise ConfigError(f"{what}: _target_ {str(target)[:200]!r} is not a recog component; refused")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
