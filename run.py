@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from recog.cli import precheck, register_help_resolver
+from recog.cli import precheck, register_help_resolver, remove_untouched_run_dir
 from recog.config import register_schemas
 from recog.distributed.launch import prepare_argv
 from recog.errors import RecogError, TrainingInterrupted
@@ -41,6 +41,8 @@ def main(cfg: DictConfig):
         log.warning("%s", stop)
         sys.exit(stop.exit_code)  # in a sweep too: stops the whole sweep
     except RecogError as error:
+        if not in_multirun():
+            remove_untouched_run_dir(hydra_cfg.runtime.output_dir)  # the stage refused before any work
         log.error("%s", error)
         if in_multirun():  # Hydra records the job as failed and the sweep goes on
             raise SweepJobFailed(str(error)) from error

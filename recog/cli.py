@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -167,6 +168,22 @@ def _literal_prefix(path: str) -> str:
     """The part of ``path`` before its first interpolation (``outputs/runs/${now:...}`` -> ``outputs/runs``)."""
     cut = path.find("${")
     return path if cut < 0 else os.path.dirname(path[:cut]) if not path[:cut].endswith("/") else path[:cut]
+
+
+def remove_untouched_run_dir(run_dir) -> bool:
+    """Remove the run folder Hydra made for a stage that refused before doing anything: it holds
+    only ``.hydra/`` and an empty ``run.log`` (a stage logs as soon as it starts work). Not in a
+    data-parallel process (the launcher's run dir is shared). Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if os.environ.get("PADDLE_TRAINER_ID") is not None or not run_dir.is_dir():
+        return False
+    if not {p.name for p in run_dir.iterdir()} <= {".hydra", "run.log"}:
+        return False
+    log_file = run_dir / "run.log"
+    if log_file.is_file() and log_file.read_text(errors="replace").strip():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 # ---------------------------------------------------------------------- --help

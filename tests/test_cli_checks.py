@@ -83,3 +83,23 @@ def test_writable_output_passes_and_creates_nothing(tmp_path):
     precheck([f"paths.output_root={tmp_path / 'a' / 'b'}", "trainer.epochs=1"])
     precheck(["-m", f"paths.output_root={tmp_path}", "head.margin=0.1,0.2"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
+    result = run_cli("dataset=image_list", f"dataset.root={tmp_path / 'none'}", "dataset.train_list=t.txt",
+                     "dataset.query_list=q.txt", f"paths.output_root={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"dataset root {tmp_path / 'none'} does not exist" in result.stdout + result.stderr
+    assert list((tmp_path / "out" / "runs").iterdir()) == []  # Hydra made one; the refusal removed it
+
+
+def test_a_run_folder_with_work_in_it_is_kept(tmp_path):
+    from recog.cli import remove_untouched_run_dir
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a" / "run.log").write_text("")
+    (tmp_path / "b" / ".hydra").mkdir(parents=True)
+    (tmp_path / "b" / "run.log").write_text("[INFO] - RecModel: 901 train images\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text("{}")
+    assert [remove_untouched_run_dir(tmp_path / n) for n in "abc"] == [True, False, False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
