@@ -36,6 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recog.errors import ConfigError, RecogError
+from recog.utils import atomic
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class SweepParent:
             title = f"{sweep_dir.name}: {len(finished)} of {len(children)} jobs finished"
             table = format_table(children, objective)
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            (sweep_dir / "comparison.txt").write_text(table + "\n")
+            atomic.write_text(sweep_dir / "comparison.txt", table + "\n", "sweep comparison")
             plot_comparison(children, objective, sweep_dir / "comparison.png", title=title)
             client.log_artifact(parent, str(sweep_dir / "comparison.png"), "comparison")
             client.log_artifact(parent, str(sweep_dir / "comparison.txt"), "comparison")
