@@ -58,8 +58,8 @@ def precheck(argv: List[str]) -> Optional[DictConfig]:
         return None
     fixed, swept = _fixed_and_swept(overrides)
     cfg = compose(fixed)
-    if "stage" not in swept:
-        check_stage_ready(cfg)
+    if not any(key in ("stage", "model_path") or key.startswith("predict.") for key in swept):
+        check_stage_ready(cfg)  # a swept stage input is checked by each job
     check_output_dirs(cfg, overrides, multirun=bool(args.multirun))
     return cfg
 
@@ -99,7 +99,8 @@ def check_added_keys(overrides: List[str]) -> None:
 
 def _fixed_and_swept(overrides: List[str]) -> Tuple[List[str], List[str]]:
     parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")]
+    fixed = [o.input_line for o in parsed
+             if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")]
     swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
     return fixed, swept
 

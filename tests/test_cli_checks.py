@@ -103,3 +103,10 @@ def test_a_run_folder_with_work_in_it_is_kept(tmp_path):
     (tmp_path / "c" / "metrics.json").write_text("{}")
     assert [remove_untouched_run_dir(tmp_path / n) for n in "abc"] == [True, False, False]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
+def test_swept_stage_inputs_are_left_to_the_jobs(tmp_path):
+    (tmp_path / "m1").mkdir()
+    precheck(["-m", "stage=eval", f"model_path={tmp_path / 'm1'},{tmp_path / 'm2'}", f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="stage=eval needs a trained model"):
+        precheck(["-m", "stage=eval", "head.margin=0.1,0.2", f"paths.output_root={tmp_path}"])
