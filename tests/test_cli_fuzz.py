@@ -16,7 +16,8 @@ It fails on any exception that is not a ``recog.errors.RecogError``, on an error
 not one paragraph, and on a run that neither succeeds (with its outputs written) nor reports.
 
 Profiles (hypothesis, fixed seed): ``ci`` (default, ~40 examples, under a minute on 2 free cores)
-and ``nightly`` (``RECOG_FUZZ_PROFILE=nightly``: 600 examples, more real trainings).
+and ``nightly`` (``RECOG_FUZZ_PROFILE=nightly``: 600 examples, more real trainings, shrinking);
+``RECOG_FUZZ_EXAMPLES=N`` sets the count, ``RECOG_FUZZ_VERBOSE=1`` prints the messages seen.
 """
 
 import os
@@ -44,7 +45,8 @@ settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None
                           phases=[Phase.explicit, Phase.generate])  # a failure shows its example, unshrunk
 settings.register_profile("nightly", max_examples=600, derandomize=True, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))
-FUZZ = settings.get_profile(PROFILE)
+FUZZ = settings(settings.get_profile(PROFILE), max_examples=int(os.environ.get("RECOG_FUZZ_EXAMPLES", 0))
+                or settings.get_profile(PROFILE).max_examples)
 TRAIN_RUN_WEIGHT = 1 if PROFILE == "ci" else 4  # of 20: real (tiny) trainings are the slow examples
 TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=1", "data.image_size=16", "backbone.scale=0.25",
         "data.num_workers=0", "eval.engine=dygraph", "data.batch_size=8", "data.samples_per_class=2",
