@@ -118,9 +118,28 @@ def check_stage_ready(cfg: DictConfig) -> None:
     if stage in ("eval", "export") and not Path(cfg.model_path).is_dir():
         raise ConfigError(f"model_path={cfg.model_path} does not exist or is not a directory: "
                           "point it at a run's best_model/")
+    if stage == "train":
+        check_loss_inputs(cfg)
     if stage == "predict":
         from recog.stages.predict import check_ready
         check_ready(cfg)
+
+
+def check_loss_inputs(cfg: DictConfig) -> None:
+    """Training: a loss term reading ``logits`` needs a head (else it would fail at the first step).
+    Not a compose-time check: a model without a head is fine for eval, export and the Python API."""
+    if "head" not in cfg or "loss" not in cfg or OmegaConf.is_missing(cfg, "loss") or cfg.head is not None:
+        return
+    if not OmegaConf.is_config(cfg._get_node("loss")):
+        return
+    for name in cfg.loss:
+        term = cfg.loss._get_node(name)
+        if not OmegaConf.is_config(term) or "input" not in term or OmegaConf.is_missing(term, "input"):
+            continue
+        key = term["input"]
+        if getattr(key, "value", key) == "logits":
+            raise ConfigError(f"loss term '{name}' reads the head's logits, but head=none: choose a head "
+                              f"(e.g. head=arcmargin) or a loss on the features (e.g. loss=triplet)")
 
 
 # ---------------------------------------------------------------------- output folders

@@ -110,3 +110,12 @@ def test_swept_stage_inputs_are_left_to_the_jobs(tmp_path):
     precheck(["-m", "stage=eval", f"model_path={tmp_path / 'm1'},{tmp_path / 'm2'}", f"paths.output_root={tmp_path}"])
     with pytest.raises(ConfigError, match="stage=eval needs a trained model"):
         precheck(["-m", "stage=eval", "head.margin=0.1,0.2", f"paths.output_root={tmp_path}"])
+
+
+def test_training_a_loss_on_logits_without_a_head_is_refused_before_the_run(tmp_path):
+    # found by tests/test_cli_fuzz.py: head=none loss=ce started training, then failed at the first step (KeyError)
+    with pytest.raises(ConfigError, match="loss term 'ce' reads the head's logits, but head=none"):
+        precheck(["head=none", "loss=ce", f"paths.output_root={tmp_path}"])
+    precheck(["head=none", "loss=triplet", f"paths.output_root={tmp_path}"])
+    precheck(["stage=predict", "head=none", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path}",
+              f"paths.output_root={tmp_path}"])  # no training: no loss needed
