@@ -11,7 +11,7 @@ from recog._runtime import configure_runtime
 
 configure_runtime()
 
-__all__ = ["compose", "build_model", "build_loss"]
+__all__ = ["compose", "build_model", "build_loss", "load_model"]
 
 
 def __getattr__(name):

@@ -1,20 +1,22 @@
 """Python API: build the objects ``run.py`` builds, from the same config tree."""
 
 import logging
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import paddle
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from recog.config import compose as _compose
 from recog.config import require_complete
-from recog.config.build import build
+from recog.config.build import build_component
 from recog.data.splits import RetrievalSplits
 from recog.errors import ConfigError, RecogError
 from recog.losses.weighted import WeightedLoss
 from recog.models.rec_model import RecModel
 from recog.models.weights import load_pretrained
 from recog.models.stop_layer import truncate_after
+from recog.utils import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,21 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
 def load_splits(cfg: DictConfig) -> RetrievalSplits:
     """Read (for the digits: first write) the dataset named by ``cfg.dataset``."""
     require_complete(cfg, "dataset")
-    return build("dataset", cfg.dataset)
+    return build_component("dataset", cfg.dataset)
+
+
+def load_model(model_path, trusted_targets: Sequence[str] = (), searchpath: Optional[Sequence[str]] = None) -> RecModel:
+    """The trained model of a ``best_model/`` or checkpoint directory, in eval mode.
+
+    Its ``config.yaml`` is checked before anything is built (``recog.utils.checkpoint.load_config``):
+    only registered components (``conf/`` plus ``searchpath``, the ``hydra.searchpath`` entries
+    of your own components) or ``trusted_targets`` are built; the weights come from its safetensors.
+    """
+    trained_cfg = checkpoint.load_config(model_path, trusted_targets=trusted_targets, searchpath=searchpath)
+    model = build_model(trained_cfg)
+    checkpoint.load_model_weights(model_path, model)
+    model.eval()
+    return model
 
 
 def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
@@ -37,59 +53,58 @@ def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
     parameter name into the whole backbone before it is cut at ``backbone.stop_layer``. The
     head's ``class_num`` is, in order: ``cfg.head.class_num``, the ``class_num`` argument, or the
     number of training classes of ``cfg.dataset`` (which reads the dataset's lists). Input widths
-    of the neck and head follow from the backbone; ``model.embedding_size`` is the feature width.
+    of the neck and head follow from the backbone (a multi-scale neck, ``multi_scale = True``,
+    gets the channels of every backbone stage); ``model.embedding_size`` is the feature width.
     """
-    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
-    stop_layer = backbone_cfg.pop("stop_layer", None)
-    pretrained = backbone_cfg.pop("pretrained", None)
-    backbone = build("backbone", backbone_cfg)
+    backbone = build_component("backbone", cfg.backbone)
+    pretrained = cfg.backbone.get("pretrained")
     if pretrained:
         load_pretrained(backbone, pretrained)
-    backbone = truncate_after(backbone, stop_layer)
+    backbone = truncate_after(backbone, cfg.backbone.get("stop_layer"))
     neck = None
     if cfg.neck is None:
         width = _output_width(backbone, cfg.data.image_size)
     else:
-        neck_cfg = OmegaConf.to_container(cfg.neck, resolve=True)
-        levels = neck_cfg.pop("num_levels", None)
-        # A multi-scale neck reads the backbone's last stages, whatever the stop layer.
-        in_channels = _stage_channels(backbone, levels) if levels else _output_width(backbone, cfg.data.image_size)
-        neck = build("neck", neck_cfg, in_channels=in_channels)
+        # A multi-scale neck reads the backbone's stages, whatever the stop layer.
+        multi_scale = getattr(component_class("neck", cfg.neck), "multi_scale", False)
+        in_channels = _stage_channels(backbone) if multi_scale else _output_width(backbone, cfg.data.image_size)
+        neck = build_component("neck", cfg.neck, in_channels=in_channels)
         width = neck.embedding_size
     head = None
     if cfg.head is not None:
-        class_num = cfg.head.class_num or class_num or _dataset_class_num(cfg)
-        head = build("head", cfg.head, embedding_size=width, class_num=class_num)
-    model = RecModel(backbone, stop_layer=None, neck=neck, head=head)
+        class_num = cfg.head.get("class_num") or class_num or _dataset_class_num(cfg)
+        head = build_component("head", cfg.head, embedding_size=width, class_num=class_num)
+    model = RecModel(backbone, neck=neck, head=head)
     model.embedding_size = width
     return model
 
 
 def build_loss(cfg: DictConfig, class_num: Optional[int] = None, embedding_size: Optional[int] = None) -> WeightedLoss:
-    """``WeightedLoss`` from ``cfg.loss``: a mapping of term name -> {_target_, weight, input, ...}.
+    """``WeightedLoss`` from ``cfg.loss``: term name -> ``{weight, input, fn: {_target_, ...}}``.
 
-    Term parameters left null are filled in: ``class_num`` / ``num_classes`` with ``class_num``
+    ``fn`` arguments left null are filled in: ``class_num`` / ``num_classes`` with ``class_num``
     (else ``cfg.head.class_num``, else the dataset's training classes) and ``feat_dim`` with
     ``embedding_size`` (else ``cfg.neck.embedding_size``).
     """
     terms = {}
     for name, term_cfg in cfg.loss.items():
-        params = OmegaConf.to_container(term_cfg, resolve=True)
-        weight, key = params.pop("weight"), params.pop("input")
+        if not OmegaConf.is_config(term_cfg) or "fn" not in term_cfg:
+            raise ConfigError(f"loss.{name} must be {{weight, input, fn: {{_target_, ...}}}}, got {term_cfg}")
+        params = OmegaConf.to_container(term_cfg.fn, resolve=True)
         for field in ("class_num", "num_classes"):
             if field in params and params[field] is None:
-                class_num = class_num or (cfg.head.class_num if cfg.head is not None else None) \
+                class_num = class_num or (cfg.head.get("class_num") if cfg.head is not None else None) \
                     or load_splits(cfg).num_train_classes
                 params[field] = class_num
         if params.get("feat_dim", 0) is None:
-            embedding_size = embedding_size or (cfg.neck.embedding_size if cfg.neck is not None else None)
+            embedding_size = embedding_size or (cfg.neck.get("embedding_size") if cfg.neck is not None else None)
             if not embedding_size:
-                raise ConfigError(f"loss.{name}.feat_dim is not set and there is no neck to take it from: "
-                                  f"set loss.{name}.feat_dim to the feature width")
+                raise ConfigError(f"loss.{name}.fn.feat_dim is not set and there is no neck to take it from: "
+                                  f"set loss.{name}.fn.feat_dim to the feature width")
             params["feat_dim"] = embedding_size
-        terms[name] = (weight, getattr(key, "value", key), build(f"loss.{name}", params))
+        terms[name] = (term_cfg.weight, term_cfg.input, build_component("loss", params, key=f"loss.{name}.fn"))
     if not terms:
-        raise ConfigError("the loss has no terms: choose one with loss=ce|triplet|ce_triplet")
+        raise ConfigError("the loss has no terms: choose one with loss=ce|triplet_v2|ce_triplet")
     return WeightedLoss(terms)
 
 
@@ -108,14 +123,22 @@ def _dataset_class_num(cfg: DictConfig) -> int:
                           f"class_num=N); taking it from the dataset failed: {error}") from None
 
 
-def _stage_channels(backbone: paddle.nn.Layer, levels: int) -> list:
+def component_class(group: str, node):
+    """The class (or factory) a component node names, imported (``ConfigError`` if it cannot be)."""
+    target = node.get("_target_")
+    try:
+        return get_object(target)
+    except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, the module's own failure
+        raise ConfigError(f"{group}._target_={target} cannot be imported: {error}") from None
+
+
+def _stage_channels(backbone: paddle.nn.Layer) -> list:
+    """Channels of every stage of the backbone, finest first (what a multi-scale neck picks from)."""
     channels = getattr(backbone, "stage_channels", None)
     if channels is None or not hasattr(backbone, "stage_features"):
         raise ConfigError(f"a multi-scale neck needs a backbone that exposes its stages; "
                           f"{type(backbone).__name__} does not (use backbone=pplcnet or resnet_vd)")
-    if not 1 <= levels <= len(channels):
-        raise ConfigError(f"neck.num_levels={levels}: {type(backbone).__name__} has {len(channels)} stages")
-    return list(channels)[-levels:]
+    return [int(c) for c in channels]
 
 
 def _output_width(backbone: paddle.nn.Layer, image_size: int) -> int:

@@ -1,7 +1,8 @@
 """Optimizers and per-iteration learning-rate schedules, built from config.
 
-The ``optimizer`` config names a factory below and the base rate ``lr``; the ``lr`` config names
-a schedule factory. ``build_optimizer`` joins them: the schedule is stepped every iteration.
+The ``optimizer`` config names a factory below and the base rate ``lr`` (which recog reads, not the
+factory); the ``scheduler`` config names a schedule factory, built from that rate.
+``build_optimizer`` joins them: the schedule is stepped every iteration.
 """
 
 from typing import List, Sequence
@@ -9,7 +10,7 @@ from typing import List, Sequence
 import paddle
 from paddle.optimizer import lr as schedules
 
-from recog.config.build import build
+from recog.config.build import build_component
 
 
 def warmup_cosine(base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float = 1.0,
@@ -36,16 +37,16 @@ def _with_warmup(schedule, warmup_steps, start_lr, end_lr):
     return schedules.LinearWarmup(schedule, warmup_steps=warmup_steps, start_lr=start_lr, end_lr=end_lr)
 
 
-def momentum(parameters, learning_rate, lr: float = 0.05, momentum: float = 0.9,
-             weight_decay: float = 5e-4, nesterov: bool = False, grad_clip=None) -> paddle.optimizer.Optimizer:
-    """SGD with momentum and L2 weight decay. ``lr`` is the base rate of ``learning_rate``."""
+def momentum(parameters, learning_rate, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False,
+             grad_clip=None) -> paddle.optimizer.Optimizer:
+    """SGD with momentum and L2 weight decay; ``learning_rate``: the schedule (or a float)."""
     return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=momentum, parameters=parameters,
                                      use_nesterov=nesterov, weight_decay=weight_decay, grad_clip=grad_clip)
 
 
-def adamw(parameters, learning_rate, lr: float = 1e-3, weight_decay: float = 0.05, beta1: float = 0.9,
-          beta2: float = 0.999, grad_clip=None) -> paddle.optimizer.Optimizer:
-    """AdamW (decoupled weight decay). ``lr`` is the base rate of ``learning_rate``.
+def adamw(parameters, learning_rate, weight_decay: float = 0.05, beta1: float = 0.9, beta2: float = 0.999,
+          grad_clip=None) -> paddle.optimizer.Optimizer:
+    """AdamW (decoupled weight decay); ``learning_rate``: the schedule (or a float).
 
     Parameters whose own regularizer is ``L2Decay(0.0)`` (PP-LCNet's BN scale/shift) are not
     decayed: AdamW's decoupled decay ignores per-parameter regularizers otherwise.
@@ -63,10 +64,11 @@ def _decay_exempt(param) -> bool:
 
 
 def build_optimizer(cfg, parameters, steps_per_epoch: int):
-    """Returns ``(optimizer, schedule)`` from ``cfg.optimizer``, ``cfg.lr`` and ``cfg.trainer``."""
-    schedule = build("lr", cfg.lr, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs,
-                           steps_per_epoch=steps_per_epoch)
+    """Returns ``(optimizer, schedule)`` from ``cfg.optimizer``, ``cfg.scheduler`` and ``cfg.trainer``."""
+    schedule = build_component("scheduler", cfg.scheduler, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs,
+                               steps_per_epoch=steps_per_epoch)
     clip = cfg.trainer.grad_clip
     grad_clip = paddle.nn.ClipGradByGlobalNorm(clip) if clip else None
-    optimizer = build("optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule, grad_clip=grad_clip)
+    optimizer = build_component("optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule,
+                                grad_clip=grad_clip)
     return optimizer, schedule

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from recog.data.loader import to_device
     from recog.errors import RecogError
     from recog.optim import build_optimizer
-    from recog.stages.train import StepRunner, TrainNet
+    from recog.training.step import StepRunner, TrainNet
     from recog.utils.runtime import seed_everything, select_device
 
     try:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         print(f"bench_train: {error}", file=sys.stderr)
         return 2
     optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
-    runner = StepRunner(TrainNet(model, loss_fn), skip_nonfinite=True)  # a NaN must not end the benchmark
+    runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule, skip_nonfinite=True)  # a NaN must not end it
     model.train()
     batch = int(data.batch_size)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
@@ -118,14 +118,14 @@ def main(argv=None) -> int:
     def step_alone():
         images, batch_labels = in_memory[position[0] % len(in_memory)]
         position[0] += 1
-        runner(to_device(images), to_device(batch_labels), optimizer, schedule)
+        runner(to_device(images), to_device(batch_labels))
 
     step_rate = timed(args.steps, step_alone)
     print(f"training step measured ({args.steps} steps)", flush=True)
 
     def step_in_loop():
         images, batch_labels = next(stream)
-        runner(to_device(images), to_device(batch_labels), optimizer, schedule)
+        runner(to_device(images), to_device(batch_labels))
 
     loop_rate = timed(args.steps, step_in_loop)
     if runner.skipped:

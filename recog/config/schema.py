@@ -1,9 +1,10 @@
-"""Structured configs: the typed schema behind every YAML file in ``conf/``.
+"""Structured configs of recog's own sections (data, trainer, eval, export, predict, mlflow, sweep,
+paths, launcher): their keys, types and defaults live here only, so a misspelt key or a wrongly
+typed value fails at composition.
 
-Each group option's YAML starts from one of these dataclasses (``defaults: [/schema/...@_here_]``),
-so a misspelt key or a wrongly typed value fails at composition, before any work starts.
-Field names follow PaddleClas where it has them (``embedding_size``, ``class_num``, ``margin``,
-``scale``, ``easy_margin``, ``weight``).
+The components (backbone, neck, head, loss, dataset, optimizer, scheduler) have no dataclass: each
+is a yaml in ``conf/<group>/`` with a ``_target_``, and its keys are checked against the
+constructor's signature (``recog.config.components``, ``recog.registry``).
 """
 
 from dataclasses import dataclass, field
@@ -25,14 +26,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     gpu = "gpu"
-
-
-class LossInput(str, Enum):
-    """Which model output a loss term reads."""
-
-    logits = "logits"
-    features = "features"
-    backbone = "backbone"
 
 
 class Binarize(str, Enum):
@@ -63,296 +56,31 @@ class OneDNNMode(str, Enum):
     off = "off"
 
 
-# ---- backbone (stop_layer and pretrained are handled by build_model, not the class) ----------
-@dataclass
-class PPLCNetConfig:
-    _target_: str = "recog.models.backbones.PPLCNet"
-    scale: float = 2.5
-    dropout_prob: float = 0.2
-    stop_layer: Optional[str] = "flatten"
-    pretrained: Optional[str] = None  # a PaddleClas .pdparams or a .safetensors file
-
-
-@dataclass
-class ResNetVdConfig:
-    _target_: str = "recog.models.backbones.ResNetVd"
-    depth: int = 50
-    stop_layer: Optional[str] = "flatten"
-    pretrained: Optional[str] = None
-
-
-@dataclass
-class VisionResNetConfig:
-    _target_: str = "recog.models.backbones.VisionResNet"
-    depth: int = 50
-    stop_layer: Optional[str] = "flatten"
-    pretrained: Optional[str] = None
-
-
-@dataclass
-class VisionMobileNetV3Config:
-    _target_: str = "recog.models.backbones.VisionMobileNetV3"
-    size: str = "large"
-    scale: float = 1.0
-    stop_layer: Optional[str] = "flatten"
-    pretrained: Optional[str] = None
-
-
-# ---- neck -------------------------------------------------------------------------------------
-@dataclass
-class FCNeckConfig:
-    _target_: str = "recog.models.necks.FCNeck"
-    embedding_size: int = 512
-
-
-@dataclass
-class BNNeckConfig:
-    _target_: str = "recog.models.necks.BNNeck"
-    embedding_size: Optional[int] = None  # None: the backbone width; else an FC first
-
-
-@dataclass
-class TanhNeckConfig:
-    _target_: str = "recog.models.necks.TanhNeck"
-    embedding_size: int = 48  # code length in bits
-
-
-@dataclass
-class FPNNeckConfig:
-    _target_: str = "recog.models.necks.FPNNeck"
-    embedding_size: int = 512
-    fpn_channels: int = 256
-    num_levels: int = 3  # the backbone's last stages fed to the pyramid
-
-
-# ---- head (class_num None: the number of training classes) ------------------------------------
-@dataclass
-class FCHeadConfig:
-    _target_: str = "recog.models.heads.FCHead"
-    class_num: Optional[int] = None
-
-
-@dataclass
-class ArcMarginConfig:
-    _target_: str = "recog.models.heads.ArcMargin"
-    class_num: Optional[int] = None
-    margin: float = 0.2
-    scale: float = 30.0
-    easy_margin: bool = False
-
-
-@dataclass
-class CosMarginConfig:
-    _target_: str = "recog.models.heads.CosMargin"
-    class_num: Optional[int] = None
-    margin: float = 0.15
-    scale: float = 64.0
-
-
-@dataclass
-class CircleMarginConfig:
-    _target_: str = "recog.models.heads.CircleMargin"
-    class_num: Optional[int] = None
-    margin: float = 0.25
-    scale: float = 256.0
-
-
-# ---- loss terms: weight and input (the model output read) are handled by build_loss -----------
-# class_num / num_classes / feat_dim left None are filled in: training classes, feature width.
-@dataclass
-class CELossConfig:
-    _target_: str = "recog.losses.CELoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.logits
-    epsilon: Optional[float] = None
-
-
-@dataclass
-class TripletLossV2Config:
-    _target_: str = "recog.losses.TripletLossV2"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    margin: float = 0.5
-    normalize_feature: bool = True
-
-
-@dataclass
-class TripletLossConfig:
-    _target_: str = "recog.losses.TripletLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    margin: float = 1.0
-
-
-@dataclass
-class TriHardLossConfig:
-    _target_: str = "recog.losses.TriHardLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    margin: float = 0.1
-
-
-@dataclass
-class CenterLossConfig:
-    _target_: str = "recog.losses.CenterLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    num_classes: Optional[int] = None
-    feat_dim: Optional[int] = None
-
-
-@dataclass
-class SupConLossConfig:
-    _target_: str = "recog.losses.SupConLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    temperature: float = 0.07
-    base_temperature: float = 0.07
-    contrast_mode: str = "all"
-
-
-@dataclass
-class MSMLossConfig:
-    _target_: str = "recog.losses.MSMLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    margin: float = 0.1
-
-
-@dataclass
-class NpairsLossConfig:
-    _target_: str = "recog.losses.NpairsLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    reg_lambda: float = 0.01
-
-
-@dataclass
-class EmlLossConfig:
-    _target_: str = "recog.losses.EmlLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    beta: float = 100000.0
-
-
-@dataclass
-class PairwiseCosfaceConfig:
-    _target_: str = "recog.losses.PairwiseCosface"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    margin: float = 0.35
-    gamma: float = 64.0
-
-
-@dataclass
-class XBMConfig:
-    _target_: str = "recog.losses.XBM"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    loss: Any = field(default_factory=lambda: {"_target_": "recog.losses.ContrastiveLoss", "margin": 0.5})
-    memory_size: int = 8192
-    feat_dim: Optional[int] = None
-    start_iteration: int = 0
-    memory_weight: float = 1.0
-
-
-@dataclass
-class DCHLossConfig:
-    _target_: str = "recog.losses.DCHLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    gamma: float = 20.0
-    _lambda: float = 0.1
-    class_num: Optional[int] = None
-
-
-@dataclass
-class DSHSDLossConfig:
-    _target_: str = "recog.losses.DSHSDLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    alpha: float = 0.05
-    multi_label: bool = False
-
-
-@dataclass
-class LCDSHLossConfig:
-    _target_: str = "recog.losses.LCDSHLoss"
-    weight: float = 1.0
-    input: LossInput = LossInput.features
-    class_num: Optional[int] = None
-    _lambda: float = 3.0
-
-
-# ---- dataset (each a loader returning RetrievalSplits) ----------------------------------------
-@dataclass
-class DigitsConfig:
-    _target_: str = "recog.data.digits.load_digits"
-    root: str = "${paths.output_root}/data/digits"
-    mirror_invariant: bool = False
-
-
-@dataclass
-class SOPConfig:
-    _target_: str = "recog.data.sop.load_sop"
-    root: str = MISSING
-    train_file: str = "Ebay_train.txt"
-    test_file: str = "Ebay_test.txt"
-    mirror_invariant: bool = True
-
-
-@dataclass
-class ImageListConfig:
-    _target_: str = "recog.data.lists.load_lists"
-    root: str = MISSING
-    train_list: str = MISSING
-    query_list: str = MISSING
-    gallery_list: Optional[str] = None  # None: query == gallery protocol
-    mirror_invariant: bool = True
-
-
-# ---- optimizer and learning-rate schedule -----------------------------------------------------
-@dataclass
-class MomentumConfig:
-    _target_: str = "recog.optim.momentum"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-
-
-@dataclass
-class AdamWConfig:
-    _target_: str = "recog.optim.adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-
-
-@dataclass
-class WarmupCosineConfig:
-    _target_: str = "recog.optim.warmup_cosine"
-    warmup_epochs: float = 1.0
-    warmup_start_lr: float = 0.0
-    eta_min: float = 0.0
-
-
-@dataclass
-class MultiStepConfig:
-    _target_: str = "recog.optim.multi_step"
-    milestones: List[int] = field(default_factory=lambda: [30, 60, 90])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    warmup_start_lr: float = 0.0
-
-
 # ---- everything else --------------------------------------------------------------------------
 class OnBadImage(str, Enum):
     """What a run does with an image it cannot use (missing, empty, truncated, not an image, too large)."""
 
     skip = "skip"  # warn, list it in <run dir>/bad_images.tsv; training uses another image of its class
     fail = "fail"  # stop at once with the path (exit 2)
+
+
+@dataclass
+class AugmentConfig:
+    """``data.augment``: training augmentation, PaddleClas's operators and parameters (see
+    ``recog.data.transforms.Augment``). The defaults add nothing to a flip."""
+
+    random_resized_crop: bool = False  # RandCropImage: area U(crop_scale), aspect U(crop_ratio)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: bool = True  # RandFlipImage p=0.5, only for mirror-invariant datasets
+    pad_crop: int = 0  # Pad + RandCropImageV2: pad pixels per side, crop back at a random offset
+    rotate_prob: float = 0.0  # RandomRotation: probability
+    rotate_degrees: float = 90.0  # ... of an angle U(-d, d)
+    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # brightness contrast saturation hue
+    erase_prob: float = 0.0  # RandomErasing (EPSILON): probability
+    erase_area: List[float] = field(default_factory=lambda: [0.02, 0.4])  # sl, sh
+    erase_ratio: float = 0.3  # r1: aspect in [r1, 1/r1]
+    erase_value: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # fill, normalised units
 
 
 @dataclass
@@ -368,6 +96,7 @@ class DataConfig:
     # Larger images are refused (as bad images) before decoding when the header tells the size
     # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
     max_image_pixels: Optional[int] = 100_000_000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -385,16 +114,24 @@ class TrainerConfig:
     # A NaN / Inf loss or gradient stops the run naming the step and the loss term; true skips such
     # steps instead (no update), counted in the metric skipped_steps.
     skip_nonfinite: bool = False
+    # The eval metric that picks best_model/ (higher is better): recall_at_K, precision_at_K, mAP, mINP
+    monitor: str = "recall_at_1"
 
 
 class EvalEngine(str, Enum):
     """What computes the eval features: the dygraph model, or a Paddle Inference predictor of it
     (oneDNN on the CPU); ``auto`` picks the predictor on the CPU for large enough eval sets
-    (see recog/stages/evaluate.py)."""
+    (see recog/evaluation/evaluator.py)."""
 
     auto = "auto"
     dygraph = "dygraph"
     predictor = "predictor"
+
+
+class Rerank(str, Enum):
+    """Re-ranking of each query's top candidates: ``k_reciprocal`` (Zhong et al. 2017)."""
+
+    k_reciprocal = "k_reciprocal"
 
 
 @dataclass
@@ -405,6 +142,16 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
+    # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
+    # during training and by stage=predict's gallery search.
+    flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
+    query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
+    qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
+    rerank: Optional[Rerank] = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
+    rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
+    rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
+    rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
+    rerank_top_k: int = 100  # candidates re-ranked per query; the rest keep their order
 
 
 @dataclass
@@ -461,7 +208,8 @@ class MlflowConfig:
 class SweepConfig:
     """``run.py -m``: what a sweep job returns to the sweeper and the parent run ranks by."""
 
-    objective: str = "recall_at_1"  # an eval metric, maximised: recall_at_K, precision_at_K, mAP, mINP
+    # An eval metric, maximised: recall_at_K, precision_at_K, mAP, mINP; by default the one that picks the best model
+    objective: str = "${trainer.monitor}"
 
 
 @dataclass
@@ -492,7 +240,7 @@ class RecogConfig:
     loss: Any = MISSING
     dataset: Any = MISSING
     optimizer: Any = MISSING
-    lr: Any = MISSING
+    scheduler: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -502,29 +250,14 @@ class RecogConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    # The one way around safe loading's registry check (recog.config.trusted): _target_s trusted
+    # in a saved config although no yaml registers them. Read from this run's command line, never
+    # from the saved file.
+    trusted_targets: List[str] = field(default_factory=list)
 
-
-SCHEMAS = {
-    "backbone": {"pplcnet": PPLCNetConfig, "resnet_vd": ResNetVdConfig, "vision_resnet": VisionResNetConfig,
-                 "vision_mobilenetv3": VisionMobileNetV3Config},
-    "neck": {"fc": FCNeckConfig, "bnneck": BNNeckConfig, "tanh": TanhNeckConfig, "fpn": FPNNeckConfig},
-    "head": {"fc": FCHeadConfig, "arcmargin": ArcMarginConfig, "cosmargin": CosMarginConfig,
-             "circlemargin": CircleMarginConfig},
-    "loss": {"ce": CELossConfig, "triplet_v2": TripletLossV2Config, "triplet": TripletLossConfig,
-             "trihard": TriHardLossConfig, "center": CenterLossConfig, "supcon": SupConLossConfig,
-             "msm": MSMLossConfig, "npairs": NpairsLossConfig, "eml": EmlLossConfig,
-             "pairwise_cosface": PairwiseCosfaceConfig, "xbm": XBMConfig, "dch": DCHLossConfig,
-             "dshsd": DSHSDLossConfig, "lcdsh": LCDSHLossConfig},
-    "dataset": {"digits": DigitsConfig, "sop": SOPConfig, "image_list": ImageListConfig},
-    "optimizer": {"momentum": MomentumConfig, "adamw": AdamWConfig},
-    "lr": {"warmup_cosine": WarmupCosineConfig, "multi_step": MultiStepConfig},
-}
 
 
 def register_schemas() -> None:
-    """Store the schemas in Hydra's ConfigStore under ``schema/<group>/<name>``."""
-    store = ConfigStore.instance()
-    store.store(name="recog_schema", node=RecogConfig)
-    for group, options in SCHEMAS.items():
-        for name, node in options.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
+    """Store the top-level schema in Hydra's ConfigStore (``recog_schema``, the first default of
+    conf/config.yaml)."""
+    ConfigStore.instance().store(name="recog_schema", node=RecogConfig)

@@ -169,10 +169,3 @@ class ImageDataset(paddle.io.Dataset):
         except BadImageError as error:
             return error.reason
         return "could not be read by a loader worker"  # readable now: a transient failure
-
-    def raise_if_undecodable(self, labels: np.ndarray) -> None:
-        """Raise ``DataError`` naming the bad samples of a batch, whatever ``on_bad_image`` says
-        (the behaviour before ``check_batch``)."""
-        labels = np.asarray(labels).reshape(-1)
-        if (labels < 0).any():
-            raise self._error(labels[labels < 0], class_lost=False)

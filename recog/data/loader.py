@@ -3,24 +3,46 @@
 Both yield host (CPU) tensors whatever the device: the stages check a batch's labels on the host
 (a copy, not a device read-back), then move what the model needs with ``to_device``; the eval
 stage's predictor reads host arrays directly.
+
+Both are ``GuardedDataLoader``s, which make two of Paddle's loader failure modes safe:
+
+* an exception in the loader's thread (``num_workers=0``: the batch sampler and the dataset run
+  there) leaves Paddle's main thread waiting for a batch forever; one in a worker process reaches
+  the user as "Blocking queue is killed". The guard records the thread's exception, wakes the
+  main thread, and raises ``DataError`` naming the original exception and where it was raised;
+* persistent workers break when an epoch is left mid-way (``IndexError: pop from empty list``
+  at the next epoch): an iteration that did not reach the end shuts its workers down, and the
+  next epoch starts fresh ones. The training loader's epochs are cut to
+  ``trainer.steps_per_epoch`` by the batch sampler itself (``KeyedBatches(steps=)``), so a short
+  epoch still ends normally and keeps its workers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+import traceback
+import weakref
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import paddle
 
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES_FILE
 from recog.data.dataset import ImageDataset
+from recog.errors import DataError
 from recog.data.sampler import PKBatchSampler
 from recog.data.splits import Sample
 from recog.data.transforms import Transform
 
 
+log = logging.getLogger(__name__)
+
+
 class KeyedBatches:
-    """A ``PKBatchSampler`` whose indices carry the epoch and their place in the epoch.
+    """A ``PKBatchSampler`` whose indices carry the epoch and their place in the epoch, cut to
+    ``steps`` batches per epoch (None: the whole epoch).
 
     Yields ``[(index, epoch, draw), ...]`` where ``draw = step * W * B + rank * B + j`` numbers
     the sample across the global batches of the epoch (W ranks, B per rank): ``ImageDataset``
@@ -28,11 +50,12 @@ class KeyedBatches:
     or worker loads the sample, nor on where a resumed epoch starts.
     """
 
-    def __init__(self, sampler: PKBatchSampler):
+    def __init__(self, sampler: PKBatchSampler, steps: Optional[int] = None):
         self.sampler = sampler
+        self.steps = steps
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) if self.steps is None else min(len(self.sampler), self.steps)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.sampler.set_epoch(epoch, start)
@@ -40,6 +63,8 @@ class KeyedBatches:
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         s = self.sampler
         for step, batch in enumerate(s, start=s.start):
+            if step >= len(self):
+                return
             first = step * s.batch_size * s.world_size + s.rank * s.batch_size
             yield [(index, s.epoch, first + j) for j, index in enumerate(batch)]
 
@@ -59,19 +84,21 @@ def dataset_options(data_cfg, run_dir=None) -> Dict[str, Any]:
 def build_train_loader(samples: Sequence[Sample], labels: Sequence[int], transform: Transform,
                        batch_size: int, samples_per_class: int, num_workers: int,
                        seed: int, rank: int = 0, world_size: int = 1,
-                       options: Optional[Mapping[str, Any]] = None) -> paddle.io.DataLoader:
+                       options: Optional[Mapping[str, Any]] = None,
+                       steps_per_epoch: Optional[int] = None) -> paddle.io.DataLoader:
     """P x K batches ``[images [B, 3, S, S] float32, labels [B] int64]`` with ``labels``
     (usually contiguous training labels, aligned with ``samples``).
 
     ``batch_size`` is per process; with ``world_size`` > 1 each rank gets its share of every
     global batch (see ``PKBatchSampler``). Call ``set_loader_epoch(loader, epoch)`` before each
     epoch. Host tensors; workers (``num_workers`` > 0) persist across epochs. ``options``: more
-    ``ImageDataset`` arguments (``dataset_options``).
+    ``ImageDataset`` arguments (``dataset_options``). ``steps_per_epoch``: at most that many
+    batches per epoch (``len(loader)``), the first ones of the full epoch's order.
     """
     dataset = ImageDataset(samples, transform, labels=labels, seed=seed, **(options or {}))
     sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed, rank=rank, world_size=world_size)
-    return paddle.io.DataLoader(dataset, batch_sampler=KeyedBatches(sampler), num_workers=num_workers,
-                                persistent_workers=num_workers > 0, places=paddle.CPUPlace())
+    return GuardedDataLoader(dataset, batch_sampler=KeyedBatches(sampler, steps_per_epoch), num_workers=num_workers,
+                             persistent_workers=num_workers > 0, places=paddle.CPUPlace())
 
 
 def build_eval_loader(samples: Sequence[Sample], transform: Transform, batch_size: int,
@@ -79,9 +106,9 @@ def build_eval_loader(samples: Sequence[Sample], transform: Transform, batch_siz
     """Batches ``[images [B, 3, S, S] float32, labels [B] int64]`` (original labels) in
     ``samples`` order; the last batch may be smaller. Host tensors. ``options``: as for
     ``build_train_loader``."""
-    return paddle.io.DataLoader(ImageDataset(samples, transform, **(options or {})), batch_size=batch_size,
-                                shuffle=False, drop_last=False, num_workers=num_workers,
-                                persistent_workers=num_workers > 0, places=paddle.CPUPlace())
+    return GuardedDataLoader(ImageDataset(samples, transform, **(options or {})), batch_size=batch_size,
+                             shuffle=False, drop_last=False, num_workers=num_workers,
+                             persistent_workers=num_workers > 0, places=paddle.CPUPlace())
 
 
 def to_device(tensor: paddle.Tensor) -> paddle.Tensor:
@@ -100,3 +127,121 @@ def set_loader_epoch(loader: paddle.io.DataLoader, epoch: int, start: int = 0) -
             loader.batch_sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
+
+
+class GuardedDataLoader(paddle.io.DataLoader):
+    """``paddle.io.DataLoader`` whose iteration ends with ``DataError`` when its thread or a worker
+    fails (instead of hanging or "Blocking queue is killed"), and which starts fresh workers after
+    an iteration left mid-way (instead of ``IndexError: pop from empty list``)."""
+
+    def __iter__(self) -> Iterator:
+        if self._persistent_workers and getattr(self, "_iterator", None) is not None \
+                and not getattr(self, "_finished", True):
+            log.debug("the previous epoch of a loader with persistent workers stopped mid-way: restarting them")
+            self._iterator._try_shutdown_all(1)
+            self._iterator = None
+        self._finished = False
+        _install_hook()
+        try:
+            iterator = super().__iter__()  # starts the thread (and workers), which prefetch batches
+        except Exception as raised:
+            raise _data_error(raised, "in the data loader") from raised
+        _watch(iterator)
+        return self._guarded(iterator)
+
+    def _guarded(self, iterator) -> Iterator:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                error = _failure(iterator, wait=0.0)
+                if error is not None:
+                    raise _data_error(error) from error
+                self._finished = True
+                return
+            except Exception as raised:
+                error = _failure(iterator, wait=1.0)  # the thread's hook may still be recording it
+                if error is not None:
+                    raise _data_error(error) from error
+                if "Blocking queue is killed" in str(raised) or "DataLoader reader thread" in str(raised):
+                    raise DataError("the data loader stopped: a loader worker exited unexpectedly (killed, or out "
+                                    "of memory?); see the messages above, or try data.num_workers=0") from raised
+                raise _data_error(raised, "in the data loader") from raised
+            yield batch
+
+
+# Iterator -> the exception its loader thread died of; the threads' hook records it.
+_failures: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_watched: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # id(thread) -> iterator
+_orphans: Dict[int, BaseException] = {}  # id(thread) -> exception, of a loader thread that died before _watch
+_lock = threading.Lock()
+_previous_hook = None
+
+
+def _install_hook() -> None:
+    global _previous_hook
+    with _lock:
+        if _previous_hook is None:
+            _previous_hook = threading.excepthook
+            threading.excepthook = _thread_hook
+
+
+def _watch(iterator) -> None:
+    """Route uncaught exceptions of ``iterator``'s loader thread to ``_failures`` (``_install_hook`` first:
+    the thread starts, and may fail, before the iterator is returned)."""
+    thread = getattr(iterator, "_thread", None)
+    if thread is None:
+        return
+    with _lock:
+        _watched[id(thread)] = iterator
+        _failures.pop(iterator, None)
+        orphan = _orphans.pop(id(thread), None)
+    if orphan is not None:
+        _record(iterator, orphan)
+
+
+def _thread_hook(args) -> None:
+    with _lock:
+        iterator = _watched.get(id(args.thread))
+        if iterator is None or getattr(iterator, "_thread", None) is not args.thread:
+            iterator = None
+            if args.exc_value is not None and (args.thread.name or "").endswith("(_thread_loop)"):
+                _orphans[id(args.thread)] = args.exc_value  # a loader thread not watched yet
+                return
+    if iterator is None or args.exc_value is None:
+        _previous_hook(args)
+        return
+    _record(iterator, args.exc_value)
+
+
+def _record(iterator, error: BaseException) -> None:
+    _failures[iterator] = error
+    try:  # wake the main thread, which waits on the queue this thread no longer fills
+        iterator._exit_thread_unexpectedly()
+    except Exception:  # already closed
+        pass
+
+
+def _failure(iterator, wait: float) -> Optional[BaseException]:
+    deadline = time.monotonic() + wait
+    while True:
+        error = _failures.get(iterator)
+        if error is not None or time.monotonic() >= deadline:
+            return error
+        time.sleep(0.02)
+
+
+def _data_error(error: BaseException, place: str = "in the loader thread") -> DataError:
+    """``DataError`` naming a loader thread's or worker's exception and where it was raised."""
+    if isinstance(error, DataError):
+        return DataError(str(error))
+    text = str(error).strip()
+    if "DataLoader worker(" in text:  # Paddle's re-raise of a worker's exception: the last line is the original
+        where, lines = "in a loader worker", [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].strip() if lines else text
+    else:
+        frames = traceback.extract_tb(error.__traceback__)
+        frame = frames[-1] if frames else None
+        where = f"{place}, at {frame.filename}:{frame.lineno} ({frame.name})" if frame else place
+        text = f"{type(error).__name__}: {text}"
+    return DataError(f"data loading failed {where}: {text}")

@@ -1,7 +1,9 @@
 """Loss functions: each a ``paddle.nn.Layer`` with ``forward(inputs, labels) -> scalar``.
 
-Every term of a loss config names one of these, the model output it reads (``logits`` or
-``features``) and its weight; ``recog.losses.weighted.WeightedLoss`` sums them.
+A loss config's terms are ``loss.<term>: {weight, input, fn: {_target_, ...}}``: the model output
+the term reads (``logits``, ``features`` or ``backbone``), its weight, and one of these under
+``fn``; ``recog.losses.weighted.WeightedLoss`` sums them. A new loss is its file plus
+``conf/loss/<name>.yaml`` (see CONTRIBUTING.md); exporting it here is a convenience, not a must.
 """
 
 from recog.losses.center import CenterLoss
@@ -16,8 +18,8 @@ from recog.losses.npairs import NpairsLoss
 from recog.losses.pairwise_cosface import PairwiseCosface
 from recog.losses.supcon import SupConLoss
 from recog.losses.trihard import TriHardLoss
-from recog.losses.triplet import TripletLossV2
-from recog.losses.triplet_v1 import TripletLoss
+from recog.losses.triplet import TripletLoss
+from recog.losses.triplet_v2 import TripletLossV2
 from recog.losses.xbm import XBM
 
 __all__ = ["CELoss", "CenterLoss", "ContrastiveLoss", "DCHLoss", "DSHSDLoss", "EmlLoss", "LCDSHLoss", "MSMLoss",

@@ -1,11 +1,9 @@
-"""RecModel: backbone -> (cut at stop layer) -> neck -> head."""
+"""RecModel: backbone (cut at its stop layer by the builder) -> neck -> head."""
 
 from typing import Optional
 
 import paddle
 from paddle import nn
-
-from recog.models.stop_layer import truncate_after
 
 
 class RecModel(nn.Layer):
@@ -21,15 +19,9 @@ class RecModel(nn.Layer):
       margin only when ``labels`` are given in training mode.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Layer,
-        stop_layer: Optional[str] = None,
-        neck: Optional[nn.Layer] = None,
-        head: Optional[nn.Layer] = None,
-    ):
+    def __init__(self, backbone: nn.Layer, neck: Optional[nn.Layer] = None, head: Optional[nn.Layer] = None):
         super().__init__()
-        self.backbone = truncate_after(backbone, stop_layer)
+        self.backbone = backbone  # already cut at its stop layer (recog.models.stop_layer.truncate_after)
         self.neck = neck
         self.head = head
 

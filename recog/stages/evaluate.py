@@ -2,211 +2,35 @@
 
 ``python run.py stage=eval model_path=<run>/best_model``. The model is rebuilt from the config
 saved beside its weights; the dataset and the eval settings come from the current config.
+Feature extraction and the metrics are ``recog.evaluation``'s (data parallel with
+``launcher.nproc_per_node=N``: each rank extracts its shard, the metrics equal a single
+process's). Rank 0 writes ``metrics.json`` and logs to MLflow.
 
-Data parallel (``launcher.nproc_per_node=N``): each rank extracts the features of a contiguous
-run of whole eval batches (``recog.distributed.parallel.shard_range``), the features and labels
-are gathered in rank order (padded to equal size, then trimmed), which restores the original
-order, and every rank computes the metrics from the same arrays: the result is identical to a
-single process's. Rank 0 writes ``metrics.json`` and logs to MLflow.
-
-Feature extraction (``eval.engine``): ``dygraph`` runs the model; ``predictor`` a Paddle Inference
-predictor of its feature path (``recog.inference.eval_predictor``: oneDNN on the CPU, several times
-faster, refreshed with the current weights before each eval and checked against the dygraph model);
-``auto`` (the default) the predictor on the CPU when this process's eval images add up to at least
-``eval.predictor_min_megapixels`` (at ``data.image_size``): below that its one-time set-up (tracing
-the graph, probing oneDNN in a child process: about 5 s) costs more than it saves. Dygraph otherwise,
-and whenever the predictor cannot reproduce the model.
+SIGINT / SIGTERM stop the extraction after the current batch (nothing is written, the MLflow run
+is marked KILLED; ``run.py`` exits 130 / 143).
 """
 
-import json
 import logging
-import time
+import signal
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict
 
-import numpy as np
-import paddle
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from recog.api import build_model, load_splits
-from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
-from recog.data.loader import dataset_options, to_device
+from recog.data.loader import dataset_options
 from recog.distributed import parallel
-from recog.errors import ConfigError
-from recog.inference.eval_predictor import EvalPredictor
-from recog.metrics import binarize, format_metrics_table, hamming_metrics, retrieval_metrics
-from recog.search import GalleryIndex, save_retrieval_grid
+from recog.errors import ConfigError, TrainingInterrupted
+from recog.evaluation import EvalInterrupted, Evaluator, write_metrics
+from recog.metrics import format_metrics_table
 from recog.tracking import MlflowTracker
-from recog.utils import atomic, checkpoint
-from recog.utils.precision import Amp, amp_settings, autocast
+from recog.utils import checkpoint
+from recog.utils.interrupt import StopRequest
+from recog.utils.precision import amp_settings
 from recog.utils.runtime import is_main_process, seed_everything, select_device
 
 log = logging.getLogger(__name__)
-
-
-class Evaluator:
-    """Extracts features of the eval splits with a model and scores them.
-
-    Loaders are built once and reused, so training can evaluate every few epochs cheaply, and so
-    is the predictor (``eval.engine``). In a data-parallel run (process group initialised) ``query``
-    and ``gallery`` load this rank's shard, and ``__call__`` (a collective: every rank calls it)
-    gathers the features first.
-    """
-
-    def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig, amp: Optional[Amp] = None,
-                 options: Optional[Dict[str, Any]] = None):
-        """``data_cfg``: the trained model's (image size, normalisation); ``options``: the eval
-        loaders' dataset arguments (``recog.data.loader.dataset_options``)."""
-        transform = build_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False, hflip=False)
-        rank, world = parallel.rank(), parallel.world_size()
-
-        self.first_index = {}  # loader -> index in its split of the loader's first sample (the shard start)
-
-        def loader(samples):
-            start, stop = parallel.shard_range(len(samples), data_cfg.eval_batch_size, rank, world)
-            built = build_eval_loader(samples[start:stop], transform, data_cfg.eval_batch_size, data_cfg.num_workers,
-                                      options)
-            self.first_index[built] = start
-            return built
-
-        self.splits = splits
-        self.query = loader(splits.query)
-        self.gallery = loader(splits.gallery) if splits.gallery is not None else None
-        self.last = None  # (query, query_labels, gallery, gallery_labels) of the latest call
-        self.last_kept = None  # (query, gallery) indices into the splits of the rows of ``last``
-        self.recall_at = tuple(eval_cfg.recall_at)
-        self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
-        # Codes come from the raw activations: normalising would move them across round's 0.5.
-        self.normalize = eval_cfg.normalize and not self.binarize
-        self.amp = amp
-        self.image_size = int(data_cfg.image_size)
-        self.engine = str(getattr(eval_cfg.engine, "value", eval_cfg.engine))
-        self.predictor_min_megapixels = float(eval_cfg.predictor_min_megapixels)
-        self.predictor: Optional[EvalPredictor] = None
-        self.engine_used: Optional[str] = None  # "dygraph" or "predictor" at the latest call
-
-    def features(self, model: paddle.nn.Layer, loader, desc: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features, labels and indices in the split of a whole eval split's usable samples, in
-        order (gathered over the ranks; samples whose image was bad are left out)."""
-        predictor = self.predictor if self.engine_used == "predictor" else None
-        kept = []
-        features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp, predictor=predictor,
-                                            kept=kept)
-        indices = np.concatenate(kept).astype(np.int64) + self.first_index[loader] if kept else np.zeros(0, np.int64)
-        return parallel.gather_rows(features), parallel.gather_rows(labels), parallel.gather_rows(indices)
-
-    def __call__(self, model: paddle.nn.Layer) -> Dict[str, float]:
-        started = time.perf_counter()
-        self.engine_used = "predictor" if self._prepare_predictor(model) else "dygraph"
-        query, query_labels, query_kept = self.features(model, self.query, "query")
-        gallery = gallery_labels = gallery_kept = None
-        if self.gallery is not None:
-            gallery, gallery_labels, gallery_kept = self.features(model, self.gallery, "gallery")
-        self.last = (query, query_labels, gallery, gallery_labels)
-        self.last_kept = (query_kept, gallery_kept)
-        log.info("eval features of %d images in %.1f s (%s)", self.num_images(), time.perf_counter() - started,
-                 self.engine_used)
-        if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
-            query = binarize(query, self.binarize)
-            gallery = binarize(gallery, self.binarize) if gallery is not None else None
-            return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
-        return retrieval_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
-
-    def num_images(self) -> int:
-        """Eval images this process extracts (its shards of query and gallery)."""
-        return len(self.query.dataset) + (len(self.gallery.dataset) if self.gallery is not None else 0)
-
-    def wants_predictor(self) -> bool:
-        """Whether ``eval.engine`` asks for the predictor here (``auto``: on the CPU, float32, at
-        least ``eval.predictor_min_megapixels`` of eval images on this process)."""
-        if self.engine == "predictor":
-            return True
-        if self.engine != "auto" or self.amp is not None or paddle.get_device() != "cpu":
-            return False
-        return self.num_images() * self.image_size ** 2 >= self.predictor_min_megapixels * 1e6
-
-    def _prepare_predictor(self, model: paddle.nn.Layer) -> bool:
-        """Bring the predictor up to ``model``'s current weights; False: extract with dygraph
-        (``auto`` falls back, with a warning, when the predictor cannot reproduce the model)."""
-        if not self.wants_predictor():
-            return False
-        try:
-            if self.predictor is None or self.predictor.model is not model:
-                self.predictor = EvalPredictor(model, self.normalize, self.image_size, device=paddle.get_device())
-            self.predictor.refresh()
-        except Exception as error:  # a model to_static cannot convert, a oneDNN mismatch, ...
-            if self.engine == "predictor":
-                raise
-            log.warning("eval.engine=auto: extracting features with the dygraph model, the predictor failed "
-                        "(%s: %s)", type(error).__name__, error)
-            self.engine = "dygraph"  # for the rest of the run
-            self.predictor = None
-            return False
-        if self.engine_used is None:
-            log.info("eval features: Paddle Inference predictor (oneDNN mode %s)", self.predictor.onednn)
-        return True
-
-    def save_picture(self, path, queries: int = 8, k: int = 5) -> Optional[Path]:
-        """PNG grid of the first queries and their top-k results from the latest call's features
-        (None, after a warning, when it cannot be written: a picture never ends a run)."""
-        query, query_labels, gallery, gallery_labels = self.last
-        query_kept, gallery_kept = self.last_kept
-        n = min(queries, len(query))
-        query_paths = [self.splits.query[i].path for i in query_kept]
-        if gallery is None:  # query == gallery: a query's own image is not a result
-            index = GalleryIndex.build(query, labels=query_labels.tolist(), paths=query_paths)
-            results = index.results(query[:n], k + 1, query_paths[:n], query_labels[:n].tolist())
-            for i, row in enumerate(results):
-                row["results"] = [r for r in row["results"] if r["index"] != i][:k]
-                for rank, r in enumerate(row["results"], 1):
-                    r["rank"] = rank
-        else:
-            index = GalleryIndex.build(gallery, labels=gallery_labels.tolist(),
-                                       paths=[self.splits.gallery[i].path for i in gallery_kept])
-            results = index.results(query[:n], k, query_paths[:n], query_labels[:n].tolist())
-        return save_retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist())
-
-
-def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
-                     amp: Optional[Amp] = None, predictor: Optional[EvalPredictor] = None,
-                     kept: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
-    (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
-
-    Samples whose image was bad are left out (``dataset.check_batch``); ``kept``, if given, receives
-    the loader positions of the rows returned, one array per batch. With ``predictor`` (refreshed
-    with ``model``'s weights, normalising as ``normalize`` says) it computes the features instead
-    of the dygraph model.
-    """
-    was_training = model.training
-    model.eval()
-    features, labels = [], []
-    position = 0
-    with paddle.no_grad():
-        for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
-            batch_labels = batch_labels.numpy().reshape(-1)
-            keep = loader.dataset.check_batch(batch_labels)  # host labels: a copy, not a device read-back
-            if predictor is not None:
-                out = predictor.predict(images.numpy())
-            else:
-                with autocast(amp):
-                    out = model(to_device(images))["features"]
-                out = out.astype("float32")
-                if normalize:
-                    out = paddle.nn.functional.normalize(out, axis=1)
-                out = out.numpy().astype(np.float32)
-            features.append(out[keep])
-            labels.append(batch_labels[keep])
-            if kept is not None:
-                kept.append(position + np.flatnonzero(keep))
-            position += len(batch_labels)
-    if was_training:
-        model.train()
-    if not features:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
 def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
@@ -222,15 +46,22 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     select_device(cfg.trainer.device)
     _, world = parallel.init_distributed()
     seed_everything(cfg.seed)
-    trained_cfg = checkpoint.load_config(model_path)
+    trained_cfg = checkpoint.load_config(model_path, trusted_targets=cfg.trusted_targets)
     model = build_model(trained_cfg)
     checkpoint.load_model_weights(model_path, model)
     splits = load_splits(cfg)
     tracker = MlflowTracker(cfg, stage="eval")
     tracker.set_tag("recog.world_size", str(world))
     try:
-        evaluator = Evaluator(splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir))
-        metrics = evaluator(model)
+        with StopRequest() as stop:
+            evaluator = Evaluator(splits, trained_cfg.data, cfg.eval, amp=amp,
+                                  options=dataset_options(cfg.data, run_dir))
+            evaluator.stop = stop
+            try:
+                metrics = evaluator(model)
+            except EvalInterrupted as error:
+                signum = stop.signum or signal.SIGTERM
+                raise TrainingInterrupted(f"{error}; nothing was written", signum) from None
         if is_main_process():
             write_metrics(metrics, run_dir / "metrics.json")
         log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
@@ -240,13 +71,13 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         if is_main_process() and bad_images.is_file():
             log.warning("%s (left out of the metrics)", summarize_bad_images(bad_images))
             tracker.log_artifact(bad_images)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        with StopRequest():
+            tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
     log.info(tracker.describe())
     return metrics
-
-
-def write_metrics(metrics: Dict[str, float], path: Path) -> None:
-    atomic.write_text(path, json.dumps(metrics, indent=2, sort_keys=True), "metrics")

@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
     check_replaceable(output_dir)  # before any work: never overwrite a folder that is not an export
     device = select_device(cfg.trainer.device)
     seed_everything(cfg.seed)
-    trained_cfg = checkpoint.load_config(model_path)
+    trained_cfg = checkpoint.load_config(model_path, trusted_targets=cfg.trusted_targets)
     model = build_model(trained_cfg)
     checkpoint.load_model_weights(model_path, model)
     model.eval()

@@ -14,6 +14,15 @@
     retrieval.png     the first queries and their top-k results, right ones framed green (a
                       picture that cannot be written is a warning, not the end of the run)
 
+Post-processing, the same ``eval.*`` settings as ``stage=eval``: ``eval.flip=true`` averages the
+features of each image (input and gallery) and of its mirror; ``eval.query_expansion=K``
+(``eval.qe_alpha``) expands each query with its top K gallery items before the search;
+``eval.rerank=k_reciprocal`` re-orders each query's top ``max(predict.top_k, eval.rerank_top_k)``
+results by the k-reciprocal distance (its ``rerank_distance`` in results.json, ascending; ``score``
+stays the inner product). features.npy holds the (flip-averaged) features, not the expanded
+queries. A reused gallery index keeps the features it was built with: index a gallery again
+(another ``predict.index_dir``) after changing ``eval.flip``.
+
 Extraction streams: memory is bounded by the batch, not by the number of images. Every file
 (and the gallery index, a directory) is written to a temp name and renamed into place
 (``recog.utils.atomic``): a failed or killed run leaves complete earlier outputs, and disk full /
@@ -36,8 +45,9 @@ from recog.data.transforms import decode_image
 from recog.errors import ConfigError, DataError
 from recog.inference import ExportedModel, preprocess_image
 from recog.metrics import format_metrics_table, pack_bits
+from recog.evaluation.results import write_metrics
+from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, save_retrieval_grid
-from recog.stages.evaluate import write_metrics
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
 from recog.utils.runtime import is_main_process
@@ -118,8 +128,10 @@ def check_ready(cfg: DictConfig) -> None:
             raise ConfigError(f"predict.{key}={p[key]} is neither a folder nor a list file")
 
 
-def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size: int, desc: str) -> Tuple[np.ndarray, List[Item], List[str]]:
-    """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy).
+def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size: int, desc: str,
+            post: Optional[PostProcess] = None) -> Tuple[np.ndarray, List[Item], List[str]]:
+    """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy); with ``post.flip``
+    the mean of the features of each image and of its mirror.
 
     Returns ``(rows, kept items, failed lines)``; ``rows`` is the file memory-mapped read-only.
     """
@@ -130,7 +142,7 @@ def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size:
     rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), width))
     try:
         atomic.preallocate(tmp)  # disk full: a clear error now, not SIGBUS while filling the memmap
-        rows, kept, failed, count = _extract_into(rows, model, items, batch_size, desc, method)
+        rows, kept, failed, count = _extract_into(rows, model, items, batch_size, desc, method, post or PostProcess())
         rows.flush()
         del rows
         # Drop the rows of skipped images: streamed in chunks (np.save), so memory stays bounded.
@@ -144,7 +156,7 @@ def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size:
 
 
 def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], batch_size: int, desc: str,
-                  method) -> Tuple[np.ndarray, List[Item], List[str], int]:
+                  method, post: PostProcess) -> Tuple[np.ndarray, List[Item], List[str], int]:
     """Decode, preprocess and predict ``items`` batch by batch into ``rows`` (skipped images leave
     no row); returns ``(rows, kept items, failed lines, rows filled)``."""
     kept, failed, count = [], [], 0
@@ -168,7 +180,8 @@ def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], bat
                     images.append(image)
                     kept.append(item)
             if images:
-                features = model.predict(np.stack(images))  # 0/1 bits for a binarizing export
+                # 0/1 bits for a binarizing export (never flip-averaged: check_postprocess)
+                features = post.features_of(model.predict, np.stack(images), bool(model.preprocess.get("normalize")))
                 if method:
                     features = pack_bits(features)
                 rows[count:count + len(images)] = features
@@ -181,7 +194,39 @@ def write_manifest(items: List[Item], path: Path) -> None:
     atomic.write_text(path, "".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items), "manifest")
 
 
-def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path) -> GalleryIndex:
+def check_postprocess(model: ExportedModel, post: PostProcess) -> None:
+    """``ConfigError`` when ``eval.flip`` / ``query_expansion`` / ``rerank`` meet a binarizing export."""
+    if model.preprocess.get("binarize") and (post.flip or post.reorders):
+        raise ConfigError("eval.flip, eval.query_expansion and eval.rerank work on real features; "
+                          "the export in predict.model_dir outputs binary codes")
+
+
+def search_results(index: GalleryIndex, queries: np.ndarray, post: PostProcess, k: int, paths, labels) -> List[dict]:
+    """``index.results`` (the top ``k`` per query) after the query expansion and re-ranking ``post``
+    asks for; re-ranked entries carry their ``rerank_distance`` (ascending)."""
+    if not post.reorders:
+        return index.results(queries, k, query_paths=paths, query_labels=labels)
+    gallery = index.gallery_vectors()
+    expanded = post.expand(queries, gallery)
+    results = index.results(expanded, k, query_paths=paths, query_labels=labels)
+    if post.rerank is None:
+        return results
+    order, distances = post.rerank_order(expanded, gallery, k)
+    gallery_paths, gallery_labels = index.paths, index.labels
+    for row, query, items, item_distances in zip(results, expanded, order, distances):
+        row["results"] = [{
+            "rank": place + 1,
+            "index": int(i),
+            "path": None if gallery_paths is None else gallery_paths[i],
+            "label": None if gallery_labels is None else gallery_labels[i].item(),
+            "score": float(np.dot(query, gallery[i])),
+            "rerank_distance": float(d),
+        } for place, (i, d) in enumerate(zip(items.tolist(), item_distances.tolist()))]
+    return results
+
+
+def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path,
+                  post: Optional[PostProcess] = None) -> GalleryIndex:
     """Load the index in ``index_dir`` and add the gallery images it lacks, or build it anew."""
     p = cfg.predict
     items = read_items(p.gallery, "predict.gallery")
@@ -194,7 +239,7 @@ def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_di
     else:
         new = items
     if new:
-        rows, kept, failed = extract(model, new, out_dir / "gallery_features.npy", p.batch_size, "gallery")
+        rows, kept, failed = extract(model, new, out_dir / "gallery_features.npy", p.batch_size, "gallery", post)
         atomic.write_text(out_dir / "gallery_failed.txt", "".join(line + "\n" for line in failed))
         labels = [i.label for i in kept]
         unlabelled = sum(label is None for label in labels)
@@ -226,10 +271,12 @@ def run(cfg: DictConfig, run_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = ExportedModel(p.model_dir, device=cfg.trainer.device)
     items = read_items(p.input, "predict.input")
+    post = PostProcess.from_config(cfg.eval)
+    check_postprocess(model, post)
     tracker = MlflowTracker(cfg, stage="predict")
     try:
         name = "codes.npy" if model.preprocess.get("binarize") else "features.npy"
-        rows, kept, failed = extract(model, items, out_dir / name, p.batch_size, "predict")
+        rows, kept, failed = extract(model, items, out_dir / name, p.batch_size, "predict", post)
         write_manifest(kept, out_dir / "manifest.tsv")
         atomic.write_text(out_dir / "failed.txt", "".join(line + "\n" for line in failed))
         summary = {"images": len(items), "extracted": len(kept), "failed": len(failed)}
@@ -237,12 +284,12 @@ def run(cfg: DictConfig, run_dir) -> dict:
             log.warning("%d image(s) could not be decoded and were skipped: see %s", len(failed), out_dir / "failed.txt")
         if p.gallery:
             index_dir = Path(p.index_dir) if p.index_dir else out_dir / "gallery"
-            index = gallery_index(model, cfg, index_dir, out_dir)
+            index = gallery_index(model, cfg, index_dir, out_dir, post)
             queries = np.asarray(rows)
             paths, labels = [i.path for i in kept], [i.label for i in kept]
             # Unlabelled queries get results, and no metrics: metrics need a label on every query and gallery image.
             labelled = all(label is not None for label in labels)
-            results = index.results(queries, p.top_k, query_paths=paths, query_labels=labels if labelled else None)
+            results = search_results(index, queries, post, p.top_k, paths, labels if labelled else None)
             for row, label in zip(results, labels):
                 row["label"] = label
             atomic.write_text(out_dir / "results.json", json.dumps(results, indent=1), "search results")
@@ -252,7 +299,11 @@ def run(cfg: DictConfig, run_dir) -> dict:
             elif labelled and index.labels is None:
                 log.warning("the gallery has no labels: no metrics")
             if labelled and index.labels is not None:
-                metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
+                if post.reorders:
+                    metrics = post.metrics(queries, np.asarray(labels), index.gallery_vectors(), index.labels,
+                                           recall_at=tuple(cfg.eval.recall_at))
+                else:
+                    metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
                 write_metrics(metrics, out_dir / "metrics.json")
                 tracker.log_metrics(metrics, step=0)
                 log.info("retrieval metrics of %d queries\n%s", len(kept), format_metrics_table(metrics))

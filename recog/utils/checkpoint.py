@@ -23,7 +23,7 @@ reason, and leaves the previous checkpoint byte for byte as it was.
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -87,8 +87,17 @@ def load_state(path) -> Dict[str, Any]:
     return json.loads((atomic.readable_dir(path) / STATE_FILE).read_text())
 
 
-def load_config(path) -> DictConfig:
-    return OmegaConf.load(atomic.readable_dir(path) / CONFIG_FILE)
+def load_config(path, trusted_targets: Iterable[str] = (), searchpath: Optional[Sequence[str]] = None) -> DictConfig:
+    """The checked config a checkpoint was saved with: nothing it names is imported or run.
+
+    Every ``_target_`` must be a registered component of its group (``recog.config.trusted``);
+    ``trusted_targets``: the documented opt-in (``trusted_targets=[...]`` on the command line),
+    ``searchpath``: the ``hydra.searchpath`` whose yaml files register components (None: the
+    running job's). Raises ``ConfigError`` naming the file, the key and the value.
+    """
+    from recog.config.trusted import load_saved_config  # lazily: it pulls in the registry
+
+    return load_saved_config(atomic.readable_dir(path) / CONFIG_FILE, trusted_targets, searchpath)
 
 
 def load_loss_state(path, loss: paddle.nn.Layer) -> None:

@@ -4,6 +4,7 @@ overrides land in the tree; bad input becomes a ConfigError that names the probl
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def _one_step(layer, optimizer, schedule):
 
 
 def _check_optimizer(option, root):
-    cfg = compose([f"optimizer={option}", "lr.warmup_epochs=0", f"paths.output_root={root}"])
+    cfg = compose([f"optimizer={option}", "scheduler.warmup_epochs=0", f"paths.output_root={root}"])
     layer = _tiny_layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=3)
     assert isinstance(optimizer, paddle.optimizer.Optimizer)
@@ -149,8 +150,8 @@ def _check_optimizer(option, root):
     assert _one_step(layer, optimizer, schedule) > 0
 
 
-def _check_lr(option, root):
-    cfg = compose([f"lr={option}", "trainer.epochs=3", f"paths.output_root={root}"])
+def _check_scheduler(option, root):
+    cfg = compose([f"scheduler={option}", "trainer.epochs=3", f"paths.output_root={root}"])
     layer = _tiny_layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=4)
     assert isinstance(schedule, paddle.optimizer.lr.LRScheduler)
@@ -167,11 +168,11 @@ def _check_experiment(option, root):
     # Composition and targets only: tests/stages/test_recipes.py trains every recipe (shrunk).
     cfg = compose([f"experiment={option}", f"paths.output_root={root}"])
     require_complete(cfg, *[k for k in cfg if k != "dataset"])
-    for group in ("backbone", "neck", "head", "dataset", "optimizer", "lr"):
+    for group in ("backbone", "neck", "head", "dataset", "optimizer", "scheduler"):
         if cfg[group] is not None:
             assert get_object(cfg[group]._target_), group
     for term in cfg.loss.values():
-        assert get_object(term._target_)
+        assert get_object(term.fn._target_)
 
 
 def _check_hparams_search(option, root):
@@ -187,7 +188,7 @@ CHECKS = {
     "loss": _check_loss,
     "dataset": _check_dataset,
     "optimizer": _check_optimizer,
-    "lr": _check_lr,
+    "scheduler": _check_scheduler,
     "experiment": _check_experiment,
     "hparams_search": _check_hparams_search,
 }
@@ -200,8 +201,8 @@ def test_every_group_has_an_instantiation_check():
 def test_known_options_are_discovered():
     expected = {
         "backbone": {"pplcnet"}, "neck": {"fc", "none"}, "head": {"fc", "arcmargin", "none"},
-        "loss": {"ce", "triplet", "ce_triplet"}, "dataset": {"digits", "sop", "image_list"},
-        "optimizer": {"momentum", "adamw"}, "lr": {"warmup_cosine", "multi_step"}, "experiment": {"digits_demo"},
+        "loss": {"ce", "triplet", "triplet_v2", "ce_triplet"}, "dataset": {"digits", "sop", "image_list"},
+        "optimizer": {"momentum", "adamw"}, "scheduler": {"warmup_cosine", "multi_step"}, "experiment": {"digits_demo"},
     }
     for group, options in expected.items():
         assert options <= set(_options(group)), group
@@ -278,7 +279,7 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
         "stage": "train", "backbone._target_": "recog.models.backbones.PPLCNet", "backbone.scale": 1.0,
         "backbone.stop_layer": "flatten", "neck._target_": "recog.models.necks.FCNeck", "neck.embedding_size": 128,
         "head._target_": "recog.models.heads.ArcMargin", "head.margin": 0.2, "head.scale": 30.0,
-        "loss.ce._target_": "recog.losses.CELoss", "loss.triplet._target_": "recog.losses.TripletLossV2",
+        "loss.ce.fn._target_": "recog.losses.CELoss", "loss.triplet_v2.fn._target_": "recog.losses.TripletLossV2",
         "dataset._target_": "recog.data.sop.load_sop", "dataset.root": str(tmp_path),
         "data.image_size": 64,  # the command line wins over sop.yaml's 224
         "data.batch_size": 64, "data.samples_per_class": 4, "optimizer.lr": 0.05, "trainer.epochs": 4,
@@ -286,7 +287,7 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
     }
     for key, value in expected.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"}
     require_complete(cfg)
     if device == "cpu":
         check_overrides(args)
@@ -306,21 +307,23 @@ def test_spec_overrides_land_with_other_values():
     cfg = compose([f"{k}={v}" for k, v in overrides.items()] + ["head=arcmargin", "loss=ce_triplet"])
     for key, value in overrides.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"}
 
 
 def test_group_switches_land():
-    cfg = compose(["head=fc", "neck=none", "loss=triplet", "optimizer=adamw", "lr=multi_step"])
+    cfg = compose(["head=fc", "neck=none", "loss=triplet", "optimizer=adamw", "scheduler=multi_step"])
     assert cfg.head._target_ == "recog.models.heads.FCHead" and "margin" not in cfg.head
     assert cfg.neck is None and set(cfg.loss) == {"triplet"}
-    assert cfg.optimizer._target_ == "recog.optim.adamw" and cfg.lr._target_ == "recog.optim.multi_step"
+    assert cfg.loss.triplet.fn._target_ == "recog.losses.TripletLoss"  # option, term and class agree
+    assert compose(["loss=triplet_v2"]).loss.triplet_v2.fn._target_ == "recog.losses.TripletLossV2"
+    assert cfg.optimizer._target_ == "recog.optim.adamw" and cfg.scheduler._target_ == "recog.optim.multi_step"
 
 
 def test_command_line_wins_over_experiment(output_root):
     cfg = compose(["experiment=digits_demo", "backbone.scale=1.0", "trainer.epochs=2"])
     assert cfg.backbone.scale == 1.0 and cfg.trainer.epochs == 2
     demo = compose(["experiment=digits_demo"])
-    assert demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet"}
+    assert demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet_v2"}
     assert demo.mlflow.experiment_name == "digits_demo"
 
 
@@ -356,14 +359,43 @@ def test_misspelt_backbone_key():
 def test_misspelt_nested_loss_key():
     message = _both(["loss.ce.weght=1"])
     assert "weght" in message
-    assert {"weight", "input", "epsilon"} <= _valid_keys(message)
+    assert _valid_keys(message) == {"weight", "input", "fn"}
+    message = _both(["loss.ce.fn.epsilonn=0.1"])
+    assert "epsilonn" in message and _valid_keys(message) == {"epsilon"}
+
+
+def test_loss_argument_at_term_level_points_to_fn():
+    message = _both(["loss=triplet", "loss.triplet.margin=0.3"])
+    assert "loss.triplet.fn.margin" in message and _valid_keys(message) == {"weight", "input", "fn"}
+    assert compose(["loss=triplet", "loss.triplet.fn.margin=0.3"]).loss.triplet.fn.margin == 0.3
+
+
+def test_wiring_keys_are_checked_too():
+    message = _both(["loss.ce.input=logitz"])
+    assert "logitz" in message and all(k in message for k in ("logits", "features", "backbone"))
+    message = _both(["loss.ce.weight=heavy"])
+    assert "loss.ce.weight" in message and "heavy" in message
+    message = _both(["backbone.stop_layer=[1]"])
+    assert "backbone.stop_layer" in message
+
+
+def test_added_key_is_checked_against_the_constructor():
+    # `+key=value` passes Hydra's struct check: the constructor's signature still refuses it.
+    message = _both(["+head.marginn=0.3"])
+    assert "marginn" in message and {"class_num", "margin", "scale", "easy_margin"} == _valid_keys(message)
+    assert compose(["+backbone.class_expand=64"]).backbone.class_expand == 64  # a real argument is accepted
+
+
+def test_supplied_arguments_are_refused():
+    message = _both(["+neck.in_channels=7"])
+    assert "in_channels" in message and "set by recog" in message
 
 
 def test_misspelt_key_in_other_sections():
     message = _both(["data.imgae_size=32"])
     assert "imgae_size" in message and "image_size" in _valid_keys(message)
     message = _both(["head=fc", "head.margin=0.3"])  # FC has no margin
-    assert "margin" in message and _valid_keys(message) == {"class_num"}
+    assert "margin" in message and _valid_keys(message) == {"class_num", "bias", "weight_std"}
 
 
 def test_unknown_top_level_key():
@@ -427,13 +459,22 @@ def test_check_overrides_bad_fixed_value_next_to_sweep():
 
 
 def test_check_overrides_syntax_error():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as error:
         check_overrides(["head.margin=[0.1"])
+    message = str(error.value)
+    assert message.startswith("cannot parse the override 'head.margin=[0.1'")
+    assert "\n" not in message and "Traceback" not in message
 
 
 @pytest.mark.parametrize("flags", [["--cfg", "job"], ["-cn", "config"]], ids=["--cfg job", "-cn config"])
-def test_check_overrides_leaves_hydra_flags_with_values_alone(flags):
+def test_check_overrides_leaves_hydra_flags_with_values_alone(flags, monkeypatch):
     # `python run.py --cfg job head=fc` must reach Hydra: the value after a flag is not an override,
     # and with -cn/-cp the tree may not be ours, so such command lines are Hydra's to validate.
+    compose_module = sys.modules["recog.config.compose"]  # the package re-exports the function under this name
+    composed = []
+    monkeypatch.setattr(compose_module, "compose", lambda overrides=(): composed.append(list(overrides)))
     check_overrides(flags + ["head=fc"])
     check_overrides(flags + ["backbone.scael=1"])
+    assert composed == []  # nothing composed: left to Hydra
+    check_overrides(["head=fc"])
+    assert composed == [["head=fc"]]  # without the flag the same line is checked

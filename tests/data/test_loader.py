@@ -67,3 +67,86 @@ def test_augmentation_is_seeded_per_epoch(samples):
     assert flips(0, 0) == flips(0, 0)
     assert flips(0, 0) != flips(0, 1)
     assert True in flips(0, 0) and False in flips(0, 0)
+
+
+def _in_thread(fn, timeout=60):
+    """Run ``fn`` in a daemon thread; ``("hung", None)`` if it has not returned after ``timeout`` s
+    (a hang must fail the test, not stall the suite), else ``("raised" | "returned", value)``."""
+    import threading
+
+    result = []
+
+    def target():
+        try:
+            result.append(("returned", fn()))
+        except BaseException as error:  # noqa: B902 - reported to the test
+            result.append(("raised", error))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else ("hung", None)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_short_epochs_keep_persistent_workers_in_step(samples, num_workers):
+    """Issue 13 defect 1: epochs cut by steps_per_epoch end normally (no IndexError at epoch 2)."""
+    labels = [s.label - 10 for s in samples]
+    transform = build_transform(8, MEAN, STD, train=True, hflip=True)
+    loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3,
+                                num_workers=num_workers, seed=0, steps_per_epoch=2)
+    full = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=0, seed=0)
+    assert len(loader) == 2 and len(full) == 4
+    for epoch in range(3):
+        set_loader_epoch(loader, epoch)
+        set_loader_epoch(full, epoch)
+        got = [b[1].numpy() for b in loader]
+        expected = [b[1].numpy() for b in full][:2]  # the first batches of the whole epoch's order
+        assert len(got) == 2 and all((g == e).all() for g, e in zip(got, expected))
+
+
+def test_an_epoch_left_mid_way_restarts_persistent_workers(samples):
+    """The safety net under defect 1: a loop that breaks out of an epoch does not break the next one."""
+    labels = [s.label - 10 for s in samples]
+    transform = build_transform(8, MEAN, STD, train=True, hflip=True)
+    loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=1, seed=0)
+    for epoch in range(3):
+        set_loader_epoch(loader, epoch)
+        for _ in loader:
+            break  # left after one batch, as a stop request or a capped loop does
+    set_loader_epoch(loader, 3)
+    assert len(list(loader)) == 4
+
+
+class _Failing(ImageDataset):
+    def __getitem__(self, index):
+        if (index[0] if isinstance(index, tuple) else index) == 5:
+            raise RuntimeError("boom in the dataset")
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_exception_in_the_loader_thread_or_a_worker_ends_the_iteration_with_a_message(samples, num_workers):
+    """Issue 13 defect 3: Paddle's loader thread died and the main thread waited forever."""
+    from recog.data.loader import GuardedDataLoader
+    from recog.errors import DataError
+
+    transform = build_transform(8, MEAN, STD, train=False, hflip=False)
+    loader = GuardedDataLoader(_Failing(samples, transform), batch_size=4, num_workers=num_workers,
+                               places=paddle.CPUPlace())
+    outcome, value = _in_thread(lambda: list(loader))
+    assert outcome == "raised", outcome
+    assert isinstance(value, DataError) and "RuntimeError: boom in the dataset" in str(value), repr(value)
+
+
+def test_an_exception_in_the_batch_sampler_ends_the_iteration_with_a_message(samples):
+    """The training loader's sampler runs in Paddle's loader thread too (e.g. a negative epoch)."""
+    from recog.errors import DataError
+
+    labels = [s.label - 10 for s in samples]
+    transform = build_transform(8, MEAN, STD, train=True, hflip=True)
+    loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=0, seed=0)
+    set_loader_epoch(loader, -5)  # numpy refuses a negative seed, in the loader thread
+    outcome, value = _in_thread(lambda: list(loader))
+    assert outcome == "raised" and isinstance(value, DataError), (outcome, value)
+    assert "in the loader thread" in str(value) and "negative" in str(value)

@@ -4,7 +4,7 @@ It drives the real stages through the Python API and writes what each rank holds
 stages themselves only write from rank 0:
 
 - ``train``: ``train.run`` with every rank saving its own checkpoints to ``OUT/rank<r>/`` (the
-  stage's ``is_main_process`` is patched to True here, and only here), so the test can compare
+  training modules' ``is_main_process`` is patched to True here, and only here), so the test can compare
   the parameters of the ranks;
 - ``eval``: ``evaluate.run`` (run dir ``OUT/eval``); every rank also writes the features and
   labels its ``Evaluator`` gathered, the size of its own shard and the metrics to
@@ -20,18 +20,21 @@ import numpy as np
 import recog
 import paddle.distributed as dist
 
+from recog import evaluation
 from recog.stages import evaluate, train
+from recog.training import loop, resume
 
 
 def main(mode: str, out: Path, overrides):
     cfg = recog.compose(overrides)
     if mode == "train":
-        train.is_main_process = lambda: True
+        for module in (train, loop, resume):
+            module.is_main_process = lambda: True
         train.run(cfg, out / f"rank{dist.get_rank()}")
         return
     evaluators = []
 
-    class Recording(evaluate.Evaluator):
+    class Recording(evaluation.Evaluator):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             evaluators.append(self)

@@ -18,6 +18,7 @@ from recog.data.loader import KeyedBatches
 from recog.distributed import launch, parallel
 from recog.errors import ConfigError
 from recog.stages import train
+from recog.training.step import has_unused_parameters
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import amp_settings
 from recog.utils.runtime import get_rng_state, select_device, set_rng_state
@@ -240,5 +241,5 @@ def test_sigterm_and_sigint_become_a_stop_request():
 def test_unused_parameters_are_detected_for_data_parallel():
     cfg = recog.compose(["backbone.scale=0.25", "data.image_size=16", "neck.embedding_size=8", "head.class_num=5"])
     model = recog.build_model(cfg)
-    assert not train._has_unused_parameters(model, recog.build_loss(recog.compose(["loss=ce_triplet", "head.class_num=5"])))
-    assert train._has_unused_parameters(model, recog.build_loss(recog.compose(["loss=triplet"])))  # the head is unread
+    assert not has_unused_parameters(model, recog.build_loss(recog.compose(["loss=ce_triplet", "head.class_num=5"])))
+    assert has_unused_parameters(model, recog.build_loss(recog.compose(["loss=triplet"])))  # the head is unread

@@ -7,6 +7,7 @@ import numpy as np
 
 import recog
 from recog.api import load_splits
+from recog.evaluation import Evaluator, extract_features
 from recog.stages import evaluate, train
 from recog.utils import checkpoint
 from recog.utils.runtime import seed_everything
@@ -20,7 +21,7 @@ from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_l
 # draws per-rank masks: off. Triplet losses mine within a batch: CE only. Random flips stay on:
 # they are seeded by the sample's place in the global batch, not by the process.
 EQUIVALENT = TINY + ["loss=ce", "head=fc", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true",
-                     "optimizer.lr=0.1", "lr.warmup_epochs=0", "trainer.epochs=1", "trainer.steps_per_epoch=3",
+                     "optimizer.lr=0.1", "scheduler.warmup_epochs=0", "trainer.epochs=1", "trainer.steps_per_epoch=3",
                      "trainer.log_every=1", "mlflow.enabled=false"]
 
 
@@ -69,9 +70,9 @@ def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_th
     assert result.returncode == 0, result.stdout[-3000:] + worker_logs(tmp_path / "launch")
 
     single = evaluate.run(recog.compose(overrides), tmp_path / "single")  # one process, one thread
-    evaluator = evaluate.Evaluator(load_splits(cfg), cfg.data, cfg.eval)
-    query, query_labels = evaluate.extract_features(model, evaluator.query, normalize=True)
-    gallery, gallery_labels = evaluate.extract_features(model, evaluator.gallery, normalize=True)
+    evaluator = Evaluator(load_splits(cfg), cfg.data, cfg.eval)
+    query, query_labels = extract_features(model, evaluator.query, normalize=True)
+    gallery, gallery_labels = extract_features(model, evaluator.gallery, normalize=True)
     assert query.shape == (37, 32) and gallery.shape == (53, 32)
 
     assert json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text()) == single  # written by rank 0

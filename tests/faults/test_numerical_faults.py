@@ -78,9 +78,9 @@ def test_nan_loss_term_stops_naming_step_and_term_and_keeps_the_checkpoints(tmp_
 
     error = caught.value
     assert isinstance(error, RecogError)  # run.py: the message, exit code 2
-    assert error.step == bad_step and math.isnan(error.terms["triplet"]) and math.isfinite(error.terms["ce"])
+    assert error.step == bad_step and math.isnan(error.terms["triplet_v2"]) and math.isfinite(error.terms["ce"])
     message = str(error)
-    assert f"step {bad_step} (epoch 2)" in message and "'triplet'" in message and "'ce'" not in message
+    assert f"step {bad_step} (epoch 2)" in message and "'triplet_v2'" in message and "'ce'" not in message
     assert "trainer.skip_nonfinite=true" in message
 
     # Nothing was written after the bad step: the same bytes, still loadable.
@@ -124,11 +124,11 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
     assert state["skipped_steps"] == len(bad_steps) and state["finished"] is True
     weights = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())  # the bad updates were never applied
-    assert "non-finite loss at step 2 (epoch 1): loss term 'triplet'" in caplog.text
+    assert "non-finite loss at step 2 (epoch 1): loss term 'triplet_v2'" in caplog.text
 
 
 def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
-    args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "lr.warmup_epochs=0",
+    args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "scheduler.warmup_epochs=0",
                                        "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")]
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)

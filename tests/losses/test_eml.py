@@ -6,7 +6,6 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.errors import ConfigError
 from recog.losses import EmlLoss
 
 BETA, THRESH = 100000.0, 20.0
@@ -118,14 +117,3 @@ def test_gradients_flow_and_match_finite_differences():
         minus[idx] -= eps
         num[idx] = (_eml_masked_ref(plus, labels) - _eml_masked_ref(minus, labels)) / (2 * eps)
     assert np.abs(grad - num).max() < 1e-3 * np.abs(num).max()
-
-
-@pytest.mark.parametrize(
-    "labels",
-    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], [0, 0, 1, 1, 2, 3]],
-    ids=["all-distinct", "all-equal", "singletons"],
-)
-def test_needs_pk_batches(labels):
-    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
-    with pytest.raises(ConfigError, match=r"EmlLoss.*P x K.*samples_per_class"):
-        EmlLoss()(x, paddle.to_tensor(labels))

@@ -4,7 +4,6 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.errors import ConfigError
 from recog.losses import MSMLoss
 
 
@@ -70,14 +69,3 @@ def test_gradients_reach_only_the_two_hardest_pairs():
     assert np.isfinite(grad).all()
     active = int((np.abs(grad).sum(1) > 0).sum())
     assert 2 <= active <= 4
-
-
-@pytest.mark.parametrize(
-    "labels",
-    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], [0, 0, 1, 1, 2, 3]],
-    ids=["all-distinct", "all-equal", "singletons"],
-)
-def test_needs_pk_batches(labels):
-    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
-    with pytest.raises(ConfigError, match=r"^MSMLoss needs P x K.*samples_per_class"):
-        MSMLoss()(x, paddle.to_tensor(labels))

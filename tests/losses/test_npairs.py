@@ -4,7 +4,6 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.errors import ConfigError
 from recog.losses import NpairsLoss
 
 
@@ -66,14 +65,3 @@ def test_gradients_flow():
     grad = x.grad.numpy()
     assert np.isfinite(grad).all()
     assert (np.abs(grad).sum(1) > 0).all()
-
-
-@pytest.mark.parametrize(
-    "labels",
-    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], [0, 0, 1, 1, 2, 3], [0, 0, 0, 1, 1, 1], [4, 4]],
-    ids=["all-distinct", "all-equal", "singletons", "k3", "one-class"],
-)
-def test_needs_p_x_2_batches(labels):
-    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(len(labels), 4)).astype(np.float32))
-    with pytest.raises(ConfigError, match=r"^NpairsLoss needs P x K.*K = 2.*samples_per_class=2"):
-        NpairsLoss()(x, paddle.to_tensor(labels))

@@ -4,7 +4,6 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.errors import ConfigError
 from recog.losses import PairwiseCosface
 
 
@@ -72,19 +71,3 @@ def test_gradients_flow():
     assert np.isfinite(grad).all() and (np.abs(grad).sum(1) > 0).all()
     # Normalisation makes the loss scale invariant: the gradient is orthogonal to each feature.
     assert np.abs((grad * features).sum(1)).max() < 1e-5 * np.abs(grad).max() * np.abs(features).max()
-
-
-@pytest.mark.parametrize(
-    "labels",
-    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], [0, 0, 1, 1, 2, 3]],
-    ids=["all-distinct", "all-equal", "singletons"],
-)
-def test_needs_pk_batches(labels):
-    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
-    with pytest.raises(ConfigError, match=r"PairwiseCosface.*P x K.*samples_per_class"):
-        PairwiseCosface()(x, paddle.to_tensor(labels))
-
-
-def test_gamma_must_be_positive():
-    with pytest.raises(ValueError, match="gamma"):
-        PairwiseCosface(gamma=0.0)

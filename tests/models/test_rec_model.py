@@ -127,25 +127,26 @@ PK = (0, 0, 1, 1, 2, 2)
 
 
 def test_build_loss_weighted_terms():
-    cfg = compose(["loss=ce_triplet", "loss.ce.weight=0.5", "loss.triplet.weight=2.0", "loss.triplet.margin=0.3"])
+    cfg = compose(["loss=ce_triplet", "loss.ce.weight=0.5", "loss.triplet_v2.weight=2.0",
+                   "loss.triplet_v2.fn.margin=0.3"])
     loss_fn = build_loss(cfg)
     outputs, labels = _outputs(), _labels(*PK)
     values = loss_fn(outputs, labels)
-    assert set(values) == {"ce", "triplet", "loss"}
+    assert set(values) == {"ce", "triplet_v2", "loss"}
 
     ce = float(CELoss()(outputs["logits"], labels))
     triplet = float(TripletLossV2(margin=0.3)(outputs["features"], labels))
     assert ce > 0 and triplet > 0
     # each term is reported weighted, under its name; the total is their sum
     assert float(values["ce"]) == pytest.approx(0.5 * ce, rel=1e-6)
-    assert float(values["triplet"]) == pytest.approx(2.0 * triplet, rel=1e-6)
+    assert float(values["triplet_v2"]) == pytest.approx(2.0 * triplet, rel=1e-6)
     assert float(values["loss"]) == pytest.approx(0.5 * ce + 2.0 * triplet, rel=1e-6)
 
 
 def test_build_loss_reads_configured_inputs():
     loss_fn = build_loss(compose(["loss=ce_triplet"]))
-    assert loss_fn.inputs == {"ce": "logits", "triplet": "features"}
-    assert loss_fn.weights == {"ce": 1.0, "triplet": 1.0}
+    assert loss_fn.inputs == {"ce": "logits", "triplet_v2": "features"}
+    assert loss_fn.weights == {"ce": 1.0, "triplet_v2": 1.0}
     with pytest.raises(KeyError, match="logits"):
         loss_fn({"features": _outputs()["features"]}, _labels(*PK))
 
@@ -159,16 +160,16 @@ def test_build_loss_weight_applies_to_single_term():
     assert float(values["ce"]) == pytest.approx(0.5 * ce, rel=1e-6)
 
     triplet = float(TripletLossV2(margin=0.5)(outputs["features"], labels))
-    values = build_loss(compose(["loss=triplet", "loss.triplet.weight=2.0"]))(outputs, labels)
-    assert set(values) == {"triplet", "loss"}
+    values = build_loss(compose(["loss=triplet_v2", "loss.triplet_v2.weight=2.0"]))(outputs, labels)
+    assert set(values) == {"triplet_v2", "loss"}
     assert float(values["loss"]) == pytest.approx(2.0 * triplet, rel=1e-6)
 
 
 def test_build_loss_term_options_reach_the_module():
-    loss_fn = build_loss(compose(["loss=ce_triplet", "loss.ce.epsilon=0.1", "loss.triplet.margin=0.7",
-                                  "loss.triplet.normalize_feature=false"]))
+    loss_fn = build_loss(compose(["loss=ce_triplet", "loss.ce.fn.epsilon=0.1", "loss.triplet_v2.fn.margin=0.7",
+                                  "loss.triplet_v2.fn.normalize_feature=false"]))
     assert loss_fn.terms["ce"].epsilon == 0.1
-    assert loss_fn.terms["triplet"].margin == 0.7 and loss_fn.terms["triplet"].normalize_feature is False
+    assert loss_fn.terms["triplet_v2"].margin == 0.7 and loss_fn.terms["triplet_v2"].normalize_feature is False
 
 
 def test_loss_gradients_reach_the_model():

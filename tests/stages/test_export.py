@@ -18,7 +18,7 @@ from recog.inference import export as export_lib
 from recog.inference.export import onnx_features
 from recog.metrics import binarize
 from recog.stages import export, train
-from recog.stages.evaluate import extract_features
+from recog.evaluation import extract_features
 from recog.utils import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ import pytest
 
 import recog
 from recog.stages import train
+from recog.utils import checkpoint
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
 TINY = ["data.image_size=32", "data.batch_size=10", "data.samples_per_class=2",
@@ -36,8 +37,12 @@ def digits_root(tmp_path_factory) -> Path:
 def shrink(cfg) -> list:
     """Overrides that make the recipe's model small, keeping its structure."""
     out = []
-    if "PPLCNet" in cfg.backbone._target_:
+    if cfg.backbone._target_.endswith(".PPLCNetV2"):
+        out.append("backbone.size=small")
+    elif "PPLCNet" in cfg.backbone._target_:
         out.append("backbone.scale=0.25")
+    if cfg.backbone._target_.endswith(".ViT"):
+        out.append("backbone.size=tiny")
     if "ResNetVd" in cfg.backbone._target_:
         out.append("backbone.depth=18")
     if cfg.head is not None and cfg.head.class_num is not None:
@@ -59,7 +64,7 @@ def test_recipe_trains_one_tiny_epoch(name, tmp_path, digits_root):
     assert 0.0 <= best["recall_at_1"] <= 1.0 and best["epoch"] == 1
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] == 2 and state["finished"] is True
-    saved = train.checkpoint.load_config(tmp_path / "run" / "best_model")
+    saved = checkpoint.load_config(tmp_path / "run" / "best_model")
     assert saved.backbone._target_ == cfg.backbone._target_ and dict(saved.loss).keys() == dict(cfg.loss).keys()
     if name.startswith("deephash"):
         assert cfg.neck.embedding_size == 48 and cfg.eval.binarize.value == "sign"

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 import recog
 from recog.stages import evaluate, train
+from recog.training.loop import EpochLoop
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
         "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e"]
@@ -33,11 +34,11 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
     experiment = client.get_experiment_by_name("e2e")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "pplcnet/fcneck/arcmargin/ce+triplet"
+    assert run.info.run_name == "pplcnet/fcneck/arcmargin/ce+triplet_v2"
     params = run.data.params
     assert params["backbone.scale"] == "0.25" and params["head.margin"] == "0.2"
     assert params["head.class_num"] == "5"  # followed the dataset: digits 0-4
-    assert {"loss", "ce", "triplet", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
+    assert {"loss", "ce", "triplet_v2", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
             "mAP", "best_recall_at_1"} <= set(run.data.metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(steps) >= 4 and steps == sorted(steps)
@@ -59,17 +60,17 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
 
 def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
     overrides = TINY + [f"paths.output_root={tmp_path}", "trainer.epochs=2"]
-    real_epoch = train.train_one_epoch
+    real_epoch = EpochLoop.train_epoch
 
-    def interrupted(*args, **kwargs):
-        if args[6] == 1:  # epoch index: stop in the second epoch, as Ctrl-C would
+    def interrupted(self, epoch, *args, **kwargs):
+        if epoch == 1:  # stop in the second epoch, as Ctrl-C would
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+        return real_epoch(self, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    monkeypatch.setattr(EpochLoop, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.run(recog.compose(overrides), tmp_path / "runs" / "first")
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(EpochLoop, "train_epoch", real_epoch)
     client = _client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "KILLED"
@@ -97,7 +98,7 @@ def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
 
     def centres_after(lr, name):
         cfg = recog.compose(TINY + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
-                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "lr.warmup_epochs=0",
+                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "scheduler.warmup_epochs=0",
                                     "mlflow.enabled=false"])
         train.run(cfg, tmp_path / name)
         return load_file(str(tmp_path / name / "checkpoints" / "last" / "loss.safetensors"))

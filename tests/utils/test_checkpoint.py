@@ -27,8 +27,8 @@ FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yam
 
 def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
     return compose(["backbone.scale=0.25", "backbone.dropout_prob=0.0", "data.image_size=32", "neck.embedding_size=8",
-                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "lr=warmup_cosine",
-                    "lr.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
+                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "scheduler=warmup_cosine",
+                    "scheduler.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
 
 
 def _model(cfg, seed):

@@ -1,7 +1,7 @@
 """FPN neck: multi-scale feature enhancement (Feature Pyramid Networks, Lin et al. 2017,
 arXiv:1612.03144), pooled into one embedding."""
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import paddle
 import paddle.nn.functional as F
@@ -24,17 +24,25 @@ class FPNNeck(nn.Layer):
     3. smoothing: ``q_i = smooth_convs[i](p_i)``, a 3x3 conv (padding 1), ``fpn_channels`` out;
     4. ``fc(concat_i(global_avg_pool(q_i)))``: ``L * fpn_channels -> embedding_size``.
 
+    ``num_levels`` keeps only the last (coarsest) ``num_levels`` of ``in_channels`` (None: all);
+    ``in_channels`` then describes every stage the backbone has, as ``recog.api.build_model`` passes.
+
     Convolutions have biases and no activation, as in the FPN paper. Parameters:
     ``lateral_convs.{i}.*``, ``smooth_convs.{i}.*``, ``fc.*``.
     """
 
     multi_scale = True  # RecModel feeds it ``backbone.stage_features(images)``
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], embedding_size: int = 512, fpn_channels: int = 256):
+    def __init__(self, in_channels: Union[int, Sequence[int]], embedding_size: int = 512, fpn_channels: int = 256,
+                 num_levels: Optional[int] = None):
         super().__init__()
         in_channels = [int(in_channels)] if isinstance(in_channels, int) else [int(c) for c in in_channels]
         if not in_channels:
             raise ValueError("FPNNeck needs the channel counts of at least one stage")
+        if num_levels is not None:  # the last num_levels of the stages given (recog gives them all)
+            if not 1 <= num_levels <= len(in_channels):
+                raise ValueError(f"num_levels={num_levels}: the backbone has {len(in_channels)} stages")
+            in_channels = in_channels[-num_levels:]
         self.in_channels = in_channels
         self.embedding_size, self.fpn_channels = embedding_size, fpn_channels
         self.lateral_convs = nn.LayerList([nn.Conv2D(c, fpn_channels, 1) for c in in_channels])

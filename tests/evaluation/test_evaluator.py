@@ -12,7 +12,7 @@ from recog.api import load_splits
 from recog.errors import RecogError
 from recog.inference.eval_predictor import EvalPredictor
 from recog.metrics import binarize, hamming_metrics
-from recog.stages.evaluate import Evaluator, extract_features
+from recog.evaluation import Evaluator, extract_features
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
 # A random-weight model maps the digits to nearly collapsed features (cosines close to 1), and the
@@ -107,10 +107,67 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
     splits = load_splits(cfg)
     model = recog.build_model(cfg)
     auto = Evaluator(splits, cfg.data, cfg.eval)
-    with caplog.at_level(logging.WARNING, logger="recog.stages.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="recog.evaluation.evaluator"):
         metrics = auto(model)
     assert auto.engine_used == "dygraph" and "recall_at_1" in metrics
     assert "eval.engine=auto" in caplog.text and "differs from the dygraph model by 0.5" in caplog.text
     explicit = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.engine=predictor"]).eval)
     with pytest.raises(RecogError, match="differs from the dygraph model"):
         explicit(model)
+
+
+@pytest.mark.parametrize("engine", ["dygraph", "predictor"])
+def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, monkeypatch):
+    """Issue 13 defect 6: Ctrl-C / SIGTERM during an eval waited for the whole eval (11-33 s)."""
+    import signal
+
+    from recog.data.dataset import ImageDataset
+    from recog.evaluation import EvalInterrupted
+    from recog.utils.interrupt import StopRequest
+
+    cfg = recog.compose(TINY + [f"eval.engine={engine}", "data.eval_batch_size=64", f"paths.output_root={tmp_path}"])
+    model = recog.build_model(cfg)
+    evaluator = Evaluator(load_splits(cfg), cfg.data, cfg.eval)
+    evaluator.stop = stop = StopRequest()  # not entered: the test sets it as the signal handler would
+    real_check, batches = ImageDataset.check_batch, []
+
+    def check_batch(self, labels, training=False):
+        batches.append(len(labels))
+        if len(batches) == 2:
+            stop.signum = signal.SIGINT
+        return real_check(self, labels, training)
+
+    monkeypatch.setattr(ImageDataset, "check_batch", check_batch)
+    with pytest.raises(EvalInterrupted, match="eval stopped by SIGINT"):
+        evaluator(model)
+    assert len(batches) == 2 and len(evaluator.query) == 14  # 2 of the 14 query batches, and no gallery batch
+    assert evaluator.last is None  # no partial result left behind
+
+
+def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from recog.errors import TrainingInterrupted
+    from recog.evaluation import evaluator as module
+    from recog.stages import evaluate
+    from recog.utils import checkpoint
+
+    overrides = TINY + ["eval.engine=dygraph", "data.eval_batch_size=64", f"paths.output_root={tmp_path}",
+                        "mlflow.enabled=false", "head.class_num=5"]
+    cfg = recog.compose(overrides)
+    checkpoint.save_checkpoint(tmp_path / "model", recog.build_model(cfg), cfg, {"epoch": 0})
+    real, batches = module.to_device, []
+
+    def to_device(tensor):
+        batches.append(1)
+        if len(batches) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first batch is computed
+        return real(tensor)
+
+    monkeypatch.setattr(module, "to_device", to_device)
+    with pytest.raises(TrainingInterrupted, match="eval stopped by SIGINT.*nothing was written") as stopped:
+        evaluate.run(recog.compose(overrides + ["stage=eval", f"model_path={tmp_path / 'model'}"]), tmp_path / "eval")
+    assert stopped.value.exit_code == 130 and len(batches) == 1
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the stage's handlers are gone

@@ -1,0 +1,44 @@
+"""What an eval returns and how runs use it: the metric names, the monitored metric that picks the
+best model (``trainer.monitor``, higher is better) and ``metrics.json``."""
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from omegaconf import DictConfig
+
+from recog.errors import ConfigError
+from recog.utils import atomic
+
+
+def metric_names(eval_cfg: DictConfig) -> List[str]:
+    """The metrics an eval returns: recall_at_K and precision_at_K for K in ``eval.recall_at``, mAP, mINP."""
+    ks = list(eval_cfg.recall_at)
+    return [f"recall_at_{k}" for k in ks] + [f"precision_at_{k}" for k in ks] + ["mAP", "mINP"]
+
+
+def check_monitor(cfg: DictConfig) -> str:
+    """``trainer.monitor``, or ``ConfigError`` listing the valid names when no eval returns it."""
+    monitor = str(cfg.trainer.monitor)
+    names = metric_names(cfg.eval)
+    if monitor not in names:
+        raise ConfigError(f"trainer.monitor={monitor} is not an eval metric; choose one of {', '.join(names)} "
+                          "(recall_at_K and precision_at_K for K in eval.recall_at); higher is better")
+    return monitor
+
+
+def score(metrics: Optional[Mapping[str, float]], monitor: str) -> float:
+    """The monitored metric of ``metrics`` (-inf without metrics, or for NaN: never the best)."""
+    value = float((metrics or {}).get(monitor, float("-inf")))
+    return value if not math.isnan(value) else float("-inf")
+
+
+def is_better(metrics: Mapping[str, float], best: Optional[Mapping[str, float]], monitor: str) -> bool:
+    """Whether ``metrics`` beat ``best`` (None: no model yet) on ``monitor``; ties keep the earlier model."""
+    return best is None or score(metrics, monitor) > score(best, monitor)
+
+
+def write_metrics(metrics: Dict[str, float], path: Path) -> None:
+    """``metrics.json``: the metrics as sorted, indented JSON, written atomically."""
+    atomic.write_text(path, json.dumps(metrics, indent=2, sort_keys=True), "metrics")

@@ -1,0 +1,27 @@
+"""Flip test-time augmentation: the features of an image and of its mirror image, averaged."""
+
+import numpy as np
+
+
+def hflip_images(images):
+    """Mirror ``[N, C, H, W]`` images left-right (a NumPy array or a Paddle tensor, same type back)."""
+    if isinstance(images, np.ndarray):
+        return np.ascontiguousarray(images[..., ::-1])
+    import paddle
+
+    return paddle.flip(images, axis=[3])
+
+
+def average_flipped(features, flipped_features, normalize: bool = True) -> np.ndarray:
+    """``[N, D]`` features of the images and of their mirrors -> ``[N, D] float32``: their mean,
+    L2-normalised when ``normalize`` (so that the mean of two unit vectors is a unit vector again;
+    a zero mean stays zero)."""
+    a = np.asarray(features, np.float32)
+    b = np.asarray(flipped_features, np.float32)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"features and flipped features must both be [N, D], got {a.shape} and {b.shape}")
+    mean = 0.5 * (a + b)
+    if normalize:
+        norms = np.linalg.norm(mean, axis=1, keepdims=True)
+        mean = mean / np.maximum(norms, np.float32(1e-12))
+    return mean

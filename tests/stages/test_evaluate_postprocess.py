@@ -1,0 +1,103 @@
+"""stage=eval with eval.flip / eval.query_expansion / eval.rerank: its metrics are those of
+recog.postprocess applied by hand to features extracted by hand; all off by default."""
+
+import json
+import logging
+
+import numpy as np
+import paddle
+import pytest
+
+import recog
+from recog.api import load_splits
+from recog.errors import ConfigError
+from recog.metrics import retrieval_metrics
+from recog.postprocess import average_flipped
+from recog.postprocess.metrics import postprocessed_metrics
+from recog.postprocess.settings import PostProcess
+from recog.stages import evaluate
+from recog.evaluation import Evaluator
+from recog.utils import checkpoint
+
+TINY = ["backbone.scale=0.25", "data.image_size=16", "neck.embedding_size=16", "head.class_num=5",
+        "data.num_workers=0", "eval.engine=dygraph", "mlflow.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A best_model/ (random weights: the post-processing does not depend on training) and the
+    hand-extracted query features of the digits' eval split (query == gallery), plain and mirrored."""
+    root = tmp_path_factory.mktemp("eval_post")
+    cfg = recog.compose(TINY + [f"paths.output_root={root}"])
+    paddle.seed(0)
+    model = recog.build_model(cfg)
+    path = checkpoint.save_checkpoint(root / "run" / "best_model", model, cfg,
+                                      {"epoch": 1, "mlflow_run_id": "0123456789abcdef0123456789abcdef"})
+    model.eval()
+    loader = Evaluator(load_splits(cfg), cfg.data, cfg.eval).query
+    plain, mirrored, labels = [], [], []
+    with paddle.no_grad():
+        for images, batch_labels in loader:
+            for out, x in ((plain, images), (mirrored, paddle.flip(images, axis=[3]))):
+                out.append(paddle.nn.functional.normalize(model(x)["features"], axis=1).numpy())
+            labels.append(batch_labels.numpy().reshape(-1))
+    return root, path, np.concatenate(plain), np.concatenate(mirrored), np.concatenate(labels)
+
+
+def _eval_stage(root, path, tmp_path, *options):
+    cfg = recog.compose(TINY + [f"paths.output_root={root}", f"model_path={path}", *options])
+    metrics = evaluate.run(cfg, tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    return metrics
+
+
+def test_all_post_processing_is_off_by_default():
+    cfg = recog.compose([])
+    assert PostProcess.from_config(cfg.eval) == PostProcess()
+    assert not PostProcess().reorders and not PostProcess().flip
+
+
+def test_eval_flip_averages_the_features_of_each_image_and_its_mirror(trained, tmp_path, caplog):
+    root, path, plain, mirrored, labels = trained
+    with caplog.at_level(logging.WARNING):
+        metrics = _eval_stage(root, path, tmp_path, "eval.flip=true")
+    assert "not mirror-invariant" in caplog.text  # the digits are not
+    expected = retrieval_metrics(average_flipped(plain, mirrored), labels)
+    assert metrics == pytest.approx(expected, abs=1e-9)
+    assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)
+
+
+@pytest.mark.parametrize("options, by_hand", [
+    (["eval.query_expansion=3"], dict(qe_k=3)),
+    (["eval.query_expansion=4", "eval.qe_alpha=3.0"], dict(qe_k=4, qe_alpha=3.0)),
+    (["eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_k2=3", "eval.rerank_lambda=0.4",
+      "eval.rerank_top_k=40"], dict(rerank_top_k=40, k1=8, k2=3, lambda_value=0.4)),
+    (["eval.query_expansion=2", "eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_top_k=30"],
+     dict(qe_k=2, rerank_top_k=30, k1=8)),
+])
+def test_eval_query_expansion_and_rerank_equal_recog_postprocess_by_hand(trained, tmp_path, options, by_hand):
+    root, path, plain, _, labels = trained
+    metrics = _eval_stage(root, path, tmp_path, *options)
+    expected = postprocessed_metrics(plain, labels, **by_hand)
+    # The stage's features are the model's, computed in the same batches: equal up to float rounding.
+    assert metrics == pytest.approx(expected, abs=1e-6)
+    assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)  # the option did something
+
+
+@pytest.mark.parametrize("option, message", [
+    ("eval.query_expansion=-1", "eval.query_expansion"),
+    ("eval.qe_alpha=-0.5", "eval.qe_alpha"),
+    ("eval.rerank_k1=0", "eval.rerank_k1"),
+    ("eval.rerank_top_k=0", "eval.rerank_top_k"),
+    ("eval.rerank_lambda=1.5", "eval.rerank_lambda"),
+])
+def test_out_of_range_post_processing_values_are_refused(option, message):
+    with pytest.raises(ConfigError, match=message):
+        recog.compose([option])
+
+
+def test_rerank_with_binary_codes_and_an_unknown_rerank_are_refused():
+    with pytest.raises(ConfigError, match="binarize"):
+        recog.compose(["eval.binarize=sign", "eval.rerank=k_reciprocal"])
+    with pytest.raises(ConfigError, match="k_reciprocal"):
+        recog.compose(["eval.rerank=kreciprocal"])

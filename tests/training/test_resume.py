@@ -1,0 +1,187 @@
+"""resume=true: from the run alone (its saved config), what may change on resume, state.json checked
+field by field, and damaged checkpoints skipped when looking for the run to resume."""
+
+import json
+import logging
+import shutil
+
+import pytest
+
+import recog
+from image_lists import write_image_lists
+from recog.errors import ConfigError, RecogError
+from recog.stages import train
+from recog.training.loop import EpochLoop
+from recog.training.resume import checkpoint_problem, find_run_to_resume, read_state
+
+# The first run's settings: none of them are defaults, so a resume that ignored the saved config
+# would build another model (the shape mismatch of issue 12) or read another dataset.
+FIRST = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
+         "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.steps_per_epoch=2",
+         "trainer.epochs=2", "mlflow.enabled=false", "optimizer.lr=0.02"]
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory):
+    return write_image_lists(tmp_path_factory.mktemp("resume_lists"), (("train", 40), ("query", 10)))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, lists):
+    """An output root with one run stopped (as by Ctrl-C) in its second epoch: checkpoints/last is
+    epoch 1's, unfinished."""
+    root = tmp_path_factory.mktemp("interrupted")
+    real_epoch = EpochLoop.train_epoch
+
+    def stop_in_epoch_2(self, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch, *args, **kwargs)
+
+    EpochLoop.train_epoch = stop_in_epoch_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.run(recog.compose(FIRST + lists + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00")
+    finally:
+        EpochLoop.train_epoch = real_epoch
+    return root
+
+
+def _copy(interrupted, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(interrupted, root)
+    return root, root / "runs" / "2026-01-01_00-00-00"
+
+
+def test_resume_true_alone_continues_with_the_saved_config(interrupted, tmp_path):
+    root, run = _copy(interrupted, tmp_path)
+    best = train.run(recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=3"]),
+                     root / "runs" / "new")
+    state = read_state(run / "checkpoints" / "last")
+    assert state["epoch"] == 3 and state["finished"] is True and state["step"] == 6  # trainer.epochs may change
+    assert not (root / "runs" / "new").exists()
+    saved = recog.utils.checkpoint.load_config(run / "checkpoints" / "last")
+    assert saved.neck.embedding_size == 32 and saved.optimizer.lr == 0.02 and "triplet_v2" in saved.loss
+    assert saved.trainer.epochs == 3 and 0.0 <= best["recall_at_1"] <= 1.0
+
+
+def test_resume_refuses_overrides_that_change_the_run(interrupted, tmp_path):
+    root, run = _copy(interrupted, tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train.run(recog.compose([f"paths.output_root={root}", "resume=true", "optimizer.lr=0.5", "seed=3",
+                                 "trainer.epochs=4"]), run)
+    message = str(error.value)
+    assert "optimizer.lr (saved 0.02, now 0.5)" in message and "seed (saved 0, now 3)" in message
+    assert "trainer.epochs" not in message.split("these overrides change it")[1].split(".")[0]
+    assert read_state(run / "checkpoints" / "last")["epoch"] == 1  # nothing was trained
+
+
+def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, lists):
+    root, run = _copy(interrupted, tmp_path)
+    train.run(recog.compose(FIRST + lists + [f"paths.output_root={root}", "resume=true"]), run)
+    assert read_state(run / "checkpoints" / "last")["finished"] is True
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("epoch", -5, "'epoch' must be a whole number >= 0, got -5"),
+    ("step", "7", "'step' must be a whole number >= 0, got '7'"),
+    ("best", [1], "'best' must be null or an object of metric values"),
+    ("finished", "no", "'finished' must be true or false"),
+    ("rng", [{}, {}], "'rng' must hold one RNG state per process"),
+])
+def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, field, value, expected):
+    """Issue 13 defect 3's trigger: "epoch": -5 made the loader thread fail and the run hang."""
+    root, run = _copy(interrupted, tmp_path)
+    state_file = run / "checkpoints" / "last" / "state.json"
+    state = json.loads(state_file.read_text())
+    state[field] = value
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(RecogError, match="state.json") as error:
+        train.run(recog.compose([f"paths.output_root={root}", "resume=true"]), run)
+    assert expected in str(error.value)
+
+
+def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(interrupted, tmp_path, caplog):
+    """Issue 13 defect 8: a damaged checkpoint anywhere under outputs/runs broke resume=true."""
+    root, good = _copy(interrupted, tmp_path)
+    truncated = root / "runs" / "2026-01-02_00-00-00"
+    garbage = root / "runs" / "2026-01-03_00-00-00"
+    for damaged in (truncated, garbage):
+        shutil.copytree(good, damaged)
+    model = truncated / "checkpoints" / "last" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])
+    (garbage / "checkpoints" / "last" / "state.json").write_text("{not json")
+    assert checkpoint_problem(good / "checkpoints" / "last") is None
+    assert "truncated" in checkpoint_problem(truncated / "checkpoints" / "last")
+    assert "cannot be read" in checkpoint_problem(garbage / "checkpoints" / "last")
+
+    cfg = recog.compose([f"paths.output_root={root}", "resume=true"])
+    with caplog.at_level(logging.WARNING, logger="recog.training.resume"):
+        assert find_run_to_resume(cfg, root / "runs" / "new") == good
+    warned = caplog.text
+    assert str(truncated) in warned and str(garbage) in warned and "damaged" in warned
+    train.run(cfg, root / "runs" / "new")  # and the run continues
+    assert read_state(good / "checkpoints" / "last")["finished"] is True
+
+    with pytest.raises(RecogError, match=r"cannot resume .*truncated"):  # named explicitly: an error, not a skip
+        find_run_to_resume(cfg, truncated)
+
+
+def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
+    """run.py end to end: SIGTERM mid-epoch prints the exact command that continues the run, which
+    needs no other override; a changed setting on resume is one message listing it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    lists = write_image_lists(tmp_path / "lists", (("train", 200), ("query", 10)))
+    run_dir = tmp_path / "out" / "runs" / "first"
+    args = [sys.executable, str(root / "run.py"), *FIRST[:-4], "trainer.epochs=2", "trainer.log_every=1",
+            "mlflow.enabled=false", *lists, f"paths.output_root={tmp_path / 'out'}", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not re.search(r"epoch 1/2:\s*\d+%\|[^|]*\|\s*[3-9]/", log.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text(errors="replace")
+    assert code == 143, output[-2000:]
+    command = re.search(r"continue with: (python run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
+    assert command == f"python run.py resume=true hydra.run.dir={run_dir}"
+
+    changed = subprocess.run([sys.executable, *command.split()[1:], "data.image_size=32"], cwd=root,
+                             capture_output=True, text=True, env=env, timeout=300)
+    said = changed.stdout + changed.stderr
+    assert changed.returncode == 2 and "data.image_size (saved 16, now 32)" in said, said[-2000:]
+
+    resumed = subprocess.run([sys.executable, *command.split()[1:]], cwd=root, capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = read_state(run_dir / "checkpoints" / "last")
+    assert state["finished"] is True and state["epoch"] == 2 and state["step"] == 2 * 25  # 200 images, batch 8
+
+
+def test_a_null_class_num_on_resume_means_the_one_the_run_filled_in(interrupted, tmp_path, lists):
+    """head.class_num=null follows the dataset: the saved config holds the number the run filled in.
+    With a command line (run.py), every key under an overridden group counts as set."""
+    from recog.training.resume_config import resume_config
+
+    root, run = _copy(interrupted, tmp_path)
+    overrides = FIRST + lists + ["head=arcmargin", f"paths.output_root={root}", "resume=true"]
+    resumed = resume_config(recog.compose(overrides), run, overrides)
+    assert resumed.head.class_num == 5 and resumed.neck.embedding_size == 32
+    with pytest.raises(ConfigError, match=r"head.margin \(saved 0.2, now 0.3\)"):
+        resume_config(recog.compose(overrides + ["head.margin=0.3"]), run, overrides + ["head.margin=0.3"])
