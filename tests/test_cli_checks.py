@@ -21,7 +21,7 @@ def test_cfg_job_gets_recogs_override_checks():
     result = run_cli("--cfg", "job", "backbone.scael=1.0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "recog: Could not override 'backbone.scael'. Key 'scael' not in 'PPLCNetConfig'; valid keys in backbone: "
+        "recog: Key 'scael' is not an argument of recog.models.backbones.PPLCNet; valid keys in backbone: "
         + result.stderr.split("valid keys in backbone: ")[1].strip()]
     with pytest.raises(ConfigError, match="trainer.epochs must be at least 1"):
         precheck(["--cfg", "job", "trainer.epochs=0"])
