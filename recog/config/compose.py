@@ -250,7 +250,8 @@ def _check_component_sizes(cfg: DictConfig) -> None:
                 continue
             child = node._get_node(key)
             if OmegaConf.is_config(child):
-                walk(node[key], f"{path}.{key}")
+                if OmegaConf.is_dict(child):  # lists (e.g. backbone.stop_layer=[...]) hold no sizes
+                    walk(node[key], f"{path}.{key}")
                 continue
             if key not in _COMPONENT_COUNTS:
                 continue
