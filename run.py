@@ -12,12 +12,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from recog.config import check_overrides, register_schemas
+from recog.cli import precheck, register_help_resolver, remove_untouched_run_dir
+from recog.config import register_schemas
 from recog.distributed.launch import prepare_argv
 from recog.errors import RecogError, TrainingInterrupted
 
 log = logging.getLogger("recog")
 register_schemas()
+register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -39,6 +41,8 @@ def main(cfg: DictConfig):
         log.warning("%s", stop)
         sys.exit(stop.exit_code)  # in a sweep too: stops the whole sweep
     except RecogError as error:
+        if not in_multirun():
+            remove_untouched_run_dir(hydra_cfg.runtime.output_dir)  # the stage refused before any work
         log.error("%s", error)
         if in_multirun():  # Hydra records the job as failed and the sweep goes on
             raise SweepJobFailed(str(error)) from error
@@ -47,7 +51,7 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     try:
-        check_overrides(sys.argv[1:])
+        precheck(sys.argv[1:])  # overrides, stage preconditions, writable run folder: before Hydra makes one
         sys.argv[1:] = prepare_argv(sys.argv[1:], script=__file__)  # may become the launcher (exec)
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)

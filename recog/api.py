@@ -1,5 +1,6 @@
 """Python API: build the objects ``run.py`` builds, from the same config tree."""
 
+import logging
 from typing import Iterable, Optional, Sequence
 
 import paddle
@@ -10,12 +11,14 @@ from recog.config import compose as _compose
 from recog.config import require_complete
 from recog.config.build import build_component
 from recog.data.splits import RetrievalSplits
-from recog.errors import ConfigError
+from recog.errors import ConfigError, RecogError
 from recog.losses.weighted import WeightedLoss
 from recog.models.rec_model import RecModel
 from recog.models.weights import load_pretrained
 from recog.models.stop_layer import truncate_after
 from recog.utils import checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
@@ -69,7 +72,7 @@ def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
         width = neck.embedding_size
     head = None
     if cfg.head is not None:
-        class_num = cfg.head.get("class_num") or class_num or load_splits(cfg).num_train_classes
+        class_num = cfg.head.get("class_num") or class_num or _dataset_class_num(cfg)
         head = build_component("head", cfg.head, embedding_size=width, class_num=class_num)
     model = RecModel(backbone, neck=neck, head=head)
     model.embedding_size = width
@@ -103,6 +106,21 @@ def build_loss(cfg: DictConfig, class_num: Optional[int] = None, embedding_size:
     if not terms:
         raise ConfigError("the loss has no terms: choose one with loss=ce|triplet_v2|ce_triplet")
     return WeightedLoss(terms)
+
+
+def _dataset_class_num(cfg: DictConfig) -> int:
+    """The training classes of ``cfg.dataset``, for a head whose ``class_num`` was not given (said in
+    a warning: reading the dataset may first write the digits under ``paths.output_root``)."""
+    where = OmegaConf.select(cfg, "paths.output_root")
+    log.warning("head.class_num is not set and build_model got no class_num: counting the training classes of "
+                "the dataset (%s; the digits are written under paths.output_root=%s on first use). Set "
+                "head.class_num=N or call build_model(cfg, class_num=N) to build without the dataset",
+                OmegaConf.select(cfg, "dataset._target_"), where)
+    try:
+        return load_splits(cfg).num_train_classes
+    except RecogError as error:
+        raise ConfigError(f"the head needs a class count: set head.class_num=N or call build_model(cfg, "
+                          f"class_num=N); taking it from the dataset failed: {error}") from None
 
 
 def component_class(group: str, node):

@@ -170,7 +170,8 @@ def argsort_metrics(features, labels, num_queries: int, kind: str):
 
     import numpy as np
 
-    from recog.metrics.retrieval import _SCORE_CHUNK, _query_stats, _score_rows, _single_threaded_blas, _thread_count
+    from recog.metrics._ranking import _SCORE_CHUNK, _score_rows, _single_threaded_blas, _thread_count
+    from recog.metrics.retrieval import _query_stats
 
     def block(start: int) -> list:
         stop = min(start + _SCORE_CHUNK, num_queries)

@@ -127,7 +127,9 @@ def check_present(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "")
 
 
 def check_values(cfg: DictConfig) -> None:
-    """``ConfigError`` for a ``seed`` or ``data.*`` value out of range (unset ``???`` values are skipped)."""
+    """``ConfigError`` for a value out of range (unset ``???`` values are skipped): ``seed``,
+    ``data.*``, the numbers of ``trainer``, ``eval``, ``export``, ``predict``, ``mlflow`` and
+    ``launcher``, and any component size (``embedding_size``, ``class_num``, ...) that is set."""
     if not OmegaConf.is_missing(cfg, "seed") and not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         raise ConfigError(f"seed must be in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {cfg.seed}")
     data = cfg.data
@@ -146,8 +148,125 @@ def check_values(cfg: DictConfig) -> None:
     pixels = data.get("max_image_pixels")
     if pixels is not None and pixels < 1:
         raise ConfigError(f"data.max_image_pixels must be at least 1, or null for no limit, got {pixels}")
+    for key, low, note in _NUMBER_RANGES:
+        _check_number(cfg, key, low, note)
+    _check_recall_at(cfg)
+    _check_launcher(cfg)
+    _check_mlflow_names(cfg)
+    _check_component_sizes(cfg)
     if "eval" in cfg:
         check_eval_values(cfg.eval)
+
+
+# (key path, lowest allowed value, what the value means): checked when set (None / ??? are skipped).
+# A float lowest value is exclusive (tolerance 0 would accept nothing), an int one inclusive.
+_NUMBER_RANGES = (
+    ("trainer.epochs", 1, "epochs to train"),
+    ("trainer.eval_every", 1, "evaluate every N epochs; the last epoch is always evaluated"),
+    ("trainer.log_every", 1, "steps between metric logs"),
+    ("trainer.steps_per_epoch", 1, "a cap on the batches of an epoch; null: all"),
+    ("trainer.grad_clip", 0.0, "the global gradient-norm clip; null: no clipping"),
+    ("eval.predictor_min_megapixels", None, "megapixels"),
+    ("export.opset_version", 7, "the ONNX opset paddle2onnx is asked for"),
+    ("export.tolerance", 0.0, "the largest feature difference the export check allows"),
+    ("export.check_images", 1, "images in the export's self-check"),
+    ("predict.batch_size", 1, "images per predictor batch"),
+    ("predict.top_k", 1, "gallery results per query"),
+    ("predict.picture_queries", 0, "rows of retrieval.png; 0: no picture"),
+    ("mlflow.request_retries", 0, "HTTP retries per MLflow call"),
+    ("mlflow.request_timeout", 1, "seconds per MLflow HTTP request"),
+    ("launcher.nproc_per_node", 1, "processes on this node"),
+    ("launcher.nnodes", 1, "nodes"),
+    ("launcher.node_rank", 0, "this node's rank; null: assigned by the master"),
+)
+# Component arguments (any group, any depth) that count things: at least 1 when set.
+_COMPONENT_COUNTS = ("embedding_size", "class_num", "num_classes", "feat_dim", "fpn_channels", "num_levels",
+                     "memory_size")
+_COMPONENT_GROUPS = ("backbone", "neck", "head", "loss")
+MLFLOW_MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (MLflow 3)
+MLFLOW_MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores
+
+
+def _check_number(cfg: DictConfig, key: str, low, note: str) -> None:
+    section, name = key.split(".")
+    node = cfg.get(section)
+    if node is None or name not in node or OmegaConf.is_missing(node, name):
+        return
+    value = node[name]
+    if value is None:
+        return
+    if low is None:  # any finite value >= 0
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{key} must be 0 or more ({note}), got {value}")
+        return
+    if isinstance(low, float):
+        if not (value > low and value != float("inf")):  # also refuses nan
+            raise ConfigError(f"{key} must be above {low:g} ({note}), got {value}")
+    elif value < low:
+        raise ConfigError(f"{key} must be at least {low} ({note}), got {value}")
+
+
+def _check_recall_at(cfg: DictConfig) -> None:
+    if "eval" not in cfg or OmegaConf.is_missing(cfg.eval, "recall_at"):
+        return
+    ks = list(cfg.eval.recall_at)
+    if not ks:
+        raise ConfigError("eval.recall_at needs at least one K, e.g. eval.recall_at=[1,5,10]")
+    bad = [k for k in ks if k < 1]
+    if bad:
+        raise ConfigError(f"eval.recall_at: every K must be at least 1 (Recall@K counts the top K results), got {ks}")
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    launcher = cfg.get("launcher")
+    if launcher is None or OmegaConf.is_missing(launcher, "nnodes") or OmegaConf.is_missing(launcher, "node_rank"):
+        return
+    if launcher.node_rank is not None and launcher.node_rank >= launcher.nnodes:
+        raise ConfigError(f"launcher.node_rank={launcher.node_rank} must be below launcher.nnodes={launcher.nnodes}")
+
+
+def _check_mlflow_names(cfg: DictConfig) -> None:
+    mlflow = cfg.get("mlflow")
+    if mlflow is None:
+        return
+    for key, limit in (("experiment_name", MLFLOW_MAX_EXPERIMENT_NAME), ("run_name", MLFLOW_MAX_RUN_NAME)):
+        if key not in mlflow or OmegaConf.is_missing(mlflow, key) or mlflow[key] is None:
+            continue
+        try:
+            name = str(mlflow[key])
+        except OmegaConfBaseException:  # an interpolation that needs Hydra (${hydra:...}): left to the run
+            continue
+        if key == "experiment_name" and not name.strip():
+            raise ConfigError("mlflow.experiment_name must not be empty")
+        if len(name) > limit:
+            raise ConfigError(f"mlflow.{key} is {len(name)} characters long; MLflow takes at most {limit}")
+
+
+def _check_component_sizes(cfg: DictConfig) -> None:
+    """Every ``embedding_size`` / ``class_num`` / ... set anywhere under the component groups is >= 1."""
+    def walk(node, path: str) -> None:
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                continue
+            child = node._get_node(key)
+            if OmegaConf.is_config(child):
+                if OmegaConf.is_dict(child):  # lists (e.g. backbone.stop_layer=[...]) hold no sizes
+                    walk(node[key], f"{path}.{key}")
+                continue
+            if key not in _COMPONENT_COUNTS:
+                continue
+            try:
+                value = node[key]
+            except OmegaConfBaseException:
+                continue
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{path}.{key} must be an integer of at least 1, got {value!r}")
+
+    for group in _COMPONENT_GROUPS:
+        if group in cfg and not OmegaConf.is_missing(cfg, group) and OmegaConf.is_config(cfg._get_node(group)):
+            walk(cfg[group], group)
 
 
 def check_eval_values(evaluation: DictConfig) -> None:

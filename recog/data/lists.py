@@ -80,16 +80,32 @@ def parse_label(text: str, what: str = "label") -> Tuple[Optional[int], Optional
 
 def read_lines(path: str, what: str) -> List[str]:
     """The lines of a UTF-8 text file (a byte-order mark is ignored), split at newlines only, so
-    line numbers match an editor's; DataError naming ``path`` if it cannot be read."""
+    line numbers match an editor's; DataError naming ``path`` if it cannot be read, and the
+    numbers of the lines that are not UTF-8 if some are not."""
     if not os.path.isfile(path):
         raise DataError(f"{what} {path} does not exist")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
-    lines = text.split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw = raw[:-1]
+    lines, undecodable = [], []
+    for number, line in enumerate(raw, start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            undecodable.append(number)
+    if undecodable:
+        shown = ", ".join(str(n) for n in undecodable[:_MAX_REPORTED])
+        more = f" and {len(undecodable) - _MAX_REPORTED} more" if len(undecodable) > _MAX_REPORTED else ""
+        raise DataError(f"cannot read {what} {path}: it is not UTF-8 text, line(s) {shown}{more} cannot be "
+                        "decoded; save the file as UTF-8")
+    return lines
 
 
 def resolve_image_path(relative: str, root: str) -> Tuple[Optional[str], Optional[str]]:

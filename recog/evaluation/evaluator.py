@@ -32,7 +32,7 @@ from recog.distributed import parallel
 from recog.inference.eval_predictor import EvalPredictor
 from recog.metrics import binarize, hamming_metrics
 from recog.postprocess.settings import PostProcess
-from recog.search import GalleryIndex, retrieval_grid
+from recog.search import GalleryIndex, save_retrieval_grid
 from recog.utils.precision import Amp, autocast
 from recog.utils.runtime import is_main_process
 
@@ -161,8 +161,9 @@ class Evaluator:
             log.info("eval features: Paddle Inference predictor (oneDNN mode %s)", self.predictor.onednn)
         return True
 
-    def save_picture(self, path, queries: int = 8, k: int = 5) -> Path:
-        """PNG grid of the first queries and their top-k results from the latest call's features."""
+    def save_picture(self, path, queries: int = 8, k: int = 5) -> Optional[Path]:
+        """PNG grid of the first queries and their top-k results from the latest call's features
+        (None, after a warning, when it cannot be written: a picture never ends a run)."""
         query, query_labels, gallery, gallery_labels = self.last
         query_kept, gallery_kept = self.last_kept
         n = min(queries, len(query))
@@ -178,7 +179,7 @@ class Evaluator:
             index = GalleryIndex.build(gallery, labels=gallery_labels.tolist(),
                                        paths=[self.splits.gallery[i].path for i in gallery_kept])
             results = index.results(query[:n], k, query_paths[:n], query_labels[:n].tolist())
-        return Path(retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist()))
+        return save_retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist())
 
 
 def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",

@@ -36,7 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from recog.data.transforms import build_transform
-from recog.errors import ConfigError, RecogError
+from recog.errors import ConfigError, DataError, RecogError
 from recog.utils import manifest
 from recog.utils.manifest import IntegrityError
 
@@ -275,7 +275,14 @@ class ExportedModel:
         return features
 
     def predict_images(self, images, batch_size: int = 32, binarize: Optional[bool] = None) -> np.ndarray:
-        """Features of ``[H, W, 3] uint8 RGB`` images of any size, ``batch_size`` at a time."""
+        """Features ``[N, D]`` of ``[H, W, 3] uint8 RGB`` images of any size, ``batch_size`` at a time:
+        a sequence of images or an ``[N, H, W, 3]`` array; one ``[H, W, 3]`` array is one image (N = 1)."""
+        if isinstance(images, np.ndarray):
+            if images.ndim == 3:
+                images = images[None]
+            elif images.ndim != 4:
+                raise DataError(f"predict_images takes images [H, W, 3], a list of them or an array [N, H, W, 3], "
+                                f"got an array of shape {images.shape}")
         images = list(images)
         out = [self.predict(np.stack([preprocess_image(image, self.preprocess) for image in images[i:i + batch_size]]),
                             binarize=binarize)

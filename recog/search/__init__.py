@@ -2,11 +2,14 @@
 
 ``GalleryIndex`` builds (``flat`` exact, ``ivf`` / ``hnsw`` approximate), extends, searches
 (deterministic order: best score first, ties by lower gallery index), saves and loads an index
-with its labels and image paths, and computes exact retrieval metrics. ``retrieval_grid``
-draws the queries' top results into a PNG.
+with its labels and image paths, and computes exact retrieval metrics (``index.py``; the faiss
+side in ``faiss_backend.py``, the saved form in ``store.py``). ``RetrievalResults`` holds a
+search's results (``results.py``); ``retrieval_grid`` draws the queries' top results into a PNG.
 """
 
 from recog.search.index import FORMAT_VERSION, KINDS, GalleryIndex, IndexConfigError
-from recog.search.picture import retrieval_grid
+from recog.search.results import RetrievalResults
+from recog.search.picture import retrieval_grid, save_retrieval_grid
 
-__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "retrieval_grid"]
+__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "RetrievalResults", "retrieval_grid",
+           "save_retrieval_grid"]

@@ -12,6 +12,7 @@ stay white. With ``text`` the rank and score (or "query") are written at the bot
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,8 +22,11 @@ import numpy as np
 
 from recog.data.transforms import decode_image
 from recog.errors import DataError
+from recog.utils import atomic
 
-__all__ = ["retrieval_grid", "GREEN", "RED", "SEPARATOR", "FAILED_GREY", "BACKGROUND"]
+log = logging.getLogger(__name__)
+
+__all__ = ["retrieval_grid", "save_retrieval_grid", "GREEN", "RED", "SEPARATOR", "FAILED_GREY", "BACKGROUND"]
 
 # BGR colours, as written to the PNG.
 GREEN = (0, 200, 0)
@@ -99,8 +103,18 @@ def retrieval_grid(query_paths: Sequence, results: Sequence, out_png, k: int = 5
         raise DataError(f"OpenCV could not encode the retrieval grid for {out_png}")
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encoded.tobytes())
+    atomic.write_bytes(path, encoded.tobytes(), what="retrieval picture")  # StorageError on failure
     return out_png
+
+
+def save_retrieval_grid(query_paths: Sequence, results: Sequence, out_png, **kwargs) -> Path | None:
+    """``retrieval_grid`` for a run: the picture is optional, so a failure to draw or write it
+    (disk full, ...) is a warning and returns None; the previous picture, if any, is kept whole."""
+    try:
+        return Path(retrieval_grid(query_paths, results, out_png, **kwargs))
+    except Exception as error:  # noqa: BLE001 - never the end of a run
+        log.warning("retrieval picture %s not written: %s", out_png, error)
+        return None
 
 
 def _positive(value, name: str) -> int:

@@ -9,8 +9,10 @@
     failed.txt        images that could not be decoded (skipped, not fatal)
     gallery/          the faiss index and its manifest (predict.gallery); reused and extended
     results.json      top-k gallery results per query (predict.gallery)
-    metrics.json      Recall@K, mAP, ... when queries and gallery both have labels
-    retrieval.png     the first queries and their top-k results, right ones framed green
+    metrics.json      Recall@K, mAP, ... when every query and every gallery image has a label
+                      (labels are optional per line: other queries get results, and no metrics)
+    retrieval.png     the first queries and their top-k results, right ones framed green (a
+                      picture that cannot be written is a warning, not the end of the run)
 
 Post-processing, the same ``eval.*`` settings as ``stage=eval``: ``eval.flip=true`` averages the
 features of each image (input and gallery) and of its mirror; ``eval.query_expansion=K``
@@ -38,14 +40,14 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from recog.data.lists import format_bad_lines, parse_label
+from recog.data.lists import EntryChecker, format_bad_lines, parse_label, read_lines, short
 from recog.data.transforms import decode_image
 from recog.errors import ConfigError, DataError
 from recog.inference import ExportedModel, preprocess_image
 from recog.metrics import format_metrics_table, pack_bits
-from recog.postprocess.settings import PostProcess
-from recog.search import GalleryIndex, retrieval_grid
 from recog.evaluation.results import write_metrics
+from recog.postprocess.settings import PostProcess
+from recog.search import GalleryIndex, save_retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
 from recog.utils.runtime import is_main_process
@@ -61,32 +63,69 @@ class Item:
     label: Optional[int] = None
 
 
+PREDICT_LIST_FORMAT = "'path' or 'path label' per line, paths relative to the list's folder, label an integer >= 0"
+
+
 def read_items(spec: str, what: str) -> List[Item]:
     """Images of a folder (recursively, sorted; labels unknown) or of a list file whose lines are
-    ``path [label]``, paths relative to the list's folder."""
+    ``path [label]``, paths relative to the list's folder.
+
+    A list is read as the training lists are (``recog.data.lists``): a UTF-8 byte-order mark is
+    ignored, undecodable lines are named, blank lines and ``#`` comments are skipped, and paths
+    outside the list's folder (``../``, absolute), paths listed twice and malformed lines are
+    reported together, with line numbers. A listed image that does not exist is skipped like
+    one that does not decode (failed.txt), unless none of them exists.
+    """
     path = Path(spec)
     if path.is_dir():
         items = [Item(str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     elif path.is_file():
-        items, problems = [], []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            label, problem = parse_label(fields[1]) if len(fields) == 2 else (None, None)
-            if len(fields) > 2:
-                problem = f"{len(fields)} fields"
-            if problem:
-                problems.append((number, problem))
-            else:
-                items.append(Item(str(path.parent / fields[0]), label))
-        if problems:
-            raise DataError(format_bad_lines(str(path), problems, "'path' or 'path label'"))
+        items = _read_list(path, what)
     else:
         raise ConfigError(f"{what}={spec} is neither a folder nor a list file")
     if not items:
         raise DataError(f"{what}={spec} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return items
+
+
+def _read_list(path: Path, what: str) -> List[Item]:
+    items, checker = [], EntryChecker(str(path.parent))
+    for number, line in enumerate(read_lines(str(path), f"{what} list"), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) > 2:
+            checker.problems.append((number, f"{len(fields)} fields in {short(line.strip())}"))
+            continue
+        label, problem = parse_label(fields[1]) if len(fields) == 2 else (None, None)
+        if problem:
+            checker.problems.append((number, problem))
+            continue
+        image = checker.path(number, fields[0])
+        if image is not None:
+            items.append(Item(image, label))
+    problems = sorted(checker.problems)
+    if items and len(checker.missing) == len(items):
+        problems.insert(0, (None, f"none of the {len(items)} listed images exist, e.g. {short(items[0].path, 200)}: "
+                                  "paths are relative to the list's folder"))
+    if problems:
+        raise DataError(format_bad_lines(str(path), problems, PREDICT_LIST_FORMAT))
+    return items
+
+
+def check_ready(cfg: DictConfig) -> None:
+    """``ConfigError`` unless ``predict.model_dir`` and ``predict.input`` are given and exist
+    (also checked by ``run.py`` before Hydra creates a run folder)."""
+    p = cfg.predict
+    if not p.model_dir:
+        raise ConfigError("stage=predict needs an export: predict.model_dir=<dir> (make one with stage=export)")
+    if not p.input:
+        raise ConfigError("stage=predict needs images: predict.input=<folder or list file>")
+    if not Path(p.model_dir).is_dir():
+        raise ConfigError(f"predict.model_dir={p.model_dir} is not a folder: point it at an export (stage=export)")
+    for key in ("input", "gallery"):
+        if p[key] and not Path(p[key]).exists():
+            raise ConfigError(f"predict.{key}={p[key]} is neither a folder nor a list file")
 
 
 def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size: int, desc: str,
@@ -203,11 +242,23 @@ def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_di
         rows, kept, failed = extract(model, new, out_dir / "gallery_features.npy", p.batch_size, "gallery", post)
         atomic.write_text(out_dir / "gallery_failed.txt", "".join(line + "\n" for line in failed))
         labels = [i.label for i in kept]
-        labels = labels if all(label is not None for label in labels) else None
+        unlabelled = sum(label is None for label in labels)
+        if 0 < unlabelled < len(labels):
+            log.warning("%d of %d gallery images have no label: the gallery is indexed without labels "
+                        "(results without gallery labels, no metrics)", unlabelled, len(labels))
+        labels = labels if not unlabelled else None
         paths = [i.path for i in kept]
         if index is None:
             index = GalleryIndex.build(np.asarray(rows), labels=labels, paths=paths, kind=p.index, binary=binary)
         else:
+            if (labels is None) != (index.labels is None):
+                raise DataError(f"the gallery index {index_dir} {'has' if index.labels is not None else 'has no'} "
+                                f"labels, the new images of predict.gallery={p.gallery} "
+                                f"{'do not all have one' if labels is None else 'have labels'}: label every line "
+                                "the same way, or build a new index (predict.index_dir=<new dir>)")
+            if labels is not None and index.labels.dtype.kind not in "iu":
+                raise DataError(f"the gallery index {index_dir} has string labels, predict.gallery={p.gallery} "
+                                "integer ones: build a new index (predict.index_dir=<new dir>)")
             index.add(np.asarray(rows), labels=labels, paths=paths)
         index.save(index_dir)
     return index
@@ -215,10 +266,7 @@ def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_di
 
 def run(cfg: DictConfig, run_dir) -> dict:
     p = cfg.predict
-    if not p.model_dir:
-        raise ConfigError("stage=predict needs an export: predict.model_dir=<dir> (make one with stage=export)")
-    if not p.input:
-        raise ConfigError("stage=predict needs images: predict.input=<folder or list file>")
+    check_ready(cfg)
     out_dir = Path(p.output_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = ExportedModel(p.model_dir, device=cfg.trainer.device)
@@ -239,9 +287,18 @@ def run(cfg: DictConfig, run_dir) -> dict:
             index = gallery_index(model, cfg, index_dir, out_dir, post)
             queries = np.asarray(rows)
             paths, labels = [i.path for i in kept], [i.label for i in kept]
-            results = search_results(index, queries, post, p.top_k, paths, labels)
+            # Unlabelled queries get results, and no metrics: metrics need a label on every query and gallery image.
+            labelled = all(label is not None for label in labels)
+            results = search_results(index, queries, post, p.top_k, paths, labels if labelled else None)
+            for row, label in zip(results, labels):
+                row["label"] = label
             atomic.write_text(out_dir / "results.json", json.dumps(results, indent=1), "search results")
-            if all(label is not None for label in labels) and index.labels is not None:
+            if not labelled and any(label is not None for label in labels):
+                log.warning("%d of %d queries have no label: no metrics (they need a label on every query)",
+                            sum(label is None for label in labels), len(labels))
+            elif labelled and index.labels is None:
+                log.warning("the gallery has no labels: no metrics")
+            if labelled and index.labels is not None:
                 if post.reorders:
                     metrics = post.metrics(queries, np.asarray(labels), index.gallery_vectors(), index.labels,
                                            recall_at=tuple(cfg.eval.recall_at))
@@ -253,8 +310,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
                 summary["metrics"] = metrics
             shown = min(p.picture_queries, len(results))
             if shown:
-                retrieval_grid(paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k,
-                               query_labels=labels[:shown])
+                save_retrieval_grid(paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k,
+                                    query_labels=labels[:shown])
             summary["gallery"] = {"index": str(index_dir), "size": index.ntotal}
         atomic.write_text(out_dir / "predict_summary.json", json.dumps(summary, indent=2), "summary")
         for artifact in ("results.json", "metrics.json", "retrieval.png", "predict_summary.json", "failed.txt"):

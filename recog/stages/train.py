@@ -133,7 +133,8 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
         if state["best"] is not None:
             tracker.log_artifact(run_dir / BEST)
             tracker.log_artifact(run_dir / "metrics.json")
-            tracker.log_artifact(run_dir / "retrieval.png")
+            if (run_dir / "retrieval.png").is_file():  # a picture that could not be written was a warning
+                tracker.log_artifact(run_dir / "retrieval.png")
             tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
         if runner.skip_nonfinite:
             tracker.log_metrics({"skipped_steps": runner.skipped}, step=state["step"])

@@ -5,9 +5,12 @@ eval's as ``best_<name>`` (``best_epoch``: the epoch of that eval); the comparis
 ``best_`` value where a run has one, else the last logged value (eval-stage runs).
 """
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+from recog.utils import atomic
 
 MAX_PARAM_COLUMNS = 8
 
@@ -58,10 +61,27 @@ def load_runs(client, experiment_ids: Sequence[str], parent_run_id: Optional[str
             return runs
 
 
+# Status order of the table: finished runs first, then unfinished, stopped and failed ones.
+_STATUS_ORDER = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "KILLED": 2, "FAILED": 3}
+
+
 def sort_by_metric(runs: List[RunSummary], metric: str) -> List[RunSummary]:
-    """Best first (higher is better), ties in start order (the Optuna sweeper's best trial is the
-    first to reach the best value); runs without the metric (failed ones) last."""
-    return sorted(runs, key=lambda r: (metric not in r.metrics, -r.metrics.get(metric, 0.0), r.start_time or 0))
+    """Finished runs first, then running, killed and failed ones (a failed run's metrics are of an
+    unfinished training); within each, best first (higher is better), runs without the metric last,
+    ties in start order (the Optuna sweeper's best trial is the first to reach the best value)."""
+    return sorted(runs, key=lambda r: (_STATUS_ORDER.get(r.status, 1), metric not in r.metrics,
+                                       -r.metrics.get(metric, 0.0), r.start_time or 0))
+
+
+def display_names(runs: List[RunSummary], width: int = 40) -> List[str]:
+    """The runs' names cut to ``width``; names that would be the same for different runs end in
+    the run id's first 8 characters, so every row can be told apart."""
+    names = [_shorten(run.name, width) for run in runs]
+    counts: Dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{_shorten(run.name, width - 9)} {run.run_id[:8]}"
+            for name, run in zip(names, runs)]
 
 
 def differing_params(runs: List[RunSummary]) -> List[str]:
@@ -87,9 +107,9 @@ def format_table(runs: List[RunSummary], metric: str) -> str:
     header = ["#", "run", "status", *shown, *[_metric_label(m) for m in metric_columns], "best_epoch", "epochs",
               "duration"]
     rows = [header]
-    for rank, run in enumerate(runs, 1):
+    for rank, (run, name) in enumerate(zip(runs, display_names(runs)), 1):
         epoch = run.metrics.get("epoch")
-        rows.append([str(rank), _shorten(run.name, 40), run.status, *[_param(run.params.get(k, "-")) for k in shown],
+        rows.append([str(rank), name, run.status, *[_param(run.params.get(k, "-")) for k in shown],
                      *[_number(run.metrics.get(m)) for m in metric_columns],
                      "-" if epoch is None else str(int(epoch)), run.params.get("trainer.epochs", "-"),
                      _duration(run.duration_s)])
@@ -112,7 +132,8 @@ def plot_comparison(runs: List[RunSummary], metric: str, path, top: int = 3, tit
     ks = recall_ks(runs)
     figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.35 * len(runs) + 1.5)),
                                           gridspec_kw={"width_ratios": [3, 2]})
-    labels = [f"{i}. {_shorten(run.name, 45)}" for i, run in enumerate(runs, 1)]
+    names = display_names(runs, 45)
+    labels = [f"{i}. {name}" for i, name in enumerate(names, 1)]
     values = [run.metrics[metric] for run in runs]
     bars.barh(range(len(runs)), values, color="#4878d0")
     bars.set_yticks(range(len(runs)), labels, fontsize=8)
@@ -126,7 +147,7 @@ def plot_comparison(runs: List[RunSummary], metric: str, path, top: int = 3, tit
     for i, run in enumerate(runs[:top], 1):
         points = [(k, run.metrics[f"recall_at_{k}"]) for k in ks if f"recall_at_{k}" in run.metrics]
         if points:
-            curves.plot([k for k, _ in points], [v for _, v in points], marker="o", label=f"{i}. {_shorten(run.name, 45)}")
+            curves.plot([k for k, _ in points], [v for _, v in points], marker="o", label=f"{i}. {names[i - 1]}")
             lowest = min([lowest] + [v for _, v in points])
     curves.set_xlabel("K")
     curves.set_ylabel("Recall@K")
@@ -140,8 +161,10 @@ def plot_comparison(runs: List[RunSummary], metric: str, path, top: int = 3, tit
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    atomic.write_bytes(path, buffer.getvalue(), what="comparison picture")
     return path
 
 

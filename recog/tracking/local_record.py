@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from recog.errors import ConfigError
+from recog.utils import atomic
 
 RECORD_FILE = "mlflow_pending.jsonl"
 PROGRESS_FILE = "mlflow_pending.progress.json"
@@ -96,7 +97,7 @@ def replay(run_dir, tracking_uri: Optional[str] = None) -> Optional[str]:
         else:
             _apply(client, run_id, call)
         progress["lines"] = number
-        progress_path.write_text(json.dumps(progress))
+        atomic.write_text(progress_path, json.dumps(progress), "replay progress")
     path.rename(path.with_name(f"mlflow_pending.replayed-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     progress_path.unlink(missing_ok=True)
     return run_id

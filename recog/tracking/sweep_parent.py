@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from recog.utils import atomic
 from recog.errors import ConfigError, RecogError
 from recog.tracking.store import (apply_request_settings, experiment_id, short_error, tracking_errors, tracking_uri,
                                   unreachable_message)
@@ -164,7 +165,7 @@ class SweepParent:
             title = f"{sweep_dir.name}: {len(finished)} of {len(children)} jobs finished"
             table = format_table(children, objective)
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            (sweep_dir / "comparison.txt").write_text(table + "\n")
+            atomic.write_text(sweep_dir / "comparison.txt", table + "\n", "sweep comparison")
             plot_comparison(children, objective, sweep_dir / "comparison.png", title=title)
             client.log_artifact(parent, str(sweep_dir / "comparison.png"), "comparison")
             client.log_artifact(parent, str(sweep_dir / "comparison.txt"), "comparison")

@@ -284,3 +284,27 @@ def test_disk_full_while_saving_the_gallery_index_keeps_the_previous_index(tmp_p
     assert tree(index_dir) == before and leftovers(tmp_path) == []
     index = GalleryIndex.load(index_dir)
     assert index.ntotal == 20 and all("gallery_" in path for path in index.paths)
+
+
+# ---------------------------------------------------------------- pictures (issue 13 defect 4)
+
+
+def test_disk_full_while_writing_the_training_picture_is_a_warning(tmp_path, lists, store, caplog):
+    run_dir = tmp_path / "run"
+    with disk_full(".retrieval.png.tmp-"), caplog.at_level("WARNING"):
+        train.run(train_cfg(tmp_path, lists, store, "picture_disk_full", "trainer.epochs=2"), run_dir)
+    assert "retrieval picture" in caplog.text and "No space left on device" in caplog.text
+    assert not (run_dir / "retrieval.png").exists() and leftovers(run_dir) == []  # no truncated PNG
+    assert checkpoint.load_state(run_dir / "checkpoints" / "last")["epoch"] == 2  # every epoch's checkpoint
+    assert (run_dir / "best_model" / checkpoint.MODEL_FILE).is_file() and (run_dir / "metrics.json").is_file()
+
+
+def test_disk_full_while_writing_the_predict_picture_is_a_warning(tmp_path, lists, store, exported, caplog):
+    root, out = lists[0], tmp_path / "out"
+    cfg = predict_cfg(tmp_path, exported, store, "predict_picture_disk_full", f"predict.input={root / 'query.txt'}",
+                      f"predict.gallery={root / 'gallery.txt'}")
+    with disk_full(".retrieval.png.tmp-"), caplog.at_level("WARNING"):
+        summary = predict.run(cfg, out)
+    assert "retrieval picture" in caplog.text and "No space left on device" in caplog.text
+    assert not (out / "retrieval.png").exists() and leftovers(out) == []
+    assert (out / "results.json").is_file() and (out / "metrics.json").is_file() and summary["extracted"] == 30

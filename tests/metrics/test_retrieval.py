@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recog.metrics import format_metrics_table, retrieval_metrics
-from recog.metrics.retrieval import _SCORE_CHUNK, _score_rows
+from recog.metrics._ranking import _SCORE_CHUNK, _score_rows
 
 KS = (1, 2, 5, 10)
 

@@ -131,3 +131,74 @@ def test_bad_input_is_a_clear_error(tmp_path, export_dir):
         predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'bad.txt'}"), tmp_path / "out")
     with pytest.raises(recog.errors.ConfigError, match="predict.input"):
         predict.run(_cfg(tmp_path, export_dir), tmp_path / "out")
+
+
+# ---------------------------------------------------------------- issue 13 defects 2 and 9
+
+
+def test_unlabelled_queries_with_a_gallery_get_results_and_no_metrics(tmp_path, export_dir):
+    _images(tmp_path / "q", 4, seed=1)
+    gallery = _images(tmp_path / "g", 6, seed=2)
+    cfg = _cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'q'}", f"predict.gallery={gallery}", "predict.top_k=3")
+    summary = predict.run(cfg, tmp_path / "out")  # a folder: no labels
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results) == 4 and all(r["label"] is None and len(r["results"]) == 3 for r in results)
+    assert all(item["label"] is not None for r in results for item in r["results"])  # the gallery's labels
+    assert not (tmp_path / "out" / "metrics.json").exists() and "metrics" not in summary
+    assert (tmp_path / "out" / "retrieval.png").is_file()
+
+
+def test_mixed_labelled_and_unlabelled_queries_get_results_their_labels_and_no_metrics(tmp_path, export_dir, caplog):
+    queries = _images(tmp_path / "q", 4, seed=1)
+    lines = queries.read_text().splitlines()
+    queries.write_text("\n".join([lines[0].split()[0]] + lines[1:]) + "\n")  # the first line without a label
+    gallery = _images(tmp_path / "g", 6, seed=2)
+    with caplog.at_level("WARNING"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["label"] for r in results] == [None, 1, 2, 0]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert "1 of 4 queries have no label: no metrics" in caplog.text
+
+
+def test_list_with_a_byte_order_mark_keeps_its_first_image(tmp_path, export_dir):
+    queries = _images(tmp_path / "q", 3, seed=1)
+    queries.write_bytes(b"\xef\xbb\xbf" + queries.read_bytes())
+    summary = predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}"), tmp_path / "out")
+    assert summary == {"images": 3, "extracted": 3, "failed": 0}
+    assert (tmp_path / "out" / "manifest.tsv").read_text().splitlines()[0].endswith("q/000.png\t0")
+
+
+def test_latin1_list_is_one_message_with_line_numbers(tmp_path, export_dir):
+    _images(tmp_path / "q", 3, seed=1)
+    (tmp_path / "latin1.txt").write_bytes("q/000.png 0\nq/caf\u00e9.png 1\nq/001.png 1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt: it is not UTF-8 text, line\(s\) 2 cannot be decoded"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'latin1.txt'}"), tmp_path / "out")
+
+
+def test_duplicate_gallery_lines_are_reported(tmp_path, export_dir):
+    queries = _images(tmp_path / "q", 2, seed=1)
+    gallery = _images(tmp_path / "g", 3, seed=2)
+    gallery.write_text(gallery.read_text() + "g/001.png 1\n")
+    with pytest.raises(DataError, match=r"line 4: 'g/001.png' is listed again \(first on line 2\)"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out")
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd"])
+def test_list_paths_outside_the_lists_folder_are_refused(tmp_path, export_dir, path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "q.txt").write_text(f"{path} 0\n")
+    with pytest.raises(DataError, match="refused"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'lists' / 'q.txt'}"), tmp_path / "out")
+
+
+def test_extending_a_labelled_index_with_unlabelled_images_is_a_message(tmp_path, export_dir):
+    queries = _images(tmp_path / "q", 2, seed=1)
+    gallery = _images(tmp_path / "g", 4, seed=2)
+    index_dir = tmp_path / "index"
+    predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}",
+                     f"predict.index_dir={index_dir}"), tmp_path / "a")
+    _images(tmp_path / "more", 2, seed=3)
+    with pytest.raises(DataError, match="has labels, the new images"):
+        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={tmp_path / 'more'}",
+                         f"predict.index_dir={index_dir}"), tmp_path / "b")

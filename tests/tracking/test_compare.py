@@ -38,3 +38,25 @@ def test_plot_writes_a_png(tmp_path):
     path = plot_comparison(RUNS, "recall_at_1", tmp_path / "sub" / "plot.png", top=2)
     picture = cv2.imread(str(path))
     assert picture is not None and picture.shape[1] > picture.shape[0] > 100
+
+
+def test_failed_runs_go_last_even_with_better_metrics():
+    runs = RUNS + [run("e", 0.99, "0.4", 5, status="FAILED"), run("f", 0.98, "0.5", 6, status="KILLED"),
+                   run("g", 0.97, "0.6", 7, status="RUNNING")]
+    assert [r.name for r in sort_by_metric(runs, "recall_at_1")] == ["b", "d", "a", "g", "f", "e", "c"]
+    rows = [line.split() for line in format_table(runs, "recall_at_1").splitlines()[2:]]
+    assert [row[2] for row in rows][-2:] == ["FAILED", "FAILED"]
+
+
+def test_runs_with_the_same_name_are_told_apart():
+    same = [RunSummary(run_id=f"{i}f3a9c0d2e1b", name="pplcnet/fc/arcmargin/ce", status="FINISHED",
+                       params={"head.margin": str(i)}, metrics={"recall_at_1": 0.5 + i / 10}, start_time=i, end_time=i + 1)
+            for i in range(2)]
+    for i in range(2):  # names that differ only past the column's width
+        same.append(RunSummary(run_id=f"{i}a{i}b{i}c{i}d", name="x" * 50 + str(i), status="FINISHED",
+                               params={"head.margin": str(i)}, metrics={"recall_at_1": 0.1}, start_time=9, end_time=10))
+    lines = format_table(same, "recall_at_1").splitlines()
+    start, stop = lines[0].index("run"), lines[0].index("status")
+    names = [line[start:stop].strip() for line in lines[2:]]
+    assert len(set(names)) == 4, names
+    assert "1f3a9c0d" in format_table(same, "recall_at_1") and "0f3a9c0d" in format_table(same, "recall_at_1")

@@ -1,0 +1,121 @@
+"""run.py's checks before Hydra starts (issue 13 defects 10, 11, 12): one message, exit 2, no run folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recog.cli import config_groups, help_text, precheck, top_level_keys
+from recog.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cfg_job_gets_recogs_override_checks():
+    result = run_cli("--cfg", "job", "backbone.scael=1.0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "recog: Key 'scael' is not an argument of recog.models.backbones.PPLCNet; valid keys in backbone: "
+        + result.stderr.split("valid keys in backbone: ")[1].strip()]
+    with pytest.raises(ConfigError, match="trainer.epochs must be at least 1"):
+        precheck(["--cfg", "job", "trainer.epochs=0"])
+    with pytest.raises(ConfigError, match="trainer.eval_every must be at least 1"):
+        precheck(["-c", "all", "--resolve", "trainer.eval_every=0"])
+
+
+def test_adding_an_unknown_key_is_refused_with_the_valid_keys():
+    with pytest.raises(ConfigError) as caught:
+        precheck(["+foo=1"])
+    message = str(caught.value)
+    assert "no schema has the key 'foo'" in message and ", ".join(top_level_keys()) in message
+    with pytest.raises(ConfigError, match="data has no key 'foo'; valid keys in data: image_size"):
+        precheck(["++data.foo=1"])
+    with pytest.raises(ConfigError, match="no schema has the key 'foo'"):
+        precheck(["--cfg", "job", "+foo=1"])
+
+
+def test_help_is_recogs_own(tmp_path):
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert result.stdout == help_text().replace("$$", "$") + "\n"
+    assert "schema/" not in result.stdout and "Stages:" in result.stdout
+    for group in config_groups():
+        assert f"\n  {group} " in result.stdout
+    assert "stage=predict" in result.stdout and "README.md" in result.stdout
+
+
+def test_rejected_stage_leaves_no_run_folder(tmp_path):
+    result = run_cli("stage=eval", f"paths.output_root={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "recog: stage=eval needs a trained model: model_path=<run dir>/best_model"
+    assert list(tmp_path.iterdir()) == []  # no outputs/runs/<date> folder
+    for argv, message in ((["stage=export", f"model_path={tmp_path / 'nope'}"], "does not exist or is not a directory"),
+                          (["stage=predict"], "stage=predict needs an export"),
+                          (["stage=predict", f"predict.model_dir={tmp_path}"], "stage=predict needs images"),
+                          (["stage=predict", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path / 'x'}"],
+                           "is neither a folder nor a list file")):
+        with pytest.raises(ConfigError, match=message):
+            precheck(argv + [f"paths.output_root={tmp_path}"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override", ["paths.output_root=/proc/recog", "hydra.run.dir=/proc/recog/run",
+                                      "paths.output_root=/sys/recog"])
+def test_unwritable_output_is_one_message(override):
+    with pytest.raises(ConfigError, match="is not writable: cannot create a folder in /(proc|sys)"):
+        precheck([override])
+
+
+def test_output_under_a_file_is_one_message(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = run_cli(f"paths.output_root={tmp_path / 'file' / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"paths.output_root={tmp_path / 'file' / 'out'} cannot be created: {tmp_path / 'file'} is a file" in result.stderr
+
+
+def test_writable_output_passes_and_creates_nothing(tmp_path):
+    precheck([f"paths.output_root={tmp_path / 'a' / 'b'}", "trainer.epochs=1"])
+    precheck(["-m", f"paths.output_root={tmp_path}", "head.margin=0.1,0.2"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
+    result = run_cli("dataset=image_list", f"dataset.root={tmp_path / 'none'}", "dataset.train_list=t.txt",
+                     "dataset.query_list=q.txt", f"paths.output_root={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"dataset root {tmp_path / 'none'} does not exist" in result.stdout + result.stderr
+    assert list((tmp_path / "out" / "runs").iterdir()) == []  # Hydra made one; the refusal removed it
+
+
+def test_a_run_folder_with_work_in_it_is_kept(tmp_path):
+    from recog.cli import remove_untouched_run_dir
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a" / "run.log").write_text("")
+    (tmp_path / "b" / ".hydra").mkdir(parents=True)
+    (tmp_path / "b" / "run.log").write_text("[INFO] - RecModel: 901 train images\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text("{}")
+    assert [remove_untouched_run_dir(tmp_path / n) for n in "abc"] == [True, False, False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
+def test_swept_stage_inputs_are_left_to_the_jobs(tmp_path):
+    (tmp_path / "m1").mkdir()
+    precheck(["-m", "stage=eval", f"model_path={tmp_path / 'm1'},{tmp_path / 'm2'}", f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="stage=eval needs a trained model"):
+        precheck(["-m", "stage=eval", "head.margin=0.1,0.2", f"paths.output_root={tmp_path}"])
+
+
+def test_training_a_loss_on_logits_without_a_head_is_refused_before_the_run(tmp_path):
+    # found by tests/test_cli_fuzz.py: head=none loss=ce started training, then failed at the first step (KeyError)
+    with pytest.raises(ConfigError, match="loss term 'ce' reads the head's logits, but head=none"):
+        precheck(["head=none", "loss=ce", f"paths.output_root={tmp_path}"])
+    precheck(["head=none", "loss=triplet", f"paths.output_root={tmp_path}"])
+    precheck(["stage=predict", "head=none", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path}",
+              f"paths.output_root={tmp_path}"])  # no training: no loss needed
