@@ -90,6 +90,16 @@ def retrieval_metrics(
             + (", other than itself" if self_match else "")
             + "): retrieval metrics are undefined"
         )
+    return summarize_query_stats(first_rank, ap, inp, hits, ks)
+
+
+def summarize_query_stats(first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray, hits: np.ndarray,
+                          ks) -> dict:
+    """The metrics dict from per-query statistics (``first_rank`` -1 for a query without positives,
+    which the means leave out): ``first_rank`` [N] int, ``ap`` / ``inp`` [N] float, ``hits`` [N, len(ks)]
+    positives within each top K."""
+    valid = first_rank >= 0
+    n = len(first_rank)
     metrics: dict[str, float | int] = {
         f"recall_at_{k}": float(np.mean(first_rank[valid] < k)) for k in ks
     }

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from recog.metrics.retrieval import positive_ranks, retrieval_metrics
+from recog.metrics.retrieval import positive_ranks, retrieval_metrics, summarize_query_stats
 from recog.postprocess.query_expansion import query_expansion
 from recog.postprocess.rerank import k_reciprocal_rerank
 
@@ -70,10 +70,4 @@ def postprocessed_metrics(query_features, query_labels, gallery_features=None, g
     valid = first >= 0
     if not valid.any():
         raise ValueError("none of the queries has a positive: retrieval metrics are undefined")
-    metrics = {f"recall_at_{k}": float(np.mean(first[valid] < k)) for k in ks}
-    metrics.update({f"precision_at_{k}": float(np.mean(hits[valid, j] / k)) for j, k in enumerate(ks)})
-    metrics["mAP"] = float(np.mean(ap[valid]))
-    metrics["mINP"] = float(np.mean(inp[valid]))
-    metrics["num_queries"] = int(n)
-    metrics["num_queries_without_positive"] = int(n - valid.sum())
-    return metrics
+    return summarize_query_stats(first, ap, inp, hits, ks)
