@@ -1,4 +1,7 @@
-"""Compose the config tree outside ``run.py`` and turn composition errors into plain messages."""
+"""Compose the config tree outside ``run.py`` and turn composition errors into plain messages.
+
+(Over 300 lines: most of it is ``check_values``, the one place every range recog enforces is listed.)
+"""
 
 import dataclasses
 import itertools

@@ -1,6 +1,8 @@
 """The ranking engine of ``recog.metrics.retrieval``: the exact 0-based ranks of every query's
 positives, in blocks of queries, never a full ranking (conventions: ``recog.metrics.retrieval``).
 
+(Over 300 lines: the method is explained beside the code, and the tie rule needs both halves.)
+
 Method
 ------
 Every metric is a function of the 0-based ranks of a query's positives; only those are computed,

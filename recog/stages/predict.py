@@ -1,5 +1,7 @@
 """Predict stage: images -> features with an exported model, and optionally a gallery search.
 
+(Over 300 lines: reading the inputs, extending a gallery and post-processing its search are one stage.)
+
 ``python run.py stage=predict predict.model_dir=<export> predict.input=DIR|LIST
 [predict.gallery=DIR|LIST]`` writes into the run directory (or ``predict.output_dir``)::
 
