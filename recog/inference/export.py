@@ -78,7 +78,7 @@ def eval_settings(trained_cfg) -> Dict[str, Any]:
 
 
 def dygraph_features(model: RecModel, images: np.ndarray, normalize: bool) -> np.ndarray:
-    """Eval-mode features of the dygraph model, as ``recog.stages.evaluate.extract_features`` computes them."""
+    """Eval-mode features of the dygraph model, as ``recog.evaluation.extract_features`` computes them."""
     was_training = model.training
     model.eval()
     with paddle.no_grad():
