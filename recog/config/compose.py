@@ -101,6 +101,11 @@ def check_overrides(args: List[str]) -> None:
             parsed.extend(OverridesParser.create().parse_overrides([arg]))
         except Exception as error:  # HydraException, or the parser's evaluation of e.g. range()
             raise ConfigError(f"cannot parse the override {_quoted(arg)}: {one_paragraph(str(error))}") from None
+    if not any(a in ("-m", "--multirun") for a in args):
+        for override in parsed:
+            if override.is_sweep_override():  # Hydra would refuse it only after making a run folder
+                raise ConfigError(f"{_quoted(override.input_line)} is a sweep (several values): run it with "
+                                  "-m (python run.py -m ...), or give one value")
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     compose(fixed)
     for override in parsed:

@@ -478,3 +478,11 @@ def test_check_overrides_leaves_hydra_flags_with_values_alone(flags, monkeypatch
     assert composed == []  # nothing composed: left to Hydra
     check_overrides(["head=fc"])
     assert composed == [["head=fc"]]  # without the flag the same line is checked
+
+
+@pytest.mark.parametrize("sweep", ["head.margin=0.1,0.2", "stage=interval(0,1)"])
+def test_a_sweep_without_multirun_is_refused_before_hydra(sweep):
+    """Found by the fuzzer: an interval() sweep without -m passed the pre-check, then Hydra refused it."""
+    with pytest.raises(ConfigError, match="is a sweep .*run it with -m"):
+        check_overrides([sweep])
+    check_overrides(["-m", "head.margin=0.1,0.2"])
