@@ -15,7 +15,8 @@ How a block runs is said by an HTML comment on the line before it (invisible on 
 * ``group=NAME``: the group's blocks run in README order in one scratch folder (e.g. train, then
   eval of the model it wrote); without a group a block gets its own folder. The folder links
   ``run.py``, ``conf/`` and ``scripts/`` of the checkout, so ``outputs/`` is the scratch one.
-* ``tiny``: ``TINY_OVERRIDES`` (one epoch of two steps, 32 px, PP-LCNet x0.25, ...) are appended
+* ``tiny``: ``TINY_OVERRIDES`` (one epoch of two steps, 32 px, PP-LCNet x0.25, no export at the end
+  of training, ...) are appended
   to every ``run.py`` command of the block.
 * ``sub=A => B | C => D``: literal replacements in the block before it runs (e.g. an optional
   ``[...]`` argument, a bigger-than-needed size). ``<run>`` always becomes the newest run folder
@@ -36,7 +37,8 @@ from typing import Dict, List, Optional, Tuple
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMAND_LANGUAGES = ("bash", "sh", "console", "shell", "python")
 TINY_OVERRIDES = ("trainer.epochs=1", "trainer.steps_per_epoch=2", "data.image_size=32", "backbone.scale=0.25",
-                  "data.num_workers=0", "eval.engine=dygraph", "export.check_images=4", "export.cpu_onednn=off")
+                  "data.num_workers=0", "eval.engine=dygraph", "export.check_images=4", "export.cpu_onednn=off",
+                  "export.after_train=false")  # the blocks that export run stage=export
 _MARKER = re.compile(r"<!--\s*readme-test:(.*?)-->", re.S)
 _FENCE = re.compile(r"^```(\S*)\s*$")
 

@@ -50,7 +50,7 @@ FUZZ = settings(settings.get_profile(PROFILE), max_examples=int(os.environ.get("
 TRAIN_RUN_WEIGHT = 1 if PROFILE == "ci" else 4  # of 20: real (tiny) trainings are the slow examples
 TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=1", "data.image_size=16", "backbone.scale=0.25",
         "data.num_workers=0", "eval.engine=dygraph", "data.batch_size=8", "data.samples_per_class=2",
-        "data.eval_batch_size=64"]
+        "data.eval_batch_size=64", "export.after_train=false"]
 STATS = {"examples": 0, "reported": 0, "succeeded": 0, "by_stage": {}, "messages": {}}
 
 GROUPS = {

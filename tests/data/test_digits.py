@@ -4,6 +4,7 @@ import numpy as np
 import sklearn.datasets
 
 from recog.data import decode_image, load_digits
+from recog.data.digits import read_digits
 
 
 def test_digits_written_once_split_by_class(tmp_path):
@@ -36,3 +37,11 @@ def test_interrupted_write_is_redone(tmp_path):
     assert os.path.isfile(splits.query[3].path)
     assert again.query == splits.query
     assert not [f for f in os.listdir(root) if f.startswith(".tmp")]
+
+
+def test_read_digits_equals_scikit_learns_loader():
+    images, targets = read_digits()  # read from the shipped CSV, without importing scikit-learn
+    expected = sklearn.datasets.load_digits()
+    assert images.shape == (1797, 8, 8) and targets.dtype == np.int64
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(targets, expected.target)

@@ -16,7 +16,7 @@ WORKER = Path(__file__).with_name("_worker.py")
 
 # Tiny and fast on 2 CPU cores; 5 training classes allow P x K = 2 x 4 on each of 2 ranks.
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-        "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu"]
+        "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu", "export.after_train=false"]
 
 
 def env(threads: int = 1, **extra) -> dict:

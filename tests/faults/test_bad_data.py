@@ -232,7 +232,7 @@ def list_args(root, train="train.txt", query="query.txt"):
     return ["stage=train", "dataset=image_list", f"dataset.root={root}", f"dataset.train_list={train}",
             f"dataset.query_list={query}", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
             "data.image_size=16", "trainer.epochs=1", "data.num_workers=0", "mlflow.enabled=false",
-            f"paths.output_root={root / 'out'}", f"hydra.run.dir={root / 'run'}"]
+            "export.after_train=false", f"paths.output_root={root / 'out'}", f"hydra.run.dir={root / 'run'}"]
 
 
 def _add_bad_images(root, kinds_by_class):

@@ -32,7 +32,7 @@ def lists(tmp_path_factory):
 def _overrides(lists, tmp_path, *extra):
     return ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
             "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.epochs=2",
-            f"trainer.steps_per_epoch={STEPS}", "trainer.log_every=1", "mlflow.experiment_name=numerics",
+            f"trainer.steps_per_epoch={STEPS}", "trainer.log_every=1", "mlflow.experiment_name=numerics", "export.after_train=false",
             # The faults are injected by a patched loss counting its Python calls: a compiled step
             # (trainer.compile) traces such Python side effects once, so these tests run in dygraph.
             "trainer.compile=false", *lists, f"paths.output_root={tmp_path}", *extra]

@@ -43,7 +43,7 @@ def _train_args(lists: list, root: Path) -> list:
     return ["stage=train", "backbone.scale=0.25", "data.image_size=16", "data.num_workers=0",
             "neck.embedding_size=32", "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
             f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
-            "trainer.log_every=1", "mlflow.experiment_name=sigkill", *lists, f"paths.output_root={root}",
+            "trainer.log_every=1", "mlflow.experiment_name=sigkill", "export.after_train=false", *lists, f"paths.output_root={root}",
             f"hydra.run.dir={root / 'run'}"]
 
 

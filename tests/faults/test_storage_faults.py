@@ -138,7 +138,7 @@ def train_cfg(root: Path, lists, store: str, experiment: str, *extra):
     return recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
                           "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
                           f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
-                          "trainer.log_every=1", *lists[1], f"paths.output_root={root}",
+                          "trainer.log_every=1", "export.after_train=false", *lists[1], f"paths.output_root={root}",
                           f"mlflow.tracking_uri={store}", f"mlflow.experiment_name={experiment}", *extra])
 
 

@@ -39,7 +39,7 @@ def tiny_args(lists: Path, out: Path) -> list:
     return ["dataset=image_list", f"dataset.root={lists}", "dataset.train_list=train.txt",
             "dataset.query_list=query.txt", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
             "data.image_size=16", "trainer.epochs=1", "trainer.log_every=1", "data.num_workers=0",
-            f"paths.output_root={out}", "mlflow.experiment_name=faults"]
+            f"paths.output_root={out}", "mlflow.experiment_name=faults", "export.after_train=false"]
 
 
 def run_cli(*args):

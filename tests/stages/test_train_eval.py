@@ -15,7 +15,7 @@ from recog.stages import evaluate, train
 from recog.training.loop import EpochLoop
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-        "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e"]
+        "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e", "export.after_train=false"]
 
 
 def _client(root) -> MlflowClient:
