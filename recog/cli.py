@@ -52,12 +52,13 @@ def precheck(argv: List[str]) -> Optional[DictConfig]:
     if any(getattr(args, name) for name in _LEFT_TO_HYDRA):
         return None
     overrides = list(args.overrides)
-    check_overrides(overrides + (["-m"] if args.multirun else []))
+    cfg = check_overrides(overrides + (["-m"] if args.multirun else []))
     check_added_keys(overrides)
     if args.cfg or args.info:  # prints, runs nothing
         return None
     fixed, swept = _fixed_and_swept(overrides)
-    cfg = compose(fixed)
+    if cfg is None:
+        cfg = compose(fixed)
     if not any(key in ("stage", "model_path") or key.startswith("predict.") for key in swept):
         check_stage_ready(cfg)  # a swept stage input is checked by each job
     check_output_dirs(cfg, overrides, multirun=bool(args.multirun))

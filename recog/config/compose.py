@@ -5,7 +5,7 @@
 
 import dataclasses
 import itertools
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -83,8 +83,9 @@ def _as_addition(error: Exception, overrides: List[str]):
     return None
 
 
-def check_overrides(args: List[str]) -> None:
-    """Compose once per value of every override before Hydra runs, for readable errors.
+def check_overrides(args: List[str]) -> Optional[DictConfig]:
+    """Compose once per value of every override before Hydra runs, for readable errors; returns the
+    config of the overrides that are not swept (None for a command line left to Hydra).
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
     (``head.margin=0.1,0.2``) are checked value by value (the first ``MAX_SWEEP_VALUES_CHECKED``
@@ -92,7 +93,7 @@ def check_overrides(args: List[str]) -> None:
     to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
-        return  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
+        return None  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
     plain = [a for a in args if a not in ("-m", "--multirun")
              and (not a.lstrip("+~").startswith("hydra") or a.lstrip("+~").startswith("hydra.searchpath="))]
     parsed = []
@@ -107,7 +108,7 @@ def check_overrides(args: List[str]) -> None:
                 raise ConfigError(f"{_quoted(override.input_line)} is a sweep (several values): run it with "
                                   "-m (python run.py -m ...), or give one value")
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    compose(fixed)
+    cfg = compose(fixed)
     for override in parsed:
         if override.is_sweep_override():
             try:  # the first values only: range(0, 10**9) is a valid sweep, if a long one
@@ -116,6 +117,7 @@ def check_overrides(args: List[str]) -> None:
                 continue
             for value in values:
                 compose(fixed + [f"{override.get_key_element()}={value}"])
+    return cfg
 
 
 # Ranges the schema's types cannot express; a value outside them would fail deep inside a stage.
