@@ -17,6 +17,7 @@ def run_cli(*args, cwd=ROOT):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cfg_job_gets_recogs_override_checks():
     result = run_cli("--cfg", "job", "backbone.scael=1.0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -40,6 +41,7 @@ def test_adding_an_unknown_key_is_refused_with_the_valid_keys():
         precheck(["--cfg", "job", "+foo=1"])
 
 
+@pytest.mark.slow
 def test_help_is_recogs_own(tmp_path):
     result = run_cli("--help")
     assert result.returncode == 0
@@ -50,6 +52,7 @@ def test_help_is_recogs_own(tmp_path):
     assert "stage=predict" in result.stdout and "README.md" in result.stdout
 
 
+@pytest.mark.slow
 def test_rejected_stage_leaves_no_run_folder(tmp_path):
     result = run_cli("stage=eval", f"paths.output_root={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -72,6 +75,7 @@ def test_unwritable_output_is_one_message(override):
         precheck([override])
 
 
+@pytest.mark.slow
 def test_output_under_a_file_is_one_message(tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli(f"paths.output_root={tmp_path / 'file' / 'out'}")
@@ -85,6 +89,7 @@ def test_writable_output_passes_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
     result = run_cli("dataset=image_list", f"dataset.root={tmp_path / 'none'}", "dataset.train_list=t.txt",
                      "dataset.query_list=q.txt", f"paths.output_root={tmp_path / 'out'}")

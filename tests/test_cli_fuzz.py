@@ -211,6 +211,7 @@ def check_one(world: dict, kind: str, argv: list) -> None:
     STATS["succeeded"] += 1
 
 
+@pytest.mark.slow
 def test_cli_fuzz(world):
     """Random command lines (module docstring): success, or a RecogError with one paragraph."""
     started = time.perf_counter()

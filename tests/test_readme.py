@@ -105,6 +105,7 @@ def test_every_command_block_is_run_or_skipped_with_a_reason():
     assert len(skipped) < len(BLOCKS) / 2, "most of the README is skipped"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.is_transcript], ids=lambda b: f"line{b.line}")
 def test_quoted_messages_are_the_real_ones(block, tmp_path):
     """Each ``$ command`` of a transcript prints exactly the lines the README shows under it."""

@@ -88,6 +88,7 @@ def _in_thread(fn, timeout=60):
     return result[0] if result else ("hung", None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_short_epochs_keep_persistent_workers_in_step(samples, num_workers):
     """Issue 13 defect 1: epochs cut by steps_per_epoch end normally (no IndexError at epoch 2)."""

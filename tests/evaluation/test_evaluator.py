@@ -107,6 +107,7 @@ def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path):
     np.testing.assert_allclose(large.last[0], small.last[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(tmp_path, monkeypatch, caplog):
     def refuse(self):
         raise RecogError("the eval predictor differs from the dygraph model by 0.5")
@@ -125,6 +126,7 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
         explicit(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["dygraph", "predictor"])
 def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, monkeypatch):
     """Issue 13 defect 6: Ctrl-C / SIGTERM during an eval waited for the whole eval (11-33 s)."""

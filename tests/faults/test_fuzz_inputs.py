@@ -91,6 +91,7 @@ def test_fuzzed_overrides_work_or_fail_with_one_paragraph(args, multirun):
         OmegaConf.to_yaml(cfg)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, **FUZZ)
 @given(st.lists(st.text(max_size=30), min_size=1, max_size=3))
 def test_arbitrary_text_as_overrides(args):
@@ -186,6 +187,7 @@ def _check_samples(samples, root: Path):
 PREFIXES = st.sampled_from([b"", b"", b"\xef\xbb\xbf", b"\xff\xfe", b"\x00"])
 
 
+@pytest.mark.slow
 @settings(max_examples=200, **FUZZ)
 @given(st.lists(list_lines(), max_size=12), st.sampled_from(["\n", "\r\n", "\r"]), PREFIXES)
 def test_fuzzed_image_lists_load_or_fail_with_one_paragraph(lines, newline, prefix):
@@ -204,6 +206,7 @@ def test_fuzzed_image_lists_load_or_fail_with_one_paragraph(lines, newline, pref
 
 
 @settings(max_examples=150, **FUZZ)
+@pytest.mark.slow
 @given(st.sampled_from(["image_id class_id super_class_id path", "image_id class_id path", "", "#"]),
        st.lists(list_lines(fields=4), max_size=10), PREFIXES)
 def test_fuzzed_sop_files_load_or_fail_with_one_paragraph(header, lines, prefix):

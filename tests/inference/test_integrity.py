@@ -36,6 +36,7 @@ def _flip(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage, message", [
     ("inference.pdiparams", lambda f: _cut(f, 4096), r"inference.pdiparams is truncated \(\d+ bytes"),
     ("inference.pdiparams", _flip, "inference.pdiparams was altered"),
@@ -51,6 +52,7 @@ def test_a_damaged_export_is_an_error_naming_the_file(copy, name, damage, messag
     assert str(copy / name) in str(error.value) and "export the model again" in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path):
     """Before manifests, cutting 4096 bytes gave different features and exit code 0."""
     _cut(copy / "inference.pdiparams", 4096)

@@ -72,6 +72,7 @@ def _compare_backbones(theirs, ours, tmp_path, size=64):
     assert np.abs(features).max() > 1e-3  # not a comparison of zeros
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", SCALES)
 def test_pplcnet_matches_paddleclas(ppcls, scale, tmp_path):
     name = "PPLCNet_x" + str(scale).replace(".", "_")
@@ -79,6 +80,7 @@ def test_pplcnet_matches_paddleclas(ppcls, scale, tmp_path):
     _compare_backbones(theirs, PPLCNet(scale=scale), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 50])
 def test_resnet_vd_matches_paddleclas(ppcls, depth, tmp_path):
     theirs = getattr(ppcls["resnet"], f"ResNet{depth}_vd")(pretrained=False)

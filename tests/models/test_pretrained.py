@@ -28,6 +28,7 @@ def _save_paddleclas_style(model, path):
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda s=s: PPLCNet(scale=s) for s in SCALES]
                          + [lambda d=d: ResNetVd(depth=d) for d in (18, 34, 50, 101, 152)],
                          ids=[f"PPLCNet_x{s}" for s in SCALES] + [f"ResNet{d}_vd" for d in (18, 34, 50, 101, 152)])

@@ -33,6 +33,7 @@ def _assert_close(a, b):
 
 
 # ---- ResNet -----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 50])
 def test_resnet_matches_paddle_vision(depth):
     paddle.seed(1)
@@ -65,6 +66,7 @@ def test_resnet_stop_layer_names():
     assert len(names) == 11 + 4 * 2  # direct children + blocks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth, width", [(18, 512), (50, 2048)])
 def test_resnet_truncate_after_flatten(depth, width):
     paddle.seed(2)

@@ -48,6 +48,7 @@ def test_tiny_matches_paddleclas(ppcls, tmp_path):
         assert _max_rel_diff(features, theirs.forward_features(x).numpy()) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, factory", [("tiny", "DeiT_tiny_patch16_224"), ("small", "DeiT_small_patch16_224")])
 def test_released_layout_names_and_shapes_match_paddleclas(ppcls, size, factory):
     theirs = getattr(ppcls[DEIT], factory)(pretrained=False).state_dict()
@@ -134,6 +135,7 @@ def test_invalid_arguments(kwargs, message):
         ViT(img_size=32, **kwargs)
 
 
+@pytest.mark.slow
 def test_exports_with_a_dynamic_batch_size(tmp_path):
     """paddle.jit.save as stage=export does it: batch dimension None, fixed image size."""
     model = truncate_after(ViT(size="tiny", img_size=32), "pool")

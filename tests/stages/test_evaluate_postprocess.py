@@ -57,6 +57,7 @@ def test_all_post_processing_is_off_by_default():
     assert not PostProcess().reorders and not PostProcess().flip
 
 
+@pytest.mark.slow
 def test_eval_flip_averages_the_features_of_each_image_and_its_mirror(trained, tmp_path, caplog):
     root, path, plain, mirrored, labels = trained
     with caplog.at_level(logging.WARNING):
@@ -67,6 +68,7 @@ def test_eval_flip_averages_the_features_of_each_image_and_its_mirror(trained, t
     assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, by_hand", [
     (["eval.query_expansion=3"], dict(qe_k=3)),
     (["eval.query_expansion=4", "eval.qe_alpha=3.0"], dict(qe_k=4, qe_alpha=3.0)),

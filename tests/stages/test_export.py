@@ -244,6 +244,7 @@ def test_output_dir_that_is_not_an_export_is_not_replaced(tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
     """Before manifests, a preprocess.json was enough for export to wipe the folder."""
     model_path, _, _ = _untrained_best_model(tmp_path)
@@ -261,6 +262,7 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
     assert {p.relative_to(keep).as_posix(): p.read_text() for p in keep.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.slow
 def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_path):
     model_path, _, _ = _untrained_best_model(tmp_path)
     out = tmp_path / "out"

@@ -44,6 +44,7 @@ def _cfg(tmp_path, export_dir, *overrides):
                           f"predict.model_dir={export_dir}", *overrides])
 
 
+@pytest.mark.slow
 def test_folder_with_corrupt_and_non_image_files_is_extracted_and_both_are_named(tmp_path, export_dir):
     _images(tmp_path / "imgs", 5, seed=0)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -62,6 +63,7 @@ def test_folder_with_corrupt_and_non_image_files_is_extracted_and_both_are_named
     np.testing.assert_allclose(features[3], alone[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gallery_search_results_metrics_and_picture(tmp_path, export_dir):
     queries, gallery = _images(tmp_path / "q", 6, seed=1), _images(tmp_path / "g", 9, seed=2)
     cfg = _cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}", "predict.top_k=4",
@@ -84,6 +86,7 @@ def test_gallery_search_results_metrics_and_picture(tmp_path, export_dir):
     assert picture is not None and picture.shape[0] * 5 == picture.shape[1] * 3  # 3 rows of 1 + 4 tiles
 
 
+@pytest.mark.slow
 def test_adding_to_a_gallery_extracts_only_new_images_and_equals_a_rebuild(tmp_path, export_dir, monkeypatch):
     queries = _images(tmp_path / "q", 3, seed=1)
     gallery = _images(tmp_path / "g", 8, seed=2)
@@ -120,6 +123,7 @@ def _rounded(value, digits: int = 5):
     return value
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_clear_error(tmp_path, export_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):

@@ -54,6 +54,7 @@ def _run(tmp_path, export_dir, out, *overrides):
     return summary, results, q, index
 
 
+@pytest.mark.slow
 def test_predict_with_rerank_returns_the_reranked_order(tmp_path, export_dir):
     options = ["eval.rerank=k_reciprocal", "eval.rerank_k1=4", "eval.rerank_k2=2", "eval.rerank_lambda=0.2"]
     summary, results, q, index = _run(tmp_path, export_dir, "rerank", *options)
@@ -71,6 +72,7 @@ def test_predict_with_rerank_returns_the_reranked_order(tmp_path, export_dir):
     assert summary["metrics"] == metrics
 
 
+@pytest.mark.slow
 def test_predict_with_query_expansion_searches_with_the_expanded_queries(tmp_path, export_dir):
     _, results, q, index = _run(tmp_path, export_dir, "qe", "eval.query_expansion=2", "eval.qe_alpha=1.0")
     g = index.gallery_vectors()
@@ -94,6 +96,7 @@ def test_predict_with_flip_averages_image_and_mirror_features(tmp_path, export_d
     assert index.ntotal == 15
 
 
+@pytest.mark.slow
 def test_predict_post_processing_of_binary_codes_is_refused(tmp_path):
     cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck=tanh", "neck.embedding_size=16",
                          "head=none", "eval.binarize=sign", f"paths.output_root={tmp_path}"])

@@ -1,6 +1,7 @@
 """The comparison table and plot of recog/tracking/compare.py on hand-made runs."""
 
 import cv2
+import pytest
 
 from recog.tracking.compare import RunSummary, differing_params, format_table, plot_comparison, sort_by_metric
 
@@ -34,6 +35,7 @@ def test_table_shows_only_differing_params_and_the_metrics():
     assert rows[3][header.index("Recall@1")] == "-"
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(tmp_path):
     path = plot_comparison(RUNS, "recall_at_1", tmp_path / "sub" / "plot.png", top=2)
     picture = cv2.imread(str(path))

@@ -51,6 +51,7 @@ def test_the_tracking_import_graph_has_no_cycle():
     assert order.index("store") < order.index("sweep_job") < order.index("mlflow_tracker") < order.index("sweep_parent")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_each_tracking_module_imports_first_and_alone(module):
     result = subprocess.run([sys.executable, "-c", f"import recog.tracking.{module}"], cwd=ROOT, capture_output=True,

@@ -56,6 +56,7 @@ def _reference(root, images):
     return ExportedModel(root / "run" / "export", device="cpu").predict_images(list(images))
 
 
+@pytest.mark.slow
 def test_runs_uri_and_the_registry_load_a_model_whose_features_equal_the_export(trained):
     root, _, run_id, client, uri = trained
     with tracking_uri(uri):
@@ -71,6 +72,7 @@ def test_runs_uri_and_the_registry_load_a_model_whose_features_equal_the_export(
     assert version.run_id == run_id and version.source.startswith("models:/m-")  # the MLflow Model, not a folder
 
 
+@pytest.mark.slow
 def test_the_mlflow_model_has_a_signature_an_example_and_requirements_and_no_pickle(trained, tmp_path):
     _, _, run_id, _, uri = trained
     with tracking_uri(uri):
@@ -88,6 +90,7 @@ def test_the_mlflow_model_has_a_signature_an_example_and_requirements_and_no_pic
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
 
 
+@pytest.mark.slow  # the module's trained run
 def test_a_tampered_mlflow_model_is_refused_on_load(trained, tmp_path):
     _, _, run_id, _, uri = trained
     with tracking_uri(uri):
@@ -98,6 +101,7 @@ def test_a_tampered_mlflow_model_is_refused_on_load(trained, tmp_path):
         mlflow.pyfunc.load_model(str(local))
 
 
+@pytest.mark.slow
 def test_the_ui_shows_the_training_view_the_dataset_the_model_and_a_telling_name(trained):
     root, overrides, run_id, client, _ = trained
     run = client.get_run(run_id)
@@ -124,6 +128,7 @@ def test_the_dataset_digest_follows_the_lists(tmp_path):
     assert dataset_record(cfg, "train")["digest"] != before
 
 
+@pytest.mark.slow
 def test_eval_and_predict_runs_link_to_the_training_run(trained):
     root, overrides, run_id, client, _ = trained
     train_run = client.get_run(run_id)
@@ -147,6 +152,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_exported_features(trained, tmp_path):
     """The real `mlflow models serve --env-manager local` (what `make serve` runs), on 127.0.0.1 only."""
     root, _, run_id, _, uri = trained

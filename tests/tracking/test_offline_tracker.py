@@ -65,6 +65,7 @@ def test_offline_from_start_keeps_the_whole_run_and_replays_it(tmp_path, caplog)
         replay(run_dir, tracking_uri=sqlite(tmp_path))
 
 
+@pytest.mark.slow
 def test_failure_mid_run_is_reported_once_and_an_interrupted_replay_resumes(tmp_path, caplog, monkeypatch):
     cfg = compose(tmp_path)
     run_dir = tmp_path / "run"

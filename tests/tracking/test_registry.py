@@ -1,6 +1,7 @@
 """``mlflow.register_best=true`` on a single run: its MLflow Model (not a raw folder) becomes a model version."""
 
 import mlflow
+import pytest
 import numpy as np
 from mlflow.tracking import MlflowClient
 
@@ -11,6 +12,7 @@ from recog.tracking.mlflow_model import tracking_uri
 from recog.tracking.registry import CHAMPION, register_run_model
 
 
+@pytest.mark.slow
 def test_a_finished_run_registers_its_mlflow_model_which_loads_from_the_registry(tmp_path, tiny_export):
     cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.register_best=true", "mlflow.model_name=shop"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -35,6 +37,7 @@ def test_a_finished_run_registers_its_mlflow_model_which_loads_from_the_registry
     assert str(client.get_model_version_by_alias("shop", CHAMPION).version) == "2"
 
 
+@pytest.mark.slow
 def test_a_run_without_an_mlflow_model_registers_nothing_and_says_why(tmp_path, caplog):
     cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.register_best=true"])
     (tmp_path / "best_model").mkdir()
@@ -46,6 +49,7 @@ def test_a_run_without_an_mlflow_model_registers_nothing_and_says_why(tmp_path, 
     assert "logged no MLflow Model" in caplog.text
 
 
+@pytest.mark.slow
 def test_register_best_off_registers_nothing(tmp_path, tiny_export):
     cfg = recog.compose([f"paths.output_root={tmp_path}"])
     tracker = MlflowTracker(cfg, stage="train", run_dir=tmp_path)

@@ -74,10 +74,12 @@ MODES = {"compiled": (StepMode(compile=True), ()),
          "compiled+onednn": (StepMode(compile=True, onednn=True), ("backbone.dropout_prob=0.0",))}
 
 
+@pytest.mark.slow
 def test_compiled_step_trains_the_same_weights_as_dygraph():
     _check_mode("compiled")
 
 
+@pytest.mark.slow
 def test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process():
     """In a process where another training program was compiled first, Paddle 3.3.1 fails to run the
     oneDNN program (run_program error, then the dygraph fallback): the mode is checked in a process
@@ -126,6 +128,7 @@ def _initial_weights(cfg=None):
     return [p.numpy() for p in TrainNet(model, loss_fn).parameters() if not p.stop_gradient]
 
 
+@pytest.mark.slow
 def test_compiled_resnet_vd_trains_the_same_weights_as_dygraph():
     cfg = recog.compose(["backbone=resnet_vd", "backbone.depth=18", f"data.image_size={SIZE}",
                          "neck.embedding_size=16", "loss=ce_triplet", "mlflow.enabled=false"])
@@ -150,6 +153,7 @@ class _SecondOrderNeck(paddle.nn.Layer):
         return y + 1e-6 * grad.square().sum()
 
 
+@pytest.mark.slow
 def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_layer(caplog):
     batches = _batches()[:3]
     ref, ref_stats, _, _ = _train(_cfg(), StepMode(), batches, extra_layer=_SecondOrderNeck)

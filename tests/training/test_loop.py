@@ -149,6 +149,7 @@ def _signal_at_eval_batch(monkeypatch, batch: int, signum=signal.SIGINT):
     return seen
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval(tmp_path, lists, monkeypatch):
     """Issue 13 defect 6: Ctrl-C during an eval waited for the whole eval."""
     import json
@@ -176,6 +177,7 @@ def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval
     assert (run_dir / "best_model").is_dir() and best["epoch"] in (1, 2)
 
 
+@pytest.mark.slow
 def test_the_best_model_follows_trainer_monitor(tmp_path, lists, monkeypatch):
     """best_model/ is the epoch with the highest trainer.monitor, not always Recall@1's."""
     from recog.evaluation import Evaluator
@@ -194,6 +196,7 @@ def test_the_best_model_follows_trainer_monitor(tmp_path, lists, monkeypatch):
     assert recog.compose(["trainer.monitor=mAP", "sweep.objective=mINP"]).sweep.objective == "mINP"
 
 
+@pytest.mark.slow
 def test_short_epochs_with_loader_workers_train_past_the_first_epoch(tmp_path, lists):
     """Issue 13 defect 1: trainer.steps_per_epoch with persistent workers failed at the start of epoch 2."""
     best = train.run(_cfg(lists, tmp_path, "trainer.epochs=2", "trainer.steps_per_epoch=3", "data.num_workers=1",

@@ -56,6 +56,7 @@ def _copy(interrupted, tmp_path):
     return root, root / "runs" / "2026-01-01_00-00-00"
 
 
+@pytest.mark.slow
 def test_resume_true_alone_continues_with_the_saved_config(interrupted, tmp_path):
     root, run = _copy(interrupted, tmp_path)
     best = train.run(recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=3"]),
@@ -79,6 +80,7 @@ def test_resume_refuses_overrides_that_change_the_run(interrupted, tmp_path):
     assert read_state(run / "checkpoints" / "last")["epoch"] == 1  # nothing was trained
 
 
+@pytest.mark.slow
 def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, lists):
     root, run = _copy(interrupted, tmp_path)
     train.run(recog.compose(FIRST + lists + [f"paths.output_root={root}", "resume=true"]), run)
@@ -105,6 +107,7 @@ def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, fi
     assert expected in str(error.value)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(interrupted, tmp_path, caplog):
     """Issue 13 defect 8: a damaged checkpoint anywhere under outputs/runs broke resume=true."""
     root, good = _copy(interrupted, tmp_path)

@@ -51,6 +51,7 @@ def test_a_second_training_into_the_same_run_dir_refuses_naming_the_first(tmp_pa
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == other_process  # still the first one's
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_with_a_warning_and_released_at_the_end(tmp_path, lists, caplog):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

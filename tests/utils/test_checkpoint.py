@@ -358,6 +358,7 @@ def test_a_checkpoint_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
     assert all(np.array_equal(v, _state(saved)[k]) for k, v in _state(loaded).items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda p: _truncate(p / "model.safetensors", 4096), "model.safetensors is not a readable safetensors file"),
     (lambda p: (p / "state.json").write_text("garbage"), "state.json is not valid JSON"),

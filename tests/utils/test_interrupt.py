@@ -36,6 +36,7 @@ BLOCKED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_a_process_whose_main_thread_is_blocked(signum):
     proc = subprocess.Popen([sys.executable, "-c", BLOCKED], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
