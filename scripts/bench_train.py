@@ -22,8 +22,9 @@ recog's weights into it so both compute the same function, and alternates timed 
 - PaddleClas bare step: their model, the loss, backward, optimizer (the wheel ships no losses:
   both sides use recog's loss terms, which follow PaddleClas's formulas);
 - recog bare step: the same on recog's model;
-- recog's ``StepRunner`` in each mode (``trainer.compile``; ``trainer.onednn`` with ``--with-onednn``:
-  Paddle 3.3.1 can kill the process with SIGSEGV while translating it), the default marked.
+- recog's ``StepRunner`` in each mode (dygraph with ``trainer.depthwise_matmul`` off and on,
+  ``trainer.compile``; ``trainer.onednn`` with ``--with-onednn``: Paddle 3.3.1 can kill the process
+  with SIGSEGV while translating it), the default marked.
 
 First every contender runs the same 3 batches from the same weights (dropout reseeded per step),
 and the step-3 losses must agree (``--loss-rtol``; a mismatch is printed, and the exit code is 1 when
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     from recog.optim import build_optimizer
     from recog.training.step import StepRunner, TrainNet
     from recog.training.compile import configure_step, resolve_step_mode
+    from recog.training.depthwise import resolve_depthwise_matmul
     from recog.utils.runtime import seed_everything, select_device
 
     try:
@@ -187,7 +189,6 @@ def main(argv=None) -> int:
         print(f"bench_train: {error}", file=sys.stderr)
         return 2
     device_kind = "cpu" if paddle.get_device() == "cpu" else "gpu"
-    default_mode = resolve_step_mode(cfg.trainer, device_kind)
 
     def new_model():
         paddle.seed(cfg.seed)
@@ -198,29 +199,36 @@ def main(argv=None) -> int:
 
     reference, _ = new_model()
 
-    def runner_for(compile_: str, onednn: str):
+    def runner_for(compile_: str, onednn: str, depthwise: str = "auto"):
+        """A StepRunner in one mode: (runner, optimizer, schedule, label, model, loss_fn)."""
         model, loss_fn = new_model()
         copy_weights(reference, model)
         optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
         runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule,
                             skip_nonfinite=True)  # a NaN must not end the benchmark
         trainer = cfg.trainer.copy()
-        trainer.compile, trainer.onednn = compile_, onednn
+        trainer.compile, trainer.onednn, trainer.depthwise_matmul = compile_, onednn, depthwise
         mode = configure_step(runner, trainer)
-        return runner, optimizer, schedule, mode, model, loss_fn
+        return runner, optimizer, schedule, describe(mode, trainer), model, loss_fn
 
-    modes = [("false", "false")]
+    def describe(mode, trainer) -> str:
+        matmul = not mode.compile and resolve_depthwise_matmul(trainer, device_kind)
+        return mode.describe() + (", depthwise as matmul" if matmul else "")
+
+    default_mode = describe(resolve_step_mode(cfg.trainer, device_kind), cfg.trainer)
+    # (trainer.compile, trainer.onednn, trainer.depthwise_matmul)
+    modes = [("false", "false", "false"), ("false", "false", "true")]
     if device_kind == "cpu":
-        modes += [("true", "false")] + ([("true", "true")] if args.with_onednn else [])
+        modes += [("true", "false", "auto")] + ([("true", "true", "auto")] if args.with_onednn else [])
     else:
-        modes += [("true", "auto")]
+        modes += [("true", "auto", "auto")]
     batch = int(data.batch_size)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     print(f"{' '.join(args.overrides) or '(defaults)'}\n{type(reference.backbone).__name__} at {data.image_size} px, "
           f"batch {batch} ({per_class} per class), {len(splits.train)} training images "
           f"({len(loader)} batches per epoch); device {device}, {threads} CPU threads, "
           f"{data.num_workers} loader worker(s), Paddle {paddle.__version__}; default step: "
-          f"{default_mode.describe()}", flush=True)
+          f"{default_mode}", flush=True)
 
     epoch = [0]
 
@@ -254,8 +262,8 @@ def main(argv=None) -> int:
 
     step_rates = {}
     default_runner = None
-    for compile_, onednn in modes:
-        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn)
+    for compile_, onednn, depthwise in modes:
+        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn, depthwise)
         position = [0]
 
         def step_alone():
@@ -264,12 +272,12 @@ def main(argv=None) -> int:
             runner(to_device(images), to_device(batch_labels))
 
         # A compiled step: step 1 runs in dygraph (label checks), step 2 translates; neither is timed.
-        step_rates[mode] = timed(args.steps, step_alone, warmup=max(args.warmup, 3 if mode.compile else 0))
-        print(f"training step measured: {mode.describe()} ({args.steps} steps)", flush=True)
+        step_rates[mode] = timed(args.steps, step_alone, warmup=max(args.warmup, 3 if compile_ == "true" else 0))
+        print(f"training step measured: {mode} ({args.steps} steps)", flush=True)
         if mode == default_mode:
             default_runner = (runner, optimizer, schedule, model, loss_fn)
     if default_runner is None:
-        default_runner = runner_for(cfg.trainer.compile, cfg.trainer.onednn)
+        default_runner = runner_for(cfg.trainer.compile, cfg.trainer.onednn, cfg.trainer.depthwise_matmul)
         default_runner = (default_runner[0], default_runner[1], default_runner[2], default_runner[4],
                           default_runner[5])
     runner, optimizer, schedule, model, loss_fn = default_runner
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     print(f"{'data pipeline alone (decode + augment + batch)':<66}{data_rate:>10.1f}")
     for mode, rate in step_rates.items():
         mark = " [default]" if mode == default_mode else ""
-        print(f"{'training step alone: ' + mode.describe() + mark:<66}{rate:>10.1f}")
+        print(f"{'training step alone: ' + mode + mark:<66}{rate:>10.1f}")
     print(f"{'training loop (both, as stage=train runs them, default step)':<66}{loop_rate:>10.1f}")
     step_rate = step_rates.get(default_mode, max(step_rates.values()))
     bound, other, ratio = (("the training step", "data pipeline", data_rate / step_rate) if step_rate <= data_rate
@@ -356,10 +364,10 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
     contenders["recog model, bare step"] = bare(ours, our_loss)
     default_name = None
     keep = []  # runners hold their layers
-    for compile_, onednn in modes:
-        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn)
+    for compile_, onednn, depthwise in modes:
+        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn, depthwise)
         keep.append(runner)
-        name = f"recog StepRunner, {mode.describe()}"
+        name = f"recog StepRunner, {mode}"
         if mode == default_mode:
             default_name = name
 

@@ -123,6 +123,9 @@ class TrainerConfig:
     onednn: str = "auto"
     channels_last: str = "auto"
     fused_finite_check: bool = True  # one kernel checks all gradients for NaN / Inf (false: one per tensor)
+    # Depthwise convolutions on small maps as one batched matrix product (recog/training/depthwise.py),
+    # auto | true | false; auto: on for the CPU (Paddle's kernel is slow there on small maps), off on GPUs.
+    depthwise_matmul: str = "auto"
 
 
 class EvalEngine(str, Enum):

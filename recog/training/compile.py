@@ -28,9 +28,10 @@ in Paddle 3.3.1 (PP-LCNet x1.0 recipe, batch 64 at 64 px):
   88 of 93 gradients wrong, no faster.
 
 ``auto`` (the default of each) is what ``scripts/bench_train.py --against paddleclas`` measured
-fastest among the correct modes, and no mode was: on the PP-LCNet recipe the compiled step ran
-at 0.92x-1.50x PaddleClas's images/s in two runs (median of alternating rounds; dygraph 0.99x-1.08x),
-about 1.03x dygraph round by round; on ResNet50_vd about 0.94x dygraph; oneDNN slower still. So
+fastest among the correct modes: the dygraph step with ``trainer.depthwise_matmul``
+(recog/training/depthwise.py, applied by ``configure_step``) ran the PP-LCNet recipe at 1.77x
+PaddleClas's images/s; the compiled step without it had ranged from 0.92x to 1.62x between runs,
+about 1.03x dygraph round by round, on ResNet50_vd about 0.94x dygraph; oneDNN slower still. So
 ``auto`` keeps the dygraph step (no translation time, no SOT risk); ``trainer.compile=true`` opts
 in. Data-parallel runs stay in dygraph either way (``paddle.DataParallel`` reduces gradients
 through hooks on the dygraph parameters, which this module does not claim to preserve).
@@ -53,22 +54,15 @@ import paddle
 
 from recog.errors import ConfigError
 from recog.losses._pairs import label_checks_enabled
+from recog.training.depthwise import resolve_depthwise_matmul, use_depthwise_matmul
+from recog.training.switches import parse_switch
 
 log = logging.getLogger(__name__)
 
-SWITCH_VALUES = ("auto", "true", "false")
 ONEDNN_FLAG = "FLAGS_use_mkldnn"
 # PIR's layout pass: NCHW convolutions of a compiled program to NHWC (channels-last) where it
 # pays (float16/bfloat16 on the GPU).
 LAYOUT_FLAG = "FLAGS_enable_auto_layout_pass"
-
-
-def parse_switch(value, name: str) -> str:
-    """``auto`` / ``true`` / ``false`` from a config value (Hydra turns ``x=true`` into a bool)."""
-    text = str(getattr(value, "value", value)).strip().lower()
-    if text not in SWITCH_VALUES:
-        raise ConfigError(f"{name}={value!r}: use one of {', '.join(SWITCH_VALUES)}")
-    return text
 
 
 @dataclass(frozen=True)
@@ -115,12 +109,18 @@ def resolve_step_mode(trainer_cfg, device: str, world_size: int = 1, amp: bool =
 
 def configure_step(runner, trainer_cfg, world_size: int = 1, amp: bool = False) -> StepMode:
     """Set ``runner``'s (a ``StepRunner``) step mode from ``trainer_cfg`` on the current device:
-    its ``forward`` (the net, or a ``CompiledForward`` of it) and its finite check
-    (``trainer.fused_finite_check``). Returns the mode, for the log."""
+    its ``forward`` (the net, or a ``CompiledForward`` of it), its finite check
+    (``trainer.fused_finite_check``) and its depthwise convolutions (``trainer.depthwise_matmul``).
+    Returns the mode, for the log."""
     device = "cpu" if paddle.get_device() == "cpu" else "gpu"
     mode = resolve_step_mode(trainer_cfg, device, world_size, amp)
     runner.fused_finite_check = bool(getattr(trainer_cfg, "fused_finite_check", True))
     runner.forward = CompiledForward(runner.net, mode) if mode.compile else runner.net
+    if resolve_depthwise_matmul(trainer_cfg, device):
+        count = use_depthwise_matmul(runner.net)
+        if count:
+            log.info("trainer.depthwise_matmul: %d depthwise convolutions run as a matrix product on small maps "
+                     "(in dygraph)", count)
     return mode
 
 

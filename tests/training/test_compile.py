@@ -14,8 +14,9 @@ import pytest
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
-from recog.training.step import StepRunner, TrainNet
 from recog.training.compile import CompiledForward, StepMode, configure_step, resolve_step_mode
+from recog.training.step import StepRunner, TrainNet
+from same_training import assert_same_training
 
 STEPS = 4
 BATCH, SIZE = 8, 32
@@ -104,20 +105,9 @@ def _check_mode(name):
         assert all(step_flags), f"{step_flags.count(False)} trainable tensors without a gradient"
     ref_weights, ref_stats, _, _ = dygraph_lcnet
     assert len(weights) == len(ref_weights) > 50
-    _assert_same_training(weights, ref_weights, _initial_weights(_cfg(*overrides)))
+    assert_same_training(weights, ref_weights, _initial_weights(_cfg(*overrides)))
     for ours, ref in zip(stats, ref_stats):  # BatchNorm running statistics follow too
         np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4)
-
-
-def _assert_same_training(weights, ref_weights, start_weights, tolerance=0.02):
-    """Per tensor, what the mode changed matches what dygraph changed: the largest difference is under
-    ``tolerance`` of dygraph's largest update (float reduction order differs between the programs and
-    dygraph; a wrong gradient gives differences the size of the update itself). Every tensor moved."""
-    for i, (ours, ref, start) in enumerate(zip(weights, ref_weights, start_weights)):
-        update = float(np.abs(ref - start).max())
-        assert update > 0, f"trainable tensor {i} was not updated"
-        difference = float(np.abs(ours - ref).max())
-        assert difference <= tolerance * update, f"tensor {i}: differs by {difference:.3g}, dygraph moved it {update:.3g}"
 
 
 def _initial_weights(cfg=None):
@@ -136,7 +126,7 @@ def test_compiled_resnet_vd_trains_the_same_weights_as_dygraph():
     ref, ref_stats, _, _ = _train(cfg, StepMode(), batches)
     ours, stats, runner, optimizer = _train(cfg, StepMode(compile=True), batches)
     assert runner.forward.compiled_calls == 2 and all(all(flags) for flags in optimizer.with_gradient)
-    _assert_same_training(ours, ref, _initial_weights(cfg))
+    assert_same_training(ours, ref, _initial_weights(cfg))
 
 
 class _SecondOrderNeck(paddle.nn.Layer):
