@@ -236,7 +236,7 @@ def help_text() -> str:
         "",
         "Common overrides:",
         "  backbone.scale=0.5  neck.embedding_size=128  head.margin=0.2  loss=ce_triplet",
-        "  data.image_size=64  data.batch_size=64 data.samples_per_class=4  optimizer.lr=0.05",
+        "  data.image_size=64  data.batch_size=64 data.samples_per_class=4  optimizer.lr=0.001",
         "  trainer.epochs=4  trainer.steps_per_epoch=N  trainer.device=auto|cpu|gpu  seed=0",
         "  dataset=image_list dataset.root=DIR  resume=true  launcher.nproc_per_node=N",
         "  paths.output_root=outputs  mlflow.tracking_uri=http://HOST:5000  mlflow.experiment_name=NAME",

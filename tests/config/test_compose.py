@@ -202,7 +202,8 @@ def test_known_options_are_discovered():
     expected = {
         "backbone": {"pplcnet"}, "neck": {"fc", "none"}, "head": {"fc", "arcmargin", "none"},
         "loss": {"ce", "triplet", "triplet_v2", "ce_triplet"}, "dataset": {"digits", "sop", "image_list"},
-        "optimizer": {"momentum", "adamw"}, "scheduler": {"warmup_cosine", "multi_step"}, "experiment": {"digits_demo"},
+        "optimizer": {"momentum", "adamw"}, "scheduler": {"warmup_cosine", "multi_step"},
+        "experiment": {"digits_demo", "paddleclas_2021"},
     }
     for group, options in expected.items():
         assert options <= set(_options(group)), group
@@ -317,6 +318,26 @@ def test_group_switches_land():
     assert cfg.loss.triplet.fn._target_ == "recog.losses.TripletLoss"  # option, term and class agree
     assert compose(["loss=triplet_v2"]).loss.triplet_v2.fn._target_ == "recog.losses.TripletLossV2"
     assert cfg.optimizer._target_ == "recog.optim.adamw" and cfg.scheduler._target_ == "recog.optim.multi_step"
+
+
+def test_default_recipe_and_the_one_it_replaced():
+    """python run.py: PP-LCNet x2.5 at flatten, FC 512, ArcMargin, CE with 0.1 smoothing, AdamW (chosen by
+    scripts/bench_recipes.py, README "What was measured here"); experiment=paddleclas_2021 is the
+    previous default, equal to it but for the loss's smoothing and the optimizer, with the same data and budget."""
+    default, old = compose(), compose(["experiment=paddleclas_2021"])
+    assert default.backbone._target_.endswith("PPLCNet") and default.backbone.scale == 2.5
+    assert default.backbone.stop_layer == "flatten" and default.neck.embedding_size == 512
+    assert default.head._target_.endswith("ArcMargin")
+    assert (default.head.margin, default.head.scale) == (0.2, 30.0)
+    assert set(default.loss) == {"ce"} and default.loss.ce.fn.epsilon == 0.1
+    assert default.optimizer._target_ == "recog.optim.adamw" and default.optimizer.lr == 1.0e-3
+    assert default.scheduler._target_ == "recog.optim.warmup_cosine"
+    assert set(old.loss) == {"ce"} and old.loss.ce.fn.epsilon is None
+    assert old.optimizer._target_ == "recog.optim.momentum" and old.optimizer.lr == 0.05
+    assert old.optimizer.weight_decay == 5.0e-4 and old.optimizer.momentum == 0.9
+    differ = {key for key in default if default[key] != old[key]}
+    assert differ == {"loss", "optimizer"}, differ
+    assert compose(["experiment=paddleclas_2021", "dataset=sop", "dataset.root=/d"]).dataset.root == "/d"
 
 
 def test_command_line_wins_over_experiment(output_root):

@@ -20,8 +20,8 @@ from dist_helpers import (ROOT, TINY, alive, children, env, max_difference, prog
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # As in test_data_parallel: a config whose 2-process training equals 1 process on the concatenated batches.
-EQUIVALENT = TINY + ["loss=ce", "head=fc", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true", "optimizer.lr=0.1",
-                     "scheduler.warmup_epochs=0", "trainer.epochs=2", "trainer.log_every=3",
+EQUIVALENT = TINY + ["loss=ce", "head=fc", "optimizer=momentum", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true",
+                     "optimizer.lr=0.1", "scheduler.warmup_epochs=0", "trainer.epochs=2", "trainer.log_every=3",
                      "trainer.eval_every=2", "mlflow.experiment_name=ddp"]
 
 
