@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "compiled with oneDNN), which Paddle 3.3.1 can crash with SIGSEGV")
     parser.add_argument("--wheel", type=Path, default=None, help="the PaddleClas wheel (default: "
                                                                  ".venv/oracles/paddleclas-2.6.0-*.whl)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides before and after the flags
 
 
 def fitting_samples_per_class(batch_size: int, samples_per_class: int, classes: int) -> int:

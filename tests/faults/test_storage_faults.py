@@ -139,6 +139,10 @@ def train_cfg(root: Path, lists, store: str, experiment: str, *extra):
                           "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
                           f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
                           "trainer.log_every=1", "export.after_train=false", *lists[1], f"paths.output_root={root}",
+                          # The best_model faults need Recall@1 to improve after epoch 1 on these lists: it does
+                          # on the trajectory of Paddle's depthwise kernel (the matrix product's, the same
+                          # function up to float rounding, happens not to).
+                          "trainer.depthwise_matmul=false",
                           f"mlflow.tracking_uri={store}", f"mlflow.experiment_name={experiment}", *extra])
 
 

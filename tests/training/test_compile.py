@@ -4,6 +4,7 @@ dygraph after one warning naming the layer, and the switches resolve as document
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,9 +90,15 @@ def test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process():
         _check_mode("compiled+onednn")
         return
     test = f"{__file__}::test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-                            env={**os.environ, "RECOG_TEST_CHILD": "onednn"}, capture_output=True, text=True,
-                            timeout=900)
+    # Paddle 3.3.1 sometimes kills a process that builds oneDNN training programs with SIGSEGV (the
+    # README's oneDNN notes; why the mode is opt-in): such a death is retried, up to 3 processes in
+    # all. Whatever else ends a child (a wrong weight, an error) fails the test at once.
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                                env={**os.environ, "RECOG_TEST_CHILD": "onednn"}, capture_output=True, text=True,
+                                timeout=900)
+        if result.returncode != -signal.SIGSEGV:
+            break
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
 
