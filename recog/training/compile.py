@@ -29,9 +29,9 @@ in Paddle 3.3.1 (PP-LCNet x1.0 recipe, batch 64 at 64 px):
 
 ``auto`` (the default of each) is what ``scripts/bench_train.py --against paddleclas`` measured
 fastest among the correct modes: the dygraph step with ``trainer.depthwise_matmul``
-(recog/training/depthwise.py, applied by ``configure_step``) ran the PP-LCNet recipe at 1.77x
-PaddleClas's images/s; the compiled step without it had ranged from 0.92x to 1.62x between runs,
-about 1.03x dygraph round by round, on ResNet50_vd about 0.94x dygraph; oneDNN slower still. So
+(recog/training/depthwise.py, applied by ``configure_step``) ran the PP-LCNet recipe at 2.73x
+PaddleClas's images/s on the idle machine, the compiled step at 2.41x (from 0.92x to 1.62x in
+earlier runs on a loaded machine), on ResNet50_vd about 0.94x dygraph; oneDNN slower still. So
 ``auto`` keeps the dygraph step (no translation time, no SOT risk); ``trainer.compile=true`` opts
 in. Data-parallel runs stay in dygraph either way (``paddle.DataParallel`` reduces gradients
 through hooks on the dygraph parameters, which this module does not claim to preserve).
