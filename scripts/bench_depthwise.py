@@ -6,7 +6,9 @@ PP-LCNet's training step spends most of its time in depthwise convolutions. This
 writing them differently in dygraph would train faster on this CPU, for the layer shapes of
 PP-LCNet x1.0 at 64 px (channels, size, kernel, stride):
 
-- ``conv2d``: Paddle's own kernel (``groups=C``), what recog and PaddleClas run;
+- ``conv2d``: Paddle's own kernel (``groups=C``), what PaddleClas runs;
+- ``matmul``: ``recog.training.depthwise.depthwise_matmul``, what recog's training step runs on maps
+  of up to ``MAX_CELLS`` cells (``trainer.depthwise_matmul``);
 - ``shifted``: the sum over the k x k taps of a strided slice of the padded input times that tap's
   weights (elementwise kernels only);
 - ``unfold``: im2col (``F.unfold``) then a weighted sum over the taps.
@@ -36,6 +38,8 @@ def main(argv=None) -> int:
     import recog  # noqa: F401  (threads: every core unless OMP_NUM_THREADS is set)
     import paddle
     import paddle.nn.functional as F
+
+    from recog.training.depthwise import depthwise_matmul
 
     def conv2d(x, w, stride, pad):
         return F.conv2d(x, w, stride=stride, padding=pad, groups=x.shape[1])
@@ -72,18 +76,19 @@ def main(argv=None) -> int:
 
     paddle.seed(0)
     print(f"batch {args.batch}, {os.environ.get('OMP_NUM_THREADS', '?')} threads, Paddle {paddle.__version__}")
-    print(f"{'C x H x W, k, stride':<24}{'conv2d ms':>10}{'shifted ms':>12}{'unfold ms':>11}{'max |diff|':>12}")
+    contenders = {"conv2d": conv2d, "matmul": lambda x, w, stride, pad: depthwise_matmul(x, w, None, stride, pad),
+                  "shifted": shifted, "unfold": unfolded}
+    print(f"{'C x H x W, k, stride':<24}" + "".join(f"{name + ' ms':>18}" for name in contenders) + f"{'max |diff|':>12}")
     for channels, size, k, stride in SHAPES:
         x = paddle.randn([args.batch, channels, size, size])
         w = paddle.randn([channels, 1, k, k])
         x.stop_gradient = w.stop_gradient = False
         pad = k // 2
         reference = conv2d(x, w, stride, pad)
-        diff = max(float((fn(x, w, stride, pad) - reference).abs().max()) for fn in (shifted, unfolded))
-        times = [step_ms(fn, x, w, stride, pad) for fn in (conv2d, shifted, unfolded)]
-        print(f"{f'{channels} x {size} x {size}, {k}, {stride}':<24}{times[0]:>10.1f}"
-              f"{times[1]:>8.1f} ({times[1] / times[0]:.0f}x){times[2]:>7.1f} ({times[2] / times[0]:.0f}x)"
-              f"{diff:>10.1e}")
+        diff = max(float((fn(x, w, stride, pad) - reference).abs().max()) for fn in contenders.values())
+        times = [step_ms(fn, x, w, stride, pad) for fn in contenders.values()]
+        cells = "".join(f"{t:>10.1f} ({t / times[0]:.2f}x)" for t in times)
+        print(f"{f'{channels} x {size} x {size}, {k}, {stride}':<24}{cells}{diff:>12.1e}")
     return 0
 
 

@@ -7,9 +7,9 @@ map from the ``H x W`` input cells to the ``Ho x Wo`` output cells: ``y[n, c] = 
 to that weight, and the batch goes through one ``matmul`` of ``[C, Ho*Wo, H*W] x [C, H*W, N]``.
 It computes the function of Paddle's kernel (tests/training/test_depthwise.py: outputs, gradients
 and weights after training steps); on the CPU, where Paddle 3.3.1's depthwise kernel is slow on
-small maps, forward + backward at batch 64 (``scripts/bench_depthwise.py``) went from 67 ms to 4
-ms for PP-LCNet's 256 channels at 4 x 4 (5 x 5 kernel), 95 ms to 2 ms for 512 at 2 x 2, 36 ms to 11
-ms for 128 at 8 x 8. Maps with ``H*W * Ho*Wo`` above ``MAX_CELLS`` (e.g. 16 x 16 at stride 1) keep
+small maps, forward + backward at batch 64 (``scripts/bench_depthwise.py``) went from 71 ms to 3.9
+ms for PP-LCNet's 256 channels at 4 x 4 (5 x 5 kernel), 106 ms to 2.2 ms for 512 at 2 x 2, 37 ms to
+11 ms for 128 at 8 x 8. Maps with ``H*W * Ho*Wo`` above ``MAX_CELLS`` (e.g. 16 x 16 at stride 1) keep
 Paddle's kernel, which is faster there.
 
 ``auto`` (the default) turns it on for CPU training and off on GPUs (cuDNN's kernels are fast).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import paddle
@@ -52,15 +52,26 @@ def tap_index(height: int, width: int, kernel: int, stride: int, padding: int) -
     return index, out_h, out_w
 
 
+_INDEX_TENSORS: Dict[Tuple, paddle.Tensor] = {}
+
+
+def _index_tensor(shape: Tuple[int, int, int, int, int], place) -> paddle.Tensor:
+    """``tap_index(*shape)``'s index flattened, as a tensor on ``place``: made once, not at every step."""
+    key = (shape, str(place))
+    if key not in _INDEX_TENSORS:
+        _INDEX_TENSORS[key] = paddle.to_tensor(tap_index(*shape)[0].reshape(-1), place=place)
+    return _INDEX_TENSORS[key]
+
+
 def depthwise_matmul(x: paddle.Tensor, weight: paddle.Tensor, bias, stride: int, padding: int) -> paddle.Tensor:
     """Depthwise convolution of ``x [N, C, H, W]`` with ``weight [C, 1, k, k]`` (+ ``bias [C]``),
     square stride and symmetric zero padding: ``[N, C, Ho, Wo]``, as ``F.conv2d(..., groups=C)``."""
     n, channels, height, width = x.shape
     kernel = weight.shape[-1]
-    index, out_h, out_w = tap_index(height, width, kernel, stride, padding)
+    _, out_h, out_w = tap_index(height, width, kernel, stride, padding)
     taps = paddle.concat([weight.reshape([channels, kernel * kernel]),
                           paddle.zeros([channels, 1], dtype=weight.dtype)], axis=1)
-    maps = paddle.gather(taps, paddle.to_tensor(index.reshape(-1)), axis=1)
+    maps = paddle.gather(taps, _index_tensor((height, width, kernel, stride, padding), x.place), axis=1)
     maps = maps.reshape([channels, out_h * out_w, height * width])
     cells = x.reshape([n, channels, height * width]).transpose([1, 2, 0])  # [C, H*W, N]
     out = paddle.matmul(maps, cells).transpose([2, 0, 1]).reshape([n, channels, out_h, out_w])

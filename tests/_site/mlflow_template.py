@@ -31,6 +31,7 @@ def _patch(utils) -> None:
         finally:
             raw.close()
 
+    initialize_tables.from_template = True
     utils._initialize_tables = initialize_tables
 
 
@@ -69,7 +70,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     if _MODULE in sys.modules:
-        if not getattr(sys.modules[_MODULE]._initialize_tables, "__name__", "") == "initialize_tables":
+        if not getattr(sys.modules[_MODULE]._initialize_tables, "from_template", False):
             _patch(sys.modules[_MODULE])
     elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport())
