@@ -2,7 +2,9 @@
 modules anywhere below can import the shared helpers here, e.g. ``from image_lists import ...``.
 
 Also turns on ``tests/_site/sitecustomize.py`` for this session and every process it starts: a new
-MLflow SQLite store is a copy of one migrated once (xdist workers inherit the controller's setting)."""
+MLflow SQLite store is a copy of one migrated once (xdist workers inherit the controller's setting).
+The checkout is on ``PYTHONPATH`` too, as the README's commands have it, and each pytest process that runs
+tests starts a warm ``python`` for the commands the tests start (``tests/warm_python``)."""
 
 import os
 import sys
@@ -12,9 +14,21 @@ from pathlib import Path
 SITE = Path(__file__).resolve().parent / "_site"
 if "RECOG_TEST_MLFLOW_TEMPLATE" not in os.environ:
     os.environ["RECOG_TEST_MLFLOW_TEMPLATE"] = str(Path(tempfile.mkdtemp(prefix="recog-mlflow-")) / "template.db")
-if str(SITE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
+ROOT = SITE.parents[1]
+for folder in (ROOT, SITE):
+    if str(folder) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(SITE))
 import mlflow_template  # noqa: E402
+import warm_python  # noqa: E402
 
 mlflow_template.install()
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):  # not xdist's controller
+        warm_python.start()
+
+
+def pytest_unconfigure(config):
+    warm_python.stop()

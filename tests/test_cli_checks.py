@@ -1,19 +1,19 @@
 """run.py's checks before Hydra starts (issue 13 defects 10, 11, 12): one message, exit 2, no run folder."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from recog.cli import config_groups, help_text, precheck, top_level_keys
 from recog.errors import ConfigError
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 

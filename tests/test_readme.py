@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import warm_python
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,8 @@ def scratch(tmp_path: Path) -> Path:
 def environment() -> dict:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keeps tests/_site
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # `python` is the session's warm python (tests/warm_python), the venv's tools (mlflow, ...) next.
+    env["PATH"] = os.pathsep.join([warm_python.bin_dir(), str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -78,7 +80,7 @@ def run_block(block: Block, cwd: Path) -> None:
         if block.language == "python":
             script = cwd / f"readme_{block.line}.py"
             script.write_text(command)
-            argv = [sys.executable, script.name]
+            argv = [warm_python.python(), script.name]
         else:
             argv = ["bash", "-c", block.prelude + command]
         result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)

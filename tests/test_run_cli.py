@@ -15,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 

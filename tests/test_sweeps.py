@@ -3,7 +3,6 @@ search, the joblib launcher, a failed job, the comparison script and the model r
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from image_lists import write_image_lists
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = {"arcmargin": "recog.models.heads.ArcMargin", "cosmargin": "recog.models.heads.CosMargin"}
@@ -33,7 +33,7 @@ def tiny(lists: Path, out: Path, train_list: str = "train.txt") -> list:
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env=env)
 
 
@@ -97,7 +97,7 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
     assert result.returncode == 0, result.stderr
     parent, children = parent_and_children(store(out))
     png = tmp_path / "compare.png"
-    shown = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "--output-root", str(out),
+    shown = subprocess.run([warm_python.python(), str(ROOT / "scripts" / "compare_runs.py"), "--output-root", str(out),
                             "--sweep", parent.info.run_id, "--output", str(png)], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr

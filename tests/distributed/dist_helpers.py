@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from image_lists import write_image_lists
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_worker.py")
@@ -27,7 +28,7 @@ def env(threads: int = 1, **extra) -> dict:
 
 
 def run_py(*args, timeout=300, threads=1, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env(threads), **kwargs)
 
 

@@ -7,7 +7,6 @@ stages to pass ``on_bad_image``, ``max_image_pixels`` and ``<run dir>/bad_images
 
 import logging
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from recog.data import ImageDataset, Sample, build_transform, decode_image
 from recog.data.bad_images import read_bad_images
 from recog.errors import BadImageError, ConfigError, DataError
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -203,7 +203,7 @@ def test_bad_settings_are_config_errors(tmp_path, transform):
 
 # ---- end to end: python run.py ------------------------------------------------------------------------
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 

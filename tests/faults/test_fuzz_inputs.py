@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from recog.data import read_image_list, read_sop_file
 from recog.data.lists import MAX_LABEL
 from recog.errors import ConfigError, DataError, RecogError
 from recog.models.weights import read_pdparams
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = dict(derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,7 +119,7 @@ def test_overrides_that_used_to_fail_deep_inside_a_stage(override, fragments):
 
 def run_cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "RECOG_FUZZ_UNSET"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=env)
 
 

@@ -3,7 +3,6 @@ best_model as they were; trainer.skip_nonfinite=true skips such steps and logs h
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from recog.losses import TripletLossV2
 from recog.stages import train
 from recog.errors import NonFiniteError
 from recog.utils import checkpoint
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3  # per epoch
@@ -135,8 +135,8 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
 def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
     args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "scheduler.warmup_epochs=0",
                                        "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")]
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output

@@ -9,7 +9,6 @@
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from image_lists import write_image_lists
 from mlflow_server import free_port
 from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
+import warm_python
 
 pytestmark = pytest.mark.xdist_group("test_tracking_faults")  # one xdist worker starts the module's MLflow server once
 
@@ -43,7 +43,7 @@ def tiny_args(lists: Path, out: Path) -> list:
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -103,7 +103,7 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     assert (run_dir / "best_model" / "model.safetensors").is_file()
     assert (run_dir / RECORD_FILE).is_file()
 
-    replayed = subprocess.run([sys.executable, str(ROOT / "scripts" / "replay_mlflow.py"), str(run_dir),
+    replayed = subprocess.run([warm_python.python(), str(ROOT / "scripts" / "replay_mlflow.py"), str(run_dir),
                                "--tracking-uri", mlflow_server.uri], cwd=ROOT, capture_output=True, text=True,
                               timeout=300)
     assert replayed.returncode == 0, replayed.stderr

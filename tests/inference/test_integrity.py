@@ -5,7 +5,6 @@ recog) loads with a warning; preprocess.json's fields are type-checked."""
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from recog.errors import RecogError
 from recog.inference import ExportedModel, load_preprocess
 from recog.utils.manifest import IntegrityError
+import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -61,7 +61,7 @@ def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path)
     import cv2
 
     cv2.imwrite(str(images / "a.png"), np.full((20, 20, 3), 90, np.uint8))
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "stage=predict", f"predict.model_dir={copy}",
+    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=predict", f"predict.model_dir={copy}",
                              f"predict.input={images}", "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from recog.metrics import binarize
 from recog.stages import export, train
 from recog.evaluation import extract_features
 from recog.utils import checkpoint
+import warm_python
 
 pytestmark = pytest.mark.xdist_group("test_export")  # one xdist worker trains the module's runs once
 
@@ -253,7 +253,7 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
     files = {"preprocess.json": '{"format": "recog-export"}', "notes.txt": "mine", "sub/data.bin": "x"}
     for name, text in files.items():
         (keep / name).write_text(text)
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
+    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
                              f"export.output_dir={keep}", f"paths.output_root={tmp_path}", "mlflow.enabled=false",
                              f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
@@ -289,7 +289,7 @@ def test_model_path_without_weights_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="needs a trained model"):
         export.run(recog.compose(["stage=export", f"paths.output_root={tmp_path}"]), tmp_path / "job")
 
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
+    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
                              f"paths.output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'cli'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr

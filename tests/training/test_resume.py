@@ -146,6 +146,8 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     import time
     from pathlib import Path
 
+    import warm_python
+
     root = Path(__file__).resolve().parents[2]
     lists = write_image_lists(tmp_path / "lists", (("train", 200), ("query", 10)))
     run_dir = tmp_path / "out" / "runs" / "first"
@@ -170,12 +172,12 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     command = re.search(r"continue with: (python run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
     assert command == f"python run.py resume=true hydra.run.dir={run_dir}"
 
-    changed = subprocess.run([sys.executable, *command.split()[1:], "data.image_size=32"], cwd=root,
+    changed = subprocess.run([warm_python.python(), *command.split()[1:], "data.image_size=32"], cwd=root,
                              capture_output=True, text=True, env=env, timeout=300)
     said = changed.stdout + changed.stderr
     assert changed.returncode == 2 and "data.image_size (saved 16, now 32)" in said, said[-2000:]
 
-    resumed = subprocess.run([sys.executable, *command.split()[1:]], cwd=root, capture_output=True, text=True,
+    resumed = subprocess.run([warm_python.python(), *command.split()[1:]], cwd=root, capture_output=True, text=True,
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = read_state(run_dir / "checkpoints" / "last")
