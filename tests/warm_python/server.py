@@ -34,9 +34,6 @@ LAUNCH_ENV = dict(os.environ)  # before any import can change it
 # aborted this server without it); each process that loads it marks itself in __KMP_REGISTERED_LIB_<pid>.
 MAY_DIFFER = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "MLFLOW_TRACKING_URI", "COLUMNS",
               "LINES", "_MLFLOW_TELEMETRY_SESSION_ID", "KMP_DUPLICATE_LIB_OK"}
-# Set by an import to the one value every process gets (Paddle's own library folder): a request may carry
-# it from a test process that imported Paddle, or not.
-SET_BY_IMPORT = {"CUSTOM_DEVICE_ROOT"}
 LIMITS = ("RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_STACK")
 
 
@@ -72,8 +69,7 @@ def refusal(request: dict):
     for name in sorted(set(env) | set(LAUNCH_ENV)):
         if name in MAY_DIFFER or name == "PYTHONPATH" or name.startswith("__KMP_REGISTERED_LIB_"):
             continue
-        same = env.get(name) == LAUNCH_ENV.get(name)
-        if not same and not (name in SET_BY_IMPORT and env.get(name) == os.environ.get(name)):
+        if env.get(name) != LAUNCH_ENV.get(name):
             return f"environment variable {name} differs"
     if python_path(env) != python_path(LAUNCH_ENV):
         return "PYTHONPATH differs"
