@@ -21,13 +21,25 @@ TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck
 SHORT_EPOCHS = ["trainer.epochs=2", "trainer.steps_per_epoch=3", "trainer.log_every=1"]
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> list:
+    """The digits written once for the module, their eval split cut to every 4th of its 896 images
+    (224, all 5 classes: each eval was most of a test's time): the ``dataset.root`` override."""
+    root = tmp_path_factory.mktemp("digits")
+    recog.data.load_digits(str(root))
+    rows = (root / "Ebay_test.txt").read_text().splitlines()
+    (root / "Ebay_test.txt").write_text("\n".join(rows[:1] + rows[1::4]) + "\n")
+    assert len(recog.data.load_digits(str(root)).query) == 224  # still complete: not written again
+    return [f"dataset.root={root}"]
+
+
 def _client(root) -> MlflowClient:
     return MlflowClient(f"sqlite:///{root}/mlflow.db")
 
 
 @pytest.mark.slow
-def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
-    overrides = TINY + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
+def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
+    overrides = TINY + digits + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
     best = train.run(recog.compose(overrides), tmp_path / "run")
 
     best_dir = tmp_path / "run" / "best_model"
@@ -64,8 +76,8 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch):
-    overrides = TINY + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
+def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch, digits):
+    overrides = TINY + digits + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
     real_epoch = EpochLoop.train_epoch
 
     def interrupted(self, epoch, *args, **kwargs):
@@ -99,12 +111,12 @@ def test_resume_without_an_unfinished_run_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_parameters_are_trained_and_checkpointed(tmp_path):
+def test_loss_parameters_are_trained_and_checkpointed(tmp_path, digits):
     """CenterLoss learns its centres with the model; they land in the last checkpoint."""
     from safetensors.numpy import load_file
 
     def centres_after(lr, name):
-        cfg = recog.compose(TINY + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
+        cfg = recog.compose(TINY + digits + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
                                     "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "scheduler.warmup_epochs=0",
                                     "mlflow.enabled=false"])
         train.run(cfg, tmp_path / name)
