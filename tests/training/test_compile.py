@@ -148,27 +148,23 @@ def test_compiled_resnet_vd_trains_the_same_weights_as_dygraph():
 
 class _SecondOrderNeck(paddle.nn.Layer):
     """The neck plus a gradient-penalty term computed with paddle.grad(create_graph=True): fine in
-    dygraph, a construct paddle.jit.to_static (SOT) cannot convert in Paddle 3.3. Dropout first: the
-    failed attempt draws random numbers that the fallback must give back (the backbone is cut before
-    its own dropout in the test below)."""
+    dygraph, a construct paddle.jit.to_static (SOT) cannot convert in Paddle 3.3."""
 
     def __init__(self, neck):
         super().__init__()
-        self.dropout = paddle.nn.Dropout(p=0.2)
         self.inner = neck
 
     def forward(self, x):
-        y = self.inner(self.dropout(x))
+        y = self.inner(x)
         (grad,) = paddle.grad(y.square().sum(), [self.inner.fc.weight], create_graph=True)
         return y + 1e-6 * grad.square().sum()
 
 
 @pytest.mark.slow
 def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_layer(caplog):
-    # PP-LCNet cut after blocks3 (flattened into the FC neck): the failed translation and the search
-    # for the culprit trace the backbone three times, and nothing here depends on its depth.
-    # (The cut drops the backbone's dropout; _SecondOrderNeck brings one.)
-    cfg = _cfg("backbone.stop_layer=blocks3")
+    # Not cut shorter: with PP-LCNet cut after blocks3 (2 s quicker) Paddle 3.3.1 died with SIGSEGV while
+    # probing the layers, in a process that had run other test files first.
+    cfg = _cfg()
     batches = _batches()[:3]
     ref, ref_stats, _, _ = _train(cfg, StepMode(), batches, extra_layer=_SecondOrderNeck)
     with caplog.at_level(logging.WARNING, logger="recog.training.compile"):
@@ -183,7 +179,7 @@ def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_lay
     # Known gap: the BatchNorm statistics are NOT as dygraph's: CompiledForward's _snapshot/_restore
     # save net.buffers(), which holds no BN statistics in Paddle (non-trainable parameters), so the
     # failed attempt's forward passes stay in them. The former check here compared those empty lists.
-    assert len(stats) == len(ref_stats) > 10
+    assert len(stats) == len(ref_stats) > 20
 
 
 def test_switches_resolve_as_documented():
