@@ -15,16 +15,30 @@ from recog.metrics import binarize, hamming_metrics
 from recog.evaluation import Evaluator, extract_features
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
+EVAL_IMAGES = 224  # the digits' 896 eval images, every 4th (the ``tiny`` fixture)
 # A random-weight model maps the digits to nearly collapsed features (cosines close to 1), and the
 # digits hold near-duplicates: differences of 1e-6 between the engines swap results at such near-ties
-# (up to 9 of the 896 queries were seen to), so the engines' metrics are not compared with each other:
+# (up to 9 of all 896 queries were seen to), so the engines' metrics are not compared with each other:
 # the features are, to 1e-4, and each engine's metrics must be exactly those of its own features.
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> list:
+    """TINY on the digits written once for the module, their eval split cut to every 4th image
+    (EVAL_IMAGES, all 5 classes): the engines' agreement, the weights they follow and the stop after a
+    batch do not need all 896, and extracting them was most of each test."""
+    root = tmp_path_factory.mktemp("digits")
+    recog.data.load_digits(str(root))
+    rows = (root / "Ebay_test.txt").read_text().splitlines()
+    (root / "Ebay_test.txt").write_text("\n".join(rows[:1] + rows[1::4]) + "\n")
+    assert len(recog.data.load_digits(str(root)).query) == EVAL_IMAGES  # still complete: not written again
+    return TINY + [f"dataset.root={root}"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sign", "round"])
-def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, method):
-    cfg = recog.compose(TINY + ["neck=tanh", "neck.embedding_size=16", "head=none", f"eval.binarize={method}",
+def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, tiny, method):
+    cfg = recog.compose(tiny + ["neck=tanh", "neck.embedding_size=16", "head=none", f"eval.binarize={method}",
                                 "eval.engine=dygraph", f"paths.output_root={tmp_path}"])
     model = recog.build_model(cfg)
     splits = load_splits(cfg)
@@ -44,9 +58,9 @@ def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, method):
     assert "precision_at_1" in metrics and "mAP" in metrics
 
 
-def _evaluators(tmp_path, *extra):
-    """``(model, {engine: Evaluator})`` on the digits' 896 eval images, one Evaluator per engine."""
-    base = TINY + [*(extra or ["neck.embedding_size=24", "head.class_num=5"]), f"paths.output_root={tmp_path}"]
+def _evaluators(tmp_path, tiny, *extra):
+    """``(model, {engine: Evaluator})`` on the EVAL_IMAGES eval images, one Evaluator per engine."""
+    base = tiny + [*(extra or ["neck.embedding_size=24", "head.class_num=5"]), f"paths.output_root={tmp_path}"]
     cfg = recog.compose(base)
     splits = load_splits(cfg)
     engines = {engine: Evaluator(splits, cfg.data, recog.compose(base + [f"eval.engine={engine}"]).eval)
@@ -55,14 +69,14 @@ def _evaluators(tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path):
-    model, engines = _evaluators(tmp_path)
+def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path, tiny):
+    model, engines = _evaluators(tmp_path, tiny)
     before = {}
     for round_ in range(2):
         metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
         features = {engine: evaluator.last[0] for engine, evaluator in engines.items()}
         assert {e: ev.engine_used for e, ev in engines.items()} == {"dygraph": "dygraph", "predictor": "predictor"}
-        assert features["dygraph"].shape == (896, 24)
+        assert features["dygraph"].shape == (EVAL_IMAGES, 24)
         np.testing.assert_allclose(features["predictor"], features["dygraph"], atol=1e-4)  # the engine's check
         np.testing.assert_array_equal(engines["predictor"].last[1], engines["dygraph"].last[1])
         for engine, evaluator in engines.items():
@@ -77,8 +91,9 @@ def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_predictor_engine_with_binary_codes(tmp_path):
-    model, engines = _evaluators(tmp_path, "neck=tanh", "neck.embedding_size=16", "head=none", "eval.binarize=sign")
+def test_predictor_engine_with_binary_codes(tmp_path, tiny):
+    model, engines = _evaluators(tmp_path, tiny, "neck=tanh", "neck.embedding_size=16", "head=none",
+                                 "eval.binarize=sign")
     metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
     raw = {engine: evaluator.last[0] for engine, evaluator in engines.items()}
     scale = np.abs(raw["dygraph"]).max()  # raw tanh activations (not normalised): tiny at initialisation
@@ -93,12 +108,12 @@ def test_predictor_engine_with_binary_codes(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path):
-    cfg = recog.compose(TINY + ["head.class_num=5", f"paths.output_root={tmp_path}"])
+def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path, tiny):
+    cfg = recog.compose(tiny + ["head.class_num=5", f"paths.output_root={tmp_path}"])
     splits = load_splits(cfg)
     model = recog.build_model(cfg)
-    small = Evaluator(splits, cfg.data, cfg.eval)  # 896 images x 16^2 px = 0.23 megapixels < 1.0
-    large = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.predictor_min_megapixels=0.2"]).eval)
+    small = Evaluator(splits, cfg.data, cfg.eval)  # 224 images x 16^2 px = 0.057 megapixels < 1.0
+    large = Evaluator(splits, cfg.data, recog.compose(tiny + ["eval.predictor_min_megapixels=0.05"]).eval)
     assert not small.wants_predictor() and large.wants_predictor()
     small(model)
     large(model)
@@ -108,12 +123,13 @@ def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(tmp_path, monkeypatch, caplog):
+def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(tmp_path, tiny, monkeypatch,
+                                                                                     caplog):
     def refuse(self):
         raise RecogError("the eval predictor differs from the dygraph model by 0.5")
 
     monkeypatch.setattr(EvalPredictor, "refresh", refuse)
-    cfg = recog.compose(TINY + ["head.class_num=5", "eval.predictor_min_megapixels=0", f"paths.output_root={tmp_path}"])
+    cfg = recog.compose(tiny + ["head.class_num=5", "eval.predictor_min_megapixels=0", f"paths.output_root={tmp_path}"])
     splits = load_splits(cfg)
     model = recog.build_model(cfg)
     auto = Evaluator(splits, cfg.data, cfg.eval)
@@ -121,14 +137,14 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
         metrics = auto(model)
     assert auto.engine_used == "dygraph" and "recall_at_1" in metrics
     assert "eval.engine=auto" in caplog.text and "differs from the dygraph model by 0.5" in caplog.text
-    explicit = Evaluator(splits, cfg.data, recog.compose(TINY + ["eval.engine=predictor"]).eval)
+    explicit = Evaluator(splits, cfg.data, recog.compose(tiny + ["eval.engine=predictor"]).eval)
     with pytest.raises(RecogError, match="differs from the dygraph model"):
         explicit(model)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["dygraph", "predictor"])
-def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, monkeypatch):
+def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, tiny, engine, monkeypatch):
     """Issue 13 defect 6: Ctrl-C / SIGTERM during an eval waited for the whole eval (11-33 s)."""
     import signal
 
@@ -136,7 +152,7 @@ def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, 
     from recog.evaluation import EvalInterrupted
     from recog.utils.interrupt import StopRequest
 
-    cfg = recog.compose(TINY + [f"eval.engine={engine}", "data.eval_batch_size=64", f"paths.output_root={tmp_path}"])
+    cfg = recog.compose(tiny + [f"eval.engine={engine}", "data.eval_batch_size=16", f"paths.output_root={tmp_path}"])
     model = recog.build_model(cfg)
     evaluator = Evaluator(load_splits(cfg), cfg.data, cfg.eval)
     evaluator.stop = stop = StopRequest()  # not entered: the test sets it as the signal handler would
@@ -155,7 +171,7 @@ def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, engine, 
     assert evaluator.last is None  # no partial result left behind
 
 
-def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, monkeypatch):
+def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, tiny, monkeypatch):
     import os
     import signal
 
@@ -164,7 +180,7 @@ def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, monk
     from recog.stages import evaluate
     from recog.utils import checkpoint
 
-    overrides = TINY + ["eval.engine=dygraph", "data.eval_batch_size=64", f"paths.output_root={tmp_path}",
+    overrides = tiny + ["eval.engine=dygraph", "data.eval_batch_size=16", f"paths.output_root={tmp_path}",
                         "mlflow.enabled=false", "head.class_num=5"]
     cfg = recog.compose(overrides)
     checkpoint.save_checkpoint(tmp_path / "model", recog.build_model(cfg), cfg, {"epoch": 0})

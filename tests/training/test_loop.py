@@ -30,7 +30,8 @@ def lists(tmp_path_factory):
 def _cfg(lists, tmp_path, *extra):
     return recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
                           "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.log_every=100",
-                          "mlflow.enabled=false", *lists, f"paths.output_root={tmp_path}", *extra])
+                          "mlflow.enabled=false", "export.after_train=false",  # no export: not the subject here
+                          *lists, f"paths.output_root={tmp_path}", *extra])
 
 
 def _parts(cfg):
