@@ -1,4 +1,5 @@
 """The training step's faster modes: ``trainer.compile`` and ``trainer.onednn``.
+(Over 300 lines: the modes share the fallback, the culprit search and the state a failed attempt restores.)
 
 ``trainer.compile=true``: the forward + loss (``TrainNet``) runs through ``paddle.jit.to_static``
 (SOT: Python bytecode traced into PIR programs; what it cannot trace becomes a graph break and
@@ -63,6 +64,8 @@ ONEDNN_FLAG = "FLAGS_use_mkldnn"
 # PIR's layout pass: NCHW convolutions of a compiled program to NHWC (channels-last) where it
 # pays (float16/bfloat16 on the GPU).
 LAYOUT_FLAG = "FLAGS_enable_auto_layout_pass"
+# The layers whose training forward updates state of their own (running statistics).
+BATCH_NORMS = (paddle.nn.layer.norm._BatchNormBase, paddle.nn.BatchNorm)
 
 
 @dataclass(frozen=True)
@@ -281,9 +284,13 @@ def _recorder(recorded: Dict[int, Tuple], key: int) -> Callable:
 
 
 def _snapshot(net: paddle.nn.Layer) -> Tuple[List[Tuple[paddle.Tensor, paddle.Tensor]], object]:
-    """Copies of the buffers (BatchNorm statistics) and the random state a failed forward may change."""
-    buffers = [(buffer, buffer.clone()) for buffer in net.buffers() if buffer is not None]
-    return buffers, paddle.get_rng_state()
+    """Copies of what a failed forward may change: the BatchNorm running statistics (non-trainable
+    parameters in Paddle, not buffers), the buffers, and the random state."""
+    states = [b for b in net.buffers() if b is not None]
+    for layer in net.sublayers(include_self=True):
+        if isinstance(layer, BATCH_NORMS):
+            states += [layer._mean, layer._variance]
+    return [(state, state.clone()) for state in states], paddle.get_rng_state()
 
 
 def _restore(net: paddle.nn.Layer, saved) -> None:
