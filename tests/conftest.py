@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 SITE = Path(__file__).resolve().parent / "_site"
 if "RECOG_TEST_MLFLOW_TEMPLATE" not in os.environ:
     os.environ["RECOG_TEST_MLFLOW_TEMPLATE"] = str(Path(tempfile.mkdtemp(prefix="recog-mlflow-")) / "template.db")
@@ -36,3 +38,19 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     warm_python.stop()
+
+
+MLFLOW_REQUEST_SETTINGS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_request_settings_as_found():
+    """A stage run in this process exports MLflow's request settings (recog.tracking.store): the
+    commands later tests start would take them for the user's (and run in a fresh interpreter)."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_REQUEST_SETTINGS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -47,12 +47,13 @@ from recog.evaluation import Evaluator, check_monitor, score
 from recog.optim import build_optimizer
 from recog.stages.export import export_after_training
 from recog.tracking import MlflowTracker
-from recog.training.compile import configure_step  # speed hook (issue 16)
+from recog.training.compile import ONEDNN_TRAINING_REFUSED, configure_step  # speed hook (issue 16)
 from recog.training.loop import EpochLoop
 from recog.training.resume import BEST, Checkpoints, find_run_to_resume, new_state
 from recog.training.resume_config import command_line_overrides, resume_config
 from recog.training.run_lock import RunLock
 from recog.training.step import StepRunner, TrainNet, has_unused_parameters
+from recog.training.switches import parse_switch
 from recog.utils import atomic
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import amp_settings
@@ -70,6 +71,8 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         cfg = resume_config(cfg, run_dir, command_line_overrides())
     monitor = check_monitor(cfg)
     amp = amp_settings(cfg.trainer)  # fails before any work when mixed precision cannot run here
+    if parse_switch(cfg.trainer.onednn, "trainer.onednn") == "true":
+        raise ConfigError(ONEDNN_TRAINING_REFUSED)
     device_name = getattr(cfg.trainer.device, "value", cfg.trainer.device)
     if cfg.trainer.sync_bn and parallel.launched_world_size() > 1 and (device_name == "cpu" or not has_gpu()):
         raise ConfigError("trainer.sync_bn=true needs GPUs: Paddle has no CPU kernel for SyncBatchNorm; "

@@ -34,6 +34,8 @@ LAUNCH_ENV = dict(os.environ)  # before any import can change it
 # aborted this server without it); each process that loads it marks itself in __KMP_REGISTERED_LIB_<pid>.
 MAY_DIFFER = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "MLFLOW_TRACKING_URI", "COLUMNS",
               "LINES", "_MLFLOW_TELEMETRY_SESSION_ID", "KMP_DUPLICATE_LIB_OK"}
+# Read by an import for whether it is set at all: recog keeps a user's OMP_NUM_THREADS as it is.
+PRESENCE_READ = {"OMP_NUM_THREADS"}
 LIMITS = ("RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_STACK")
 
 
@@ -51,6 +53,7 @@ def warm_up() -> None:
     for info in pkgutil.walk_packages(recog.__path__, "recog."):
         importlib.import_module(info.name)
     import cv2  # noqa: F401
+    import joblib  # noqa: F401  (Hydra's joblib launcher)
     import mlflow  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
@@ -69,8 +72,11 @@ def refusal(request: dict):
     for name in sorted(set(env) | set(LAUNCH_ENV)):
         if name in MAY_DIFFER or name == "PYTHONPATH" or name.startswith("__KMP_REGISTERED_LIB_"):
             continue
-        if env.get(name) != LAUNCH_ENV.get(name):
-            return f"environment variable {name} differs"
+        if env.get(name) == LAUNCH_ENV.get(name):
+            continue
+        if name not in LAUNCH_ENV and name not in PRESENCE_READ and env.get(name) == os.environ.get(name):
+            continue  # set since by an import, which set it here too (e.g. Paddle's GLOG_minloglevel)
+        return f"environment variable {name} differs"
     if python_path(env) != python_path(LAUNCH_ENV):
         return "PYTHONPATH differs"
     if request["limits"] != limits():
