@@ -40,17 +40,23 @@ def pytest_unconfigure(config):
     warm_python.stop()
 
 
-MLFLOW_REQUEST_SETTINGS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+MLFLOW_REQUEST_SETTINGS = {name: os.environ.get(name)
+                           for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_request_settings_as_found():
-    """A stage run in this process exports MLflow's request settings (recog.tracking.store): the
-    commands later tests start would take them for the user's (and run in a fresh interpreter)."""
-    saved = {name: os.environ.get(name) for name in MLFLOW_REQUEST_SETTINGS}
-    yield
-    for name, value in saved.items():
+def _reset_mlflow_request_settings():
+    for name, value in MLFLOW_REQUEST_SETTINGS.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_request_settings_as_the_session_found_them():
+    """A stage run in this process (also in a module fixture) exports MLflow's request settings
+    (recog.tracking.store): the commands later tests start would take them for the user's (and run
+    in a fresh interpreter). Each test starts and ends with the session's own values."""
+    _reset_mlflow_request_settings()
+    yield
+    _reset_mlflow_request_settings()
