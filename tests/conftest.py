@@ -28,7 +28,7 @@ mlflow_template.install()
 
 
 def pytest_configure(config):
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):  # not xdist's controller
+    if not hasattr(config, "workerinput"):  # the session's first process: xdist's workers inherit the server
         # First what collecting the tests does anyway: recog's import exports its Paddle settings
         # (GLOG_minloglevel, ...), which the commands the tests start inherit and the server must have too.
         import recog  # noqa: F401

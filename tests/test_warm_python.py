@@ -60,6 +60,11 @@ def run(python, probe, how, **kwargs):
                           timeout=60, **kwargs)
 
 
+def server_log() -> str:
+    """The server's note of each request it sent to a fresh interpreter, and why."""
+    return (Path(os.environ["RECOG_TEST_WARM_BIN"]).parent / "server.log").read_text()[-3000:]
+
+
 def report(result):
     return json.loads(result.stdout.splitlines()[0])
 
@@ -73,7 +78,8 @@ def test_a_command_sees_and_ends_as_in_a_fresh_interpreter(probe, how):
     finally:
         os.umask(old)
     warm_report, fresh_report = report(warm), report(fresh)
-    assert warm_report.pop("warm") and not fresh_report.pop("warm")  # the warm one really ran in the server's child
+    assert warm_report.pop("warm"), server_log()  # the warm one really ran in the server's child
+    assert not fresh_report.pop("warm")
     assert warm_report.pop("parent") != os.getpid() == fresh_report.pop("parent")
     assert warm_report.pop("pid") != fresh_report.pop("pid")
     assert warm_report == fresh_report
@@ -116,4 +122,4 @@ def test_an_ignored_sigint_stays_ignored(probe):
     warm, fresh = (run(python, probe, "ok", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
                    for python in (warm_python.python(), sys.executable))
     assert report(warm)["sigint_ignored"] and report(fresh)["sigint_ignored"]
-    assert report(warm)["warm"]
+    assert report(warm)["warm"], server_log()

@@ -1,7 +1,6 @@
 import os
 
 import numpy as np
-import sklearn.datasets
 
 from recog.data import decode_image, load_digits
 from recog.data.digits import read_digits
@@ -17,6 +16,8 @@ def test_digits_written_once_split_by_class(tmp_path):
 
     image = decode_image(splits.train[0].path)  # sklearn index 0
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+    import sklearn.datasets  # here, not at collection: 1.5 s of every test process's start
+
     expected = np.rint(sklearn.datasets.load_digits().images[0] * 255 / 16)
     np.testing.assert_array_equal(image[..., 1], expected)
 
@@ -40,6 +41,8 @@ def test_interrupted_write_is_redone(tmp_path):
 
 
 def test_read_digits_equals_scikit_learns_loader():
+    import sklearn.datasets
+
     images, targets = read_digits()  # read from the shipped CSV, without importing scikit-learn
     expected = sklearn.datasets.load_digits()
     assert images.shape == (1797, 8, 8) and targets.dtype == np.int64

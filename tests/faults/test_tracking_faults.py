@@ -94,7 +94,8 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     dead = f"http://127.0.0.1:{free_port()}"
     run_dir = tmp_path / "run"
     args = tiny_args(image_lists, tmp_path / "out") + ["mlflow.experiment_name=offline_start"]
-    result = run_cli(*args, f"mlflow.tracking_uri={dead}", "mlflow.required=false", f"hydra.run.dir={run_dir}")
+    result = run_cli(*args, f"mlflow.tracking_uri={dead}", "mlflow.required=false", "mlflow.request_retries=0",
+                     f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "Traceback" not in output
@@ -125,7 +126,7 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
 def test_server_killed_mid_run_loses_nothing(server_factory, tmp_path, caplog):
     server = server_factory().start()
     cfg = recog.compose([f"mlflow.tracking_uri={server.uri}", f"paths.output_root={tmp_path / 'out'}",
-                         "mlflow.experiment_name=killed"])
+                         "mlflow.experiment_name=killed", "mlflow.request_retries=0"])  # no backoff to wait out
     run_dir = tmp_path / "run"
     (run_dir / "best_model").mkdir(parents=True)
     (run_dir / "best_model" / "model.safetensors").write_bytes(b"weights")

@@ -8,8 +8,10 @@ process itself (signals, pids, what start-up imports or reads) start ``sys.execu
 does every request whose environment could change what is imported. ``RECOG_TEST_WARM_PYTHON=0`` turns
 it off: every command then starts a fresh interpreter.
 
-Each pytest process (each xdist worker) starts its own server in ``pytest_configure``
-(tests/conftest.py); until it answers, commands run in the real interpreter.
+The session's first pytest process (xdist's controller, which runs no tests, or the only one) starts
+the server in ``pytest_configure`` (tests/conftest.py) and the workers inherit it through
+``RECOG_TEST_WARM_SOCKET`` / ``RECOG_TEST_WARM_BIN``; until it answers, commands run in the real
+interpreter.
 """
 
 import os
@@ -21,7 +23,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 _server = None
-_bin = None
 
 
 def enabled() -> bool:
@@ -29,38 +30,38 @@ def enabled() -> bool:
 
 
 def start() -> None:
-    """Writes ``<tmp>/bin/python`` and starts the server in the background (exported through the environment
-    as ``RECOG_TEST_WARM_SOCKET``, so that the commands' own commands use it too)."""
-    global _server, _bin
-    if not enabled() or _server is not None:
+    """Writes ``<tmp>/bin/python`` and starts the server in the background; both are exported through
+    the environment, to the xdist workers and to the commands' own commands."""
+    global _server
+    if not enabled() or os.environ.get("RECOG_TEST_WARM_BIN"):
         return
     folder = Path(tempfile.mkdtemp(prefix="recog-warm-"))
-    _bin = folder / "bin"
-    _bin.mkdir()
-    shim = _bin / "python"
+    (folder / "bin").mkdir()
+    shim = folder / "bin" / "python"
     shim.write_text(f"#!{sys.executable} -SE\n" + (HERE / "client.py").read_text())
     shim.chmod(0o755)
-    socket_path = folder / "server.sock"
-    env = dict(os.environ, RECOG_TEST_WARM_SOCKET=str(socket_path))
+    os.environ["RECOG_TEST_WARM_SOCKET"] = str(folder / "server.sock")
+    os.environ["RECOG_TEST_WARM_BIN"] = str(folder / "bin")
     with open(folder / "server.log", "w") as log:
-        _server = subprocess.Popen([sys.executable, str(HERE / "server.py"), str(socket_path)], env=env,
+        _server = subprocess.Popen([sys.executable, str(HERE / "server.py"), str(folder / "server.sock")],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    os.environ["RECOG_TEST_WARM_SOCKET"] = str(socket_path)
 
 
 def stop() -> None:
+    """Ends the server this process started, if any."""
     if _server is not None:
         _server.kill()
         _server.wait()
-        shutil.rmtree(_bin.parent, ignore_errors=True)
+        shutil.rmtree(Path(os.environ["RECOG_TEST_WARM_BIN"]).parent, ignore_errors=True)
 
 
 def python() -> str:
     """The interpreter a test starts a command with: the warm ``python`` when on, else this one."""
-    return str(_bin / "python") if _bin is not None else sys.executable
+    folder = os.environ.get("RECOG_TEST_WARM_BIN")
+    return str(Path(folder) / "python") if folder else sys.executable
 
 
 def bin_dir() -> str:
     """A folder to put first on ``PATH`` so that ``python`` in a shell command is :func:`python`."""
-    return str(_bin) if _bin is not None else str(Path(sys.executable).parent)
+    return os.environ.get("RECOG_TEST_WARM_BIN") or str(Path(sys.executable).parent)

@@ -32,8 +32,9 @@ LAUNCH_ENV = dict(os.environ)  # before any import can change it
 # MLflow's telemetry session (which session a process reports under, when it reports), and
 # KMP_DUPLICATE_LIB_OK, read by Intel's OpenMP only when a second copy loads (which would have
 # aborted this server without it); each process that loads it marks itself in __KMP_REGISTERED_LIB_<pid>.
-MAY_DIFFER = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "MLFLOW_TRACKING_URI", "COLUMNS",
-              "LINES", "_MLFLOW_TELEMETRY_SESSION_ID", "KMP_DUPLICATE_LIB_OK"}
+MAY_DIFFER = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER",
+              "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "MLFLOW_TRACKING_URI", "COLUMNS", "LINES",
+              "_MLFLOW_TELEMETRY_SESSION_ID", "KMP_DUPLICATE_LIB_OK"}
 # Read by an import for whether it is set at all: recog keeps a user's OMP_NUM_THREADS as it is.
 PRESENCE_READ = {"OMP_NUM_THREADS"}
 LIMITS = ("RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_STACK")
@@ -74,8 +75,8 @@ def refusal(request: dict):
             continue
         if env.get(name) == LAUNCH_ENV.get(name):
             continue
-        if name not in LAUNCH_ENV and name not in PRESENCE_READ and env.get(name) == os.environ.get(name):
-            continue  # set since by an import, which set it here too (e.g. Paddle's GLOG_minloglevel)
+        if name not in PRESENCE_READ and env.get(name) == os.environ.get(name):
+            continue  # what the imports here made of it, as the test process's did (GLOG_minloglevel, ...)
         return f"environment variable {name} differs"
     if python_path(env) != python_path(LAUNCH_ENV):
         return "PYTHONPATH differs"
