@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
 import recog
+import warm_python
 from image_lists import write_image_lists
 from recog.utils import checkpoint
 
@@ -47,9 +48,10 @@ def _train_args(lists: list, root: Path) -> list:
             f"hydra.run.dir={root / 'run'}"]
 
 
-def _start(args: list, log_path: Path) -> subprocess.Popen:
+def _start(args: list, log_path: Path, python: str = sys.executable) -> subprocess.Popen:
+    """``python run.py ARGS``: a fresh interpreter for the runs the test kills (the process is the subject)."""
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
+        return subprocess.Popen([python, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -102,7 +104,8 @@ def _max_difference(a: dict, b: dict) -> float:
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     lists = _image_lists(tmp_path / "data")
     reference_root, root = tmp_path / "reference", tmp_path / "killed"
-    reference = _start(_train_args(lists, reference_root), tmp_path / "reference.log")  # runs alongside
+    reference = _start(_train_args(lists, reference_root), tmp_path / "reference.log",  # runs alongside
+                       python=warm_python.python())
     args = _train_args(lists, root)
     run_dir, last = root / "run", root / "run" / "checkpoints" / "last"
     rng = random.Random(KILL_SEED)
@@ -142,7 +145,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
 
         done = checkpoint.load_state(last)["epoch"]
         assert done < EPOCHS
-        final = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, "resume=true"], cwd=ROOT,
+        final = subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args, "resume=true"], cwd=ROOT,
                                capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert final.returncode == 0, final.stderr[-3000:]
         assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
