@@ -3,9 +3,10 @@ several steps, every trainable tensor gets a gradient), a net to_static cannot c
 dygraph after one warning naming the layer, and the switches resolve as documented."""
 
 import logging
+import os
 import signal
 import subprocess
-from pathlib import Path
+import sys
 
 import numpy as np
 import paddle
@@ -17,7 +18,6 @@ from recog.errors import ConfigError
 from recog.training.compile import CompiledForward, StepMode, configure_step, resolve_step_mode
 from recog.training.step import StepRunner, TrainNet
 from same_training import assert_same_training
-import warm_python
 
 STEPS = 4
 BATCH, SIZE = 8, 32
@@ -86,17 +86,22 @@ def test_compiled_step_trains_the_same_weights_as_dygraph():
 def test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process():
     """In a process where another training program was compiled first, Paddle 3.3.1 fails to run the
     oneDNN program (run_program error, then the dygraph fallback): the mode is checked in a process
-    of its own (``_onednn_child.py``), as a training run has it."""
-    child = Path(__file__).resolve().parent / "_onednn_child.py"
+    of its own, as a training run has it."""
+    if os.environ.get("RECOG_TEST_CHILD") == "onednn":
+        _check_mode("compiled+onednn")
+        return
+    test = f"{__file__}::test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process"
     # Paddle 3.3.1 sometimes kills a process that builds oneDNN training programs with SIGSEGV (the
     # README's oneDNN notes; why the mode is opt-in): such a death is retried, up to 3 processes in
     # all. Whatever else ends a child (a wrong weight, an error) fails the test at once.
     for _ in range(3):
-        result = subprocess.run([warm_python.python(), str(child)], capture_output=True, text=True, timeout=900)
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                                env={**os.environ, "RECOG_TEST_CHILD": "onednn"}, capture_output=True, text=True,
+                                timeout=900)
         if result.returncode != -signal.SIGSEGV:
             break
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "oneDNN mode checked" in result.stdout
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
 
 
 def _check_mode(name):
