@@ -92,6 +92,13 @@ def receive(conn: socket.socket):
     return json.loads(data), fds
 
 
+def _send(conn: socket.socket, message: dict) -> None:
+    try:
+        conn.send(json.dumps(message).encode())
+    except OSError:
+        pass  # the client is gone
+
+
 def serve(path: str):
     """Answers requests until stopped; returns ``(request, fds)`` only in a forked child."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -105,11 +112,15 @@ def serve(path: str):
         for key, _ in selector.select():
             if key.fileobj is listener:
                 conn, _ = listener.accept()
-                request, fds = receive(conn)
-                reason = refusal(request)
+                try:
+                    request, fds = receive(conn)
+                    reason = refusal(request)
+                except (OSError, ValueError, KeyError, TypeError):  # a client that died or sent nonsense
+                    conn.close()
+                    continue
                 if reason:
                     print(f"warm python: fresh interpreter for {request['argv'][:2]}: {reason}", flush=True)
-                    conn.send(json.dumps({"exec": reason}).encode())
+                    _send(conn, {"exec": reason})
                     conn.close()
                     for fd in fds:
                         os.close(fd)
@@ -127,7 +138,7 @@ def serve(path: str):
                     return request, fds
                 for fd in fds:
                     os.close(fd)
-                conn.send(json.dumps({"pid": pid}).encode())
+                _send(conn, {"pid": pid})  # a client gone by now is seen below, as a hang-up
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = (pid, conn)
                 selector.register(pidfd, selectors.EVENT_READ)
@@ -142,10 +153,7 @@ def serve(path: str):
                 if conn.fileno() in selector.get_map():
                     selector.unregister(conn)
                 _, status = os.waitpid(pid, 0)
-                try:
-                    conn.send(json.dumps({"status": status}).encode())
-                except OSError:
-                    pass  # the client is gone
+                _send(conn, {"status": status})
                 conn.close()
 
 
