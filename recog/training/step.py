@@ -16,7 +16,7 @@ import paddle
 from recog.distributed import parallel
 from recog.errors import NonFiniteError
 from recog.losses._pairs import label_checks
-from recog.training.compile import step_kernels  # speed hook (issue 16)
+from recog.training.compile import BATCH_NORMS, step_kernels  # speed hook (issue 16)
 from recog.training.finite import all_finite, all_finite_per_tensor  # speed hook (issue 16)
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, autocast
@@ -162,5 +162,5 @@ def freeze_batch_norm(model: paddle.nn.Layer) -> None:
     """Put every BatchNorm layer in eval mode: normalise with the running statistics, leave them
     unchanged (scale and shift still train)."""
     for layer in model.sublayers(include_self=True):
-        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+        if isinstance(layer, BATCH_NORMS):
             layer.eval()

@@ -16,6 +16,7 @@ import sys
 REAL = sys.executable
 SOCKET = os.environ.get("RECOG_TEST_WARM_SOCKET")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# As server.py's LIMITS: this file runs as a standalone shim (-S -E) and cannot import it.
 LIMITS = ("RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_STACK")
 
 

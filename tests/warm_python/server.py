@@ -164,10 +164,9 @@ def become(request: dict, fds: list) -> None:
         os.close(fd)
     os.chdir(request["cwd"])
     os.umask(request["umask"])
-    changed_by_imports = {k: v for k, v in os.environ.items() if LAUNCH_ENV.get(k) != v}
     os.environ.clear()
     os.environ.update(request["env"])
-    os.environ.update(changed_by_imports)
+    os.environ.update(CHANGED_BY_IMPORTS)
     for signum in request["ignored"]:
         signal.signal(signum, signal.SIG_IGN)
     import numpy
@@ -228,5 +227,6 @@ def run_child(request: dict, fds: list) -> None:
 
 if __name__ == "__main__":
     warm_up()
+    CHANGED_BY_IMPORTS = {k: v for k, v in os.environ.items() if LAUNCH_ENV.get(k) != v}  # each child gets them too
     gc.freeze()  # the warm objects stay out of the children's collections: no copy of their pages
     run_child(*serve(sys.argv[1]))
