@@ -1,5 +1,7 @@
 """Training throughput: the training step in every mode, the data pipeline, eval and checkpoint costs,
 and (``--against paddleclas``) recog side by side with PaddleClas's RecModel in one process.
+(Over 300 lines: the PaddleClas side, building its RecModel from the wheel and copying weights, is a
+candidate for a module of its own; kept here while it has one caller.)
 
     python scripts/bench_train.py backbone.scale=1.0 data.image_size=64 data.batch_size=64 \\
         neck.embedding_size=128 loss=ce_triplet optimizer=momentum --against paddleclas
