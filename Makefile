@@ -16,7 +16,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval export predict serve test test-fast ui clean-outputs
+.PHONY: install demo train eval export predict serve test test-fast lint ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -81,8 +81,14 @@ serve: install
 # One process: make test TEST_WORKERS=0. The commands tests start run in a warm python (tests/warm_python);
 # RECOG_TEST_WARM_PYTHON=0 starts each in a fresh interpreter.
 TEST_WORKERS ?= 2
-test: install
+test: install lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
+
+# ruff (configured in pyproject.toml): the lint rules and the formatting, checked, never rewritten here.
+# Fix with: .venv/bin/ruff check --fix . && .venv/bin/ruff format .
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The edit loop: every test not marked slow (@pytest.mark.slow), well under 90 s on 2 cores.
 test-fast: install

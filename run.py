@@ -8,6 +8,8 @@ import logging
 import sys
 
 import recog  # noqa: F401  (sets threads and quiets Paddle before anything imports it)
+
+# isort: split
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -31,8 +33,9 @@ def main(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     try:
         if needs_node_launch(cfg):  # a submitit task (one per node) starts this node's ranks
-            result = run_node_launcher(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task, __file__,
-                                       job_num=hydra_cfg.job.get("num"))
+            result = run_node_launcher(
+                cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task, __file__, job_num=hydra_cfg.job.get("num")
+            )
         else:
             result = run_stage(cfg, hydra_cfg.runtime.output_dir)
         # A sweep job returns sweep.objective (a float, what the Optuna sweeper maximises).

@@ -1,7 +1,7 @@
 """Python API: build the objects ``run.py`` builds, from the same config tree."""
 
 import logging
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import paddle
 from hydra.utils import get_object
@@ -14,8 +14,8 @@ from recog.data.splits import RetrievalSplits
 from recog.errors import ConfigError, RecogError
 from recog.losses.weighted import WeightedLoss
 from recog.models.rec_model import RecModel
-from recog.models.weights import load_pretrained
 from recog.models.stop_layer import truncate_after
+from recog.models.weights import load_pretrained
 from recog.utils import checkpoint
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def load_splits(cfg: DictConfig) -> RetrievalSplits:
     return build_component("dataset", cfg.dataset)
 
 
-def load_model(model_path, trusted_targets: Sequence[str] = (), searchpath: Optional[Sequence[str]] = None) -> RecModel:
+def load_model(model_path, trusted_targets: Sequence[str] = (), searchpath: Sequence[str] | None = None) -> RecModel:
     """The trained model of a ``best_model/`` or checkpoint directory, in eval mode.
 
     Its ``config.yaml`` is checked before anything is built (``recog.utils.checkpoint.load_config``):
@@ -46,7 +46,7 @@ def load_model(model_path, trusted_targets: Sequence[str] = (), searchpath: Opti
     return model
 
 
-def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
+def build_model(cfg: DictConfig, class_num: int | None = None) -> RecModel:
     """``RecModel`` from ``cfg.backbone`` / ``neck`` / ``head``; ``neck`` or ``head`` null leaves it out.
 
     ``backbone.pretrained`` (a PaddleClas ``.pdparams`` or a ``.safetensors`` file) is loaded by
@@ -79,7 +79,7 @@ def build_model(cfg: DictConfig, class_num: Optional[int] = None) -> RecModel:
     return model
 
 
-def build_loss(cfg: DictConfig, class_num: Optional[int] = None, embedding_size: Optional[int] = None) -> WeightedLoss:
+def build_loss(cfg: DictConfig, class_num: int | None = None, embedding_size: int | None = None) -> WeightedLoss:
     """``WeightedLoss`` from ``cfg.loss``: term name -> ``{weight, input, fn: {_target_, ...}}``.
 
     ``fn`` arguments left null are filled in: ``class_num`` / ``num_classes`` with ``class_num``
@@ -93,14 +93,19 @@ def build_loss(cfg: DictConfig, class_num: Optional[int] = None, embedding_size:
         params = OmegaConf.to_container(term_cfg.fn, resolve=True)
         for field in ("class_num", "num_classes"):
             if field in params and params[field] is None:
-                class_num = class_num or (cfg.head.get("class_num") if cfg.head is not None else None) \
+                class_num = (
+                    class_num
+                    or (cfg.head.get("class_num") if cfg.head is not None else None)
                     or load_splits(cfg).num_train_classes
+                )
                 params[field] = class_num
         if params.get("feat_dim", 0) is None:
             embedding_size = embedding_size or (cfg.neck.get("embedding_size") if cfg.neck is not None else None)
             if not embedding_size:
-                raise ConfigError(f"loss.{name}.fn.feat_dim is not set and there is no neck to take it from: "
-                                  f"set loss.{name}.fn.feat_dim to the feature width")
+                raise ConfigError(
+                    f"loss.{name}.fn.feat_dim is not set and there is no neck to take it from: "
+                    f"set loss.{name}.fn.feat_dim to the feature width"
+                )
             params["feat_dim"] = embedding_size
         terms[name] = (term_cfg.weight, term_cfg.input, build_component("loss", params, key=f"loss.{name}.fn"))
     if not terms:
@@ -112,15 +117,20 @@ def _dataset_class_num(cfg: DictConfig) -> int:
     """The training classes of ``cfg.dataset``, for a head whose ``class_num`` was not given (said in
     a warning: reading the dataset may first write the digits under ``paths.output_root``)."""
     where = OmegaConf.select(cfg, "paths.output_root")
-    log.warning("head.class_num is not set and build_model got no class_num: counting the training classes of "
-                "the dataset (%s; the digits are written under paths.output_root=%s on first use). Set "
-                "head.class_num=N or call build_model(cfg, class_num=N) to build without the dataset",
-                OmegaConf.select(cfg, "dataset._target_"), where)
+    log.warning(
+        "head.class_num is not set and build_model got no class_num: counting the training classes of "
+        "the dataset (%s; the digits are written under paths.output_root=%s on first use). Set "
+        "head.class_num=N or call build_model(cfg, class_num=N) to build without the dataset",
+        OmegaConf.select(cfg, "dataset._target_"),
+        where,
+    )
     try:
         return load_splits(cfg).num_train_classes
     except RecogError as error:
-        raise ConfigError(f"the head needs a class count: set head.class_num=N or call build_model(cfg, "
-                          f"class_num=N); taking it from the dataset failed: {error}") from None
+        raise ConfigError(
+            f"the head needs a class count: set head.class_num=N or call build_model(cfg, "
+            f"class_num=N); taking it from the dataset failed: {error}"
+        ) from None
 
 
 def component_class(group: str, node):
@@ -136,8 +146,10 @@ def _stage_channels(backbone: paddle.nn.Layer) -> list:
     """Channels of every stage of the backbone, finest first (what a multi-scale neck picks from)."""
     channels = getattr(backbone, "stage_channels", None)
     if channels is None or not hasattr(backbone, "stage_features"):
-        raise ConfigError(f"a multi-scale neck needs a backbone that exposes its stages; "
-                          f"{type(backbone).__name__} does not (use backbone=pplcnet or resnet_vd)")
+        raise ConfigError(
+            f"a multi-scale neck needs a backbone that exposes its stages; "
+            f"{type(backbone).__name__} does not (use backbone=pplcnet or resnet_vd)"
+        )
     return [int(c) for c in channels]
 
 

@@ -25,7 +25,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -36,11 +35,18 @@ from recog.config.schema import RecogConfig
 from recog.errors import ConfigError
 
 HELP_RESOLVER = "recog_help"
-_LEFT_TO_HYDRA = ("help", "hydra_help", "shell_completion", "config_path", "config_name", "config_dir",
-                  "experimental_rerun")
+_LEFT_TO_HYDRA = (
+    "help",
+    "hydra_help",
+    "shell_completion",
+    "config_path",
+    "config_name",
+    "config_dir",
+    "experimental_rerun",
+)
 
 
-def precheck(argv: List[str]) -> Optional[DictConfig]:
+def precheck(argv: list[str]) -> DictConfig | None:
     """``ConfigError`` for a command line that must not start (module docstring); returns the
     composed config of a run (without swept values), None for what is left to Hydra or only prints."""
     if any(a == "--version" for a in argv):
@@ -68,16 +74,16 @@ def precheck(argv: List[str]) -> Optional[DictConfig]:
 # ---------------------------------------------------------------------- added keys
 
 
-def top_level_keys() -> List[str]:
+def top_level_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RecogConfig)]
 
 
-def config_groups() -> List[str]:
+def config_groups() -> list[str]:
     """The config groups of ``conf/`` (what ``group=option`` selects)."""
     return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-def check_added_keys(overrides: List[str]) -> None:
+def check_added_keys(overrides: list[str]) -> None:
     """``+foo=1`` for a key no schema has: refused, with the valid keys."""
     sections = {f.name: f.type for f in dataclasses.fields(RecogConfig) if dataclasses.is_dataclass(f.type)}
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -89,19 +95,26 @@ def check_added_keys(overrides: List[str]) -> None:
         if top == "hydra" or (len(parts) == 1 and top in config_groups()):
             continue
         if top not in top_level_keys():
-            raise ConfigError(f"cannot add {override.input_line!r}: no schema has the key {top!r}; valid top-level "
-                              f"keys: {', '.join(top_level_keys())}; config groups: {', '.join(config_groups())}")
+            raise ConfigError(
+                f"cannot add {override.input_line!r}: no schema has the key {top!r}; valid top-level "
+                f"keys: {', '.join(top_level_keys())}; config groups: {', '.join(config_groups())}"
+            )
         if top in sections and len(parts) > 1:
             valid = [f.name for f in dataclasses.fields(sections[top])]
             if parts[1] not in valid:
-                raise ConfigError(f"cannot add {override.input_line!r}: {top} has no key {parts[1]!r}; "
-                                  f"valid keys in {top}: {', '.join(valid)}")
+                raise ConfigError(
+                    f"cannot add {override.input_line!r}: {top} has no key {parts[1]!r}; "
+                    f"valid keys in {top}: {', '.join(valid)}"
+                )
 
 
-def _fixed_and_swept(overrides: List[str]) -> Tuple[List[str], List[str]]:
+def _fixed_and_swept(overrides: list[str]) -> tuple[list[str], list[str]]:
     parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed
-             if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")]
+    fixed = [
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")
+    ]
     swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
     return fixed, swept
 
@@ -117,12 +130,14 @@ def check_stage_ready(cfg: DictConfig) -> None:
     if stage in ("eval", "export") and not cfg.model_path:
         raise ConfigError(f"stage={stage} needs a trained model: model_path=<run dir>/best_model")
     if stage in ("eval", "export") and not Path(cfg.model_path).is_dir():
-        raise ConfigError(f"model_path={cfg.model_path} does not exist or is not a directory: "
-                          "point it at a run's best_model/")
+        raise ConfigError(
+            f"model_path={cfg.model_path} does not exist or is not a directory: point it at a run's best_model/"
+        )
     if stage == "train":
         check_loss_inputs(cfg)
     if stage == "predict":
         from recog.stages.predict import check_ready
+
         check_ready(cfg)
 
 
@@ -139,14 +154,16 @@ def check_loss_inputs(cfg: DictConfig) -> None:
             continue
         key = term["input"]
         if getattr(key, "value", key) == "logits":
-            raise ConfigError(f"loss term '{name}' reads the head's logits, but head=none: choose a head "
-                              f"(e.g. head=arcmargin) or a loss on the features (e.g. loss=triplet)")
+            raise ConfigError(
+                f"loss term '{name}' reads the head's logits, but head=none: choose a head "
+                f"(e.g. head=arcmargin) or a loss on the features (e.g. loss=triplet)"
+            )
 
 
 # ---------------------------------------------------------------------- output folders
 
 
-def check_output_dirs(cfg: DictConfig, overrides: List[str], multirun: bool) -> None:
+def check_output_dirs(cfg: DictConfig, overrides: list[str], multirun: bool) -> None:
     """``ConfigError`` unless ``paths.output_root`` and the run (or sweep) folder can be created."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = None
@@ -174,11 +191,13 @@ def check_writable(path: str, what: str) -> None:
         os.rmdir(probe)
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise ConfigError(f"{what}={path} is not writable: cannot create a folder in {parent} ({reason}); "
-                          "choose a writable location (e.g. paths.output_root=<dir> or hydra.run.dir=<dir>)") from None
+        raise ConfigError(
+            f"{what}={path} is not writable: cannot create a folder in {parent} ({reason}); "
+            "choose a writable location (e.g. paths.output_root=<dir> or hydra.run.dir=<dir>)"
+        ) from None
 
 
-def _nearest_existing(path: Path) -> Optional[Path]:
+def _nearest_existing(path: Path) -> Path | None:
     for candidate in [path, *path.parents]:
         if candidate.exists() or candidate.is_symlink():
             return candidate

@@ -1,7 +1,5 @@
 """Errors that reach the user as a one-paragraph message, not a traceback."""
 
-from typing import Dict
-
 
 class RecogError(Exception):
     """A problem the user can fix (bad config, bad data); shown without a traceback."""
@@ -31,7 +29,7 @@ class NonFiniteError(RecogError):
     """A training step produced a NaN or Inf loss or gradient; ``step`` is the global step (from 1),
     ``terms`` the loss terms' values (NaN / Inf included) on this rank, averaged over the ranks."""
 
-    def __init__(self, message: str, step: int, terms: Dict[str, float]):
+    def __init__(self, message: str, step: int, terms: dict[str, float]):
         super().__init__(message)
         self.step = step
         self.terms = terms

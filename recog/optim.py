@@ -5,7 +5,7 @@ factory); the ``scheduler`` config names a schedule factory, built from that rat
 ``build_optimizer`` joins them: the schedule is stepped every iteration.
 """
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import paddle
 from paddle.optimizer import lr as schedules
@@ -13,8 +13,14 @@ from paddle.optimizer import lr as schedules
 from recog.config.build import build_component
 
 
-def warmup_cosine(base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float = 1.0,
-                  warmup_start_lr: float = 0.0, eta_min: float = 0.0) -> schedules.LRScheduler:
+def warmup_cosine(
+    base_lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    warmup_start_lr: float = 0.0,
+    eta_min: float = 0.0,
+) -> schedules.LRScheduler:
     """Linear warmup over ``warmup_epochs``, then cosine decay from ``base_lr`` to ``eta_min``."""
     total = max(1, epochs * steps_per_epoch)
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
@@ -22,10 +28,17 @@ def warmup_cosine(base_lr: float, epochs: int, steps_per_epoch: int, warmup_epoc
     return _with_warmup(cosine, warmup, warmup_start_lr, base_lr)
 
 
-def multi_step(base_lr: float, epochs: int, steps_per_epoch: int, milestones: Sequence[int] = (30, 60, 90),
-               gamma: float = 0.1, warmup_epochs: float = 0.0, warmup_start_lr: float = 0.0) -> schedules.LRScheduler:
+def multi_step(
+    base_lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (30, 60, 90),
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+    warmup_start_lr: float = 0.0,
+) -> schedules.LRScheduler:
     """Multiply the rate by ``gamma`` at each milestone (in epochs)."""
-    steps: List[int] = [int(m) * steps_per_epoch for m in milestones]
+    steps: list[int] = [int(m) * steps_per_epoch for m in milestones]
     warmup = int(round(warmup_epochs * steps_per_epoch))
     decay = schedules.MultiStepDecay(base_lr, milestones=[max(1, s - warmup) for s in steps], gamma=gamma)
     return _with_warmup(decay, warmup, warmup_start_lr, base_lr)
@@ -37,15 +50,23 @@ def _with_warmup(schedule, warmup_steps, start_lr, end_lr):
     return schedules.LinearWarmup(schedule, warmup_steps=warmup_steps, start_lr=start_lr, end_lr=end_lr)
 
 
-def momentum(parameters, learning_rate, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False,
-             grad_clip=None) -> paddle.optimizer.Optimizer:
+def momentum(
+    parameters, learning_rate, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False, grad_clip=None
+) -> paddle.optimizer.Optimizer:
     """SGD with momentum and L2 weight decay; ``learning_rate``: the schedule (or a float)."""
-    return paddle.optimizer.Momentum(learning_rate=learning_rate, momentum=momentum, parameters=parameters,
-                                     use_nesterov=nesterov, weight_decay=weight_decay, grad_clip=grad_clip)
+    return paddle.optimizer.Momentum(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        parameters=parameters,
+        use_nesterov=nesterov,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+    )
 
 
-def adamw(parameters, learning_rate, weight_decay: float = 0.05, beta1: float = 0.9, beta2: float = 0.999,
-          grad_clip=None) -> paddle.optimizer.Optimizer:
+def adamw(
+    parameters, learning_rate, weight_decay: float = 0.05, beta1: float = 0.9, beta2: float = 0.999, grad_clip=None
+) -> paddle.optimizer.Optimizer:
     """AdamW (decoupled weight decay); ``learning_rate``: the schedule (or a float).
 
     Parameters whose own regularizer is ``L2Decay(0.0)`` (PP-LCNet's BN scale/shift) are not
@@ -53,9 +74,15 @@ def adamw(parameters, learning_rate, weight_decay: float = 0.05, beta1: float = 
     """
     parameters = list(parameters)
     exempt = {p.name for p in parameters if _decay_exempt(p)}
-    return paddle.optimizer.AdamW(learning_rate=learning_rate, beta1=beta1, beta2=beta2, parameters=parameters,
-                                  weight_decay=weight_decay, grad_clip=grad_clip,
-                                  apply_decay_param_fun=(lambda name: name not in exempt) if exempt else None)
+    return paddle.optimizer.AdamW(
+        learning_rate=learning_rate,
+        beta1=beta1,
+        beta2=beta2,
+        parameters=parameters,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        apply_decay_param_fun=(lambda name: name not in exempt) if exempt else None,
+    )
 
 
 def _decay_exempt(param) -> bool:
@@ -65,10 +92,12 @@ def _decay_exempt(param) -> bool:
 
 def build_optimizer(cfg, parameters, steps_per_epoch: int):
     """Returns ``(optimizer, schedule)`` from ``cfg.optimizer``, ``cfg.scheduler`` and ``cfg.trainer``."""
-    schedule = build_component("scheduler", cfg.scheduler, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs,
-                               steps_per_epoch=steps_per_epoch)
+    schedule = build_component(
+        "scheduler", cfg.scheduler, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs, steps_per_epoch=steps_per_epoch
+    )
     clip = cfg.trainer.grad_clip
     grad_clip = paddle.nn.ClipGradByGlobalNorm(clip) if clip else None
-    optimizer = build_component("optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule,
-                                grad_clip=grad_clip)
+    optimizer = build_component(
+        "optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule, grad_clip=grad_clip
+    )
     return optimizer, schedule

@@ -12,9 +12,10 @@ Where a group's component sits in a config tree, and which keys of its node reco
 
 import importlib.util
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import yaml
 
@@ -34,17 +35,21 @@ class Group:
 
     name: str
     wiring: Mapping[str, Any] = field(default_factory=dict)
-    supplied: Tuple[str, ...] = ()
-    filled: Tuple[str, ...] = ()
+    supplied: tuple[str, ...] = ()
+    filled: tuple[str, ...] = ()
     terms: bool = False
 
 
-GROUPS: Dict[str, Group] = {
-    "backbone": Group("backbone", wiring={"stop_layer": Optional[str], "pretrained": Optional[str]}),
+GROUPS: dict[str, Group] = {
+    "backbone": Group("backbone", wiring={"stop_layer": Optional[str], "pretrained": Optional[str]}),  # noqa: UP045
     "neck": Group("neck", supplied=("in_channels",)),
     "head": Group("head", supplied=("embedding_size",), filled=("class_num",)),
-    "loss": Group("loss", wiring={"weight": float, "input": LOSS_INPUTS}, filled=("class_num", "num_classes", "feat_dim"),
-                  terms=True),
+    "loss": Group(
+        "loss",
+        wiring={"weight": float, "input": LOSS_INPUTS},
+        filled=("class_num", "num_classes", "feat_dim"),
+        terms=True,
+    ),
     "dataset": Group("dataset"),
     "optimizer": Group("optimizer", wiring={"lr": float}, supplied=("parameters", "learning_rate", "grad_clip")),
     "scheduler": Group("scheduler", supplied=("base_lr", "epochs", "steps_per_epoch")),
@@ -52,7 +57,7 @@ GROUPS: Dict[str, Group] = {
 TERM_FN = "fn"  # loss.<term>.fn: the loss function's own node
 
 
-def component_nodes(tree: Mapping) -> Iterator[Tuple[str, str, Any]]:
+def component_nodes(tree: Mapping) -> Iterator[tuple[str, str, Any]]:
     """``(key, group, node)`` of every component node in a config tree (a dict or DictConfig):
     ``backbone``, ..., and ``loss.<term>.fn`` for each loss term. Null nodes (``neck: null``) are skipped."""
     for group in GROUPS.values():
@@ -77,10 +82,10 @@ class Registry:
     that argument of ``target`` takes (XBM's ``loss``), from a nested ``_target_`` in its yaml.
     """
 
-    searchpath: Tuple[Path, ...]
-    options: Dict[str, Dict[str, Path]]
-    targets: Dict[str, Dict[str, Path]]
-    nested: Dict[str, Dict[str, str]]
+    searchpath: tuple[Path, ...]
+    options: dict[str, dict[str, Path]]
+    targets: dict[str, dict[str, Path]]
+    nested: dict[str, dict[str, str]]
 
     def is_registered(self, group: str, target: str) -> bool:
         return target in self.targets.get(group, {})
@@ -90,13 +95,13 @@ class Registry:
         return sorted(self.targets.get(group, {}))
 
 
-def config_dirs(searchpath: Sequence[str] = ()) -> Tuple[Path, ...]:
+def config_dirs(searchpath: Sequence[str] = ()) -> tuple[Path, ...]:
     """``conf/`` plus the directories of ``hydra.searchpath`` entries (``file://DIR``, ``pkg://PKG`` or a path)."""
     dirs = [CONF_DIR]
     for entry in searchpath:
         entry = str(entry)
         if entry.startswith("pkg://"):
-            spec = importlib.util.find_spec(entry[len("pkg://"):].replace("/", "."))
+            spec = importlib.util.find_spec(entry[len("pkg://") :].replace("/", "."))
             locations = list(spec.submodule_search_locations or []) if spec else []
             dirs.extend(Path(p) for p in locations)
         else:
@@ -110,9 +115,9 @@ def load_registry(searchpath: Sequence[str] = ()) -> Registry:
     Every file counts: a target is registered if any yaml of its group on the path names it.
     """
     dirs = config_dirs(searchpath)
-    options: Dict[str, Dict[str, Path]] = {g: {} for g in GROUPS}
-    targets: Dict[str, Dict[str, Path]] = {g: {} for g in GROUPS}
-    nested: Dict[str, Dict[str, str]] = {}
+    options: dict[str, dict[str, Path]] = {g: {} for g in GROUPS}
+    targets: dict[str, dict[str, Path]] = {g: {} for g in GROUPS}
+    nested: dict[str, dict[str, str]] = {}
     for directory in dirs:
         for group in GROUPS:
             for file in sorted((directory / group).glob("*.yaml")):
@@ -125,7 +130,7 @@ def load_registry(searchpath: Sequence[str] = ()) -> Registry:
 
 
 # Set by recog.config.compose: the hydra.searchpath of the last composition (outside a Hydra run).
-_last_searchpath: Tuple[str, ...] = ()
+_last_searchpath: tuple[str, ...] = ()
 
 
 def remember_searchpath(searchpath: Sequence[str]) -> None:
@@ -133,7 +138,7 @@ def remember_searchpath(searchpath: Sequence[str]) -> None:
     _last_searchpath = tuple(str(s) for s in searchpath)
 
 
-def active_searchpath() -> Tuple[str, ...]:
+def active_searchpath() -> tuple[str, ...]:
     """``hydra.searchpath`` of the running Hydra job, else of the last ``recog.config.compose``."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -145,7 +150,7 @@ def active_searchpath() -> Tuple[str, ...]:
     return _last_searchpath
 
 
-def _file_targets(file: Path, group: str) -> Iterator[Tuple[str, list]]:
+def _file_targets(file: Path, group: str) -> Iterator[tuple[str, list]]:
     """``(target, [arguments holding a nested component])`` of each component in one yaml file."""
     text = file.read_text(encoding="utf-8")
     try:

@@ -35,24 +35,24 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
-    import recog  # noqa: F401  (threads: every core unless OMP_NUM_THREADS is set)
     import paddle
     import paddle.nn.functional as F
 
+    import recog  # noqa: F401  (threads: every core unless OMP_NUM_THREADS is set)
     from recog.training.depthwise import depthwise_matmul
 
     def conv2d(x, w, stride, pad):
         return F.conv2d(x, w, stride=stride, padding=pad, groups=x.shape[1])
 
     def shifted(x, w, stride, pad):
-        k, (n, c, h, _) = w.shape[-1], x.shape
+        k, (_, c, h, _) = w.shape[-1], x.shape
         padded = F.pad(x, [pad, pad, pad, pad])
         out_size = (h + 2 * pad - k) // stride + 1
         span = stride * (out_size - 1) + 1
         out = None
         for i in range(k):
             for j in range(k):
-                term = padded[:, :, i:i + span:stride, j:j + span:stride] * w[:, :, i, j].reshape([1, c, 1, 1])
+                term = padded[:, :, i : i + span : stride, j : j + span : stride] * w[:, :, i, j].reshape([1, c, 1, 1])
                 out = term if out is None else out + term
         return out
 
@@ -76,9 +76,15 @@ def main(argv=None) -> int:
 
     paddle.seed(0)
     print(f"batch {args.batch}, {os.environ.get('OMP_NUM_THREADS', '?')} threads, Paddle {paddle.__version__}")
-    contenders = {"conv2d": conv2d, "matmul": lambda x, w, stride, pad: depthwise_matmul(x, w, None, stride, pad),
-                  "shifted": shifted, "unfold": unfolded}
-    print(f"{'C x H x W, k, stride':<24}" + "".join(f"{name + ' ms':>18}" for name in contenders) + f"{'max |diff|':>12}")
+    contenders = {
+        "conv2d": conv2d,
+        "matmul": lambda x, w, stride, pad: depthwise_matmul(x, w, None, stride, pad),
+        "shifted": shifted,
+        "unfold": unfolded,
+    }
+    print(
+        f"{'C x H x W, k, stride':<24}" + "".join(f"{name + ' ms':>18}" for name in contenders) + f"{'max |diff|':>12}"
+    )
     for channels, size, k, stride in SHAPES:
         x = paddle.randn([args.batch, channels, size, size])
         w = paddle.randn([channels, 1, k, k])

@@ -42,13 +42,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=60502, help="queries = gallery items (default 60502, SOP test)")
     parser.add_argument("--dim", type=int, default=512, help="feature size (default 512)")
     parser.add_argument("--block-size", type=int, default=1024, help="queries per block (default 1024)")
-    parser.add_argument("--noise", type=float, default=2.5,
-                        help="noise norm relative to the unit class centres (default 2.5: recall@1 0.55 at n=60502)")
-    parser.add_argument("--argsort-queries", type=int, default=2048,
-                        help="queries the full-argsort baseline is timed on (default 2048)")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="timed runs of the blocked metric and of the floor, alternating; "
-                             "the best of each is kept (default 2)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=2.5,
+        help="noise norm relative to the unit class centres (default 2.5: recall@1 0.55 at n=60502)",
+    )
+    parser.add_argument(
+        "--argsort-queries", type=int, default=2048, help="queries the full-argsort baseline is timed on (default 2048)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="timed runs of the blocked metric and of the floor, alternating; the best of each is kept (default 2)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -58,10 +66,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
-    import recog  # noqa: F401  first: sets OMP_NUM_THREADS to all cores (unless set)
-
     import numpy as np
 
+    import recog  # noqa: F401  first: sets OMP_NUM_THREADS to all cores (unless set)
     from recog.metrics import retrieval_metrics
     from recog.metrics.retrieval import _query_stats, positive_ranks
 
@@ -72,8 +79,11 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     features, labels = clustered_features(args.n, args.dim, args.noise, args.seed)
-    print(f"features: {args.n} x {args.dim} float32 ({features.nbytes / 2**20:.0f} MiB), "
-          f"{labels.max() + 1} classes, made in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"features: {args.n} x {args.dim} float32 ({features.nbytes / 2**20:.0f} MiB), "
+        f"{labels.max() + 1} classes, made in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
 
     # The blocked metric and the floor alternate, the best time of each is kept: the machine's
     # load varies. The first blocked run comes first, so the peak RSS before it is the features'.
@@ -124,18 +134,28 @@ def main(argv=None) -> int:
     last = np.array([r[-1] + 1 for r in blocked_ranks if len(r)])
     blocked, floor = min(blocked_times), min(floor_times)
     print()
-    print(f"n = {args.n} queries = gallery, dim {args.dim}, block {args.block_size}, "
-          f"{np.mean([len(r) for r in blocked_ranks]):.2f} positives per query; "
-          f"1-based rank of the last positive (first {len(blocked_ranks)} queries): "
-          f"mean {last.mean():.0f}, median {np.median(last):.0f}")
-    print(f"blocked metric        {blocked:8.1f} s   peak RSS +{peak_increase / 2**30:.2f} GiB "
-          f"(features {features.nbytes / 2**30:.2f} GiB not included)")
+    print(
+        f"n = {args.n} queries = gallery, dim {args.dim}, block {args.block_size}, "
+        f"{np.mean([len(r) for r in blocked_ranks]):.2f} positives per query; "
+        f"1-based rank of the last positive (first {len(blocked_ranks)} queries): "
+        f"mean {last.mean():.0f}, median {np.median(last):.0f}"
+    )
+    print(
+        f"blocked metric        {blocked:8.1f} s   peak RSS +{peak_increase / 2**30:.2f} GiB "
+        f"(features {features.nbytes / 2**30:.2f} GiB not included)"
+    )
     print(f"similarity products   {floor:8.1f} s   blocked / floor   = {blocked / floor:.2f}x (target <= 2)")
-    print(f"full argsort, stable  {argsort_all:8.1f} s   argsort / blocked = {argsort_all / blocked:.1f}x (target >= 5)")
-    print(f"full argsort, quick   {quicksort_all:8.1f} s   argsort / blocked = {quicksort_all / blocked:.1f}x "
-          f"(numpy's default sort: faster, but ties in an arbitrary order)")
-    print(f"  both argsorts timed on {subset} of the {args.n} queries (x all gallery items) and extrapolated "
-          f"linearly (x{args.n / subset:.1f}); they use the same threads and products as the blocked metric")
+    print(
+        f"full argsort, stable  {argsort_all:8.1f} s   argsort / blocked = {argsort_all / blocked:.1f}x (target >= 5)"
+    )
+    print(
+        f"full argsort, quick   {quicksort_all:8.1f} s   argsort / blocked = {quicksort_all / blocked:.1f}x "
+        f"(numpy's default sort: faster, but ties in an arbitrary order)"
+    )
+    print(
+        f"  both argsorts timed on {subset} of the {args.n} queries (x all gallery items) and extrapolated "
+        f"linearly (x{args.n / subset:.1f}); they use the same threads and products as the blocked metric"
+    )
     print(f"blocked ranks and per-query stats equal to the argsort's on those {subset} queries: {same}")
     return 0 if same else 1
 

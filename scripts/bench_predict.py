@@ -1,6 +1,6 @@
 """Throughput of an exported model (Paddle Inference predictor) vs the dygraph model in eval mode.
 
-    python scripts/bench_predict.py                          # random-weight PP-LCNet x1.0 at 64 px, exported to a temp dir
+    python scripts/bench_predict.py               # random-weight PP-LCNet x1.0 at 64 px, exported to a temp dir
     python scripts/bench_predict.py --model-path outputs/runs/<run>/best_model    # export a trained model first
     python scripts/bench_predict.py --model-dir outputs/runs/<run>/export         # an existing export (its model_path
                                                                                   # must still hold the weights)
@@ -30,9 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", help="an export directory (stage=export output)")
     source.add_argument("--model-path", help="a trained best_model/ directory, exported to a temporary directory")
-    parser.add_argument("--override", action="append", default=[],
-                        help="config override for the random-weight model (repeatable), on top of "
-                             + " ".join(DEFAULT_OVERRIDES))
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="config override for the random-weight model (repeatable), on top of " + " ".join(DEFAULT_OVERRIDES),
+    )
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated (default 1,32)")
     parser.add_argument("--images", type=int, default=64, help="distinct random images cycled through (default 64)")
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per engine and batch size")
@@ -45,11 +48,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    import recog  # first: sets OMP_NUM_THREADS to all cores (unless set) before Paddle is imported
-
     import numpy as np
     import paddle
 
+    import recog  # first: sets OMP_NUM_THREADS to all cores (unless set) before Paddle is imported
     from recog.errors import RecogError
     from recog.inference import ExportedModel
     from recog.inference.export import dygraph_features, eval_settings, export_model
@@ -65,8 +67,10 @@ def main(argv=None) -> int:
                 preprocess = ExportedModel(export_dir, device=device, threads=threads).preprocess
                 model_path = preprocess.get("model_path")
                 if not model_path or not (Path(model_path) / checkpoint.MODEL_FILE).is_file():
-                    raise RecogError(f"{export_dir} was exported from {model_path}, which no longer holds the weights: "
-                                     f"the dygraph side needs them (use --model-path instead)")
+                    raise RecogError(
+                        f"{export_dir} was exported from {model_path}, which no longer holds the weights: "
+                        f"the dygraph side needs them (use --model-path instead)"
+                    )
                 cfg = checkpoint.load_config(model_path)
                 model = recog.build_model(cfg)
                 checkpoint.load_model_weights(model_path, model)
@@ -104,9 +108,11 @@ def main(argv=None) -> int:
             return dygraph_features(model, batch, normalize)
 
         diff = float(np.abs(predictor(images[:8]) - dygraph(images[:8])).max())
-        print(f"{what}\n{type(model.backbone).__name__} at {size} px -> {exported.feature_dim}-d features; "
-              f"{threads} CPU threads, device {device}, Paddle {paddle.__version__}; "
-              f"max |predictor - dygraph| = {diff:.2e}")
+        print(
+            f"{what}\n{type(model.backbone).__name__} at {size} px -> {exported.feature_dim}-d features; "
+            f"{threads} CPU threads, device {device}, Paddle {paddle.__version__}; "
+            f"max |predictor - dygraph| = {diff:.2e}"
+        )
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
         results = {}
         print(f"{'engine':<22}{'batch':>6}{'images/s':>12}{'ms/batch':>11}")
@@ -115,8 +121,9 @@ def main(argv=None) -> int:
                 rate = throughput(run, images, batch_size, args.seconds)
                 results[name, batch_size] = rate
                 print(f"{name:<22}{batch_size:>6}{rate:>12.1f}{1000 * batch_size / rate:>11.2f}")
-        ratios = ", ".join(f"batch {b}: {results['paddle inference', b] / results['dygraph (eval)', b]:.1f}x"
-                           for b in batch_sizes)
+        ratios = ", ".join(
+            f"batch {b}: {results['paddle inference', b] / results['dygraph (eval)', b]:.1f}x" for b in batch_sizes
+        )
         print(f"predictor / dygraph images/s: {ratios}")
     return 0
 
@@ -130,9 +137,9 @@ def throughput(run, images, batch_size: int, seconds: float) -> float:
 
     def batch(i):
         start = starts[i % len(starts)]
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         if len(chunk) < batch_size:  # wrap around: every batch has batch_size images
-            chunk = np.concatenate([chunk, images[:batch_size - len(chunk)]])
+            chunk = np.concatenate([chunk, images[: batch_size - len(chunk)]])
         return chunk
 
     for i in range(3):

@@ -5,7 +5,8 @@
 
 A recipe is a name in conf/experiment/ or ``default`` (no experiment: ``python run.py``'s
 defaults), optionally followed, in the same quoted argument, by overrides of its own
-(``"digits_demo loss=ce_triplet_angular"``), applied before the shared ones. Each (recipe, seed) trains as ``python run.py experiment=RECIPE seed=S OVERRIDES``
+(``"digits_demo loss=ce_triplet_angular"``), applied before the shared ones. Each (recipe, seed)
+trains as ``python run.py experiment=RECIPE seed=S OVERRIDES``
 in its own process, with MLflow off and the run directory under
 ``outputs/bench_recipes/<date>_<time>/<recipe>/seed<S>``; the overrides come last, so they set
 the shared budget and data (``dataset=...``, ``trainer.epochs``, ``trainer.steps_per_epoch``,
@@ -35,8 +36,8 @@ BUDGET_KEYS = ("dataset", "data.image_size", "data.batch_size", "trainer.epochs"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe_a", help="NAME or \"NAME override ...\"")
-    parser.add_argument("recipe_b", help="NAME or \"NAME override ...\"")
+    parser.add_argument("recipe_a", help='NAME or "NAME override ..."')
+    parser.add_argument("recipe_b", help='NAME or "NAME override ..."')
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per recipe (default 3)")
     parser.add_argument("--strict", action="store_true", help="refuse recipes whose data or budget differ")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per training run")
@@ -63,8 +64,15 @@ def budget(recipe: str, overrides: list[str]) -> dict:
 
 
 def train(recipe: str, seed: int, overrides: list[str], run_dir: Path, timeout: float | None) -> dict:
-    command = [sys.executable, str(ROOT / "run.py"), *recipe_overrides(recipe), f"seed={seed}",
-               "mlflow.enabled=false", f"hydra.run.dir={run_dir}", *overrides]
+    command = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *recipe_overrides(recipe),
+        f"seed={seed}",
+        "mlflow.enabled=false",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -72,7 +80,9 @@ def train(recipe: str, seed: int, overrides: list[str], run_dir: Path, timeout: 
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     seconds = time.perf_counter() - t0
     if result.returncode != 0:
-        raise SystemExit(f"{recipe} seed {seed} failed (exit {result.returncode}); see {run_dir.parent / f'seed{seed}.out'}")
+        raise SystemExit(
+            f"{recipe} seed {seed} failed (exit {result.returncode}); see {run_dir.parent / f'seed{seed}.out'}"
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"recall_at_1": float(metrics["recall_at_1"]), "mAP": float(metrics["mAP"]), "seconds": seconds}
 
@@ -90,8 +100,11 @@ def main(argv=None) -> int:
     budgets = {r: budget(r, args.overrides) for r in recipes}
     differ = [k for k in BUDGET_KEYS if budgets[recipes[0]][k] != budgets[recipes[1]][k]]
     for key in differ:
-        print(f"warning: {key} differs: {recipes[0]}={budgets[recipes[0]][key]!r}, "
-              f"{recipes[1]}={budgets[recipes[1]][key]!r} (override it to compare at an equal budget)", flush=True)
+        print(
+            f"warning: {key} differs: {recipes[0]}={budgets[recipes[0]][key]!r}, "
+            f"{recipes[1]}={budgets[recipes[1]][key]!r} (override it to compare at an equal budget)",
+            flush=True,
+        )
     if differ and args.strict:
         return 2
     root = ROOT / "outputs" / "bench_recipes" / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -101,8 +114,11 @@ def main(argv=None) -> int:
             folder = "_".join(recipe.split()).replace("/", "_").replace("=", "-")
             row = train(recipe, seed, args.overrides, root / folder / f"seed{seed}", args.timeout)
             results[recipe].append(row)
-            print(f"{recipe} seed {seed}: recall@1 {row['recall_at_1']:.4f}  mAP {row['mAP']:.4f}  "
-                  f"({row['seconds']:.0f} s)", flush=True)
+            print(
+                f"{recipe} seed {seed}: recall@1 {row['recall_at_1']:.4f}  mAP {row['mAP']:.4f}  "
+                f"({row['seconds']:.0f} s)",
+                flush=True,
+            )
 
     print()
     print(f"overrides: {' '.join(args.overrides) or '(none)'}; runs in {root}")

@@ -31,7 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=60502, help="queries = gallery items (default 60502, SOP test)")
     parser.add_argument("--dim", type=int, default=512, help="feature size (default 512)")
-    parser.add_argument("--noise", type=float, default=2.5, help="noise norm relative to the class centres (default 2.5)")
+    parser.add_argument(
+        "--noise", type=float, default=2.5, help="noise norm relative to the class centres (default 2.5)"
+    )
     parser.add_argument("--k1", type=int, default=20)
     parser.add_argument("--k2", type=int, default=6)
     parser.add_argument("--lambda-value", type=float, default=0.3)
@@ -58,8 +60,10 @@ def measure(label: str, fn):
     result = fn()
     seconds = time.perf_counter() - t0
     increase = max(0, peak_rss() - before)
-    print(f"{label}: {seconds:.1f} s, peak RSS +{increase / 2**20:.0f} MiB (process peak {peak_rss() / 2**30:.2f} GiB)",
-          flush=True)
+    print(
+        f"{label}: {seconds:.1f} s, peak RSS +{increase / 2**20:.0f} MiB (process peak {peak_rss() / 2**30:.2f} GiB)",
+        flush=True,
+    )
     return result, seconds, increase
 
 
@@ -67,11 +71,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
-    import recog  # noqa: F401  first: sets OMP_NUM_THREADS to all cores (unless set)
-
     import numpy as np
-
     from bench_metrics import clustered_features
+
+    import recog  # noqa: F401  first: sets OMP_NUM_THREADS to all cores (unless set)
     from recog.metrics import retrieval_metrics
     from recog.postprocess import k_reciprocal_rerank, query_expansion
 
@@ -80,26 +83,36 @@ def main(argv=None) -> int:
     threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
     print(f"machine: {os.cpu_count()} cores; numpy {np.__version__}, threads {threads}", flush=True)
     features, labels = clustered_features(args.n, args.dim, args.noise, args.seed)
-    print(f"features: {args.n} x {args.dim} float32 ({features.nbytes / 2**20:.0f} MiB), "
-          f"{labels.max() + 1} classes", flush=True)
+    print(
+        f"features: {args.n} x {args.dim} float32 ({features.nbytes / 2**20:.0f} MiB), {labels.max() + 1} classes",
+        flush=True,
+    )
 
     (indices, _), rerank_s, rerank_mem = measure(
         f"k-reciprocal re-ranking (k1 {args.k1}, k2 {args.k2}, lambda {args.lambda_value}, top {args.top_k})",
-        lambda: k_reciprocal_rerank(features, None, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value,
-                                    top_k=args.top_k))
-    _, qe_s, qe_mem = measure("alpha query expansion (k 5, alpha 3)",
-                              lambda: query_expansion(features, None, k=5, alpha=3.0))
-    metrics, metric_s, metric_mem = measure("blocked retrieval_metrics",
-                                            lambda: retrieval_metrics(features, labels, recall_at=(1,)))
+        lambda: k_reciprocal_rerank(
+            features, None, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value, top_k=args.top_k
+        ),
+    )
+    _, qe_s, qe_mem = measure(
+        "alpha query expansion (k 5, alpha 3)", lambda: query_expansion(features, None, k=5, alpha=3.0)
+    )
+    metrics, metric_s, metric_mem = measure(
+        "blocked retrieval_metrics", lambda: retrieval_metrics(features, labels, recall_at=(1,))
+    )
 
     reranked_r1 = float(np.mean(labels[indices[:, 0]] == labels))
     print()
     print(f"n = {args.n}, dim = {args.dim} (query == gallery)")
-    print(f"blocked metric       : {metric_s:7.1f} s   peak +{metric_mem / 2**20:6.0f} MiB   "
-          f"recall@1 {metrics['recall_at_1']:.4f}  mAP {metrics['mAP']:.4f}")
-    print(f"k-reciprocal re-rank : {rerank_s:7.1f} s   peak +{rerank_mem / 2**20:6.0f} MiB   "
-          f"recall@1 {reranked_r1:.4f}   time {rerank_s / metric_s:.2f}x the metric's "
-          f"(bound 3x), peak {'under' if rerank_mem < 2 * 2**30 else 'OVER'} 2 GiB")
+    print(
+        f"blocked metric       : {metric_s:7.1f} s   peak +{metric_mem / 2**20:6.0f} MiB   "
+        f"recall@1 {metrics['recall_at_1']:.4f}  mAP {metrics['mAP']:.4f}"
+    )
+    print(
+        f"k-reciprocal re-rank : {rerank_s:7.1f} s   peak +{rerank_mem / 2**20:6.0f} MiB   "
+        f"recall@1 {reranked_r1:.4f}   time {rerank_s / metric_s:.2f}x the metric's "
+        f"(bound 3x), peak {'under' if rerank_mem < 2 * 2**30 else 'OVER'} 2 GiB"
+    )
     print(f"query expansion      : {qe_s:7.1f} s   peak +{qe_mem / 2**20:6.0f} MiB")
     return 0
 

@@ -40,8 +40,16 @@ def make_model(workdir: Path, image_size: int) -> tuple:
     from recog.inference.export import export_model
     from recog.tracking import MlflowTracker
 
-    cfg = recog.compose(["backbone.scale=0.25", f"data.image_size={image_size}", "neck.embedding_size=128",
-                         "head.class_num=10", f"paths.output_root={workdir}", "mlflow.experiment_name=bench_serve"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            f"data.image_size={image_size}",
+            "neck.embedding_size=128",
+            "head.class_num=10",
+            f"paths.output_root={workdir}",
+            "mlflow.experiment_name=bench_serve",
+        ]
+    )
     model = recog.build_model(cfg)
     images = np.random.default_rng(0).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
     export_model(model, cfg, workdir / "export", images, cpu_onednn="full")
@@ -58,13 +66,36 @@ def free_port() -> int:
 
 
 def start_server(model: str, tracking_uri: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=tracking_uri,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "--env-manager", "local", "-m", model,
-                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "--env-manager",
+            "local",
+            "-m",
+            model,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_ready(server: subprocess.Popen, port: int, log_path: Path, timeout: float = 180) -> None:
@@ -83,17 +114,20 @@ def wait_ready(server: subprocess.Popen, port: int, log_path: Path, timeout: flo
 
 
 def post(port: int, images: np.ndarray) -> np.ndarray:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                     data=json.dumps({"inputs": images.tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": images.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=300) as reply:
         return np.asarray(json.loads(reply.read())["predictions"], dtype=np.float32)
 
 
 def compare_in_process(model: str, tracking_uri: str, batches, repeat: int) -> None:
     sys.path.insert(0, str(ROOT))
-    import recog  # noqa: F401
     import mlflow
+
+    import recog  # noqa: F401
     from recog.tracking.mlflow_model import tracking_uri as using
 
     with using(tracking_uri):
@@ -121,8 +155,11 @@ def main() -> None:
         workdir = Path(tmp)
         if args.model:
             model = args.model
-            tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-                f"sqlite:///{(ROOT / 'outputs' / 'mlflow.db').resolve()}"
+            tracking_uri = (
+                args.tracking_uri
+                or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{(ROOT / 'outputs' / 'mlflow.db').resolve()}"
+            )
         else:
             model, tracking_uri = make_model(workdir, 64)
         port = free_port()
@@ -131,8 +168,10 @@ def main() -> None:
         try:
             wait_ready(server, port, log_path)
             rng = np.random.default_rng(0)
-            print(f"{model} served by `mlflow models serve --env-manager local` on 127.0.0.1:{port}; "
-                  f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} cores")
+            print(
+                f"{model} served by `mlflow models serve --env-manager local` on 127.0.0.1:{port}; "
+                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} cores"
+            )
             in_process = []
             print(f"{'batch':>5}  {'images':>14}  {'median ms':>9}  {'p90 ms':>7}  {'ms/image':>8}  {'images/s':>8}")
             for batch in args.batches:
@@ -146,8 +185,10 @@ def main() -> None:
                     times.append(time.perf_counter() - start)
                 median = statistics.median(times)
                 p90 = sorted(times)[min(len(times) - 1, int(0.9 * len(times)))]
-                print(f"{batch:>5}  {f'{args.size}x{args.size}x3':>14}  {median * 1e3:>9.1f}  {p90 * 1e3:>7.1f}  "
-                      f"{median * 1e3 / batch:>8.2f}  {batch / median:>8.1f}   -> features {list(features.shape)}")
+                print(
+                    f"{batch:>5}  {f'{args.size}x{args.size}x3':>14}  {median * 1e3:>9.1f}  {p90 * 1e3:>7.1f}  "
+                    f"{median * 1e3 / batch:>8.2f}  {batch / median:>8.1f}   -> features {list(features.shape)}"
+                )
                 in_process.append((batch, images))
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=20)

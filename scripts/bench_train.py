@@ -40,7 +40,6 @@ absolute figures drift; ratios within a round do not.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -58,20 +57,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone.scale=1.0 data.batch_size=64")
     parser.add_argument("--against", choices=["paddleclas"], help="alternate timed rounds against PaddleClas")
-    parser.add_argument("--steps", type=int, default=8, help="timed training steps per mode, alone and in the loop "
-                                                             "(default 8)")
+    parser.add_argument(
+        "--steps", type=int, default=8, help="timed training steps per mode, alone and in the loop (default 8)"
+    )
     parser.add_argument("--data-batches", type=int, default=30, help="timed batches of the data pipeline (default 30)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps / batches first (default 2; at least 3 "
-                                                              "for a compiled step)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps / batches first (default 2; at least 3 for a compiled step)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="--against: timed rounds (default 5)")
-    parser.add_argument("--round-steps", type=int, default=2, help="--against: steps per contender per round "
-                                                                   "(default 2)")
-    parser.add_argument("--loss-rtol", type=float, default=2e-3, help="--against: relative tolerance of the step-3 "
-                                                                      "losses (default 2e-3)")
-    parser.add_argument("--with-onednn", action="store_true", help="CPU: also time trainer.onednn (the backbone "
-                        "compiled with oneDNN), which Paddle 3.3.1 can crash with SIGSEGV")
-    parser.add_argument("--wheel", type=Path, default=None, help="the PaddleClas wheel (default: "
-                                                                 ".venv/oracles/paddleclas-2.6.0-*.whl)")
+    parser.add_argument(
+        "--round-steps", type=int, default=2, help="--against: steps per contender per round (default 2)"
+    )
+    parser.add_argument(
+        "--loss-rtol",
+        type=float,
+        default=2e-3,
+        help="--against: relative tolerance of the step-3 losses (default 2e-3)",
+    )
+    parser.add_argument(
+        "--with-onednn",
+        action="store_true",
+        help="CPU: also time trainer.onednn (the backbone "
+        "compiled with oneDNN), which Paddle 3.3.1 can crash with SIGSEGV",
+    )
+    parser.add_argument(
+        "--wheel", type=Path, default=None, help="the PaddleClas wheel (default: .venv/oracles/paddleclas-2.6.0-*.whl)"
+    )
     return parser.parse_intermixed_args(argv)  # overrides before and after the flags
 
 
@@ -86,15 +100,19 @@ def fitting_samples_per_class(batch_size: int, samples_per_class: int, classes: 
 
 # ---- PaddleClas ----------------------------------------------------------------------------------
 
+
 def import_paddleclas(wheel: Path | None, into: Path):
     """``ppcls.arch`` from the wheel, extracted under ``into`` (ppcls is a namespace package:
     zipimport cannot load it)."""
     if wheel is None:
-        wheels = sorted((REPO / ".venv" / "oracles").glob("paddleclas-2.6.0-*.whl")) or \
-            sorted((Path(sys.prefix) / "oracles").glob("paddleclas-2.6.0-*.whl"))
+        wheels = sorted((REPO / ".venv" / "oracles").glob("paddleclas-2.6.0-*.whl")) or sorted(
+            (Path(sys.prefix) / "oracles").glob("paddleclas-2.6.0-*.whl")
+        )
         if not wheels:
-            raise SystemExit("bench_train: the PaddleClas wheel is not in .venv/oracles (make install puts it "
-                             "there); pass --wheel PATH")
+            raise SystemExit(
+                "bench_train: the PaddleClas wheel is not in .venv/oracles (make install puts it "
+                "there); pass --wheel PATH"
+            )
         wheel = wheels[-1]
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(into, [n for n in archive.namelist() if n.startswith("paddleclas/ppcls/")])
@@ -117,8 +135,10 @@ def paddleclas_model(arch, cfg, class_num: int):
     elif target == "ResNetVd":
         name = f"ResNet{int(backbone.depth)}_vd"
     else:
-        raise SystemExit(f"bench_train --against paddleclas: backbone {target} has no PaddleClas counterpart here "
-                         "(PP-LCNet and ResNet_vd do)")
+        raise SystemExit(
+            f"bench_train --against paddleclas: backbone {target} has no PaddleClas counterpart here "
+            "(PP-LCNet and ResNet_vd do)"
+        )
     config = {"Backbone": {"name": name, "pretrained": False}}
     if backbone.get("stop_layer"):
         config["BackboneStopLayer"] = {"name": str(backbone.stop_layer)}
@@ -136,8 +156,14 @@ def paddleclas_gears(arch, recog_model, cfg):
     if recog_model.head is not None:
         head_name = type(recog_model.head).__name__
         kwargs = {k: cfg.head[k] for k in ("margin", "scale", "easy_margin") if k in cfg.head}
-        head = build_gear({"name": head_name, "embedding_size": recog_model.embedding_size,
-                           "class_num": int(recog_model.head.class_num), **kwargs})
+        head = build_gear(
+            {
+                "name": head_name,
+                "embedding_size": recog_model.embedding_size,
+                "class_num": int(recog_model.head.class_num),
+                **kwargs,
+            }
+        )
     return neck, head
 
 
@@ -146,8 +172,10 @@ def copy_weights(source, target) -> int:
     every shape checked); returns how many tensors were copied."""
     src, dst = list(source.state_dict().items()), list(target.state_dict().items())
     if len(src) != len(dst):
-        raise SystemExit(f"bench_train: recog's model has {len(src)} tensors, PaddleClas's {len(dst)}: "
-                         "they are not the same architecture")
+        raise SystemExit(
+            f"bench_train: recog's model has {len(src)} tensors, PaddleClas's {len(dst)}: "
+            "they are not the same architecture"
+        )
     for (src_name, value), (dst_name, slot) in zip(src, dst):
         if list(value.shape) != list(slot.shape):
             raise SystemExit(f"bench_train: {src_name} {value.shape} vs {dst_name} {slot.shape}")
@@ -157,20 +185,20 @@ def copy_weights(source, target) -> int:
 
 # ---- timing --------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recog  # first: sets OMP_NUM_THREADS to all cores (unless set) before Paddle is imported
-
     import paddle
 
+    import recog  # first: sets OMP_NUM_THREADS to all cores (unless set) before Paddle is imported
     from recog.api import build_loss, build_model, load_splits
     from recog.data import build_train_loader, build_transform, set_loader_epoch
     from recog.data.loader import dataset_options, to_device
     from recog.errors import RecogError
     from recog.optim import build_optimizer
-    from recog.training.step import StepRunner, TrainNet
     from recog.training.compile import configure_step, resolve_step_mode
     from recog.training.depthwise import resolve_depthwise_matmul
+    from recog.training.step import StepRunner, TrainNet
     from recog.utils.runtime import seed_everything, select_device
 
     try:
@@ -183,11 +211,14 @@ def main(argv=None) -> int:
         transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant)
         per_class = fitting_samples_per_class(data.batch_size, data.samples_per_class, splits.num_train_classes)
         if per_class != data.samples_per_class:
-            print(f"note: batch {data.batch_size} of {data.samples_per_class} per class needs more than the "
-                  f"{splits.num_train_classes} training classes: measuring with data.samples_per_class={per_class} "
-                  "(the throughput does not depend on it)")
-        loader = build_train_loader(splits.train, labels, transform, data.batch_size, per_class,
-                                    data.num_workers, cfg.seed)
+            print(
+                f"note: batch {data.batch_size} of {data.samples_per_class} per class needs more than the "
+                f"{splits.num_train_classes} training classes: measuring with data.samples_per_class={per_class} "
+                "(the throughput does not depend on it)"
+            )
+        loader = build_train_loader(
+            splits.train, labels, transform, data.batch_size, per_class, data.num_workers, cfg.seed
+        )
     except RecogError as error:
         print(f"bench_train: {error}", file=sys.stderr)
         return 2
@@ -207,8 +238,9 @@ def main(argv=None) -> int:
         model, loss_fn = new_model()
         copy_weights(reference, model)
         optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
-        runner = StepRunner(TrainNet(model, loss_fn), optimizer, schedule,
-                            skip_nonfinite=True)  # a NaN must not end the benchmark
+        runner = StepRunner(
+            TrainNet(model, loss_fn), optimizer, schedule, skip_nonfinite=True
+        )  # a NaN must not end the benchmark
         trainer = cfg.trainer.copy()
         trainer.compile, trainer.onednn, trainer.depthwise_matmul = compile_, onednn, depthwise
         mode = configure_step(runner, trainer)
@@ -227,11 +259,14 @@ def main(argv=None) -> int:
         modes += [("true", "auto", "auto")]
     batch = int(data.batch_size)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
-    print(f"{' '.join(args.overrides) or '(defaults)'}\n{type(reference.backbone).__name__} at {data.image_size} px, "
-          f"batch {batch} ({per_class} per class), {len(splits.train)} training images "
-          f"({len(loader)} batches per epoch); device {device}, {threads} CPU threads, "
-          f"{data.num_workers} loader worker(s), Paddle {paddle.__version__}; default step: "
-          f"{default_mode}", flush=True)
+    print(
+        f"{' '.join(args.overrides) or '(defaults)'}\n{type(reference.backbone).__name__} at {data.image_size} px, "
+        f"batch {batch} ({per_class} per class), {len(splits.train)} training images "
+        f"({len(loader)} batches per epoch); device {device}, {threads} CPU threads, "
+        f"{data.num_workers} loader worker(s), Paddle {paddle.__version__}; default step: "
+        f"{default_mode}",
+        flush=True,
+    )
 
     epoch = [0]
 
@@ -249,8 +284,21 @@ def main(argv=None) -> int:
 
     if args.against:
         with tempfile.TemporaryDirectory() as unpacked:
-            return against_paddleclas(args, cfg, reference, new_model, runner_for, modes, default_mode, in_memory,
-                                      batch, Path(unpacked), loader, build_optimizer, to_device)
+            return against_paddleclas(
+                args,
+                cfg,
+                reference,
+                new_model,
+                runner_for,
+                modes,
+                default_mode,
+                in_memory,
+                batch,
+                Path(unpacked),
+                loader,
+                build_optimizer,
+                to_device,
+            )
 
     def timed(count, step, warmup=args.warmup):
         for _ in range(warmup):
@@ -269,7 +317,7 @@ def main(argv=None) -> int:
         runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn, depthwise)
         position = [0]
 
-        def step_alone():
+        def step_alone(runner=runner, position=position):
             images, batch_labels = in_memory[position[0] % len(in_memory)]
             position[0] += 1
             runner(to_device(images), to_device(batch_labels))
@@ -281,8 +329,7 @@ def main(argv=None) -> int:
             default_runner = (runner, optimizer, schedule, model, loss_fn)
     if default_runner is None:
         default_runner = runner_for(cfg.trainer.compile, cfg.trainer.onednn, cfg.trainer.depthwise_matmul)
-        default_runner = (default_runner[0], default_runner[1], default_runner[2], default_runner[4],
-                          default_runner[5])
+        default_runner = (default_runner[0], default_runner[1], default_runner[2], default_runner[4], default_runner[5])
     runner, optimizer, schedule, model, loss_fn = default_runner
 
     def step_in_loop():
@@ -299,14 +346,19 @@ def main(argv=None) -> int:
         print(f"{'training step alone: ' + mode + mark:<66}{rate:>10.1f}")
     print(f"{'training loop (both, as stage=train runs them, default step)':<66}{loop_rate:>10.1f}")
     step_rate = step_rates.get(default_mode, max(step_rates.values()))
-    bound, other, ratio = (("the training step", "data pipeline", data_rate / step_rate) if step_rate <= data_rate
-                           else ("the data pipeline", "training step", step_rate / data_rate))
+    bound, other, ratio = (
+        ("the training step", "data pipeline", data_rate / step_rate)
+        if step_rate <= data_rate
+        else ("the data pipeline", "training step", step_rate / data_rate)
+    )
     print(f"bound by {bound}: the {other} is {ratio:.1f}x faster")
     epoch_train = len(loader) * batch / loop_rate
     evals = 1.0 / max(1, int(cfg.trainer.eval_every))
-    print(f"per epoch ({len(loader)} steps): training ~{epoch_train:.1f} s, eval {eval_seconds:.1f} s "
-          f"(every {cfg.trainer.eval_every} epoch(s): {eval_seconds * evals:.1f} s per epoch), "
-          f"checkpoints/last {checkpoint_seconds:.2f} s")
+    print(
+        f"per epoch ({len(loader)} steps): training ~{epoch_train:.1f} s, eval {eval_seconds:.1f} s "
+        f"(every {cfg.trainer.eval_every} epoch(s): {eval_seconds * evals:.1f} s per epoch), "
+        f"checkpoints/last {checkpoint_seconds:.2f} s"
+    )
     if runner.skipped:
         print(f"note: {runner.skipped} step(s) had a non-finite loss or gradient (skipped)")
     return 0
@@ -325,14 +377,33 @@ def epoch_overheads(cfg, splits, model, loss_fn, optimizer, dataset_options):
         eval_seconds = time.perf_counter() - started
         model.train()
         started = time.perf_counter()
-        checkpoint.save_checkpoint(Path(run_dir) / "checkpoints" / "last", model, cfg,
-                                   {"epoch": 1, "step": 1, "step_in_epoch": 0, "best": None}, optimizer, loss_fn)
+        checkpoint.save_checkpoint(
+            Path(run_dir) / "checkpoints" / "last",
+            model,
+            cfg,
+            {"epoch": 1, "step": 1, "step_in_epoch": 0, "best": None},
+            optimizer,
+            loss_fn,
+        )
         checkpoint_seconds = time.perf_counter() - started
     return eval_seconds, checkpoint_seconds
 
 
-def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, default_mode, in_memory, batch,
-                       unpacked: Path, loader, build_optimizer, to_device) -> int:
+def against_paddleclas(
+    args,
+    cfg,
+    reference,
+    new_model,
+    runner_for,
+    modes,
+    default_mode,
+    in_memory,
+    batch,
+    unpacked: Path,
+    loader,
+    build_optimizer,
+    to_device,
+) -> int:
     import paddle
 
     from recog.losses._pairs import label_checks
@@ -342,9 +413,11 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
     theirs.neck, theirs.head = paddleclas_gears(arch, reference, cfg)
     copied = copy_weights(reference, theirs)
     theirs.train()
-    print(f"PaddleClas RecModel({their_name}, neck {type(theirs.neck).__name__ if theirs.neck else None}, "
-          f"head {type(theirs.head).__name__ if theirs.head else None}): {copied} tensors copied from recog's model",
-          flush=True)
+    print(
+        f"PaddleClas RecModel({their_name}, neck {type(theirs.neck).__name__ if theirs.neck else None}, "
+        f"head {type(theirs.head).__name__ if theirs.head else None}): {copied} tensors copied from recog's model",
+        flush=True,
+    )
 
     def bare(model, loss_fn):
         optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
@@ -357,6 +430,7 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
             optimizer.clear_grad()
             schedule.step()
             return losses["loss"]
+
         return step
 
     contenders = {}
@@ -376,6 +450,7 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
 
         def step(images, batch_labels, runner=runner):
             return runner(images, batch_labels)["loss"]
+
         contenders[name] = step
 
     # The same 3 batches from the same weights; dropout reseeded identically before each step.
@@ -395,7 +470,7 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
     names = list(contenders)
     position = [3]
     for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             started = time.perf_counter()
             for _ in range(args.round_steps):
@@ -403,13 +478,14 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
                 position[0] += 1
                 contenders[name](to_device(images), to_device(batch_labels))
             rates[name].append(args.round_steps * batch / (time.perf_counter() - started))
-        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(f"{rates[n][-1]:.1f}" for n in names),
-              flush=True)
+        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(f"{rates[n][-1]:.1f}" for n in names), flush=True)
 
     their_rates = rates["PaddleClas RecModel, bare step"]
-    print(f"\n{args.rounds} alternating rounds of {args.round_steps} steps, batch {batch}; step-3 loss "
-          f"{'agrees' if not mismatched else 'DIFFERS for ' + ', '.join(mismatched)} "
-          f"(rtol {args.loss_rtol:g} vs PaddleClas's {base:.6f})")
+    print(
+        f"\n{args.rounds} alternating rounds of {args.round_steps} steps, batch {batch}; step-3 loss "
+        f"{'agrees' if not mismatched else 'DIFFERS for ' + ', '.join(mismatched)} "
+        f"(rtol {args.loss_rtol:g} vs PaddleClas's {base:.6f})"
+    )
     print(f"{'':<62}{'images/s':>10}{'ratio to PaddleClas (median, min-max)':>40}")
     for name in names:
         ratios = [ours_ / theirs_ for ours_, theirs_ in zip(rates[name], their_rates)]
@@ -417,8 +493,11 @@ def against_paddleclas(args, cfg, reference, new_model, runner_for, modes, defau
         spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         print(f"{name + mark:<62}{statistics.median(rates[name]):>10.1f}{spread:>40}")
     for name, value in mismatched.items():
-        print(f"LOSS MISMATCH: {name}: step-3 loss {value:.6f} vs PaddleClas {base:.6f}"
-              + (" (an opt-in mode)" if name != default_name and "bare" not in name else ""), file=sys.stderr)
+        print(
+            f"LOSS MISMATCH: {name}: step-3 loss {value:.6f} vs PaddleClas {base:.6f}"
+            + (" (an opt-in mode)" if name != default_name and "bare" not in name else ""),
+            file=sys.stderr,
+        )
     # Exit 1 when what is compared or what runs by default does not compute PaddleClas's function.
     return 1 if any(name == default_name or "bare" in name for name in mismatched) else 0
 

@@ -24,9 +24,14 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="recog", help="experiment name (default: recog)")
     parser.add_argument("--sweep", metavar="RUN_ID", help="only the child runs of this sweep's parent run")
-    parser.add_argument("--metric", default="recall_at_1", help="sort by this metric, best first (default: recall_at_1)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<--output-root>/mlflow.db)")
+    parser.add_argument(
+        "--metric", default="recall_at_1", help="sort by this metric, best first (default: recall_at_1)"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<--output-root>/mlflow.db)",
+    )
     parser.add_argument("--output-root", default="outputs", help="recog's paths.output_root (default: outputs)")
     parser.add_argument("--output", help="PNG to write (default: <--output-root>/comparison[_<sweep>].png)")
     parser.add_argument("--top", type=int, default=3, help="Recall@K curves of this many best runs (default: 3)")

@@ -22,7 +22,8 @@ def main(run: Path) -> None:
     lines = [
         "",
         "recog demo: PP-LCNet x0.5 on the embedded digits (train 0-4, retrieve the unseen 5-9)",
-        f"  eval      Recall@1 {evaluated.get('recall_at_1', float('nan')):.4f}  mAP {evaluated.get('mAP', float('nan')):.4f}"
+        f"  eval      Recall@1 {evaluated.get('recall_at_1', float('nan')):.4f}"
+        f"  mAP {evaluated.get('mAP', float('nan')):.4f}"
         f"  (best epoch {best.get('epoch', '?')} of training)",
         "  export    max |dygraph - Paddle Inference| = "
         + ", ".join(f"{v:.1e} ({k})" for k, v in report.get("max_abs_diff", {}).items())
@@ -41,10 +42,10 @@ def served_model_check(run: Path) -> int:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
     import numpy as np
 
     import recog  # noqa: F401  (quiets Paddle before MLflow imports it)
-    import mlflow
     from recog.data import decode_image
     from recog.inference import ExportedModel
     from recog.tracking.mlflow_model import tracking_uri
@@ -63,9 +64,11 @@ def served_model_check(run: Path) -> int:
     expected = ExportedModel(run / "export").predict_images([image])
     diff = float(np.abs(served - expected).max())
     ok = served.dtype == np.float32 and served.shape == expected.shape and diff < 1e-5
-    print(f"  served    mlflow.pyfunc.load_model({uri!r}).predict(uint8 {list(image[None].shape)}) -> "
-          f"{served.dtype} {list(served.shape)}, max |served - export| = {diff:.1e}: {'ok' if ok else 'MISMATCH'}\n"
-          f"            serve it over HTTP: make serve MODEL={uri}")
+    print(
+        f"  served    mlflow.pyfunc.load_model({uri!r}).predict(uint8 {list(image[None].shape)}) -> "
+        f"{served.dtype} {list(served.shape)}, max |served - export| = {diff:.1e}: {'ok' if ok else 'MISMATCH'}\n"
+        f"            serve it over HTTP: make serve MODEL={uri}"
+    )
     return 0 if ok else 1
 
 

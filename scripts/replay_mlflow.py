@@ -28,8 +28,10 @@ def main(argv=None) -> int:
     try:
         run_id = replay(args.run_dir, args.tracking_uri)
     except tracking_errors() as error:
-        raise RecogError(f"MLflow failed during the replay ({short_error(error)}); what was sent so far is noted "
-                         f"in {args.run_dir}/mlflow_pending.progress.json: run this again once the store is back") from None
+        raise RecogError(
+            f"MLflow failed during the replay ({short_error(error)}); what was sent so far is noted "
+            f"in {args.run_dir}/mlflow_pending.progress.json: run this again once the store is back"
+        ) from None
     print(f"replayed {args.run_dir} into MLflow run {run_id}")
     return 0
 

@@ -40,8 +40,9 @@ def pytest_unconfigure(config):
     warm_python.stop()
 
 
-MLFLOW_REQUEST_SETTINGS = {name: os.environ.get(name)
-                           for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+MLFLOW_REQUEST_SETTINGS = {
+    name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+}
 
 
 def _reset_mlflow_request_settings():

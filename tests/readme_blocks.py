@@ -32,13 +32,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMAND_LANGUAGES = ("bash", "sh", "console", "shell", "python")
-TINY_OVERRIDES = ("trainer.epochs=1", "trainer.steps_per_epoch=2", "data.image_size=32", "backbone.scale=0.25",
-                  "data.num_workers=0", "eval.engine=dygraph", "export.check_images=4", "export.cpu_onednn=off",
-                  "export.after_train=false")  # the blocks that export run stage=export
+TINY_OVERRIDES = (
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=2",
+    "data.image_size=32",
+    "backbone.scale=0.25",
+    "data.num_workers=0",
+    "eval.engine=dygraph",
+    "export.check_images=4",
+    "export.cpu_onednn=off",
+    "export.after_train=false",
+)  # the blocks that export run stage=export
 _MARKER = re.compile(r"<!--\s*readme-test:(.*?)-->", re.S)
 _FENCE = re.compile(r"^```(\S*)\s*$")
 
@@ -48,9 +55,9 @@ class Block:
     line: int  # 1-based line of the opening fence
     language: str
     text: str
-    marker: Optional[str] = None  # the marker's first line, None without one
+    marker: str | None = None  # the marker's first line, None without one
     prelude: str = ""
-    options: Dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -74,7 +81,7 @@ class Block:
         return text
 
 
-def read_blocks(path: Path = README) -> List[Block]:
+def read_blocks(path: Path = README) -> list[Block]:
     """The fenced blocks of ``path`` with the marker right before each (blank lines between allowed)."""
     lines = path.read_text(encoding="utf-8").split("\n")
     blocks, i = [], 0
@@ -87,7 +94,7 @@ def read_blocks(path: Path = README) -> List[Block]:
         end = i + 1
         while end < len(lines) and lines[end].rstrip() != "```":
             end += 1
-        block = Block(start + 1, language, "\n".join(lines[start + 1:end]) + "\n")
+        block = Block(start + 1, language, "\n".join(lines[start + 1 : end]) + "\n")
         marker = _marker_before(lines, start)
         if marker is not None:
             block.marker, block.prelude = marker
@@ -97,7 +104,7 @@ def read_blocks(path: Path = README) -> List[Block]:
     return blocks
 
 
-def _marker_before(lines: List[str], fence: int) -> Optional[Tuple[str, str]]:
+def _marker_before(lines: list[str], fence: int) -> tuple[str, str] | None:
     j = fence - 1
     while j >= 0 and not lines[j].strip():
         j -= 1
@@ -106,14 +113,14 @@ def _marker_before(lines: List[str], fence: int) -> Optional[Tuple[str, str]]:
     k = j
     while k >= 0 and "<!--" not in lines[k]:
         k -= 1
-    found = _MARKER.search("\n".join(lines[k:j + 1])) if k >= 0 else None
+    found = _MARKER.search("\n".join(lines[k : j + 1])) if k >= 0 else None
     if not found:
         return None
     first, _, rest = found.group(1).partition("\n")
     return first.strip(), rest.rstrip() + ("\n" if rest.strip() else "")
 
 
-def parse_options(marker: str) -> Dict[str, str]:
+def parse_options(marker: str) -> dict[str, str]:
     """``k=v; flag; k=v`` -> ``{k: v, flag: ""}`` (a value may hold ``=``; ``;`` separates)."""
     options = {}
     for part in filter(None, (p.strip() for p in marker.split(";"))):
@@ -124,7 +131,7 @@ def parse_options(marker: str) -> Dict[str, str]:
     return options
 
 
-def shell_commands(text: str) -> List[str]:
+def shell_commands(text: str) -> list[str]:
     """Logical command lines of a shell block: ``\\`` continuations joined, blank and comment lines
     and a leading ``$ `` prompt dropped."""
     commands, current = [], ""
@@ -143,9 +150,9 @@ def shell_commands(text: str) -> List[str]:
     return commands
 
 
-def transcript(text: str) -> List[Tuple[str, str]]:
+def transcript(text: str) -> list[tuple[str, str]]:
     """``[(command, expected output)]`` of a ``$ command`` / output transcript."""
-    pairs: List[Tuple[str, List[str]]] = []
+    pairs: list[tuple[str, list[str]]] = []
     for line in text.rstrip("\n").splitlines():
         if line.startswith("$ "):
             pairs.append((line[2:], []))

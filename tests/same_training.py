@@ -12,4 +12,6 @@ def assert_same_training(weights, ref_weights, start_weights, tolerance=0.02):
         update = float(np.abs(ref - start).max())
         assert update > 0, f"trainable tensor {i} was not updated"
         difference = float(np.abs(ours - ref).max())
-        assert difference <= tolerance * update, f"tensor {i}: differs by {difference:.3g}, dygraph moved it {update:.3g}"
+        assert difference <= tolerance * update, (
+            f"tensor {i}: differs by {difference:.3g}, dygraph moved it {update:.3g}"
+        )

@@ -14,8 +14,15 @@ def test_build_model_without_class_num_says_what_is_missing(tmp_path, caplog):
         model = recog.build_model(cfg)
     assert "head.class_num is not set" in caplog.text and str(tmp_path) in caplog.text
     assert model.head is not None
-    cfg = recog.compose(["backbone.scale=0.25", "dataset=image_list", f"dataset.root={tmp_path / 'none'}",
-                         "dataset.train_list=t.txt", "dataset.query_list=q.txt"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "dataset=image_list",
+            f"dataset.root={tmp_path / 'none'}",
+            "dataset.train_list=t.txt",
+            "dataset.query_list=q.txt",
+        ]
+    )
     with pytest.raises(ConfigError, match="the head needs a class count: set head.class_num=N"):
         recog.build_model(cfg)
 

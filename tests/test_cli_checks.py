@@ -4,17 +4,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import warm_python
 
 from recog.cli import config_groups, help_text, precheck, top_level_keys
 from recog.errors import ConfigError
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -23,7 +24,8 @@ def test_cfg_job_gets_recogs_override_checks():
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "recog: Key 'scael' is not an argument of recog.models.backbones.PPLCNet; valid keys in backbone: "
-        + result.stderr.split("valid keys in backbone: ")[1].strip()]
+        + result.stderr.split("valid keys in backbone: ")[1].strip()
+    ]
     with pytest.raises(ConfigError, match="trainer.epochs must be at least 1"):
         precheck(["--cfg", "job", "trainer.epochs=0"])
     with pytest.raises(ConfigError, match="trainer.eval_every must be at least 1"):
@@ -58,18 +60,23 @@ def test_rejected_stage_leaves_no_run_folder(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "recog: stage=eval needs a trained model: model_path=<run dir>/best_model"
     assert list(tmp_path.iterdir()) == []  # no outputs/runs/<date> folder
-    for argv, message in ((["stage=export", f"model_path={tmp_path / 'nope'}"], "does not exist or is not a directory"),
-                          (["stage=predict"], "stage=predict needs an export"),
-                          (["stage=predict", f"predict.model_dir={tmp_path}"], "stage=predict needs images"),
-                          (["stage=predict", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path / 'x'}"],
-                           "is neither a folder nor a list file")):
+    for argv, message in (
+        (["stage=export", f"model_path={tmp_path / 'nope'}"], "does not exist or is not a directory"),
+        (["stage=predict"], "stage=predict needs an export"),
+        (["stage=predict", f"predict.model_dir={tmp_path}"], "stage=predict needs images"),
+        (
+            ["stage=predict", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path / 'x'}"],
+            "is neither a folder nor a list file",
+        ),
+    ):
         with pytest.raises(ConfigError, match=message):
             precheck(argv + [f"paths.output_root={tmp_path}"])
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("override", ["paths.output_root=/proc/recog", "hydra.run.dir=/proc/recog/run",
-                                      "paths.output_root=/sys/recog"])
+@pytest.mark.parametrize(
+    "override", ["paths.output_root=/proc/recog", "hydra.run.dir=/proc/recog/run", "paths.output_root=/sys/recog"]
+)
 def test_unwritable_output_is_one_message(override):
     with pytest.raises(ConfigError, match="is not writable: cannot create a folder in /(proc|sys)"):
         precheck([override])
@@ -80,7 +87,10 @@ def test_output_under_a_file_is_one_message(tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli(f"paths.output_root={tmp_path / 'file' / 'out'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"paths.output_root={tmp_path / 'file' / 'out'} cannot be created: {tmp_path / 'file'} is a file" in result.stderr
+    assert (
+        f"paths.output_root={tmp_path / 'file' / 'out'} cannot be created: {tmp_path / 'file'} is a file"
+        in result.stderr
+    )
 
 
 def test_writable_output_passes_and_creates_nothing(tmp_path):
@@ -91,8 +101,13 @@ def test_writable_output_passes_and_creates_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
-    result = run_cli("dataset=image_list", f"dataset.root={tmp_path / 'none'}", "dataset.train_list=t.txt",
-                     "dataset.query_list=q.txt", f"paths.output_root={tmp_path / 'out'}")
+    result = run_cli(
+        "dataset=image_list",
+        f"dataset.root={tmp_path / 'none'}",
+        "dataset.train_list=t.txt",
+        "dataset.query_list=q.txt",
+        f"paths.output_root={tmp_path / 'out'}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"dataset root {tmp_path / 'none'} does not exist" in result.stdout + result.stderr
     assert list((tmp_path / "out" / "runs").iterdir()) == []  # Hydra made one; the refusal removed it
@@ -100,6 +115,7 @@ def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
 
 def test_a_run_folder_with_work_in_it_is_kept(tmp_path):
     from recog.cli import remove_untouched_run_dir
+
     (tmp_path / "a" / ".hydra").mkdir(parents=True)
     (tmp_path / "a" / "run.log").write_text("")
     (tmp_path / "b" / ".hydra").mkdir(parents=True)
@@ -122,5 +138,12 @@ def test_training_a_loss_on_logits_without_a_head_is_refused_before_the_run(tmp_
     with pytest.raises(ConfigError, match="loss term 'ce' reads the head's logits, but head=none"):
         precheck(["head=none", "loss=ce", f"paths.output_root={tmp_path}"])
     precheck(["head=none", "loss=triplet", f"paths.output_root={tmp_path}"])
-    precheck(["stage=predict", "head=none", f"predict.model_dir={tmp_path}", f"predict.input={tmp_path}",
-              f"paths.output_root={tmp_path}"])  # no training: no loss needed
+    precheck(
+        [
+            "stage=predict",
+            "head=none",
+            f"predict.model_dir={tmp_path}",
+            f"predict.input={tmp_path}",
+            f"paths.output_root={tmp_path}",
+        ]
+    )  # no training: no loss needed

@@ -29,9 +29,9 @@ import paddle
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from image_lists import write_image_lists
 
 import recog
-from image_lists import write_image_lists
 from recog.api import load_splits
 from recog.cli import precheck
 from recog.errors import RecogError
@@ -40,50 +40,108 @@ from recog.stages import predict, train
 from recog.utils import checkpoint
 
 PROFILE = os.environ.get("RECOG_FUZZ_PROFILE", "ci")
-settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck),
-                          phases=[Phase.explicit, Phase.generate])  # a failure shows its example, unshrunk
-settings.register_profile("nightly", max_examples=600, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
-FUZZ = settings(settings.get_profile(PROFILE), max_examples=int(os.environ.get("RECOG_FUZZ_EXAMPLES", 0))
-                or settings.get_profile(PROFILE).max_examples)
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)  # a failure shows its example, unshrunk
+settings.register_profile(
+    "nightly", max_examples=600, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+FUZZ = settings(
+    settings.get_profile(PROFILE),
+    max_examples=int(os.environ.get("RECOG_FUZZ_EXAMPLES", 0)) or settings.get_profile(PROFILE).max_examples,
+)
 TRAIN_RUN_WEIGHT = 1 if PROFILE == "ci" else 4  # of 20: real (tiny) trainings are the slow examples
-TINY = ["trainer.epochs=1", "trainer.steps_per_epoch=1", "data.image_size=16", "backbone.scale=0.25",
-        "data.num_workers=0", "eval.engine=dygraph", "data.batch_size=8", "data.samples_per_class=2",
-        "data.eval_batch_size=64", "export.after_train=false"]
+TINY = [
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=1",
+    "data.image_size=16",
+    "backbone.scale=0.25",
+    "data.num_workers=0",
+    "eval.engine=dygraph",
+    "data.batch_size=8",
+    "data.samples_per_class=2",
+    "data.eval_batch_size=64",
+    "export.after_train=false",
+]
 STATS = {"examples": 0, "reported": 0, "succeeded": 0, "by_stage": {}, "messages": {}}
 
 GROUPS = {
     "backbone": ["pplcnet", "resnet_vd", "vision_resnet", "vision_mobilenetv3", "nope"],
     "neck": ["fc", "bnneck", "tanh", "fpn", "none"],
     "head": ["fc", "arcmargin", "cosmargin", "circlemargin", "none"],
-    "loss": ["ce", "triplet", "ce_triplet", "trihard", "ce_center", "supcon", "msm", "npairs", "eml",
-             "pairwise_cosface", "xbm", "dch", "dshsd", "lcdsh", "triplet_v1"],
+    "loss": [
+        "ce",
+        "triplet",
+        "ce_triplet",
+        "trihard",
+        "ce_center",
+        "supcon",
+        "msm",
+        "npairs",
+        "eml",
+        "pairwise_cosface",
+        "xbm",
+        "dch",
+        "dshsd",
+        "lcdsh",
+        "triplet_v1",
+    ],
     "optimizer": ["momentum", "adamw"],
     "lr": ["warmup_cosine", "multi_step"],
 }
 NUMBERS = {  # key: values in and out of range
-    "trainer.eval_every": ["1", "2", "0", "-1"], "trainer.epochs": ["1", "0", "-3"],
-    "trainer.steps_per_epoch": ["1", "null", "0", "-2"], "trainer.log_every": ["1", "0"],
+    "trainer.eval_every": ["1", "2", "0", "-1"],
+    "trainer.epochs": ["1", "0", "-3"],
+    "trainer.steps_per_epoch": ["1", "null", "0", "-2"],
+    "trainer.log_every": ["1", "0"],
     "trainer.grad_clip": ["null", "1.0", "0", "-1", "nan"],
     "eval.recall_at": ["[1]", "[1,5]", "[0]", "[]", "[-1,2]", "[1000]"],
-    "neck.embedding_size": ["8", "1", "0", "-4"], "head.class_num": ["null", "5", "0", "-1", "3"],
-    "head.margin": ["0.2", "-1.0", "nan"], "head.scale": ["30.0", "0.0"],
-    "predict.batch_size": ["1", "3", "0", "-1"], "predict.top_k": ["1", "5", "0", "100"],
-    "predict.picture_queries": ["0", "2", "-1"], "predict.index": ["flat", "ivf", "hnsw", "lsh"],
-    "export.tolerance": ["1e-4", "0", "-1", "inf"], "export.check_images": ["1", "0"],
-    "mlflow.request_timeout": ["1", "0"], "mlflow.request_retries": ["0", "-1"],
+    "neck.embedding_size": ["8", "1", "0", "-4"],
+    "head.class_num": ["null", "5", "0", "-1", "3"],
+    "head.margin": ["0.2", "-1.0", "nan"],
+    "head.scale": ["30.0", "0.0"],
+    "predict.batch_size": ["1", "3", "0", "-1"],
+    "predict.top_k": ["1", "5", "0", "100"],
+    "predict.picture_queries": ["0", "2", "-1"],
+    "predict.index": ["flat", "ivf", "hnsw", "lsh"],
+    "export.tolerance": ["1e-4", "0", "-1", "inf"],
+    "export.check_images": ["1", "0"],
+    "mlflow.request_timeout": ["1", "0"],
+    "mlflow.request_retries": ["0", "-1"],
     "mlflow.experiment_name": ["fuzz", "''", "x" * 600],
-    "launcher.nproc_per_node": ["1", "0"], "launcher.node_rank": ["null", "0", "5"],
-    "data.image_size": ["16", "0", "99999"], "data.batch_size": ["8", "0", "7"],
-    "data.samples_per_class": ["2", "0", "3", "100"], "data.on_bad_image": ["skip", "fail", "maybe"],
-    "optimizer.lr": ["0.01", "0.0", "-1.0", "nan"], "seed": ["0", "-1", "4294967296"],
+    "launcher.nproc_per_node": ["1", "0"],
+    "launcher.node_rank": ["null", "0", "5"],
+    "data.image_size": ["16", "0", "99999"],
+    "data.batch_size": ["8", "0", "7"],
+    "data.samples_per_class": ["2", "0", "3", "100"],
+    "data.on_bad_image": ["skip", "fail", "maybe"],
+    "optimizer.lr": ["0.01", "0.0", "-1.0", "nan"],
+    "seed": ["0", "-1", "4294967296"],
 }
 LINES = [  # list lines, {i} an image of the tiny dataset, {c} a class
-    "img/train_{i}.png {c}", "img/train_{i}.png {c}", "img/train_{i}.png {c}", "img/train_{i}.png",
-    "img/train_{i}.png -1", "img/train_{i}.png one", "img/train_{i}.png {c} extra", "img/missing_{i}.png {c}",
-    "../outside.png {c}", "/etc/hostname {c}", "img/tr\x07ain.png {c}", "", "# a comment", "img/caf\u00e9.png {c}",
-    "img/train_{i}.png 99999999999", "  img/train_{i}.png\t{c}  ", "img/" + "x" * 300 + ".png 1",
+    "img/train_{i}.png {c}",
+    "img/train_{i}.png {c}",
+    "img/train_{i}.png {c}",
+    "img/train_{i}.png",
+    "img/train_{i}.png -1",
+    "img/train_{i}.png one",
+    "img/train_{i}.png {c} extra",
+    "img/missing_{i}.png {c}",
+    "../outside.png {c}",
+    "/etc/hostname {c}",
+    "img/tr\x07ain.png {c}",
+    "",
+    "# a comment",
+    "img/caf\u00e9.png {c}",
+    "img/train_{i}.png 99999999999",
+    "  img/train_{i}.png\t{c}  ",
+    "img/" + "x" * 300 + ".png 1",
 ]
 ENCODINGS = ["utf-8", "utf-8-sig", "latin-1", "utf-16", "crlf"]
 
@@ -94,8 +152,15 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     data = root / "data"
     dataset = write_image_lists(data, (("train", 40), ("query", 10), ("gallery", 10)), classes=4)
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=16", "neck.embedding_size=8", "head.class_num=4",
-                         f"paths.output_root={root}"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=16",
+            "neck.embedding_size=8",
+            "head.class_num=4",
+            f"paths.output_root={root}",
+        ]
+    )
     images = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     export_model(recog.build_model(cfg), cfg, root / "export", images, cpu_onednn="full")
     trained = root / "trained"
@@ -103,8 +168,7 @@ def world(tmp_path_factory):
     (root / "garbage_model").mkdir()
     (root / "garbage_model" / "config.yaml").write_text("backbone: {_target_: os.system}\n")
     (root / "garbage_model" / "model.safetensors").write_bytes(b"\x00" * 10)
-    return {"root": root, "data": data, "export": root / "export", "model": trained / "best_model",
-            "count": 0}
+    return {"root": root, "data": data, "export": root / "export", "model": trained / "best_model", "count": 0}
 
 
 @st.composite
@@ -126,8 +190,11 @@ def list_files(draw, world_dir: Path, name: str) -> str:
 @st.composite
 def commands(draw, world: dict) -> tuple:
     """``(kind, argv)``: kind is the stage, or ``train_run`` for a real tiny training."""
-    kind = draw(st.sampled_from(["train"] * 8 + ["train_run"] * TRAIN_RUN_WEIGHT + ["eval"] * 2 + ["export"] * 2
-                                + ["predict"] * 6))
+    kind = draw(
+        st.sampled_from(
+            ["train"] * 8 + ["train_run"] * TRAIN_RUN_WEIGHT + ["eval"] * 2 + ["export"] * 2 + ["predict"] * 6
+        )
+    )
     stage = "train" if kind == "train_run" else kind
     argv = [f"stage={stage}", "mlflow.enabled=false", f"paths.output_root={world['root'] / 'out'}"]
     for group, options in GROUPS.items():
@@ -145,16 +212,21 @@ def commands(draw, world: dict) -> tuple:
             lists[hostile] = Path(draw(list_files(data, f"fuzz_{hostile}"))).name
         argv += ["dataset=image_list", f"dataset.root={data}"] + [f"dataset.{n}_list={f}" for n, f in lists.items()]
     elif stage in ("eval", "export"):
-        model = draw(st.sampled_from([world["model"]] * 3 + [None, world["root"] / "garbage_model",
-                                                              world["root"] / "nope"]))
+        model = draw(
+            st.sampled_from([world["model"]] * 3 + [None, world["root"] / "garbage_model", world["root"] / "nope"])
+        )
         if model is not None:
             argv.append(f"model_path={model}")
     else:
         model_dir = draw(st.sampled_from([world["export"]] * 4 + [world["root"] / "nope", data]))
         argv.append(f"predict.model_dir={model_dir}")
         source = draw(st.sampled_from(["clean", "list", "list", "folder", "missing"]))
-        spec = {"clean": lambda: str(data / "query.txt"), "list": lambda: draw(list_files(data, "fuzz_input")),
-                "folder": lambda: str(data / "img"), "missing": lambda: str(data / "nope.txt")}[source]()
+        spec = {
+            "clean": lambda: str(data / "query.txt"),
+            "list": lambda: draw(list_files(data, "fuzz_input")),
+            "folder": lambda: str(data / "img"),
+            "missing": lambda: str(data / "nope.txt"),
+        }[source]()
         argv.append(f"predict.input={spec}")
         if draw(st.booleans()):
             clean = draw(st.booleans())
@@ -224,8 +296,10 @@ def test_cli_fuzz(world):
 
     examples()
     elapsed = time.perf_counter() - started
-    print(f"\nCLI fuzz ({PROFILE}): {STATS['examples']} examples in {elapsed:.1f} s: {STATS['succeeded']} ran, "
-          f"{STATS['reported']} reported; by stage {STATS['by_stage']}")
+    print(
+        f"\nCLI fuzz ({PROFILE}): {STATS['examples']} examples in {elapsed:.1f} s: {STATS['succeeded']} ran, "
+        f"{STATS['reported']} reported; by stage {STATS['by_stage']}"
+    )
     if os.environ.get("RECOG_FUZZ_VERBOSE"):
         for what, count in sorted(STATS["messages"].items(), key=lambda kv: -kv[1]):
             print(f"{count:4d}  {what}")

@@ -3,8 +3,9 @@ a new loss and a new head are a .py file plus a yaml each, and train."""
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import sys
-import textwrap
 
 import numpy as np
 import paddle
@@ -124,8 +125,9 @@ def test_searchpath_components_register_compose_and_train_one_step(user_componen
     assert registry.is_registered("loss", f"{module}.CentroidSpreadLoss")
     assert not load_registry().is_registered("head", f"{module}.ScaledCosineHead")
 
-    cfg = compose(SMALL + [searchpath, "head=scaled_cosine", "head.scale=8.0", "loss=ce_spread",
-                           "scheduler.warmup_epochs=0"])
+    cfg = compose(
+        SMALL + [searchpath, "head=scaled_cosine", "head.scale=8.0", "loss=ce_spread", "scheduler.warmup_epochs=0"]
+    )
     assert cfg.head.scale == 8.0 and set(cfg.loss) == {"ce", "spread"}
     model, loss_fn = build_model(cfg, class_num=3), build_loss(cfg, class_num=3)
     assert type(model.head).__name__ == "ScaledCosineHead" and model.head.scale == 8.0
@@ -165,16 +167,25 @@ def test_unregistered_target_is_refused_at_compose():
     message = str(error.value)
     assert "backbone._target_=os.system is not a registered backbone" in message
     assert "recog.models.backbones.PPLCNet" in message
-    cfg = compose(["backbone._target_=recog.models.backbones.ResNetVd", "+backbone.depth=18",
-                   "~backbone.scale", "~backbone.dropout_prob"])
+    cfg = compose(
+        [
+            "backbone._target_=recog.models.backbones.ResNetVd",
+            "+backbone.depth=18",
+            "~backbone.scale",
+            "~backbone.dropout_prob",
+        ]
+    )
     assert cfg.backbone.depth == 18  # another registered backbone is fine
 
 
 def test_nested_target_only_where_a_yaml_declares_one():
     cfg = compose(["loss=xbm", "loss.xbm.fn.loss._target_=recog.losses.ContrastiveLoss"])
     assert cfg.loss.xbm.fn.loss.margin == 0.5
-    with pytest.raises(ConfigError, match=r"'margin' is not an argument of recog\.losses\.CELoss; valid keys in "
-                                          r"loss\.xbm\.fn\.loss: epsilon$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'margin' is not an argument of recog\.losses\.CELoss; valid keys in "
+        r"loss\.xbm\.fn\.loss: epsilon$",
+    ):
         compose(["loss=xbm", "loss.xbm.fn.loss._target_=recog.losses.CELoss"])  # CELoss has no margin
     with pytest.raises(ConfigError, match="not a registered loss"):
         compose(["loss=xbm", "loss.xbm.fn.loss._target_=os.system"])
@@ -183,12 +194,22 @@ def test_nested_target_only_where_a_yaml_declares_one():
 
 
 def test_fpn_levels_are_a_constructor_argument():
-    cfg = compose(["neck=fpn", "neck.num_levels=2", "neck.embedding_size=16", "neck.fpn_channels=8", "head=none",
-                   "backbone.scale=0.25", "data.image_size=32"])
+    cfg = compose(
+        [
+            "neck=fpn",
+            "neck.num_levels=2",
+            "neck.embedding_size=16",
+            "neck.fpn_channels=8",
+            "head=none",
+            "backbone.scale=0.25",
+            "data.image_size=32",
+        ]
+    )
     model = build_model(cfg)
     assert len(model.neck.in_channels) == 2
     model.eval()
     assert model(paddle.zeros([2, 3, 32, 32]))["features"].shape == [2, 16]
     with pytest.raises(ConfigError, match="num_levels=9"):
-        build_model(compose(["neck=fpn", "neck.num_levels=9", "head=none", "backbone.scale=0.25",
-                             "data.image_size=32"]))
+        build_model(
+            compose(["neck=fpn", "neck.num_levels=9", "head=none", "backbone.scale=0.25", "data.image_size=32"])
+        )

@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import math
 
 import numpy as np
@@ -27,8 +29,9 @@ def _rates(schedule, steps):
 # ---- warmup_cosine -----------------------------------------------------------------------------------
 def test_warmup_cosine_by_hand():
     base, start, eta_min = 0.1, 0.01, 0.001
-    rates = _rates(warmup_cosine(base, epochs=3, steps_per_epoch=10, warmup_epochs=1, warmup_start_lr=start,
-                                 eta_min=eta_min), 30)
+    rates = _rates(
+        warmup_cosine(base, epochs=3, steps_per_epoch=10, warmup_epochs=1, warmup_start_lr=start, eta_min=eta_min), 30
+    )
     assert rates[0] == pytest.approx(start)  # start of warmup
     assert rates[5] == pytest.approx(start + (base - start) * 5 / 10)  # linear
     assert rates[10] == pytest.approx(base)  # end of warmup = base rate
@@ -66,8 +69,12 @@ def test_multi_step_by_hand():
 
 
 def test_multi_step_with_warmup_keeps_milestones_in_epochs():
-    rates = _rates(multi_step(0.1, epochs=6, steps_per_epoch=5, milestones=[2, 4], gamma=0.5, warmup_epochs=1,
-                              warmup_start_lr=0.0), 30)
+    rates = _rates(
+        multi_step(
+            0.1, epochs=6, steps_per_epoch=5, milestones=[2, 4], gamma=0.5, warmup_epochs=1, warmup_start_lr=0.0
+        ),
+        30,
+    )
     assert rates[0] == 0.0 and rates[1] == pytest.approx(0.02)  # warmup over the first epoch
     assert rates[5] == pytest.approx(0.1) and rates[9] == pytest.approx(0.1)  # end of warmup = base rate
     assert rates[10] == pytest.approx(0.05) and rates[19] == pytest.approx(0.05)
@@ -93,8 +100,17 @@ def _params(layer):
 
 
 def test_build_momentum_steps_the_parameters():
-    cfg = compose(["optimizer=momentum", "optimizer.lr=0.1", "optimizer.momentum=0.8", "optimizer.weight_decay=0.01",
-                   "scheduler=warmup_cosine", "scheduler.warmup_epochs=0", "trainer.epochs=2"])
+    cfg = compose(
+        [
+            "optimizer=momentum",
+            "optimizer.lr=0.1",
+            "optimizer.momentum=0.8",
+            "optimizer.weight_decay=0.01",
+            "scheduler=warmup_cosine",
+            "scheduler.warmup_epochs=0",
+            "trainer.epochs=2",
+        ]
+    )
     layer = _layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=5)
     assert isinstance(optimizer, paddle.optimizer.Momentum)
@@ -121,8 +137,17 @@ def test_build_momentum_steps_the_parameters():
 
 
 def test_build_adamw_steps_the_parameters():
-    cfg = compose(["optimizer=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "scheduler=multi_step",
-                   "scheduler.milestones=[1]", "scheduler.gamma=0.5", "trainer.epochs=2"])
+    cfg = compose(
+        [
+            "optimizer=adamw",
+            "optimizer.lr=0.01",
+            "optimizer.weight_decay=0.1",
+            "scheduler=multi_step",
+            "scheduler.milestones=[1]",
+            "scheduler.gamma=0.5",
+            "trainer.epochs=2",
+        ]
+    )
     layer = _layer()
     optimizer, schedule = build_optimizer(cfg, layer.parameters(), steps_per_epoch=2)
     assert isinstance(optimizer, paddle.optimizer.AdamW)
@@ -140,8 +165,15 @@ def test_build_adamw_steps_the_parameters():
 
 
 def test_build_optimizer_grad_clip():
-    cfg = compose(["optimizer=momentum", "optimizer.lr=0.1", "optimizer.weight_decay=0", "scheduler.warmup_epochs=0",
-                   "trainer.grad_clip=0.5"])
+    cfg = compose(
+        [
+            "optimizer=momentum",
+            "optimizer.lr=0.1",
+            "optimizer.weight_decay=0",
+            "scheduler.warmup_epochs=0",
+            "trainer.grad_clip=0.5",
+        ]
+    )
     layer = _layer()
     optimizer, _ = build_optimizer(cfg, layer.parameters(), steps_per_epoch=1)
     p0 = _params(layer)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import warm_python
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
@@ -113,8 +112,9 @@ def test_quoted_messages_are_the_real_ones(block, tmp_path):
     """Each ``$ command`` of a transcript prints exactly the lines the README shows under it."""
     cwd = scratch(tmp_path)
     for command, expected in transcript(block.substituted()):
-        result = subprocess.run(["bash", "-c", command], cwd=cwd, env=environment(), capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600
+        )
         assert (result.stdout + result.stderr).strip() == expected, f"{block.name}: {command}"
         assert result.returncode == int(block.options.get("expect", "2"))
 

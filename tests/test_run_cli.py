@@ -14,23 +14,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 import warm_python
+from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def run_in_process(*args, capfd):
     """``run.py``'s ``__main__`` here: ``(exit code, stdout + stderr)``. Hydra's logging setup and
     global state are put back afterwards so that the tests that follow see the usual process."""
     root = logging.getLogger()
-    saved = {name: (lg.handlers[:], lg.level, lg.propagate)
-             for name, lg in [("", root), *logging.Logger.manager.loggerDict.items()] if isinstance(lg, logging.Logger)}
+    saved = {
+        name: (lg.handlers[:], lg.level, lg.propagate)
+        for name, lg in [("", root), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(lg, logging.Logger)
+    }
     argv = sys.argv
     sys.argv = [str(ROOT / "run.py"), *args]
     GlobalHydra.instance().clear()
@@ -71,9 +75,19 @@ def image_list_root(tmp_path):
 
 
 def list_args(root, train="train.txt", query="query.txt"):
-    return ["dataset=image_list", f"dataset.root={root}", f"dataset.train_list={train}",
-            f"dataset.query_list={query}", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
-            "data.image_size=16", "trainer.epochs=1", "data.num_workers=0", f"paths.output_root={root / 'out'}"]
+    return [
+        "dataset=image_list",
+        f"dataset.root={root}",
+        f"dataset.train_list={train}",
+        f"dataset.query_list={query}",
+        "data.batch_size=6",
+        "data.samples_per_class=2",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "trainer.epochs=1",
+        "data.num_workers=0",
+        f"paths.output_root={root / 'out'}",
+    ]
 
 
 @pytest.mark.slow
@@ -100,9 +114,13 @@ def test_unknown_option_lists_options(capfd):
 
 
 def test_missing_dataset_root(tmp_path, capfd):
-    assert_clean_failure(run_in_process("dataset=sop", f"dataset.root={tmp_path / 'nope'}",
-                                        f"paths.output_root={tmp_path}", capfd=capfd),
-                         str(tmp_path / "nope"), "Ebay_train.txt")
+    assert_clean_failure(
+        run_in_process(
+            "dataset=sop", f"dataset.root={tmp_path / 'nope'}", f"paths.output_root={tmp_path}", capfd=capfd
+        ),
+        str(tmp_path / "nope"),
+        "Ebay_train.txt",
+    )
 
 
 @pytest.mark.slow
@@ -114,10 +132,17 @@ def test_malformed_list_line_names_file_and_line(image_list_root):
 @pytest.mark.slow
 def test_undecodable_image_is_named_when_bad_images_fail_the_run(image_list_root):
     (image_list_root / "img" / "1_2.png").write_bytes(b"not a png")
-    assert_clean_failure(run_cli(*list_args(image_list_root), "mlflow.enabled=false", "data.on_bad_image=fail"),
-                         "1_2.png", "cannot decode")
+    assert_clean_failure(
+        run_cli(*list_args(image_list_root), "mlflow.enabled=false", "data.on_bad_image=fail"),
+        "1_2.png",
+        "cannot decode",
+    )
 
 
 def test_unknown_stop_layer_lists_valid_names(tmp_path, capfd):
-    assert_clean_failure(run_in_process("backbone.stop_layer=blocks9", f"paths.output_root={tmp_path}", capfd=capfd),
-                         "blocks9", "flatten", "blocks5.2")
+    assert_clean_failure(
+        run_in_process("backbone.stop_layer=blocks9", f"paths.output_root={tmp_path}", capfd=capfd),
+        "blocks9",
+        "flatten",
+        "blocks5.2",
+    )

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import cv2
 import pytest
+import warm_python
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-
-from image_lists import write_image_lists
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = {"arcmargin": "recog.models.heads.ArcMargin", "cosmargin": "recog.models.heads.CosMargin"}
@@ -26,15 +25,31 @@ def lists(tmp_path_factory) -> Path:
 
 
 def tiny(lists: Path, out: Path, train_list: str = "train.txt") -> list:
-    return ["dataset=image_list", f"dataset.root={lists}", f"dataset.train_list={train_list}",
-            "dataset.query_list=query.txt", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
-            "data.image_size=16", "trainer.epochs=1", "data.num_workers=0", f"paths.output_root={out}",
-            "export.after_train=false"]  # no export at the end of each job: only the registry test needs one
+    return [
+        "dataset=image_list",
+        f"dataset.root={lists}",
+        f"dataset.train_list={train_list}",
+        "dataset.query_list=query.txt",
+        "data.batch_size=6",
+        "data.samples_per_class=2",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "trainer.epochs=1",
+        "data.num_workers=0",
+        f"paths.output_root={out}",
+        "export.after_train=false",
+    ]  # no export at the end of each job: only the registry test needs one
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env=env)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
 
 
 def store(out: Path) -> MlflowClient:
@@ -52,8 +67,9 @@ def parent_and_children(client: MlflowClient, experiment: str = "recog"):
 def grid_sweep(lists, tmp_path_factory):
     """A 2 x 2 grid (head x head.margin) with the basic launcher."""
     out = tmp_path_factory.mktemp("grid")
-    result = run_cli("-m", "head=arcmargin,cosmargin", "head.margin=0.1,0.2", *tiny(lists, out),
-                     f"hydra.sweep.dir={out / 'sweep'}")
+    result = run_cli(
+        "-m", "head=arcmargin,cosmargin", "head.margin=0.1,0.2", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
+    )
     return result, out
 
 
@@ -97,14 +113,27 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
     assert result.returncode == 0, result.stderr
     parent, children = parent_and_children(store(out))
     png = tmp_path / "compare.png"
-    shown = subprocess.run([warm_python.python(), str(ROOT / "scripts" / "compare_runs.py"), "--output-root", str(out),
-                            "--sweep", parent.info.run_id, "--output", str(png)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    shown = subprocess.run(
+        [
+            warm_python.python(),
+            str(ROOT / "scripts" / "compare_runs.py"),
+            "--output-root",
+            str(out),
+            "--sweep",
+            parent.info.run_id,
+            "--output",
+            str(png),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("#  run"))
     columns = lines[header].split()
-    rows = [line.split() for line in lines[header + 2:header + 6]]
+    rows = [line.split() for line in lines[header + 2 : header + 6]]
     assert [row[0] for row in rows] == ["1", "2", "3", "4"]
     recall = [float(row[columns.index("Recall@1") + 2]) for row in rows]  # run names hold two words
     by_name = {c.info.run_name.split()[0]: c.data.metrics["best_recall_at_1"] for c in children}
@@ -119,8 +148,13 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
 @pytest.mark.slow
 def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("-m", "hparams_search=margin_head", "hydra.sweeper.n_trials=3", *tiny(lists, out),
-                     f"hydra.sweep.dir={out / 'sweep'}")
+    result = run_cli(
+        "-m",
+        "hparams_search=margin_head",
+        "hydra.sweeper.n_trials=3",
+        *tiny(lists, out),
+        f"hydra.sweep.dir={out / 'sweep'}",
+    )
     assert result.returncode == 0, result.stderr
     found = OmegaConf.load(out / "sweep" / "optimization_results.yaml")
     parent, children = parent_and_children(store(out))
@@ -178,8 +212,9 @@ def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path):
 @pytest.mark.slow
 def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("-m", "head=arcmargin,fc", "head.margin=0.1,0.2", *tiny(lists, out),
-                     f"hydra.sweep.dir={out / 'sweep'}")
+    result = run_cli(
+        "-m", "head=arcmargin,fc", "head.margin=0.1,0.2", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
+    )
     assert result.returncode == 1  # Hydra composes every job before launching any
     assert "Could not override 'head.margin'" in result.stderr and "Traceback" not in result.stderr
     assert "Key 'margin' is not in struct" in result.stderr  # FCHead has no margin: Hydra's own message
@@ -191,8 +226,9 @@ def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists,
 @pytest.mark.slow
 def test_sweep_objective_must_be_an_eval_metric(lists, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("-m", "head.margin=0.1,0.2", "sweep.objective=accuracy", *tiny(lists, out),
-                     f"hydra.sweep.dir={out / 'sweep'}")
+    result = run_cli(
+        "-m", "head.margin=0.1,0.2", "sweep.objective=accuracy", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "accuracy" in result.stderr and "recall_at_1" in result.stderr
     assert not (out / "sweep" / "0").exists()
@@ -206,10 +242,19 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     args = [a for a in tiny(lists, out) if not a.startswith("dataset.train_list=")]
-    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset.train_list=missing.txt,train.txt",
-                     "mlflow.register_best=true", "mlflow.model_name=tiny", *args, "export.after_train=true",
-                     "export.cpu_onednn=full", f"hydra.sweep.dir={out / 'sweep'}",
-                     env=env)
+    result = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "dataset.train_list=missing.txt,train.txt",
+        "mlflow.register_best=true",
+        "mlflow.model_name=tiny",
+        *args,
+        "export.after_train=true",
+        "export.cpu_onednn=full",
+        f"hydra.sweep.dir={out / 'sweep'}",
+        env=env,
+    )
     assert result.returncode == 1  # Hydra ends a sweep with a failed job non-zero, after every job ran
     assert "missing.txt does not exist" in result.stderr and "Traceback" not in result.stderr
     client = store(out)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import warm_python
 
 PROBE = """
@@ -56,8 +55,9 @@ def alive(pid: int) -> bool:
 
 def run(python, probe, how, **kwargs):
     kwargs.setdefault("env", os.environ)
-    return subprocess.run([python, "probe.py", how, "x y"], cwd=probe, input="in\n", capture_output=True, text=True,
-                          timeout=60, **kwargs)
+    return subprocess.run(
+        [python, "probe.py", how, "x y"], cwd=probe, input="in\n", capture_output=True, text=True, timeout=60, **kwargs
+    )
 
 
 def server_log() -> str:
@@ -90,8 +90,14 @@ def test_a_command_sees_and_ends_as_in_a_fresh_interpreter(probe, how):
 
 def test_signals_reach_the_command_and_its_death_is_the_clients(probe):
     for signum in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([warm_python.python(), "probe.py", "sleep"], cwd=probe, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [warm_python.python(), "probe.py", "sleep"],
+            cwd=probe,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         parent = json.loads(proc.stdout.readline())["parent"]  # the server, not the client
         assert parent != proc.pid and proc.stdout.readline() == "up\n"
         proc.send_signal(signum)
@@ -99,8 +105,14 @@ def test_signals_reach_the_command_and_its_death_is_the_clients(probe):
 
 
 def test_a_killed_client_takes_its_command_along(probe):
-    proc = subprocess.Popen([warm_python.python(), "probe.py", "sleep"], cwd=probe, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [warm_python.python(), "probe.py", "sleep"],
+        cwd=probe,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     command = json.loads(proc.stdout.readline())["pid"]
     assert proc.stdout.readline() == "up\n" and command != proc.pid
     proc.kill()
@@ -119,7 +131,9 @@ def test_an_environment_that_could_change_imports_gets_a_fresh_interpreter(probe
 
 
 def test_an_ignored_sigint_stays_ignored(probe):
-    warm, fresh = (run(python, probe, "ok", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-                   for python in (warm_python.python(), sys.executable))
+    warm, fresh = (
+        run(python, probe, "ok", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        for python in (warm_python.python(), sys.executable)
+    )
     assert report(warm)["sigint_ignored"] and report(fresh)["sigint_ignored"]
     assert report(warm)["warm"], server_log()

@@ -4,8 +4,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recog.errors import ConfigError, RecogError
 from recog.config.components import node_wiring
+from recog.errors import ConfigError, RecogError
 
 
 def build_component(group: str, node, key: str = None, **supplied):
@@ -26,8 +26,10 @@ def build(what: str, node, **kwargs):
     """``instantiate(node, **kwargs)`` with a one-paragraph ``ConfigError`` for bad values."""
     target = node.get("_target_") if hasattr(node, "get") else None
     if not target:
-        raise ConfigError(f"{what} has no _target_ (got {OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}): "
-                          f"choose an option of the {what.split('.')[0]} group")
+        raise ConfigError(
+            f"{what} has no _target_ (got {OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}): "
+            f"choose an option of the {what.split('.')[0]} group"
+        )
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

@@ -9,7 +9,8 @@ the default's type). Used at composition (``recog.config.compose``) and before b
 import enum
 import inspect
 import typing
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
 from hydra.utils import get_object
 from omegaconf import OmegaConf
@@ -42,10 +43,14 @@ def check_term(key: str, node) -> None:
         raise ConfigError(f"{key} must be a loss term {{weight, input, fn: {{_target_, ...}}}}, got {node!r}")
     for name in node:
         if name not in valid:
-            hint = f" (a loss function's own arguments go under fn: {key}.{TERM_FN}.{name})" \
-                if name in _fn_arguments(node.get(TERM_FN)) else ""
-            raise ConfigError(f"Key '{name}' is not a key of the loss term {key}{hint}; "
-                              f"valid keys in {key}: {', '.join(valid)}")
+            hint = (
+                f" (a loss function's own arguments go under fn: {key}.{TERM_FN}.{name})"
+                if name in _fn_arguments(node.get(TERM_FN))
+                else ""
+            )
+            raise ConfigError(
+                f"Key '{name}' is not a key of the loss term {key}{hint}; valid keys in {key}: {', '.join(valid)}"
+            )
     if not isinstance(node.get(TERM_FN), dict) or "_target_" not in node[TERM_FN]:
         raise ConfigError(f"{key}.{TERM_FN} must name the loss function: {{_target_: ..., its arguments}}")
     for name, kind in group.wiring.items():
@@ -54,7 +59,7 @@ def check_term(key: str, node) -> None:
         check_value(f"{key}.{name}", node[name], kind, "recog")
 
 
-def _fn_arguments(fn) -> Dict[str, inspect.Parameter]:
+def _fn_arguments(fn) -> dict[str, inspect.Parameter]:
     try:
         return signature_parameters(get_object(fn["_target_"]))
     except Exception:  # noqa: BLE001 - no hint then; check_node reports the target itself
@@ -71,9 +76,11 @@ def check_node(key: str, group_name: str, node, registry: Registry, trusted=froz
     if not isinstance(target, str) or not target:
         raise ConfigError(f"{key} has no _target_ (got {node!r}): choose an option of the {group_name} group")
     if not registry.is_registered(group_name, target) and target not in trusted:
-        raise ConfigError(f"{key}._target_={target} is not a registered {group_name}: register it with a yaml "
-                          f"{group_name}/<name>.yaml naming it in conf/ or a hydra.searchpath directory "
-                          f"(registered: {', '.join(registry.names(group_name))})")
+        raise ConfigError(
+            f"{key}._target_={target} is not a registered {group_name}: register it with a yaml "
+            f"{group_name}/<name>.yaml naming it in conf/ or a hydra.searchpath directory "
+            f"(registered: {', '.join(registry.names(group_name))})"
+        )
     try:
         obj = get_object(target)
     except Exception as error:  # ImportError, AttributeError, or the module's own failure
@@ -89,26 +96,34 @@ def check_node(key: str, group_name: str, node, registry: Registry, trusted=froz
         if name not in params and not accepts_any_keyword(obj):
             raise ConfigError(f"Key '{name}' is not an argument of {target}; valid keys in {key}: {', '.join(valid)}")
         if name in group.supplied:
-            raise ConfigError(f"{key}.{name} is set by recog, not in the config; valid keys in {key}: "
-                              f"{', '.join(valid)}")
+            raise ConfigError(
+                f"{key}.{name} is set by recog, not in the config; valid keys in {key}: {', '.join(valid)}"
+            )
         if isinstance(value, dict) and "_target_" in value:
             nested_group = registry.nested.get(target, {}).get(name)
             if nested_group is None:
-                raise ConfigError(f"{key}.{name} holds a _target_, but {target}'s yaml declares no component "
-                                  f"there: only a registered {group_name} component's declared arguments may")
+                raise ConfigError(
+                    f"{key}.{name} holds a _target_, but {target}'s yaml declares no component "
+                    f"there: only a registered {group_name} component's declared arguments may"
+                )
             check_node(f"{key}.{name}", nested_group, value, registry, trusted)
             continue
         if name in params and not (value is None and name in group.filled):
             check_value(f"{key}.{name}", value, params[name], target)
     for name, param in params.items():
-        if (param.default is inspect.Parameter.empty and name not in node and name not in group.supplied
-                and name not in group.filled):
-            raise ConfigError(f"{key}.{name} is required by {target} but not set; valid keys in {key}: "
-                              f"{', '.join(valid)}")
+        if (
+            param.default is inspect.Parameter.empty
+            and name not in node
+            and name not in group.supplied
+            and name not in group.filled
+        ):
+            raise ConfigError(
+                f"{key}.{name} is required by {target} but not set; valid keys in {key}: {', '.join(valid)}"
+            )
     return obj
 
 
-def signature_parameters(obj) -> Dict[str, inspect.Parameter]:
+def signature_parameters(obj) -> dict[str, inspect.Parameter]:
     """Named parameters of a class's ``__init__`` or a function (not ``*args`` / ``**kwargs``),
     with annotations resolved (string annotations included)."""
     try:
@@ -140,7 +155,7 @@ def node_wiring(group_name: str) -> Mapping[str, Any]:
     return {} if group.terms else group.wiring
 
 
-def valid_keys(group_name: str, params: Mapping[str, inspect.Parameter]) -> List[str]:
+def valid_keys(group_name: str, params: Mapping[str, inspect.Parameter]) -> list[str]:
     group = GROUPS[group_name]
     return [n for n in params if n not in group.supplied] + [w for w in node_wiring(group_name) if w not in params]
 
@@ -160,7 +175,7 @@ def check_value(key: str, value, expected, owner: str) -> None:
             if hint is tuple:
                 hint = Sequence
         elif expected.default is None:
-            hint = Optional[hint]
+            hint = Optional[hint]  # noqa: UP045 - a runtime type, compared as typing.Union
     else:
         hint = expected
     if isinstance(hint, tuple):
@@ -168,8 +183,9 @@ def check_value(key: str, value, expected, owner: str) -> None:
             raise ConfigError(f"{key}={value!r} is not valid: choose one of {', '.join(hint)}")
         return
     if not _fits(value, hint):
-        raise ConfigError(f"{key}={value!r} has the wrong type: {owner} takes {_describe(hint)}, got "
-                          f"{type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{key}={value!r} has the wrong type: {owner} takes {_describe(hint)}, got {type(value).__name__} {value!r}"
+        )
 
 
 def _fits(value, hint) -> bool:
@@ -192,12 +208,13 @@ def _fits(value, hint) -> bool:
     if inspect.isclass(hint) and issubclass(hint, enum.Enum):
         return value in [m.value for m in hint] or value in hint.__members__
     container = origin or hint
-    if container in (list, tuple, Sequence, typing.Sequence, List) or (
-            inspect.isclass(container) and container.__name__ in ("Sequence", "list", "tuple")):
+    if container in (list, tuple, Sequence, typing.Sequence, list) or (
+        inspect.isclass(container) and container.__name__ in ("Sequence", "list", "tuple")
+    ):
         if not isinstance(value, (list, tuple)):
             return False
         return not args or all(_fits(v, args[0]) for v in value)
-    if container in (dict, Mapping, Dict) or (inspect.isclass(container) and container.__name__ == "Mapping"):
+    if container in (dict, Mapping, dict) or (inspect.isclass(container) and container.__name__ == "Mapping"):
         return isinstance(value, dict)
     if inspect.isclass(hint):
         return isinstance(value, hint)

@@ -5,7 +5,7 @@
 
 import dataclasses
 import itertools
-from typing import Iterable, List, Optional
+from collections.abc import Iterable
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -43,7 +43,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     return cfg
 
 
-def _compose(overrides: List[str]):
+def _compose(overrides: list[str]):
     """``(cfg without hydra, the hydra node)``; a misspelt component argument, which Hydra refuses
     without naming the valid ones, is composed again as an addition for check_components to explain."""
     register_schemas()
@@ -70,7 +70,7 @@ def _compose(overrides: List[str]):
     return cfg, hydra_cfg
 
 
-def _as_addition(error: Exception, overrides: List[str]):
+def _as_addition(error: Exception, overrides: list[str]):
     """The overrides with ``KEY=V`` turned into ``+KEY=V`` when Hydra refused KEY as not in a
     component node (``backbone``, ``loss.<term>``, ...); else None."""
     cause = error.__cause__ if error.__cause__ is not None else error
@@ -79,23 +79,27 @@ def _as_addition(error: Exception, overrides: List[str]):
         return None
     for i, override in enumerate(overrides):
         if override.split("=", 1)[0] == key:
-            return overrides[:i] + ["+" + override] + overrides[i + 1:]
+            return overrides[:i] + ["+" + override] + overrides[i + 1 :]
     return None
 
 
-def check_overrides(args: List[str]) -> Optional[DictConfig]:
+def check_overrides(args: list[str]) -> DictConfig | None:
     """Compose once per value of every override before Hydra runs, for readable errors; returns the
     config of the overrides that are not swept (None for a command line left to Hydra).
 
     Hydra's own message for a misspelt key does not list the valid keys. Sweeps
     (``head.margin=0.1,0.2``) are checked value by value (the first ``MAX_SWEEP_VALUES_CHECKED``
-    of each); ``hydra`` settings but ``hydra.searchpath`` (which adds components), and command lines with Hydra flags other than ``-m``, are left
-    to Hydra.
+    of each); ``hydra`` settings but ``hydra.searchpath`` (which adds components), and command
+    lines with Hydra flags other than ``-m``, are left to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return None  # --cfg job, -cn NAME, --info ...: Hydra's own modes, which it validates itself
-    plain = [a for a in args if a not in ("-m", "--multirun")
-             and (not a.lstrip("+~").startswith("hydra") or a.lstrip("+~").startswith("hydra.searchpath="))]
+    plain = [
+        a
+        for a in args
+        if a not in ("-m", "--multirun")
+        and (not a.lstrip("+~").startswith("hydra") or a.lstrip("+~").startswith("hydra.searchpath="))
+    ]
     parsed = []
     for arg in plain:  # one at a time, so that the message can say which one is wrong
         try:
@@ -105,8 +109,10 @@ def check_overrides(args: List[str]) -> Optional[DictConfig]:
     if not any(a in ("-m", "--multirun") for a in args):
         for override in parsed:
             if override.is_sweep_override():  # Hydra would refuse it only after making a run folder
-                raise ConfigError(f"{_quoted(override.input_line)} is a sweep (several values): run it with "
-                                  "-m (python run.py -m ...), or give one value")
+                raise ConfigError(
+                    f"{_quoted(override.input_line)} is a sweep (several values): run it with "
+                    "-m (python run.py -m ...), or give one value"
+                )
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose(fixed)
     for override in parsed:
@@ -190,8 +196,15 @@ _NUMBER_RANGES = (
     ("launcher.node_rank", 0, "this node's rank; null: assigned by the master"),
 )
 # Component arguments (any group, any depth) that count things: at least 1 when set.
-_COMPONENT_COUNTS = ("embedding_size", "class_num", "num_classes", "feat_dim", "fpn_channels", "num_levels",
-                     "memory_size")
+_COMPONENT_COUNTS = (
+    "embedding_size",
+    "class_num",
+    "num_classes",
+    "feat_dim",
+    "fpn_channels",
+    "num_levels",
+    "memory_size",
+)
 _COMPONENT_GROUPS = ("backbone", "neck", "head", "loss")
 MLFLOW_MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (MLflow 3)
 MLFLOW_MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores
@@ -254,6 +267,7 @@ def _check_mlflow_names(cfg: DictConfig) -> None:
 
 def _check_component_sizes(cfg: DictConfig) -> None:
     """Every ``embedding_size`` / ``class_num`` / ... set anywhere under the component groups is >= 1."""
+
     def walk(node, path: str) -> None:
         for key in node:
             if OmegaConf.is_missing(node, key):
@@ -281,11 +295,14 @@ def _check_component_sizes(cfg: DictConfig) -> None:
 
 def check_eval_values(evaluation: DictConfig) -> None:
     """``ConfigError`` for an ``eval.*`` post-processing value out of range."""
+
     def value(key):
         return None if OmegaConf.is_missing(evaluation, key) else evaluation.get(key)
 
     if (value("query_expansion") or 0) < 0:
-        raise ConfigError(f"eval.query_expansion must be 0 (off) or a number of neighbours, got {value('query_expansion')}")
+        raise ConfigError(
+            f"eval.query_expansion must be 0 (off) or a number of neighbours, got {value('query_expansion')}"
+        )
     if (value("qe_alpha") or 0.0) < 0 or value("qe_alpha") != value("qe_alpha"):
         raise ConfigError(f"eval.qe_alpha must be 0 (average QE) or positive, got {value('qe_alpha')}")
     for key in ("rerank_k1", "rerank_k2", "rerank_top_k"):
@@ -295,8 +312,9 @@ def check_eval_values(evaluation: DictConfig) -> None:
     if lam is not None and not 0.0 <= lam <= 1.0:  # also refuses nan
         raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {lam}")
     if value("binarize") and (value("query_expansion") or value("rerank")):
-        raise ConfigError("eval.query_expansion and eval.rerank work on real features; "
-                          "they cannot be combined with eval.binarize")
+        raise ConfigError(
+            "eval.query_expansion and eval.rerank work on real features; they cannot be combined with eval.binarize"
+        )
 
 
 def check_interpolations(cfg: DictConfig) -> None:
@@ -354,7 +372,9 @@ def _explain(error: Exception) -> str:
         return f"{message}: {_first_line(cause)} ({_full_key(cause)})"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "object_type", None) is not None:
         node = cause.object_type
-        valid = [f.name for f in dataclasses.fields(node) if f.name != "_target_"] if dataclasses.is_dataclass(node) else []
+        valid = (
+            [f.name for f in dataclasses.fields(node) if f.name != "_target_"] if dataclasses.is_dataclass(node) else []
+        )
         key = _full_key(cause)
         parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
         hint = f"; valid keys in {parent}: {', '.join(valid)}" if valid else ""
@@ -375,4 +395,6 @@ def require_complete(cfg: DictConfig, *sections: str) -> None:
     missing = [k for k in OmegaConf.missing_keys(cfg) if not sections or k.split(".")[0] in sections]
     if missing:
         examples = " ".join(f"{k}=..." for k in missing)
-        raise ConfigError(f"missing required config value(s): {', '.join(missing)}; set them on the command line, e.g. {examples}")
+        raise ConfigError(
+            f"missing required config value(s): {', '.join(missing)}; set them on the command line, e.g. {examples}"
+        )

@@ -9,7 +9,7 @@ constructor's signature (``recog.config.components``, ``recog.registry``).
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -70,17 +70,19 @@ class AugmentConfig:
     ``recog.data.transforms.Augment``). The defaults add nothing to a flip."""
 
     random_resized_crop: bool = False  # RandCropImage: area U(crop_scale), aspect U(crop_ratio)
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: bool = True  # RandFlipImage p=0.5, only for mirror-invariant datasets
     pad_crop: int = 0  # Pad + RandCropImageV2: pad pixels per side, crop back at a random offset
     rotate_prob: float = 0.0  # RandomRotation: probability
     rotate_degrees: float = 90.0  # ... of an angle U(-d, d)
-    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # brightness contrast saturation hue
+    color_jitter: list[float] = field(
+        default_factory=lambda: [0.0, 0.0, 0.0, 0.0]
+    )  # brightness contrast saturation hue
     erase_prob: float = 0.0  # RandomErasing (EPSILON): probability
-    erase_area: List[float] = field(default_factory=lambda: [0.02, 0.4])  # sl, sh
+    erase_area: list[float] = field(default_factory=lambda: [0.02, 0.4])  # sl, sh
     erase_ratio: float = 0.3  # r1: aspect in [r1, 1/r1]
-    erase_value: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # fill, normalised units
+    erase_value: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # fill, normalised units
 
 
 @dataclass
@@ -90,12 +92,12 @@ class DataConfig:
     samples_per_class: int = 4
     eval_batch_size: int = 128
     num_workers: int = 2
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     on_bad_image: OnBadImage = OnBadImage.skip
     # Larger images are refused (as bad images) before decoding when the header tells the size
     # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
-    max_image_pixels: Optional[int] = 100_000_000
+    max_image_pixels: int | None = 100_000_000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -105,9 +107,9 @@ class TrainerConfig:
     device: Device = Device.auto
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_every: int = 10  # steps between metric logs
-    grad_clip: Optional[float] = None  # global-norm clip
-    steps_per_epoch: Optional[int] = None  # cap on batches per epoch (smoke tests); None: all
-    amp: Optional[AmpLevel] = None  # mixed precision on the GPU: O1 or O2; None: float32
+    grad_clip: float | None = None  # global-norm clip
+    steps_per_epoch: int | None = None  # cap on batches per epoch (smoke tests); None: all
+    amp: AmpLevel | None = None  # mixed precision on the GPU: O1 or O2; None: float32
     amp_dtype: AmpDtype = AmpDtype.float16
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (GPU, >1 process)
     freeze_bn: bool = False  # BatchNorm in eval mode while training: running statistics, not updated
@@ -146,9 +148,9 @@ class Rerank(str, Enum):
 
 @dataclass
 class EvalConfig:
-    recall_at: List[int] = field(default_factory=lambda: [1, 5, 10])
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     normalize: bool = True  # L2-normalise features: inner product = cosine
-    binarize: Optional[Binarize] = None  # rank binary codes by Hamming distance instead
+    binarize: Binarize | None = None  # rank binary codes by Hamming distance instead
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
@@ -157,7 +159,7 @@ class EvalConfig:
     flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
     query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
     qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
-    rerank: Optional[Rerank] = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
+    rerank: Rerank | None = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
     rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
     rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
     rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
@@ -168,7 +170,7 @@ class EvalConfig:
 class ExportConfig:
     """``stage=export``: a Paddle inference model (and optionally ONNX) of ``model_path``."""
 
-    output_dir: Optional[str] = None  # None: <model_path>/../export (beside best_model/)
+    output_dir: str | None = None  # None: <model_path>/../export (beside best_model/)
     onnx: bool = False  # also write model.onnx (paddle2onnx), checked with onnxruntime
     opset_version: int = 13  # ONNX opset requested from paddle2onnx
     tolerance: float = 1e-4  # max abs feature difference allowed vs the dygraph model
@@ -189,12 +191,12 @@ class IndexKind(str, Enum):
 class PredictConfig:
     """``stage=predict``: features of images with an export, and optionally a gallery search."""
 
-    model_dir: Optional[str] = None  # an export directory (stage=export)
-    input: Optional[str] = None  # a folder of images or a list file of `path [label]` lines
-    gallery: Optional[str] = None  # the same, searched by every input image
-    index_dir: Optional[str] = None  # None: <output>/gallery; an existing index is extended
+    model_dir: str | None = None  # an export directory (stage=export)
+    input: str | None = None  # a folder of images or a list file of `path [label]` lines
+    gallery: str | None = None  # the same, searched by every input image
+    index_dir: str | None = None  # None: <output>/gallery; an existing index is extended
     index: IndexKind = IndexKind.flat
-    output_dir: Optional[str] = None  # None: the run directory
+    output_dir: str | None = None  # None: the run directory
     batch_size: int = 32
     top_k: int = 5
     picture_queries: int = 8  # rows of retrieval.png (0: no picture)
@@ -203,9 +205,9 @@ class PredictConfig:
 @dataclass
 class MlflowConfig:
     enabled: bool = True
-    tracking_uri: Optional[str] = None  # None: sqlite:///<paths.output_root>/mlflow.db
+    tracking_uri: str | None = None  # None: sqlite:///<paths.output_root>/mlflow.db
     experiment_name: str = "recog"
-    run_name: Optional[str] = None  # None: backbone/neck/head/loss; a sweep job's run adds "#<job> <swept values>"
+    run_name: str | None = None  # None: backbone/neck/head/loss; a sweep job's run adds "#<job> <swept values>"
     # An unreachable store at start: true stops with a message (exit 2); false goes on and keeps
     # the run's MLflow calls in <run dir>/mlflow_pending.jsonl (scripts/replay_mlflow.py).
     required: bool = True
@@ -235,15 +237,15 @@ class LauncherConfig:
 
     nproc_per_node: int = 1  # processes (ranks) on this node: one per GPU, or CPU processes
     nnodes: int = 1  # nodes; above 1 needs master and the same hydra.run.dir on every node
-    master: Optional[str] = None  # host:port of the rendezvous (paddle.distributed.launch --master)
-    node_rank: Optional[int] = None  # this node's rank (--rank); None: assigned by the master
+    master: str | None = None  # host:port of the rendezvous (paddle.distributed.launch --master)
+    node_rank: int | None = None  # this node's rank (--rank); None: assigned by the master
 
 
 @dataclass
 class RecogConfig:
     stage: Stage = Stage.train
     seed: int = 0
-    model_path: Optional[str] = None  # a best_model/ or checkpoint dir, for eval and export
+    model_path: str | None = None  # a best_model/ or checkpoint dir, for eval and export
     resume: bool = False
     backbone: Any = MISSING
     neck: Any = None
@@ -264,8 +266,7 @@ class RecogConfig:
     # The one way around safe loading's registry check (recog.config.trusted): _target_s trusted
     # in a saved config although no yaml registers them. Read from this run's command line, never
     # from the saved file.
-    trusted_targets: List[str] = field(default_factory=list)
-
+    trusted_targets: list[str] = field(default_factory=list)
 
 
 def register_schemas() -> None:

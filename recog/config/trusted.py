@@ -22,8 +22,9 @@ arguments beside ``weight`` / ``input``, the schedule under ``lr``) are converte
 """
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -33,11 +34,13 @@ from recog.errors import ConfigError
 from recog.registry import GROUPS, TERM_FN, Registry, active_searchpath, component_nodes, load_registry
 
 SPECIAL_KEY = re.compile(r"^_\w+_$")  # _target_, _args_, _partial_, _recursive_, _convert_, _call_, ...
-TRUST_HINT = ("if you trust this model folder's code, name the target on the command line: "
-              "trusted_targets=[{target}] (see README, Running stages)")
+TRUST_HINT = (
+    "if you trust this model folder's code, name the target on the command line: "
+    "trusted_targets=[{target}] (see README, Running stages)"
+)
 
 
-def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Optional[Sequence[str]] = None) -> DictConfig:
+def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Sequence[str] | None = None) -> DictConfig:
     """The checked config of ``file`` (a saved ``config.yaml``), converted to the current layout.
 
     ``searchpath``: the ``hydra.searchpath`` entries whose yaml files register components (None:
@@ -76,18 +79,24 @@ def check_plain(tree: Any, file, key: str = "") -> None:
         for name, value in tree.items():
             where = f"{key}.{name}" if key else str(name)
             if "${" in str(name):
-                raise ConfigError(f"{file}: the key {where!r} holds an interpolation; a saved config may not "
-                                  f"(nothing in it is resolved)")
+                raise ConfigError(
+                    f"{file}: the key {where!r} holds an interpolation; a saved config may not "
+                    f"(nothing in it is resolved)"
+                )
             if isinstance(name, str) and SPECIAL_KEY.match(name) and name != "_target_":
-                raise ConfigError(f"{file}: {where}={_shown(value)} is refused: a saved config may not use "
-                                  f"{name} (it makes Hydra call or build something)")
+                raise ConfigError(
+                    f"{file}: {where}={_shown(value)} is refused: a saved config may not use "
+                    f"{name} (it makes Hydra call or build something)"
+                )
             check_plain(value, file, where)
     elif isinstance(tree, list):
         for i, value in enumerate(tree):
             check_plain(value, file, f"{key}[{i}]")
     elif isinstance(tree, str) and "${" in tree:
-        raise ConfigError(f"{file}: {key}={tree!r} is refused: a saved config may not hold interpolations or "
-                          f"resolvers (${{...}}); it is read as plain data")
+        raise ConfigError(
+            f"{file}: {key}={tree!r} is refused: a saved config may not hold interpolations or "
+            f"resolvers (${{...}}); it is read as plain data"
+        )
 
 
 def check_targets(tree: dict, file, registry: Registry, trusted_targets: Iterable[str] = ()) -> None:
@@ -111,15 +120,19 @@ def _walk(node, file, registry, trusted, allowed, key):
         target = node["_target_"]
         where = f"{key}._target_" if key else "_target_"
         if id(node) not in allowed:
-            raise ConfigError(f"{file}: {where}={_shown(target)} is refused: a _target_ is only allowed where a "
-                              f"component sits (backbone, neck, head, loss.<term>.fn, dataset, optimizer, "
-                              f"scheduler, or an argument its yaml declares as one)")
+            raise ConfigError(
+                f"{file}: {where}={_shown(target)} is refused: a _target_ is only allowed where a "
+                f"component sits (backbone, neck, head, loss.<term>.fn, dataset, optimizer, "
+                f"scheduler, or an argument its yaml declares as one)"
+            )
         group, _ = allowed[id(node)]
         if not isinstance(target, str) or not (registry.is_registered(group, target) or target in trusted):
-            raise ConfigError(f"{file}: {where}={_shown(target)} is refused: not a registered {group} "
-                              f"(registered: {', '.join(registry.names(group))}); components are registered by a "
-                              f"yaml in conf/{group}/ or {group}/ of a hydra.searchpath directory; "
-                              + TRUST_HINT.format(target=target))
+            raise ConfigError(
+                f"{file}: {where}={_shown(target)} is refused: not a registered {group} "
+                f"(registered: {', '.join(registry.names(group))}); components are registered by a "
+                f"yaml in conf/{group}/ or {group}/ of a hydra.searchpath directory; "
+                + TRUST_HINT.format(target=target)
+            )
         for argument, nested_group in registry.nested.get(target, {}).items():
             value = node.get(argument)
             if isinstance(value, dict):

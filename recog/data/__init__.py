@@ -10,7 +10,19 @@ from recog.data.splits import RetrievalSplits, Sample
 from recog.data.transforms import Transform, build_transform, decode_image
 
 __all__ = [
-    "ImageDataset", "PKBatchSampler", "RetrievalSplits", "Sample", "Transform",
-    "build_eval_loader", "build_train_loader", "build_transform", "decode_image", "load_digits",
-    "load_lists", "load_sop", "read_image_list", "read_sop_file", "set_loader_epoch",
+    "ImageDataset",
+    "PKBatchSampler",
+    "RetrievalSplits",
+    "Sample",
+    "Transform",
+    "build_eval_loader",
+    "build_train_loader",
+    "build_transform",
+    "decode_image",
+    "load_digits",
+    "load_lists",
+    "load_sop",
+    "read_image_list",
+    "read_sop_file",
+    "set_loader_epoch",
 ]

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def _append_line(record: str, line: str) -> None:
         os.close(fd)
 
 
-def record_bad_image(record: Optional[str], path: str, reason: str, action: str) -> None:
+def record_bad_image(record: str | None, path: str, reason: str, action: str) -> None:
     """Warn once per process that ``path`` is bad and append it to ``record`` (if not None).
 
     ``action`` says what happened to it, e.g. "replaced by another image of its class". A record
@@ -65,13 +64,13 @@ def record_bad_image(record: Optional[str], path: str, reason: str, action: str)
         log.warning("cannot record bad image %s in %s: %s", path, record, e.strerror or e)
 
 
-def read_bad_images(record: Union[str, Path]) -> Dict[str, str]:
+def read_bad_images(record: str | Path) -> dict[str, str]:
     """``{path: reason}`` of a record file, each path once, in first-seen order; ``{}`` if there is no file."""
     try:
         text = Path(record).read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    found: Dict[str, str] = {}
+    found: dict[str, str] = {}
     for line in text.split("\n"):
         if not line or line == HEADER:  # another process may have appended before the header
             continue
@@ -80,7 +79,7 @@ def read_bad_images(record: Union[str, Path]) -> Dict[str, str]:
     return found
 
 
-def summarize(record: Union[str, Path]) -> Optional[str]:
+def summarize(record: str | Path) -> str | None:
     """One line for the end of a run, e.g. "2 bad image(s) skipped, listed in <record>"; None if none."""
     count = len(read_bad_images(record))
     return f"{count} bad image(s) skipped, listed in {record}" if count else None

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 import paddle
 
 from recog.data.bad_images import record_bad_image
@@ -54,9 +53,16 @@ class ImageDataset(paddle.io.Dataset):
     A process tries a bad image once: it stays bad for the rest of the run.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Transform,
-                 labels: Sequence[int] | None = None, seed: int = 0, on_bad_image: str = "skip",
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, bad_image_record: str | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Transform,
+        labels: Sequence[int] | None = None,
+        seed: int = 0,
+        on_bad_image: str = "skip",
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        bad_image_record: str | None = None,
+    ):
         super().__init__()
         if labels is not None and len(labels) != len(samples):
             raise ValueError(f"{len(labels)} labels for {len(samples)} samples")
@@ -156,8 +162,10 @@ class ImageDataset(paddle.io.Dataset):
         shown = "; ".join(f"{self.samples[i].path} ({self._reason(i)})" for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         if class_lost:
-            return DataError(f"every training image of the class of {shown}{more} is bad, so none can take "
-                             "its place in a P x K batch: fix the images or remove the class from the list")
+            return DataError(
+                f"every training image of the class of {shown}{more} is bad, so none can take "
+                "its place in a P x K batch: fix the images or remove the class from the list"
+            )
         hint = ", or set data.on_bad_image=skip to skip bad images" if self.on_bad_image == "fail" else ""
         return DataError(f"bad image(s): {shown}{more}; fix or remove them from the list{hint}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from typing import Tuple
 
 import cv2
 import numpy as np
@@ -56,7 +55,7 @@ def _is_complete(root: str) -> bool:
     return True
 
 
-def read_digits() -> Tuple[np.ndarray, np.ndarray]:
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: ``images [1797, 8, 8]`` float64 in 0..16, ``targets [1797]`` int64.
 
     Read from the CSV file scikit-learn ships (64 pixels and the digit per row), found without

@@ -12,9 +12,7 @@ All parsers take the file's bytes and never raise on malformed input: they retur
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
-Size = Tuple[int, int]  # (width, height)
+Size = tuple[int, int]  # (width, height)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
@@ -23,19 +21,19 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_STANDALONE = {0x01, 0xD8} | set(range(0xD0, 0xD8))  # markers without a length field
 
 
-def _uint(data: bytes, start: int, size: int, order: str) -> Optional[int]:
-    chunk = data[start:start + size]
+def _uint(data: bytes, start: int, size: int, order: str) -> int | None:
+    chunk = data[start : start + size]
     return int.from_bytes(chunk, order) if len(chunk) == size else None
 
 
-def _png_size(data: bytes) -> Optional[Size]:
+def _png_size(data: bytes) -> Size | None:
     if data[12:16] != b"IHDR":
         return None
     width, height = _uint(data, 16, 4, "big"), _uint(data, 20, 4, "big")
     return None if width is None or height is None else (width, height)
 
 
-def jpeg_layout(data: bytes) -> Tuple[Optional[Size], Optional[int]]:
+def jpeg_layout(data: bytes) -> tuple[Size | None, int | None]:
     """``(size, offset of the first start-of-scan marker)`` of a JPEG, each None if not found.
 
     Walks the marker segments from the start: APPn (EXIF, thumbnails), tables and the frame header
@@ -80,12 +78,12 @@ def jpeg_is_truncated(data: bytes) -> bool:
     return scan is None or data.find(b"\xff\xd9", scan) < 0
 
 
-def _gif_size(data: bytes) -> Optional[Size]:
+def _gif_size(data: bytes) -> Size | None:
     width, height = _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little")
     return None if width is None or height is None else (width, height)
 
 
-def _bmp_size(data: bytes) -> Optional[Size]:
+def _bmp_size(data: bytes) -> Size | None:
     header = _uint(data, 14, 4, "little")
     if header == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
         width, height = _uint(data, 18, 2, "little"), _uint(data, 20, 2, "little")
@@ -97,7 +95,7 @@ def _bmp_size(data: bytes) -> Optional[Size]:
     return abs(int.from_bytes(width, "little", signed=True)), abs(int.from_bytes(height, "little", signed=True))
 
 
-def _webp_size(data: bytes) -> Optional[Size]:
+def _webp_size(data: bytes) -> Size | None:
     chunk = data[12:16]
     if chunk == b"VP8X":  # extended: 24-bit canvas width - 1 and height - 1
         width, height = _uint(data, 24, 3, "little"), _uint(data, 27, 3, "little")
@@ -111,7 +109,7 @@ def _webp_size(data: bytes) -> Optional[Size]:
     return None
 
 
-def _tiff_size(data: bytes) -> Optional[Size]:
+def _tiff_size(data: bytes) -> Size | None:
     """Width and height of the first image (tags 256 and 257 of the first IFD); classic TIFF only."""
     order = "little" if data[:2] == b"II" else "big"
     ifd = _uint(data, 4, 4, order)
@@ -132,7 +130,7 @@ def _tiff_size(data: bytes) -> Optional[Size]:
     return (found[256], found[257]) if len(found) == 2 else None
 
 
-def image_size(data: bytes) -> Optional[Size]:
+def image_size(data: bytes) -> Size | None:
     """``(width, height)`` from the header of a PNG, JPEG, GIF, BMP, WebP or TIFF file, else None."""
     if data.startswith(PNG_SIGNATURE):
         return _png_size(data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 from recog.data.splits import RetrievalSplits, Sample
 from recog.errors import DataError
@@ -19,10 +18,10 @@ _MAX_REPORTED = 20
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "1_0" and other scripts' digits
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-Problem = Tuple[Optional[int], str]  # (1-based line number or None for the whole file, what is wrong)
+Problem = tuple[int | None, str]  # (1-based line number or None for the whole file, what is wrong)
 
 
-def format_bad_lines(path: str, problems: List[Problem], expected: str) -> str:
+def format_bad_lines(path: str, problems: list[Problem], expected: str) -> str:
     """One-paragraph message listing up to 20 ``(line_number, problem)`` pairs of ``path``."""
     shown = "; ".join(_describe(n, what) for n, what in problems[:_MAX_REPORTED])
     more = f"; and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
@@ -34,7 +33,7 @@ def short(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def _describe(line: Optional[int], what: str) -> str:
+def _describe(line: int | None, what: str) -> str:
     return what if line is None else f"line {line}: {what}"
 
 
@@ -43,10 +42,10 @@ class ListProblems:
 
     def __init__(self, root: str):
         self.root = root
-        self.by_file: Dict[str, List[Problem]] = {}
-        self.expected: Dict[str, str] = {}
+        self.by_file: dict[str, list[Problem]] = {}
+        self.expected: dict[str, str] = {}
 
-    def add(self, list_file: str, problems: List[Problem], expected: str) -> None:
+    def add(self, list_file: str, problems: list[Problem], expected: str) -> None:
         if problems:
             self.by_file.setdefault(list_file, []).extend(problems)
             self.expected[list_file] = expected
@@ -63,11 +62,13 @@ class ListProblems:
             parts.append(f"{list_file} (expected {self.expected[list_file]}): {shown}")
             budget -= min(budget, len(problems))
         more = f"; and {total - _MAX_REPORTED} more" if total > _MAX_REPORTED else ""
-        raise DataError(f"{total} problem(s) in the dataset lists (image paths relative to the dataset root "
-                        f"{self.root}): {'; '.join(parts)}{more}")
+        raise DataError(
+            f"{total} problem(s) in the dataset lists (image paths relative to the dataset root "
+            f"{self.root}): {'; '.join(parts)}{more}"
+        )
 
 
-def parse_label(text: str, what: str = "label") -> Tuple[Optional[int], Optional[str]]:
+def parse_label(text: str, what: str = "label") -> tuple[int | None, str | None]:
     """``(label, None)`` for an integer in ``0 .. 2**31 - 1`` (ASCII digits), else ``(None, problem)``."""
     if not _INTEGER.fullmatch(text):
         return None, f"{what} {short(text)} is not an integer"
@@ -78,7 +79,7 @@ def parse_label(text: str, what: str = "label") -> Tuple[Optional[int], Optional
     return int(text), None
 
 
-def read_lines(path: str, what: str) -> List[str]:
+def read_lines(path: str, what: str) -> list[str]:
     """The lines of a UTF-8 text file (a byte-order mark is ignored), split at newlines only, so
     line numbers match an editor's; DataError naming ``path`` if it cannot be read, and the
     numbers of the lines that are not UTF-8 if some are not."""
@@ -103,12 +104,14 @@ def read_lines(path: str, what: str) -> List[str]:
     if undecodable:
         shown = ", ".join(str(n) for n in undecodable[:_MAX_REPORTED])
         more = f" and {len(undecodable) - _MAX_REPORTED} more" if len(undecodable) > _MAX_REPORTED else ""
-        raise DataError(f"cannot read {what} {path}: it is not UTF-8 text, line(s) {shown}{more} cannot be "
-                        "decoded; save the file as UTF-8")
+        raise DataError(
+            f"cannot read {what} {path}: it is not UTF-8 text, line(s) {shown}{more} cannot be "
+            "decoded; save the file as UTF-8"
+        )
     return lines
 
 
-def resolve_image_path(relative: str, root: str) -> Tuple[Optional[str], Optional[str]]:
+def resolve_image_path(relative: str, root: str) -> tuple[str | None, str | None]:
     """``(absolute path, None)`` for a path inside ``root``, else ``(None, problem)``.
 
     Absolute paths and paths that leave the root (``../``) are refused; the check is on the
@@ -130,11 +133,11 @@ class EntryChecker:
 
     def __init__(self, root: str):
         self.root = root
-        self.first_line: Dict[str, int] = {}
-        self.missing: List[Problem] = []
-        self.problems: List[Problem] = []
+        self.first_line: dict[str, int] = {}
+        self.missing: list[Problem] = []
+        self.problems: list[Problem] = []
 
-    def path(self, line: int, relative: str) -> Optional[str]:
+    def path(self, line: int, relative: str) -> str | None:
         """The absolute image path of ``relative`` (listed on ``line``), or None after noting a problem."""
         path, problem = resolve_image_path(relative, self.root)
         if problem:
@@ -149,14 +152,19 @@ class EntryChecker:
             self.missing.append((line, f"image {short(relative)} {what}"))
         return path
 
-    def all_problems(self, samples: List[Sample]) -> List[Problem]:
+    def all_problems(self, samples: list[Sample]) -> list[Problem]:
         """Every problem by line; an empty list, or one whose images are all missing, as one problem."""
         problems = list(self.problems)
         if not samples and not problems:
             problems.append((None, "lists no images"))
         elif samples and len(self.missing) == len(samples):
-            problems.append((None, f"none of the {len(samples)} listed images exist, e.g. {short(samples[0].path, 200)}: "
-                                   "check the dataset root"))
+            problems.append(
+                (
+                    None,
+                    f"none of the {len(samples)} listed images exist, e.g. {short(samples[0].path, 200)}: "
+                    "check the dataset root",
+                )
+            )
         else:
             problems.extend(self.missing)
         return sorted(problems, key=lambda p: -1 if p[0] is None else p[0])
@@ -165,7 +173,7 @@ class EntryChecker:
 LIST_FORMAT = "'relative/path label' per line, label an integer >= 0"
 
 
-def parse_image_list(list_file: str, root: str) -> Tuple[List[Sample], List[Problem]]:
+def parse_image_list(list_file: str, root: str) -> tuple[list[Sample], list[Problem]]:
     """``(samples, problems)`` of a ``relative/path label`` list (blank lines and ``#`` comments ignored)."""
     samples, checker = [], EntryChecker(root)
     for n, line in enumerate(read_lines(list_file, "image list"), start=1):
@@ -186,7 +194,7 @@ def parse_image_list(list_file: str, root: str) -> Tuple[List[Sample], List[Prob
     return samples, checker.all_problems(samples)
 
 
-def read_image_list(list_file: str, root: str) -> List[Sample]:
+def read_image_list(list_file: str, root: str) -> list[Sample]:
     """Read a ``relative/path label`` list: absolute paths under ``root``; all problems in one DataError."""
     samples, problems = parse_image_list(list_file, root)
     found = ListProblems(os.path.abspath(root))
@@ -195,8 +203,9 @@ def read_image_list(list_file: str, root: str) -> List[Sample]:
     return samples
 
 
-def load_lists(root: str, train_list: str, query_list: str, gallery_list: str | None = None,
-               mirror_invariant: bool = True) -> RetrievalSplits:
+def load_lists(
+    root: str, train_list: str, query_list: str, gallery_list: str | None = None, mirror_invariant: bool = True
+) -> RetrievalSplits:
     """Load splits from list files (relative to ``root`` unless absolute).
 
     Without ``gallery_list`` the query set is also the gallery (query == gallery protocol).

@@ -25,17 +25,17 @@ import threading
 import time
 import traceback
 import weakref
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import paddle
 
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES_FILE
 from recog.data.dataset import ImageDataset
-from recog.errors import DataError
 from recog.data.sampler import PKBatchSampler
 from recog.data.splits import Sample
 from recog.data.transforms import Transform
-
+from recog.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class KeyedBatches:
     or worker loads the sample, nor on where a resumed epoch starts.
     """
 
-    def __init__(self, sampler: PKBatchSampler, steps: Optional[int] = None):
+    def __init__(self, sampler: PKBatchSampler, steps: int | None = None):
         self.sampler = sampler
         self.steps = steps
 
@@ -69,10 +69,10 @@ class KeyedBatches:
             yield [(index, s.epoch, first + j) for j, index in enumerate(batch)]
 
 
-def dataset_options(data_cfg, run_dir=None) -> Dict[str, Any]:
+def dataset_options(data_cfg, run_dir=None) -> dict[str, Any]:
     """``ImageDataset`` keyword arguments from the ``data`` config: bad-image handling
     (``data.on_bad_image``, ``data.max_image_pixels``), recorded in ``<run_dir>/bad_images.tsv``."""
-    options: Dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for key in ("on_bad_image", "max_image_pixels"):
         if key in data_cfg:
             options[key] = getattr(data_cfg[key], "value", data_cfg[key])
@@ -81,11 +81,19 @@ def dataset_options(data_cfg, run_dir=None) -> Dict[str, Any]:
     return options
 
 
-def build_train_loader(samples: Sequence[Sample], labels: Sequence[int], transform: Transform,
-                       batch_size: int, samples_per_class: int, num_workers: int,
-                       seed: int, rank: int = 0, world_size: int = 1,
-                       options: Optional[Mapping[str, Any]] = None,
-                       steps_per_epoch: Optional[int] = None) -> paddle.io.DataLoader:
+def build_train_loader(
+    samples: Sequence[Sample],
+    labels: Sequence[int],
+    transform: Transform,
+    batch_size: int,
+    samples_per_class: int,
+    num_workers: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    options: Mapping[str, Any] | None = None,
+    steps_per_epoch: int | None = None,
+) -> paddle.io.DataLoader:
     """P x K batches ``[images [B, 3, S, S] float32, labels [B] int64]`` with ``labels``
     (usually contiguous training labels, aligned with ``samples``).
 
@@ -97,18 +105,34 @@ def build_train_loader(samples: Sequence[Sample], labels: Sequence[int], transfo
     """
     dataset = ImageDataset(samples, transform, labels=labels, seed=seed, **(options or {}))
     sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed, rank=rank, world_size=world_size)
-    return GuardedDataLoader(dataset, batch_sampler=KeyedBatches(sampler, steps_per_epoch), num_workers=num_workers,
-                             persistent_workers=num_workers > 0, places=paddle.CPUPlace())
+    return GuardedDataLoader(
+        dataset,
+        batch_sampler=KeyedBatches(sampler, steps_per_epoch),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        places=paddle.CPUPlace(),
+    )
 
 
-def build_eval_loader(samples: Sequence[Sample], transform: Transform, batch_size: int,
-                      num_workers: int, options: Optional[Mapping[str, Any]] = None) -> paddle.io.DataLoader:
+def build_eval_loader(
+    samples: Sequence[Sample],
+    transform: Transform,
+    batch_size: int,
+    num_workers: int,
+    options: Mapping[str, Any] | None = None,
+) -> paddle.io.DataLoader:
     """Batches ``[images [B, 3, S, S] float32, labels [B] int64]`` (original labels) in
     ``samples`` order; the last batch may be smaller. Host tensors. ``options``: as for
     ``build_train_loader``."""
-    return GuardedDataLoader(ImageDataset(samples, transform, **(options or {})), batch_size=batch_size,
-                             shuffle=False, drop_last=False, num_workers=num_workers,
-                             persistent_workers=num_workers > 0, places=paddle.CPUPlace())
+    return GuardedDataLoader(
+        ImageDataset(samples, transform, **(options or {})),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        places=paddle.CPUPlace(),
+    )
 
 
 def to_device(tensor: paddle.Tensor) -> paddle.Tensor:
@@ -135,8 +159,11 @@ class GuardedDataLoader(paddle.io.DataLoader):
     an iteration left mid-way (instead of ``IndexError: pop from empty list``)."""
 
     def __iter__(self) -> Iterator:
-        if self._persistent_workers and getattr(self, "_iterator", None) is not None \
-                and not getattr(self, "_finished", True):
+        if (
+            self._persistent_workers
+            and getattr(self, "_iterator", None) is not None
+            and not getattr(self, "_finished", True)
+        ):
             log.debug("the previous epoch of a loader with persistent workers stopped mid-way: restarting them")
             self._iterator._try_shutdown_all(1)
             self._iterator = None
@@ -164,16 +191,18 @@ class GuardedDataLoader(paddle.io.DataLoader):
                 if error is not None:
                     raise _data_error(error) from error
                 if "Blocking queue is killed" in str(raised) or "DataLoader reader thread" in str(raised):
-                    raise DataError("the data loader stopped: a loader worker exited unexpectedly (killed, or out "
-                                    "of memory?); see the messages above, or try data.num_workers=0") from raised
+                    raise DataError(
+                        "the data loader stopped: a loader worker exited unexpectedly (killed, or out "
+                        "of memory?); see the messages above, or try data.num_workers=0"
+                    ) from raised
                 raise _data_error(raised, "in the data loader") from raised
             yield batch
 
 
 # Iterator -> the exception its loader thread died of; the threads' hook records it.
-_failures: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_watched: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # id(thread) -> iterator
-_orphans: Dict[int, BaseException] = {}  # id(thread) -> exception, of a loader thread that died before _watch
+_failures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_watched: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id(thread) -> iterator
+_orphans: dict[int, BaseException] = {}  # id(thread) -> exception, of a loader thread that died before _watch
 _lock = threading.Lock()
 _previous_hook = None
 
@@ -222,7 +251,7 @@ def _record(iterator, error: BaseException) -> None:
         pass
 
 
-def _failure(iterator, wait: float) -> Optional[BaseException]:
+def _failure(iterator, wait: float) -> BaseException | None:
     deadline = time.monotonic() + wait
     while True:
         error = _failures.get(iterator)

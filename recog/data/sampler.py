@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -32,15 +32,26 @@ class PKBatchSampler:
     are still drawn, so the rest of the epoch is the same as without the interruption.
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, samples_per_class: int,
-                 seed: int = 0, drop_last: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        samples_per_class: int,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if samples_per_class < 1 or batch_size < 1:
-            raise ConfigError(f"data.batch_size ({batch_size}) and data.samples_per_class "
-                              f"({samples_per_class}) must be positive")
+            raise ConfigError(
+                f"data.batch_size ({batch_size}) and data.samples_per_class ({samples_per_class}) must be positive"
+            )
         if batch_size % samples_per_class:
-            raise ConfigError(f"data.batch_size {batch_size} is not divisible by "
-                              f"data.samples_per_class {samples_per_class}: each batch holds "
-                              "whole groups of samples_per_class images of one class")
+            raise ConfigError(
+                f"data.batch_size {batch_size} is not divisible by "
+                f"data.samples_per_class {samples_per_class}: each batch holds "
+                "whole groups of samples_per_class images of one class"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
         if len(labels) == 0:
@@ -54,7 +65,8 @@ class PKBatchSampler:
             raise ConfigError(
                 f"batch_size {batch_size} with samples_per_class {samples_per_class}{ranks} needs "
                 f"{needed} classes per {'step' if world_size > 1 else 'batch'} but the training set has "
-                f"{len(classes)}: lower data.batch_size or raise data.samples_per_class")
+                f"{len(classes)}: lower data.batch_size or raise data.samples_per_class"
+            )
         self.indices_per_class = [np.flatnonzero(inverse == c) for c in range(len(classes))]
         self.batch_size = batch_size
         self.samples_per_class = samples_per_class

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
 
 from recog.data.lists import EntryChecker, ListProblems, Problem, parse_label, read_lines, short
 from recog.data.splits import RetrievalSplits, Sample
 from recog.errors import DataError
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
-ROW_FORMAT = ("the header 'image_id class_id super_class_id path', then one image per line, ids integers "
-              ">= 0, paths relative to the root")
-_EXPECTED = ("the Stanford Online Products layout: ROOT/Ebay_train.txt and ROOT/Ebay_test.txt "
-             "(header 'image_id class_id super_class_id path', then one image per line) and "
-             "the image folders they list")
+ROW_FORMAT = (
+    "the header 'image_id class_id super_class_id path', then one image per line, ids integers "
+    ">= 0, paths relative to the root"
+)
+_EXPECTED = (
+    "the Stanford Online Products layout: ROOT/Ebay_train.txt and ROOT/Ebay_test.txt "
+    "(header 'image_id class_id super_class_id path', then one image per line) and "
+    "the image folders they list"
+)
 
 
-def parse_sop_file(path: str, root: str) -> Tuple[List[Sample], List[Problem]]:
+def parse_sop_file(path: str, root: str) -> tuple[list[Sample], list[Problem]]:
     """``(samples, problems)`` of one SOP list file; label = ``class_id``, image path = ``root/path``."""
     samples, checker = [], EntryChecker(root)
     header_seen = False
@@ -48,7 +51,7 @@ def parse_sop_file(path: str, root: str) -> Tuple[List[Sample], List[Problem]]:
     return samples, checker.all_problems(samples)
 
 
-def read_sop_file(path: str, root: str) -> List[Sample]:
+def read_sop_file(path: str, root: str) -> list[Sample]:
     """Read one SOP list file; all its problems in one DataError."""
     samples, problems = parse_sop_file(path, root)
     found = ListProblems(os.path.abspath(root))
@@ -57,8 +60,9 @@ def read_sop_file(path: str, root: str) -> List[Sample]:
     return samples
 
 
-def load_sop(root: str, train_file: str = "Ebay_train.txt", test_file: str = "Ebay_test.txt",
-             mirror_invariant: bool = True) -> RetrievalSplits:
+def load_sop(
+    root: str, train_file: str = "Ebay_train.txt", test_file: str = "Ebay_test.txt", mirror_invariant: bool = True
+) -> RetrievalSplits:
     """Train on ``train_file``; query = gallery = ``test_file`` (the SOP protocol).
 
     The problems of both files are reported together."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -33,8 +33,11 @@ def read_image_file(path: str) -> bytes:
 
 def _check_pixels(path: str, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
-        raise BadImageError(path, f"too large: {width} x {height} = {width * height} pixels is over "
-                                  f"data.max_image_pixels={max_pixels} (a decompression bomb?)")
+        raise BadImageError(
+            path,
+            f"too large: {width} x {height} = {width * height} pixels is over "
+            f"data.max_image_pixels={max_pixels} (a decompression bomb?)",
+        )
 
 
 def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -105,8 +108,10 @@ class Augment:
     def __post_init__(self):
         def pair(name, low, high, values):
             if len(values) != 2 or not low <= values[0] <= values[1] <= high:
-                raise ConfigError(f"data.augment.{name} must be [min, max] with {low} <= min <= max <= {high}, "
-                                  f"got {list(values)}")
+                raise ConfigError(
+                    f"data.augment.{name} must be [min, max] with {low} <= min <= max <= {high}, got {list(values)}"
+                )
+
         pair("crop_scale", 1e-6, 1.0, self.crop_scale)
         pair("crop_ratio", 1e-3, 1e3, self.crop_ratio)
         pair("erase_area", 0.0, 1.0, self.erase_area)
@@ -117,8 +122,10 @@ class Augment:
             raise ConfigError(f"data.augment.pad_crop must be >= 0 pixels, got {self.pad_crop}")
         jitter = self.color_jitter
         if len(jitter) != 4 or min(jitter) < 0 or max(jitter[:3]) > 1 or jitter[3] > 0.5:
-            raise ConfigError("data.augment.color_jitter is [brightness, contrast, saturation, hue] with the first "
-                              f"three in [0, 1] and hue in [0, 0.5], got {list(jitter)}")
+            raise ConfigError(
+                "data.augment.color_jitter is [brightness, contrast, saturation, hue] with the first "
+                f"three in [0, 1] and hue in [0, 0.5], got {list(jitter)}"
+            )
         if not 0.0 < self.erase_ratio <= 1.0:
             raise ConfigError(f"data.augment.erase_ratio must be in (0, 1], got {self.erase_ratio}")
         if len(self.erase_value) != 3:
@@ -126,8 +133,14 @@ class Augment:
 
     @property
     def is_random(self) -> bool:
-        return bool(self.random_resized_crop or self.hflip or self.pad_crop or self.rotate_prob
-                    or any(self.color_jitter) or self.erase_prob)
+        return bool(
+            self.random_resized_crop
+            or self.hflip
+            or self.pad_crop
+            or self.rotate_prob
+            or any(self.color_jitter)
+            or self.erase_prob
+        )
 
 
 def random_resized_crop(image: np.ndarray, size: int, scale, ratio, rng: np.random.Generator) -> np.ndarray:
@@ -135,13 +148,13 @@ def random_resized_crop(image: np.ndarray, size: int, scale, ratio, rng: np.rand
     img_h, img_w = image.shape[:2]
     a = np.sqrt(rng.uniform(*ratio))
     w_unit, h_unit = a, 1.0 / a
-    bound = min((img_w / img_h) / w_unit ** 2, (img_h / img_w) / h_unit ** 2)
+    bound = min((img_w / img_h) / w_unit**2, (img_h / img_w) / h_unit**2)
     side = np.sqrt(img_w * img_h * rng.uniform(min(scale[0], bound), min(scale[1], bound)))
     w = min(img_w, max(1, int(side * w_unit)))
     h = min(img_h, max(1, int(side * h_unit)))
     x0 = int(rng.integers(0, img_w - w + 1))
     y0 = int(rng.integers(0, img_h - h + 1))
-    return cv2.resize(image[y0:y0 + h, x0:x0 + w], (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image[y0 : y0 + h, x0 : x0 + w], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def pad_and_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,15 +162,16 @@ def pad_and_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.nd
     h, w = image.shape[:2]
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     y0, x0 = int(rng.integers(0, 2 * pad + 1)), int(rng.integers(0, 2 * pad + 1))
-    return padded[y0:y0 + h, x0:x0 + w]
+    return padded[y0 : y0 + h, x0 : x0 + w]
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate counter-clockwise by ``degrees`` about the centre, same size, black corners."""
     h, w = image.shape[:2]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), degrees, 1.0)
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(0, 0, 0))
+    return cv2.warpAffine(
+        image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
 
 
 def color_jitter(image: np.ndarray, strengths, rng: np.random.Generator) -> np.ndarray:
@@ -195,7 +209,7 @@ def random_erase(x: np.ndarray, area, ratio: float, value, rng: np.random.Genera
         w = int(round(np.sqrt(target / aspect)))
         if 0 < h < h_img and 0 < w < w_img:
             y0, x0 = int(rng.integers(0, h_img - h + 1)), int(rng.integers(0, w_img - w + 1))
-            x[:, y0:y0 + h, x0:x0 + w] = np.asarray(value, np.float32)[:, None, None]
+            x[:, y0 : y0 + h, x0 : x0 + w] = np.asarray(value, np.float32)[:, None, None]
             break
     return x
 
@@ -263,18 +277,23 @@ def build_augment(cfg) -> Augment | None:
         raise ConfigError(f"data.augment: {error}; valid keys: {', '.join(Augment.__dataclass_fields__)}") from None
 
 
-def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
-                    hflip: bool, augment=None) -> Transform:
+def build_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, hflip: bool, augment=None
+) -> Transform:
     """Eval transform if not ``train``; random horizontal flips only if ``train and hflip``;
     ``augment`` (an ``Augment`` or a ``data.augment`` mapping) only if ``train``."""
     if int(image_size) != image_size or image_size < 1:
         raise ConfigError(f"data.image_size must be a positive integer, got {image_size}")
     if len(mean) != 3 or len(std) != 3:
-        raise ConfigError(f"data.mean and data.std need 3 values (R, G, B), got {list(mean)} "
-                          f"and {list(std)}")
+        raise ConfigError(f"data.mean and data.std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
     if not all(s > 0 for s in std):  # also refuses nan
         raise ConfigError(f"data.std must be positive, got {list(std)}")
     if augment is not None and not isinstance(augment, Augment):
         augment = build_augment(augment)
-    return Transform(int(image_size), tuple(map(float, mean)), tuple(map(float, std)),
-                     flip=bool(train and hflip), augment=augment if train else None)
+    return Transform(
+        int(image_size),
+        tuple(map(float, mean)),
+        tuple(map(float, std)),
+        flip=bool(train and hflip),
+        augment=augment if train else None,
+    )

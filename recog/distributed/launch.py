@@ -33,8 +33,8 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig
 
@@ -48,7 +48,7 @@ def under_launcher() -> bool:
     return "PADDLE_TRAINER_ID" in os.environ and "PADDLE_TRAINERS_NUM" in os.environ
 
 
-def prepare_argv(args: Sequence[str], script: str) -> List[str]:
+def prepare_argv(args: Sequence[str], script: str) -> list[str]:
     """The command-line arguments Hydra should parse in this process.
 
     Does not return when the command asks for several processes and this process is not one of
@@ -67,14 +67,18 @@ def prepare_argv(args: Sequence[str], script: str) -> List[str]:
     if launcher.nproc_per_node <= 1 and launcher.nnodes <= 1:
         return args
     command, env = launch_command(args, launcher, run_dir, script)
-    print(f"recog: {launcher.nproc_per_node * launcher.nnodes} processes "
-          f"({launcher.nproc_per_node} on this node) under paddle.distributed.launch, run dir {run_dir}; "
-          f"rank logs in {log_dir(run_dir, launcher)}", file=sys.stderr, flush=True)
+    print(
+        f"recog: {launcher.nproc_per_node * launcher.nnodes} processes "
+        f"({launcher.nproc_per_node} on this node) under paddle.distributed.launch, run dir {run_dir}; "
+        f"rank logs in {log_dir(run_dir, launcher)}",
+        file=sys.stderr,
+        flush=True,
+    )
     os.execvpe(command[0], command, env)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _refuse_distributed_sweep(args: List[str]) -> None:
+def _refuse_distributed_sweep(args: list[str]) -> None:
     """Hydra's basic and joblib launchers run the jobs in this process or its workers: no
     data-parallel launch for them (the submitit launcher's jobs launch their own ranks)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -83,18 +87,21 @@ def _refuse_distributed_sweep(args: List[str]) -> None:
     swept = [o.input_line for o in overrides if o.is_sweep_override() and _is_launcher_override(o.input_line)]
     launcher, _ = launch_settings([o.input_line for o in overrides if not o.is_sweep_override()])
     if swept or launcher.nproc_per_node > 1 or launcher.nnodes > 1:
-        raise ConfigError("a sweep (-m) cannot run with launcher.nproc_per_node/nnodes above 1 on this machine's "
-                          "launchers: start one data-parallel run per setting, or submit the sweep's jobs with "
-                          "hydra/launcher=submitit_slurm (or submitit_local)")
+        raise ConfigError(
+            "a sweep (-m) cannot run with launcher.nproc_per_node/nnodes above 1 on this machine's "
+            "launchers: start one data-parallel run per setting, or submit the sweep's jobs with "
+            "hydra/launcher=submitit_slurm (or submitit_local)"
+        )
 
 
-def rank_argv(args: List[str], rank: int, world_size: int) -> List[str]:
+def rank_argv(args: list[str], rank: int, world_size: int) -> list[str]:
     """A rank's arguments: the run dir must be fixed; ranks above 0 leave logs and .hydra to rank 0."""
     if world_size > 1 and run_dir_override(args) is None:
         raise ConfigError(
             f"started by paddle.distributed.launch with {world_size} processes but without hydra.run.dir: "
             "each process would write into its own timestamped run dir. Pass hydra.run.dir=<dir> (the same "
-            "for every process), or let run.py start the launcher: python run.py launcher.nproc_per_node=N ...")
+            "for every process), or let run.py start the launcher: python run.py launcher.nproc_per_node=N ..."
+        )
     if rank > 0:
         keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
         extra = {"hydra.output_subdir": "null", "hydra/job_logging": "stdout"}
@@ -102,14 +109,14 @@ def rank_argv(args: List[str], rank: int, world_size: int) -> List[str]:
     return args
 
 
-def run_dir_override(args: Sequence[str]) -> Optional[str]:
+def run_dir_override(args: Sequence[str]) -> str | None:
     for arg in args:
         if arg.lstrip("+").startswith("hydra.run.dir="):
             return arg.split("=", 1)[1]
     return None
 
 
-def launch_settings(overrides: List[str]) -> Tuple[DictConfig, str]:
+def launch_settings(overrides: list[str]) -> tuple[DictConfig, str]:
     """``(cfg.launcher, run dir)`` of the command line, composed as Hydra will compose it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -132,22 +139,29 @@ def launch_settings(overrides: List[str]) -> Tuple[DictConfig, str]:
         GlobalHydra.instance().clear()
     launcher = cfg.launcher
     if launcher.nproc_per_node < 1 or launcher.nnodes < 1:
-        raise ConfigError(f"launcher.nproc_per_node ({launcher.nproc_per_node}) and launcher.nnodes "
-                          f"({launcher.nnodes}) must be at least 1")
+        raise ConfigError(
+            f"launcher.nproc_per_node ({launcher.nproc_per_node}) and launcher.nnodes "
+            f"({launcher.nnodes}) must be at least 1"
+        )
     if launcher.nnodes > 1:
         if not launcher.master:
-            raise ConfigError(f"launcher.nnodes={launcher.nnodes} needs launcher.master=HOST:PORT, the same on "
-                              "every node (a free port on the first node)")
+            raise ConfigError(
+                f"launcher.nnodes={launcher.nnodes} needs launcher.master=HOST:PORT, the same on "
+                "every node (a free port on the first node)"
+            )
         if run_dir_override(overrides) is None:
-            raise ConfigError(f"launcher.nnodes={launcher.nnodes} needs hydra.run.dir=<dir on a shared filesystem>, "
-                              "the same on every node: each node would otherwise pick its own timestamped run dir")
+            raise ConfigError(
+                f"launcher.nnodes={launcher.nnodes} needs hydra.run.dir=<dir on a shared filesystem>, "
+                "the same on every node: each node would otherwise pick its own timestamped run dir"
+            )
     if launcher.master and not re.fullmatch(r"[^\s:]+:\d+", str(launcher.master)):
         raise ConfigError(f"launcher.master={launcher.master}: expected HOST:PORT, e.g. 10.0.0.1:8090")
     return launcher, run_dir
 
 
-def launch_command(args: Sequence[str], launcher, run_dir: str, script: str,
-                   environ: Optional[Dict[str, str]] = None) -> Tuple[List[str], Dict[str, str]]:
+def launch_command(
+    args: Sequence[str], launcher, run_dir: str, script: str, environ: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment)`` of the ``paddle.distributed.launch`` command for ``args``."""
     env = dict(os.environ if environ is None else environ)
     from recog import _runtime
@@ -157,8 +171,15 @@ def launch_command(args: Sequence[str], launcher, run_dir: str, script: str,
     if env.get("CUDA_VISIBLE_DEVICES") == "" and not _compiled_with_cuda():
         # An empty list (e.g. set by submitit without GPUs) makes the launcher look for GPU "" and fail.
         del env["CUDA_VISIBLE_DEVICES"]
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(launcher.nproc_per_node),
-               "--log_dir", str(log_dir(run_dir, launcher))]
+    command = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        str(launcher.nproc_per_node),
+        "--log_dir",
+        str(log_dir(run_dir, launcher)),
+    ]
     if launcher.nnodes > 1:
         command += ["--nnodes", str(launcher.nnodes)]
     if launcher.master:

@@ -8,7 +8,7 @@ them at points every rank passes (log steps, step boundaries, evaluation, checkp
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import paddle
@@ -20,7 +20,7 @@ def launched_world_size() -> int:
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
-def init_distributed() -> Tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
     """``(rank, world_size)``; joins the process group (gloo on CPU, NCCL on GPU) when launched
     with more than one process. Call after ``select_device``. Idempotent."""
     if launched_world_size() > 1 and not dist.is_initialized():
@@ -40,7 +40,7 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def mean_across_ranks(values: Dict[str, paddle.Tensor]) -> Dict[str, float]:
+def mean_across_ranks(values: dict[str, paddle.Tensor]) -> dict[str, float]:
     """Scalars (e.g. this step's loss terms) averaged over the ranks, as Python floats.
 
     One all_reduce for all of them; the stages call it only at the logging interval.
@@ -75,16 +75,16 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
     if not is_distributed():
         return [obj]
-    objects: List[Any] = []
+    objects: list[Any] = []
     dist.all_gather_object(objects, obj)
     return objects
 
 
-def shard_range(num_samples: int, batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
+def shard_range(num_samples: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """``[start, stop)``: this rank's contiguous share of an eval set, in whole batches.
 
     The ``ceil(num_samples / batch_size)`` batches a single process would run are split into
@@ -111,7 +111,7 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
         raise ValueError(f"gather_rows takes 1-D or 2-D arrays, got shape {local.shape}")
     count = local.shape[0]
     width = 1 if local.ndim == 1 else (local.shape[1] if count else 0)
-    sizes: List[paddle.Tensor] = []
+    sizes: list[paddle.Tensor] = []
     dist.all_gather(sizes, paddle.to_tensor([count, width], dtype="int64"))
     counts = [int(s[0]) for s in sizes]
     width = max(int(s[1]) for s in sizes)
@@ -121,7 +121,7 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
     padded = np.zeros((longest, width), dtype=local.dtype)
     if count:
         padded[:count] = local.reshape(count, width)
-    parts: List[paddle.Tensor] = []
+    parts: list[paddle.Tensor] = []
     dist.all_gather(parts, paddle.to_tensor(padded))
     rows = np.concatenate([part.numpy()[:n] for part, n in zip(parts, counts)])
     return rows.reshape(-1) if local.ndim == 1 else rows

@@ -27,8 +27,8 @@ import os
 import signal
 import subprocess
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -58,11 +58,14 @@ def node_launcher_settings(cfg: DictConfig, job_env) -> DictConfig:
     if job_env.num_tasks != job_env.num_nodes:
         raise ConfigError(
             f"the submitit job has {job_env.num_tasks} tasks on {job_env.num_nodes} node(s): recog needs one task "
-            "per node (hydra.launcher.tasks_per_node=1), which starts launcher.nproc_per_node processes")
+            "per node (hydra.launcher.tasks_per_node=1), which starts launcher.nproc_per_node processes"
+        )
     launcher = OmegaConf.create(OmegaConf.to_container(cfg.launcher))
     if cfg.launcher.nnodes > 1 and cfg.launcher.nnodes != job_env.num_nodes:
-        raise ConfigError(f"launcher.nnodes={cfg.launcher.nnodes} but the job has {job_env.num_nodes} node(s) "
-                          "(hydra.launcher.nodes): leave launcher.nnodes out, the job's node count is used")
+        raise ConfigError(
+            f"launcher.nnodes={cfg.launcher.nnodes} but the job has {job_env.num_nodes} node(s) "
+            "(hydra.launcher.nodes): leave launcher.nnodes out, the job's node count is used"
+        )
     launcher.nnodes = job_env.num_nodes
     if job_env.num_nodes > 1:
         launcher.node_rank = job_env.node
@@ -76,8 +79,9 @@ def default_port(job_id: str) -> int:
     return 20000 + zlib.crc32(str(job_id).encode()) % 10000
 
 
-def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], script: str,
-                      job_num: Optional[int] = None) -> Dict[str, float]:
+def run_node_launcher(
+    cfg: DictConfig, run_dir: str, overrides: Sequence[str], script: str, job_num: int | None = None
+) -> dict[str, float]:
     """Run this node's ``paddle.distributed.launch`` for the job; returns the run's ``metrics.json``
     (``{}`` if the stage wrote none), or raises ``RecogError`` when a rank failed."""
     from recog.tracking.sweep import JOB_NUM_ENV
@@ -87,8 +91,14 @@ def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], s
     command, env = launch_command(list(overrides), launcher, str(Path(run_dir).absolute()), script)
     if job_num is not None:  # the ranks run in Hydra's run mode: name their MLflow run after the sweep job
         env[JOB_NUM_ENV] = str(job_num)
-    log.info("submitit job %s, node %d of %d: %d process(es) under paddle.distributed.launch, run dir %s",
-             job_env.job_id, job_env.node + 1, job_env.num_nodes, launcher.nproc_per_node, run_dir)
+    log.info(
+        "submitit job %s, node %d of %d: %d process(es) under paddle.distributed.launch, run dir %s",
+        job_env.job_id,
+        job_env.node + 1,
+        job_env.num_nodes,
+        launcher.nproc_per_node,
+        run_dir,
+    )
     child = subprocess.Popen(command, env=env)
     previous = {sig: signal.signal(sig, _forward_to(child)) for sig in _forwarded_signals()}
     try:
@@ -97,19 +107,22 @@ def run_node_launcher(cfg: DictConfig, run_dir: str, overrides: Sequence[str], s
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if status != 0:
-        raise RecogError(f"paddle.distributed.launch exited with status {status} on node {job_env.node}; "
-                         f"the ranks' logs are in {Path(run_dir) / 'launch'}")
+        raise RecogError(
+            f"paddle.distributed.launch exited with status {status} on node {job_env.node}; "
+            f"the ranks' logs are in {Path(run_dir) / 'launch'}"
+        )
     metrics = Path(run_dir) / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
-def _forwarded_signals() -> List[int]:
+def _forwarded_signals() -> list[int]:
     """SIGTERM (scancel) and Slurm's pre-timeout signal (submitit's USR2 by default)."""
     return [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2]
 
 
 def _forward_to(child: subprocess.Popen):
-    def handler(signum: int, frame: Optional[object]) -> None:
+    def handler(signum: int, frame: object | None) -> None:
         log.warning("signal %d: asking the ranks to checkpoint and stop", signum)
         child.send_signal(signal.SIGTERM)
+
     return handler

@@ -4,5 +4,13 @@ the metric names, model selection by ``trainer.monitor`` and ``metrics.json``.""
 from recog.evaluation.evaluator import EvalInterrupted, Evaluator, extract_features
 from recog.evaluation.results import check_monitor, is_better, metric_names, score, write_metrics
 
-__all__ = ["EvalInterrupted", "Evaluator", "check_monitor", "extract_features", "is_better", "metric_names", "score",
-           "write_metrics"]
+__all__ = [
+    "EvalInterrupted",
+    "Evaluator",
+    "check_monitor",
+    "extract_features",
+    "is_better",
+    "metric_names",
+    "score",
+    "write_metrics",
+]

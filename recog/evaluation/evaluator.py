@@ -18,8 +18,9 @@ and whenever the predictor cannot reproduce the model.
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import paddle
@@ -57,8 +58,14 @@ class Evaluator:
     SIGTERM during an eval stops within about one batch instead of waiting for the whole eval.
     """
 
-    def __init__(self, splits: RetrievalSplits, data_cfg: DictConfig, eval_cfg: DictConfig, amp: Optional[Amp] = None,
-                 options: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        splits: RetrievalSplits,
+        data_cfg: DictConfig,
+        eval_cfg: DictConfig,
+        amp: Amp | None = None,
+        options: dict[str, Any] | None = None,
+    ):
         """``data_cfg``: the trained model's (image size, normalisation); ``options``: the eval
         loaders' dataset arguments (``recog.data.loader.dataset_options``)."""
         transform = build_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False, hflip=False)
@@ -68,8 +75,9 @@ class Evaluator:
 
         def loader(samples):
             start, stop = parallel.shard_range(len(samples), data_cfg.eval_batch_size, rank, world)
-            built = build_eval_loader(samples[start:stop], transform, data_cfg.eval_batch_size, data_cfg.num_workers,
-                                      options)
+            built = build_eval_loader(
+                samples[start:stop], transform, data_cfg.eval_batch_size, data_cfg.num_workers, options
+            )
             self.first_index[built] = start
             return built
 
@@ -84,27 +92,38 @@ class Evaluator:
         self.normalize = eval_cfg.normalize and not self.binarize
         self.post = PostProcess.from_config(eval_cfg)  # eval.flip / query_expansion / rerank
         if self.post.flip and not getattr(splits, "mirror_invariant", True):
-            log.warning("eval.flip=true on a dataset that is not mirror-invariant: a mirrored image may not "
-                        "look like its class (digits, text), and the averaged features can be worse")
+            log.warning(
+                "eval.flip=true on a dataset that is not mirror-invariant: a mirrored image may not "
+                "look like its class (digits, text), and the averaged features can be worse"
+            )
         self.amp = amp
         self.image_size = int(data_cfg.image_size)
         self.engine = str(getattr(eval_cfg.engine, "value", eval_cfg.engine))
         self.predictor_min_megapixels = float(eval_cfg.predictor_min_megapixels)
-        self.predictor: Optional[EvalPredictor] = None
-        self.engine_used: Optional[str] = None  # "dygraph" or "predictor" at the latest call
+        self.predictor: EvalPredictor | None = None
+        self.engine_used: str | None = None  # "dygraph" or "predictor" at the latest call
         self.stop = None  # a StopRequest, or None: extract every batch
 
-    def features(self, model: paddle.nn.Layer, loader, desc: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def features(self, model: paddle.nn.Layer, loader, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and indices in the split of a whole eval split's usable samples, in
         order (gathered over the ranks; samples whose image was bad are left out)."""
         predictor = self.predictor if self.engine_used == "predictor" else None
         kept = []
-        features, labels = extract_features(model, loader, self.normalize, desc, amp=self.amp, predictor=predictor,
-                                            kept=kept, should_stop=self._stop_requested, post=self.post)
+        features, labels = extract_features(
+            model,
+            loader,
+            self.normalize,
+            desc,
+            amp=self.amp,
+            predictor=predictor,
+            kept=kept,
+            should_stop=self._stop_requested,
+            post=self.post,
+        )
         indices = np.concatenate(kept).astype(np.int64) + self.first_index[loader] if kept else np.zeros(0, np.int64)
         return parallel.gather_rows(features), parallel.gather_rows(labels), parallel.gather_rows(indices)
 
-    def __call__(self, model: paddle.nn.Layer) -> Dict[str, float]:
+    def __call__(self, model: paddle.nn.Layer) -> dict[str, float]:
         started = time.perf_counter()
         self.engine_used = "predictor" if self._prepare_predictor(model) else "dygraph"
         query, query_labels, query_kept = self.features(model, self.query, "query")
@@ -112,12 +131,17 @@ class Evaluator:
         if self.gallery is not None:
             gallery, gallery_labels, gallery_kept = self.features(model, self.gallery, "gallery")
         if self.stop is not None and parallel.any_rank(self.stop.requested):  # every rank reaches this
-            raise EvalInterrupted(f"eval stopped by {self.stop.name(self.stop.signum or 15)} after "
-                                  f"{time.perf_counter() - started:.1f} s")
+            raise EvalInterrupted(
+                f"eval stopped by {self.stop.name(self.stop.signum or 15)} after {time.perf_counter() - started:.1f} s"
+            )
         self.last = (query, query_labels, gallery, gallery_labels)
         self.last_kept = (query_kept, gallery_kept)
-        log.info("eval features of %d images in %.1f s (%s)", self.num_images(), time.perf_counter() - started,
-                 self.engine_used)
+        log.info(
+            "eval features of %d images in %.1f s (%s)",
+            self.num_images(),
+            time.perf_counter() - started,
+            self.engine_used,
+        )
         if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
             query = binarize(query, self.binarize)
             gallery = binarize(gallery, self.binarize) if gallery is not None else None
@@ -138,7 +162,7 @@ class Evaluator:
             return True
         if self.engine != "auto" or self.amp is not None or paddle.get_device() != "cpu":
             return False
-        return self.num_images() * self.image_size ** 2 >= self.predictor_min_megapixels * 1e6
+        return self.num_images() * self.image_size**2 >= self.predictor_min_megapixels * 1e6
 
     def _prepare_predictor(self, model: paddle.nn.Layer) -> bool:
         """Bring the predictor up to ``model``'s current weights; False: extract with dygraph
@@ -152,8 +176,11 @@ class Evaluator:
         except Exception as error:  # a model to_static cannot convert, a oneDNN mismatch, ...
             if self.engine == "predictor":
                 raise
-            log.warning("eval.engine=auto: extracting features with the dygraph model, the predictor failed "
-                        "(%s: %s)", type(error).__name__, error)
+            log.warning(
+                "eval.engine=auto: extracting features with the dygraph model, the predictor failed (%s: %s)",
+                type(error).__name__,
+                error,
+            )
             self.engine = "dygraph"  # for the rest of the run
             self.predictor = None
             return False
@@ -161,7 +188,7 @@ class Evaluator:
             log.info("eval features: Paddle Inference predictor (oneDNN mode %s)", self.predictor.onednn)
         return True
 
-    def save_picture(self, path, queries: int = 8, k: int = 5) -> Optional[Path]:
+    def save_picture(self, path, queries: int = 8, k: int = 5) -> Path | None:
         """PNG grid of the first queries and their top-k results from the latest call's features
         (None, after a warning, when it cannot be written: a picture never ends a run)."""
         query, query_labels, gallery, gallery_labels = self.last
@@ -176,17 +203,24 @@ class Evaluator:
                 for rank, r in enumerate(row["results"], 1):
                     r["rank"] = rank
         else:
-            index = GalleryIndex.build(gallery, labels=gallery_labels.tolist(),
-                                       paths=[self.splits.gallery[i].path for i in gallery_kept])
+            index = GalleryIndex.build(
+                gallery, labels=gallery_labels.tolist(), paths=[self.splits.gallery[i].path for i in gallery_kept]
+            )
             results = index.results(query[:n], k, query_paths[:n], query_labels[:n].tolist())
         return save_retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist())
 
 
-def extract_features(model: paddle.nn.Layer, loader, normalize: bool, desc: str = "features",
-                     amp: Optional[Amp] = None, predictor: Optional[EvalPredictor] = None,
-                     kept: Optional[List[np.ndarray]] = None,
-                     should_stop: Optional[Callable[[], bool]] = None,
-                     post: Optional[PostProcess] = None) -> Tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    model: paddle.nn.Layer,
+    loader,
+    normalize: bool,
+    desc: str = "features",
+    amp: Amp | None = None,
+    predictor: EvalPredictor | None = None,
+    kept: list[np.ndarray] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    post: PostProcess | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
     (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
 

@@ -3,8 +3,8 @@ best model (``trainer.monitor``, higher is better) and ``metrics.json``."""
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig
 
@@ -12,7 +12,7 @@ from recog.errors import ConfigError
 from recog.utils import atomic
 
 
-def metric_names(eval_cfg: DictConfig) -> List[str]:
+def metric_names(eval_cfg: DictConfig) -> list[str]:
     """The metrics an eval returns: recall_at_K and precision_at_K for K in ``eval.recall_at``, mAP, mINP."""
     ks = list(eval_cfg.recall_at)
     return [f"recall_at_{k}" for k in ks] + [f"precision_at_{k}" for k in ks] + ["mAP", "mINP"]
@@ -23,22 +23,24 @@ def check_monitor(cfg: DictConfig) -> str:
     monitor = str(cfg.trainer.monitor)
     names = metric_names(cfg.eval)
     if monitor not in names:
-        raise ConfigError(f"trainer.monitor={monitor} is not an eval metric; choose one of {', '.join(names)} "
-                          "(recall_at_K and precision_at_K for K in eval.recall_at); higher is better")
+        raise ConfigError(
+            f"trainer.monitor={monitor} is not an eval metric; choose one of {', '.join(names)} "
+            "(recall_at_K and precision_at_K for K in eval.recall_at); higher is better"
+        )
     return monitor
 
 
-def score(metrics: Optional[Mapping[str, float]], monitor: str) -> float:
+def score(metrics: Mapping[str, float] | None, monitor: str) -> float:
     """The monitored metric of ``metrics`` (-inf without metrics, or for NaN: never the best)."""
     value = float((metrics or {}).get(monitor, float("-inf")))
     return value if not math.isnan(value) else float("-inf")
 
 
-def is_better(metrics: Mapping[str, float], best: Optional[Mapping[str, float]], monitor: str) -> bool:
+def is_better(metrics: Mapping[str, float], best: Mapping[str, float] | None, monitor: str) -> bool:
     """Whether ``metrics`` beat ``best`` (None: no model yet) on ``monitor``; ties keep the earlier model."""
     return best is None or score(metrics, monitor) > score(best, monitor)
 
 
-def write_metrics(metrics: Dict[str, float], path: Path) -> None:
+def write_metrics(metrics: dict[str, float], path: Path) -> None:
     """``metrics.json``: the metrics as sorted, indented JSON, written atomically."""
     atomic.write_text(path, json.dumps(metrics, indent=2, sort_keys=True), "metrics")

@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Dict, Optional
 
 import numpy as np
 import paddle
@@ -46,26 +45,36 @@ class EvalPredictor:
     object.
     """
 
-    def __init__(self, model: RecModel, normalize: bool, image_size: int, device: str = "cpu",
-                 threads: Optional[int] = None, tolerance: float = 1e-4):
+    def __init__(
+        self,
+        model: RecModel,
+        normalize: bool,
+        image_size: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        tolerance: float = 1e-4,
+    ):
         self.model = model
         self.normalize = bool(normalize)
         self.device, _, gpu_id = str(device).partition(":")
         self.gpu_id = int(gpu_id or 0)
         self.threads = int(threads or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
         self.tolerance = float(tolerance)
-        self.onednn: Optional[str] = None if self.device == "cpu" else "off"  # chosen by the first refresh
-        self.attempts: Dict[str, str] = {}
-        self.last_difference: Optional[float] = None
+        self.onednn: str | None = None if self.device == "cpu" else "off"  # chosen by the first refresh
+        self.attempts: dict[str, str] = {}
+        self.last_difference: float | None = None
         spec = paddle.static.InputSpec([None, 3, int(image_size), int(image_size)], "float32", name=INPUT_NAME)
         self._extractor = FeatureExtractor(model, self.normalize)
         # Traced once; later saves reuse the program with the parameters' current values.
         self._static = paddle.jit.to_static(self._extractor, input_spec=[spec], full_graph=True)
-        self._check_images = np.random.default_rng(0).standard_normal(
-            (CHECK_IMAGES, 3, int(image_size), int(image_size))).astype(np.float32)
+        self._check_images = (
+            np.random.default_rng(0)
+            .standard_normal((CHECK_IMAGES, 3, int(image_size), int(image_size)))
+            .astype(np.float32)
+        )
         self._dir = Path(tempfile.mkdtemp(prefix="recog-eval-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
-        self._graph: Optional[GraphPredictor] = None
+        self._graph: GraphPredictor | None = None
 
     def refresh(self) -> None:
         """Save the model's current weights, load them into a predictor and check it against the
@@ -84,13 +93,18 @@ class EvalPredictor:
         if self.onednn is None:
             self.onednn, self.attempts = choose_onednn_mode(self._dir, self._check_images, reference, tolerance)
             if self.onednn != ONEDNN_MODES[0]:
-                log.info("eval predictor: oneDNN mode %r for this model (%s)", self.onednn,
-                         "; ".join(f"{k}: {v}" for k, v in self.attempts.items()))
+                log.info(
+                    "eval predictor: oneDNN mode %r for this model (%s)",
+                    self.onednn,
+                    "; ".join(f"{k}: {v}" for k, v in self.attempts.items()),
+                )
         graph = GraphPredictor(self._dir, self.device, self.threads, self.onednn, gpu_id=self.gpu_id)
         self.last_difference = float(np.abs(graph.run(self._check_images) - reference).max())
         if not self.last_difference <= tolerance:
-            raise RecogError(f"the eval predictor (oneDNN mode {self.onednn}) differs from the dygraph model by "
-                             f"{self.last_difference:.3g} (tolerance {tolerance:.3g}) on {CHECK_IMAGES} check images")
+            raise RecogError(
+                f"the eval predictor (oneDNN mode {self.onednn}) differs from the dygraph model by "
+                f"{self.last_difference:.3g} (tolerance {tolerance:.3g}) on {CHECK_IMAGES} check images"
+            )
         self._graph = graph
 
     def predict(self, images: np.ndarray) -> np.ndarray:

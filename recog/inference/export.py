@@ -30,15 +30,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import paddle
 from paddle import nn
 
 from recog.errors import ConfigError, RecogError
-from recog.inference.predictor import (FORMAT, FORMAT_VERSION, MANIFEST_KIND, MODEL_FILE, ONEDNN_MODES, ONNX_FILE,
-                                       PARAMS_FILE, PREPROCESS_FILE, REPORT_FILE, ExportedModel)
+from recog.inference.predictor import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_KIND,
+    MODEL_FILE,
+    ONEDNN_MODES,
+    ONNX_FILE,
+    PARAMS_FILE,
+    PREPROCESS_FILE,
+    REPORT_FILE,
+    ExportedModel,
+)
 from recog.models.rec_model import RecModel
 from recog.utils import atomic, manifest
 
@@ -66,7 +76,7 @@ class FeatureExtractor(nn.Layer):
         return features
 
 
-def eval_settings(trained_cfg) -> Dict[str, Any]:
+def eval_settings(trained_cfg) -> dict[str, Any]:
     """``normalize`` / ``binarize`` as the eval stage applies them for this trained config."""
     from omegaconf import OmegaConf
 
@@ -91,10 +101,21 @@ def dygraph_features(model: RecModel, images: np.ndarray, normalize: bool) -> np
     return features
 
 
-def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndarray, *,
-                 check_source: str = "random input", model_path: Optional[str] = None, onnx: bool = False,
-                 opset_version: int = 13, tolerance: float = 1e-4, device: str = "cpu", cpu_onednn: str = "auto",
-                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def export_model(
+    model: RecModel,
+    trained_cfg,
+    output_dir,
+    check_images: np.ndarray,
+    *,
+    check_source: str = "random input",
+    model_path: str | None = None,
+    onnx: bool = False,
+    opset_version: int = 13,
+    tolerance: float = 1e-4,
+    device: str = "cpu",
+    cpu_onednn: str = "auto",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Export ``model`` (built from ``trained_cfg``) into ``output_dir`` and check it; returns the report.
 
     The directory is written beside ``output_dir`` first and only put in place once the exported
@@ -126,14 +147,19 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
         spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name=INPUT_NAME)
         paddle.jit.save(extractor, str(tmp / Path(MODEL_FILE).stem), input_spec=[spec])
         if not (tmp / MODEL_FILE).is_file() or not (tmp / PARAMS_FILE).is_file():
-            raise RecogError(f"paddle.jit.save did not write {MODEL_FILE} and {PARAMS_FILE} "
-                             f"(Paddle {paddle.__version__} wrote: {sorted(os.listdir(tmp))})")
+            raise RecogError(
+                f"paddle.jit.save did not write {MODEL_FILE} and {PARAMS_FILE} "
+                f"(Paddle {paddle.__version__} wrote: {sorted(os.listdir(tmp))})"
+            )
         preprocess = _preprocess_record(trained_cfg, settings, int(reference.shape[1]), model_path, onnx)
         _write_json(tmp / PREPROCESS_FILE, preprocess)
-        report: Dict[str, Any] = {
+        report: dict[str, Any] = {
             "tolerance": float(tolerance),
-            "check_input": {"source": check_source, "num_images": int(len(check_images)),
-                            "shape": list(check_images.shape)},
+            "check_input": {
+                "source": check_source,
+                "num_images": int(len(check_images)),
+                "shape": list(check_images.shape),
+            },
             "device": device,
             "versions": _versions(onnx),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -149,8 +175,11 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
         _write_json(tmp / PREPROCESS_FILE, preprocess)
         report["cpu_onednn"], report["cpu_onednn_attempts"] = mode, attempts
         if cpu_onednn == "auto" and mode != ONEDNN_MODES[0]:
-            log.info("CPU predictor: oneDNN mode %r for this model (%s)", mode,
-                        "; ".join(f"{k}: {v}" for k, v in attempts.items()))
+            log.info(
+                "CPU predictor: oneDNN mode %r for this model (%s)",
+                mode,
+                "; ".join(f"{k}: {v}" for k, v in attempts.items()),
+            )
         manifest.write_manifest(tmp, MANIFEST_KIND)  # the check below loads the folder as a user would
         report["max_abs_diff"] = _compare(tmp, check_images, reference, device, onnx)
         report["export_seconds"] = round(time.perf_counter() - started, 3)
@@ -159,17 +188,25 @@ def export_model(model: RecModel, trained_cfg, output_dir, check_images: np.ndar
         _write_json(tmp / REPORT_FILE, report)
         manifest.write_manifest(tmp, MANIFEST_KIND)  # last: lists every file of the export
         for name, diff in report["max_abs_diff"].items():
-            log.info("export check: max |dygraph - %s| = %.3g on %d images (%s; tolerance %.1g)", name, diff,
-                     len(check_images), check_source, tolerance)
+            log.info(
+                "export check: max |dygraph - %s| = %.3g on %d images (%s; tolerance %.1g)",
+                name,
+                diff,
+                len(check_images),
+                check_source,
+                tolerance,
+            )
         if failed:
             rejected = output_dir.with_name(output_dir.name + ".failed")
             shutil.rmtree(rejected, ignore_errors=True)
             os.replace(tmp, rejected)
             details = ", ".join(f"{k} {v:.3g}" for k, v in failed.items())
-            raise RecogError(f"export check failed: the exported model's features differ from the trained model's by "
-                             f"up to {details} (max abs difference on {len(check_images)} images, {check_source}), "
-                             f"above export.tolerance={tolerance:g}. The rejected export is in {rejected} "
-                             f"({REPORT_FILE} has the numbers); {output_dir} was left unchanged")
+            raise RecogError(
+                f"export check failed: the exported model's features differ from the trained model's by "
+                f"up to {details} (max abs difference on {len(check_images)} images, {check_source}), "
+                f"above export.tolerance={tolerance:g}. The rejected export is in {rejected} "
+                f"({REPORT_FILE} has the numbers); {output_dir} was left unchanged"
+            )
     return report
 
 
@@ -182,13 +219,22 @@ def export_onnx(export_dir: Path, opset_version: int) -> int:
     target = export_dir / ONNX_FILE
     try:
         # optimize_tool="None": the default (polygraphy) would pip-install packages at run time.
-        paddle2onnx.export(model_filename=str(export_dir / MODEL_FILE), params_filename=str(export_dir / PARAMS_FILE),
-                           save_file=str(target), opset_version=int(opset_version), auto_upgrade_opset=True,
-                           enable_onnx_checker=True, optimize_tool="None", verbose=False)
+        paddle2onnx.export(
+            model_filename=str(export_dir / MODEL_FILE),
+            params_filename=str(export_dir / PARAMS_FILE),
+            save_file=str(target),
+            opset_version=int(opset_version),
+            auto_upgrade_opset=True,
+            enable_onnx_checker=True,
+            optimize_tool="None",
+            verbose=False,
+        )
     except Exception as error:  # paddle2onnx logs the cause, then fails on its own missing result
-        raise RecogError(f"ONNX conversion with paddle2onnx {getattr(paddle2onnx, '__version__', '?')} failed "
-                         f"({type(error).__name__}: {error}); export without export.onnx=true, or try another "
-                         f"export.opset_version") from None
+        raise RecogError(
+            f"ONNX conversion with paddle2onnx {getattr(paddle2onnx, '__version__', '?')} failed "
+            f"({type(error).__name__}: {error}); export without export.onnx=true, or try another "
+            f"export.opset_version"
+        ) from None
     if not target.is_file():
         raise RecogError(f"paddle2onnx wrote no {ONNX_FILE}: see its messages above")
     try:
@@ -200,12 +246,13 @@ def export_onnx(export_dir: Path, opset_version: int) -> int:
         return int(opset_version)
 
 
-def choose_onednn_mode(export_dir: Path, images: np.ndarray, reference: np.ndarray,
-                       tolerance: float) -> Tuple[str, Dict[str, str]]:
+def choose_onednn_mode(
+    export_dir: Path, images: np.ndarray, reference: np.ndarray, tolerance: float
+) -> tuple[str, dict[str, str]]:
     """The first of ``ONEDNN_MODES`` whose CPU predictor, run in a child process (a oneDNN crash
     must not end the export), reproduces ``reference`` on ``images``, batched and one alone; ``off``
     if none does. Returns the mode and what each mode tried did."""
-    attempts: Dict[str, str] = {}
+    attempts: dict[str, str] = {}
     env = dict(os.environ)
     source_root = str(Path(__file__).resolve().parents[2])  # recog importable even if not installed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
@@ -213,8 +260,15 @@ def choose_onednn_mode(export_dir: Path, images: np.ndarray, reference: np.ndarr
         np.save(os.path.join(tmp, "images.npy"), images)
         out = os.path.join(tmp, "out.npz")
         for mode in ONEDNN_MODES[:-1]:
-            command = [sys.executable, "-m", "recog.inference._probe", str(export_dir), mode,
-                       os.path.join(tmp, "images.npy"), out]
+            command = [
+                sys.executable,
+                "-m",
+                "recog.inference._probe",
+                str(export_dir),
+                mode,
+                os.path.join(tmp, "images.npy"),
+                out,
+            ]
             try:
                 result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
             except subprocess.TimeoutExpired:
@@ -224,7 +278,9 @@ def choose_onednn_mode(export_dir: Path, images: np.ndarray, reference: np.ndarr
                 attempts[mode] = _describe_failure(result)
                 continue
             with np.load(out) as features:
-                diff = max(_max_abs_diff(features["batch"], reference), _max_abs_diff(features["single"], reference[:1]))
+                diff = max(
+                    _max_abs_diff(features["batch"], reference), _max_abs_diff(features["single"], reference[:1])
+                )
             if diff < tolerance:
                 attempts[mode] = "ok"
                 return mode, attempts
@@ -243,7 +299,7 @@ def _describe_failure(result: subprocess.CompletedProcess) -> str:
     return message[:300]
 
 
-def onnx_features(path: Path, images: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+def onnx_features(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Run ``model.onnx`` with onnxruntime on the CPU."""
     try:
         import onnxruntime as ort
@@ -256,12 +312,14 @@ def onnx_features(path: Path, images: np.ndarray, threads: Optional[int] = None)
     return session.run(None, {session.get_inputs()[0].name: images})[0].astype(np.float32)
 
 
-def _compare(export_dir: Path, images: np.ndarray, reference: np.ndarray, device: str, onnx: bool) -> Dict[str, float]:
+def _compare(export_dir: Path, images: np.ndarray, reference: np.ndarray, device: str, onnx: bool) -> dict[str, float]:
     exported = ExportedModel(export_dir, device=device)
     features = exported.predict(images, binarize=False)
     single = exported.predict(images[:1], binarize=False)  # dynamic batch: one image alone
-    diffs = {"paddle_inference": _max_abs_diff(features, reference),
-             "paddle_inference_batch1": _max_abs_diff(single, reference[:1])}
+    diffs = {
+        "paddle_inference": _max_abs_diff(features, reference),
+        "paddle_inference_batch1": _max_abs_diff(single, reference[:1]),
+    }
     if onnx:
         diffs["onnxruntime"] = _max_abs_diff(onnx_features(export_dir / ONNX_FILE, images), reference)
     return diffs
@@ -273,8 +331,9 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
 
 
-def _preprocess_record(trained_cfg, settings: Dict[str, Any], feature_dim: int, model_path: Optional[str],
-                       onnx: bool) -> Dict[str, Any]:
+def _preprocess_record(
+    trained_cfg, settings: dict[str, Any], feature_dim: int, model_path: str | None, onnx: bool
+) -> dict[str, Any]:
     data = trained_cfg.data
     image_size = int(data.image_size)
 
@@ -285,8 +344,13 @@ def _preprocess_record(trained_cfg, settings: Dict[str, Any], feature_dim: int, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "files": {"model": MODEL_FILE, "params": PARAMS_FILE, "onnx": ONNX_FILE if onnx else None},
-        "input": {"name": INPUT_NAME, "shape": [-1, 3, image_size, image_size], "layout": "NCHW",
-                  "dtype": "float32", "channel_order": "RGB"},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [-1, 3, image_size, image_size],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channel_order": "RGB",
+        },
         "output": {"shape": [-1, feature_dim], "dtype": "float32"},
         "image_size": image_size,
         "resize": "bilinear, to image_size x image_size (aspect ratio not kept)",
@@ -296,15 +360,19 @@ def _preprocess_record(trained_cfg, settings: Dict[str, Any], feature_dim: int, 
         "normalize": settings["normalize"],
         "binarize": settings["binarize"],
         "feature_dim": feature_dim,
-        "model": {"backbone": target(trained_cfg.backbone), "neck": target(trained_cfg.get("neck")),
-                  "head": target(trained_cfg.get("head")), "head_exported": False,
-                  "stop_layer": trained_cfg.backbone.get("stop_layer")},
+        "model": {
+            "backbone": target(trained_cfg.backbone),
+            "neck": target(trained_cfg.get("neck")),
+            "head": target(trained_cfg.get("head")),
+            "head_exported": False,
+            "stop_layer": trained_cfg.backbone.get("stop_layer"),
+        },
         "model_path": str(Path(model_path).resolve()) if model_path else None,
         "runtime": {"cpu_onednn": ONEDNN_MODES[0]},
     }
 
 
-def _versions(onnx: bool) -> Dict[str, str]:
+def _versions(onnx: bool) -> dict[str, str]:
     versions = {"paddle": paddle.__version__}
     if onnx:
         for name in ("paddle2onnx", "onnxruntime"):
@@ -329,8 +397,10 @@ def check_replaceable(output_dir: Path) -> None:
     output_dir = Path(output_dir)
     if not output_dir.exists() and not output_dir.is_symlink():
         return
-    refuse = (f"export.output_dir={output_dir} exists and is not a recog export ({{}}): refusing to write into it "
-              "(nothing there was changed); choose a new or empty directory, or move those files away")
+    refuse = (
+        f"export.output_dir={output_dir} exists and is not a recog export ({{}}): refusing to write into it "
+        "(nothing there was changed); choose a new or empty directory, or move those files away"
+    )
     if output_dir.is_symlink() or not output_dir.is_dir():
         raise ConfigError(refuse.format("not a directory"))
     entries = sorted(p.name for p in output_dir.iterdir())
@@ -344,13 +414,15 @@ def check_replaceable(output_dir: Path) -> None:
         others = manifest.unlisted_files(output_dir, found)
         others += [p.name for p in output_dir.iterdir() if p.is_dir() and not any(p.iterdir())]
         if others:
-            raise ConfigError(refuse.format(f"it holds files its {manifest.MANIFEST_FILE} does not list: "
-                                            f"{', '.join(others[:5])}"))
+            raise ConfigError(
+                refuse.format(f"it holds files its {manifest.MANIFEST_FILE} does not list: {', '.join(others[:5])}")
+            )
         return
     others = [name for name in entries if name not in EXPORT_FILES or not (output_dir / name).is_file()]
     if others:
-        raise ConfigError(refuse.format(f"no {manifest.MANIFEST_FILE}, and files an export does not write: "
-                                        f"{', '.join(others[:5])}"))
+        raise ConfigError(
+            refuse.format(f"no {manifest.MANIFEST_FILE}, and files an export does not write: {', '.join(others[:5])}")
+        )
     try:
         legacy = json.loads((output_dir / PREPROCESS_FILE).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -359,5 +431,5 @@ def check_replaceable(output_dir: Path) -> None:
         raise ConfigError(refuse.format(f"no {manifest.MANIFEST_FILE}, and no {PREPROCESS_FILE} of format {FORMAT}"))
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic.write_file(path, json.dumps(data, indent=2) + "\n")

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -50,18 +51,30 @@ FORMAT, FORMAT_VERSION = "recog-export", 1
 ONEDNN_MODES = ("full", "no_placement", "off")
 MANIFEST_KIND = "export"
 # preprocess.json: the fields recog reads back and their JSON types (None: null allowed).
-PREPROCESS_FIELDS = {"format": str, "format_version": int, "image_size": int, "mean": list, "std": list,
-                     "feature_dim": int, "normalize": bool, "binarize": (str, None), "runtime": (dict, None),
-                     "files": (dict, None), "mlflow_run_id": (str, None)}
+PREPROCESS_FIELDS = {
+    "format": str,
+    "format_version": int,
+    "image_size": int,
+    "mean": list,
+    "std": list,
+    "feature_dim": int,
+    "normalize": bool,
+    "binarize": (str, None),
+    "runtime": (dict, None),
+    "files": (dict, None),
+    "mlflow_run_id": (str, None),
+}
 BINARIZE_METHODS = ("sign", "round")
 
-EXPORT_CONTENTS = (f"an export directory (written by `python run.py stage=export model_path=<run>/best_model`) "
-                   f"holds {MODEL_FILE} and {PARAMS_FILE} (the Paddle inference model), {PREPROCESS_FILE} "
-                   f"(input preprocessing and output description) and {REPORT_FILE}, plus {ONNX_FILE} with "
-                   f"export.onnx=true")
+EXPORT_CONTENTS = (
+    f"an export directory (written by `python run.py stage=export model_path=<run>/best_model`) "
+    f"holds {MODEL_FILE} and {PARAMS_FILE} (the Paddle inference model), {PREPROCESS_FILE} "
+    f"(input preprocessing and output description) and {REPORT_FILE}, plus {ONNX_FILE} with "
+    f"export.onnx=true"
+)
 
 
-def load_preprocess(model_dir: Union[str, Path], verify: bool = True) -> Dict[str, Any]:
+def load_preprocess(model_dir: str | Path, verify: bool = True) -> dict[str, Any]:
     """The parsed, type-checked ``preprocess.json`` of an export directory; ``RecogError`` if it is
     not an export, ``IntegrityError`` if a file differs from ``manifest.json`` (``verify``: every
     file is checked, else only ``preprocess.json``)."""
@@ -73,7 +86,9 @@ def load_preprocess(model_dir: Union[str, Path], verify: bool = True) -> Dict[st
     if missing and not has_manifest:
         hint = ""
         if (model_dir / "model.safetensors").is_file():
-            hint = f" ({model_dir} looks like a trained model: export it first with stage=export model_path={model_dir})"
+            hint = (
+                f" ({model_dir} looks like a trained model: export it first with stage=export model_path={model_dir})"
+            )
         raise RecogError(f"{model_dir} is not a recog export: missing {', '.join(missing)}{hint}; {EXPORT_CONTENTS}")
     if verify:
         manifest.verify(model_dir, MANIFEST_KIND, "export", required=(MODEL_FILE, PARAMS_FILE, PREPROCESS_FILE))
@@ -87,24 +102,31 @@ def load_preprocess(model_dir: Union[str, Path], verify: bool = True) -> Dict[st
     required = ("format", "image_size", "mean", "std", "feature_dim", "normalize")
     absent = [key for key in required if key not in preprocess] if isinstance(preprocess, dict) else list(required)
     if absent:
-        raise RecogError(f"{path} is not a recog export description (format {FORMAT!r} with {', '.join(required)}); "
-                         f"missing: {', '.join(absent)}")
+        raise RecogError(
+            f"{path} is not a recog export description (format {FORMAT!r} with {', '.join(required)}); "
+            f"missing: {', '.join(absent)}"
+        )
     manifest.check_fields(path, preprocess, PREPROCESS_FIELDS, required=required)
     if preprocess["format"] != FORMAT:
-        raise RecogError(f"{path} is not a recog export description (format {preprocess['format']!r}, "
-                         f"expected {FORMAT!r})")
+        raise RecogError(
+            f"{path} is not a recog export description (format {preprocess['format']!r}, expected {FORMAT!r})"
+        )
     if preprocess.get("format_version", 0) > FORMAT_VERSION:
-        raise RecogError(f"{model_dir} was exported by a newer recog (format version "
-                         f"{preprocess['format_version']} > {FORMAT_VERSION}): update recog to load it")
+        raise RecogError(
+            f"{model_dir} was exported by a newer recog (format version "
+            f"{preprocess['format_version']} > {FORMAT_VERSION}): update recog to load it"
+        )
     _check_values(path, preprocess)
     return preprocess
 
 
-def _check_values(path: Path, preprocess: Dict[str, Any]) -> None:
+def _check_values(path: Path, preprocess: dict[str, Any]) -> None:
     """Ranges and element types of ``preprocess.json``'s fields (their JSON types are checked already)."""
+
     def bad(key: str, expected: str):
-        return IntegrityError(f"{path}: {key} must be {expected}, got {json.dumps(preprocess.get(key))[:80]}; "
-                              "export the model again")
+        return IntegrityError(
+            f"{path}: {key} must be {expected}, got {json.dumps(preprocess.get(key))[:80]}; export the model again"
+        )
 
     if preprocess["image_size"] < 1:
         raise bad("image_size", "a positive integer")
@@ -120,11 +142,13 @@ def _check_values(path: Path, preprocess: Dict[str, Any]) -> None:
         raise bad("binarize", f"null or one of {', '.join(BINARIZE_METHODS)}")
     onednn = (preprocess.get("runtime") or {}).get("cpu_onednn", ONEDNN_MODES[0])
     if onednn not in ONEDNN_MODES:
-        raise IntegrityError(f"{path}: runtime.cpu_onednn must be one of {', '.join(ONEDNN_MODES)}, got "
-                             f"{json.dumps(onednn)[:60]}; export the model again")
+        raise IntegrityError(
+            f"{path}: runtime.cpu_onednn must be one of {', '.join(ONEDNN_MODES)}, got "
+            f"{json.dumps(onednn)[:60]}; export the model again"
+        )
 
 
-def preprocess_image(image: np.ndarray, preprocess: Union[Mapping[str, Any], "ExportedModel"]) -> np.ndarray:
+def preprocess_image(image: np.ndarray, preprocess: Mapping[str, Any] | ExportedModel) -> np.ndarray:
     """``[H, W, 3] uint8 RGB`` (any size) -> ``[3, S, S] float32``, exactly as the export expects.
 
     Uses the eval transform of training (``recog.data.build_transform(train=False)``) built from
@@ -144,8 +168,9 @@ def preprocess_image(image: np.ndarray, preprocess: Union[Mapping[str, Any], "Ex
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"expected an [H, W, 3] RGB image, got shape {tuple(image.shape)}")
-    transform = build_transform(preprocess["image_size"], preprocess["mean"], preprocess["std"], train=False,
-                                hflip=False)
+    transform = build_transform(
+        preprocess["image_size"], preprocess["mean"], preprocess["std"], train=False, hflip=False
+    )
     return transform(image)
 
 
@@ -158,9 +183,14 @@ def resolve_device(device: str = "auto") -> str:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu or gpu")
     has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if device == "gpu" and not has_gpu:
-        raise ConfigError("device=gpu, but " + (
-            "this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
-            if not paddle.is_compiled_with_cuda() else "no GPU is visible (check CUDA_VISIBLE_DEVICES)"))
+        raise ConfigError(
+            "device=gpu, but "
+            + (
+                "this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
+                if not paddle.is_compiled_with_cuda()
+                else "no GPU is visible (check CUDA_VISIBLE_DEVICES)"
+            )
+        )
     if device == "auto":
         return "gpu" if has_gpu else "cpu"
     return device
@@ -174,8 +204,9 @@ class GraphPredictor:
     CPU math threads; ``onednn``: one of ``ONEDNN_MODES`` (CPU only).
     """
 
-    def __init__(self, model_dir: Union[str, Path], device: str = "cpu", threads: int = 1, onednn: str = "full",
-                 gpu_id: int = 0):
+    def __init__(
+        self, model_dir: str | Path, device: str = "cpu", threads: int = 1, onednn: str = "full", gpu_id: int = 0
+    ):
         from paddle import inference
 
         if onednn not in ONEDNN_MODES:
@@ -218,8 +249,9 @@ class ExportedModel:
     ``device``, ``model_dir``.
     """
 
-    def __init__(self, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None,
-                 onednn: Optional[str] = None):
+    def __init__(
+        self, model_dir: str | Path, device: str = "auto", threads: int | None = None, onednn: str | None = None
+    ):
         self.model_dir = Path(model_dir)
         self.preprocess = load_preprocess(self.model_dir)
         self.device = resolve_device(device)
@@ -244,11 +276,11 @@ class ExportedModel:
         return int(self.preprocess["image_size"])
 
     @property
-    def binarize(self) -> Optional[str]:
+    def binarize(self) -> str | None:
         """The binarisation method recorded at export (``sign`` / ``round``), or None."""
         return self.preprocess.get("binarize")
 
-    def predict(self, images: np.ndarray, binarize: Optional[bool] = None) -> np.ndarray:
+    def predict(self, images: np.ndarray, binarize: bool | None = None) -> np.ndarray:
         """``images [N, 3, S, S] float32`` (see ``preprocess_image``) -> features ``[N, D] float32``.
 
         The features are L2-normalised when ``preprocess["normalize"]`` is true. If the trained
@@ -259,8 +291,10 @@ class ExportedModel:
         images = np.asarray(images)
         size = self.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"expected images of shape [N, 3, {size}, {size}] (NCHW, RGB, normalised; "
-                             f"see recog.inference.preprocess_image), got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images of shape [N, 3, {size}, {size}] (NCHW, RGB, normalised; "
+                f"see recog.inference.preprocess_image), got {tuple(images.shape)}"
+            )
         if images.shape[0] == 0:
             features = np.zeros((0, self.feature_dim), np.float32)
         else:
@@ -274,24 +308,32 @@ class ExportedModel:
             return to_bits(features, method)
         return features
 
-    def predict_images(self, images, batch_size: int = 32, binarize: Optional[bool] = None) -> np.ndarray:
+    def predict_images(self, images, batch_size: int = 32, binarize: bool | None = None) -> np.ndarray:
         """Features ``[N, D]`` of ``[H, W, 3] uint8 RGB`` images of any size, ``batch_size`` at a time:
         a sequence of images or an ``[N, H, W, 3]`` array; one ``[H, W, 3]`` array is one image (N = 1)."""
         if isinstance(images, np.ndarray):
             if images.ndim == 3:
                 images = images[None]
             elif images.ndim != 4:
-                raise DataError(f"predict_images takes images [H, W, 3], a list of them or an array [N, H, W, 3], "
-                                f"got an array of shape {images.shape}")
+                raise DataError(
+                    f"predict_images takes images [H, W, 3], a list of them or an array [N, H, W, 3], "
+                    f"got an array of shape {images.shape}"
+                )
         images = list(images)
-        out = [self.predict(np.stack([preprocess_image(image, self.preprocess) for image in images[i:i + batch_size]]),
-                            binarize=binarize)
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.predict(
+                np.stack([preprocess_image(image, self.preprocess) for image in images[i : i + batch_size]]),
+                binarize=binarize,
+            )
+            for i in range(0, len(images), batch_size)
+        ]
         if not out:
             return self.predict(np.zeros((0, 3, self.image_size, self.image_size), np.float32), binarize=binarize)
         return np.concatenate(out)
 
     def __repr__(self) -> str:
         onednn = f", onednn={self.onednn!r}" if self.onednn else ""
-        return (f"ExportedModel({str(self.model_dir)!r}, device={self.device!r}{onednn}, "
-                f"feature_dim={self.feature_dim}, image_size={self.image_size})")
+        return (
+            f"ExportedModel({str(self.model_dir)!r}, device={self.device!r}{onednn}, "
+            f"feature_dim={self.feature_dim}, image_size={self.image_size})"
+        )

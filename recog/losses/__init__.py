@@ -22,5 +22,20 @@ from recog.losses.triplet import TripletLoss
 from recog.losses.triplet_v2 import TripletLossV2
 from recog.losses.xbm import XBM
 
-__all__ = ["CELoss", "CenterLoss", "ContrastiveLoss", "DCHLoss", "DSHSDLoss", "EmlLoss", "LCDSHLoss", "MSMLoss",
-           "NpairsLoss", "PairwiseCosface", "SupConLoss", "TriHardLoss", "TripletLoss", "TripletLossV2", "XBM"]
+__all__ = [
+    "CELoss",
+    "CenterLoss",
+    "ContrastiveLoss",
+    "DCHLoss",
+    "DSHSDLoss",
+    "EmlLoss",
+    "LCDSHLoss",
+    "MSMLoss",
+    "NpairsLoss",
+    "PairwiseCosface",
+    "SupConLoss",
+    "TriHardLoss",
+    "TripletLoss",
+    "TripletLossV2",
+    "XBM",
+]

@@ -8,7 +8,7 @@ runs them on its first step only and turns them off for the rest (``label_checks
 
 import contextlib
 import contextvars
-from typing import Iterator
+from collections.abc import Iterator
 
 import paddle
 
@@ -53,8 +53,9 @@ def in_batch_masks(labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]
     return same & ~paddle.eye(labels.shape[0]).astype("bool"), ~same
 
 
-def pair_masks(inputs: paddle.Tensor, labels: paddle.Tensor, name: str
-               ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+def pair_masks(
+    inputs: paddle.Tensor, labels: paddle.Tensor, name: str
+) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
     """``(labels [N], is_pos [N, N], is_neg [N, N])`` for ``inputs [N, ...]`` and labels [N] or [N, 1]."""
     labels = flat_labels(labels, inputs.shape[0], name)
     return (labels, *in_batch_masks(labels))
@@ -98,7 +99,9 @@ def squared_distances(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.clip(sq_norm + sq_norm.t() - 2.0 * paddle.matmul(x, x, transpose_y=True), min=0.0)
 
 
-def hardest_pairs(dist: paddle.Tensor, is_pos: paddle.Tensor, is_neg: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+def hardest_pairs(
+    dist: paddle.Tensor, is_pos: paddle.Tensor, is_neg: paddle.Tensor
+) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Batch-hard mining on ``dist [N, N]``: per anchor the largest distance to a positive and the
     smallest to a negative, ``([N], [N])`` (Hermans et al. 2017)."""
     inf = paddle.full_like(dist, float("inf"))

@@ -24,12 +24,15 @@ class CenterLoss(nn.Layer):
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
         if num_classes < 1 or feat_dim < 1:
-            raise ConfigError(f"CenterLoss needs num_classes >= 1 and feat_dim >= 1, got "
-                              f"num_classes={num_classes}, feat_dim={feat_dim}")
+            raise ConfigError(
+                f"CenterLoss needs num_classes >= 1 and feat_dim >= 1, got "
+                f"num_classes={num_classes}, feat_dim={feat_dim}"
+            )
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.centers = self.create_parameter(
-            [num_classes, feat_dim], default_initializer=nn.initializer.Normal(0.0, 1.0))
+            [num_classes, feat_dim], default_initializer=nn.initializer.Normal(0.0, 1.0)
+        )
 
     def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         """inputs: features [N, feat_dim] float32; labels: [N] or [N, 1] int. Returns a scalar."""
@@ -38,12 +41,12 @@ class CenterLoss(nn.Layer):
         if labels.shape[0] != n:
             raise ValueError(f"CenterLoss got {n} features but {labels.shape[0]} labels")
         if dim != self.feat_dim:
-            raise ConfigError(f"CenterLoss was built with feat_dim={self.feat_dim} but got "
-                              f"features of dimension {dim}")
+            raise ConfigError(f"CenterLoss was built with feat_dim={self.feat_dim} but got features of dimension {dim}")
         if label_checks_enabled():  # a device read-back (see recog.losses._pairs.label_checks)
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= self.num_classes:
-                raise ConfigError(f"CenterLoss was built with num_classes={self.num_classes} but got "
-                                  f"labels in [{low}, {high}]")
+                raise ConfigError(
+                    f"CenterLoss was built with num_classes={self.num_classes} but got labels in [{low}, {high}]"
+                )
         diff = inputs - paddle.gather(self.centers, labels)  # [N, D]
         return paddle.clip((diff * diff).sum(axis=1), min=1e-12, max=1e12).mean()

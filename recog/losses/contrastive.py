@@ -34,8 +34,13 @@ class ContrastiveLoss(nn.Layer):
         super().__init__()
         self.margin = float(margin)
 
-    def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor,
-                ref_inputs: paddle.Tensor | None = None, ref_labels: paddle.Tensor | None = None) -> paddle.Tensor:
+    def forward(
+        self,
+        inputs: paddle.Tensor,
+        labels: paddle.Tensor,
+        ref_inputs: paddle.Tensor | None = None,
+        ref_labels: paddle.Tensor | None = None,
+    ) -> paddle.Tensor:
         """inputs: [N, D] float32; labels: [N] or [N, 1] int; optional references ``ref_inputs``
         [M, D] with ``ref_labels`` [M] or [M, 1] (both or neither). Returns a scalar."""
         if (ref_inputs is None) != (ref_labels is None):

@@ -1,6 +1,5 @@
 """Softmax cross entropy with optional label smoothing."""
 
-
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -19,9 +18,7 @@ class CELoss(nn.Layer):
     def __init__(self, epsilon: float | None = None):
         super().__init__()
         if epsilon is not None and not 0.0 < epsilon < 1.0:
-            raise ValueError(
-                f"CELoss epsilon (label smoothing) must be in (0, 1) or None, got {epsilon}"
-            )
+            raise ValueError(f"CELoss epsilon (label smoothing) must be in (0, 1) or None, got {epsilon}")
         self.epsilon = epsilon
 
     def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:

@@ -33,8 +33,10 @@ class SupConLoss(nn.Layer):
         if contrast_mode not in ("all", "one"):
             raise ValueError(f"SupConLoss contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
         if temperature <= 0 or base_temperature <= 0:
-            raise ValueError(f"SupConLoss temperatures must be positive, got temperature={temperature}, "
-                             f"base_temperature={base_temperature}")
+            raise ValueError(
+                f"SupConLoss temperatures must be positive, got temperature={temperature}, "
+                f"base_temperature={base_temperature}"
+            )
         self.temperature = temperature
         self.base_temperature = base_temperature
         self.contrast_mode = contrast_mode
@@ -50,6 +52,5 @@ class SupConLoss(nn.Layer):
         others = paddle.where(is_self, paddle.full_like(logits, float("-inf")), logits)
         log_prob = logits - paddle.logsumexp(others, axis=1, keepdim=True)  # [N, N]
         pos = is_pos.astype(logits.dtype)
-        mean_log_prob_pos = (paddle.where(is_pos, log_prob, paddle.zeros_like(log_prob)).sum(axis=1)
-                             / pos.sum(axis=1))
+        mean_log_prob_pos = paddle.where(is_pos, log_prob, paddle.zeros_like(log_prob)).sum(axis=1) / pos.sum(axis=1)
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()

@@ -35,8 +35,15 @@ class TripletAngularMarginLoss(nn.Layer):
         ap_value, an_value: the absolute bounds.
     """
 
-    def __init__(self, margin: float = 0.5, normalize_feature: bool = True, add_absolute: bool = False,
-                 absolute_loss_weight: float = 1.0, ap_value: float = 0.9, an_value: float = 0.5):
+    def __init__(
+        self,
+        margin: float = 0.5,
+        normalize_feature: bool = True,
+        add_absolute: bool = False,
+        absolute_loss_weight: float = 1.0,
+        ap_value: float = 0.9,
+        an_value: float = 0.5,
+    ):
         super().__init__()
         self.margin = margin
         self.normalize_feature = normalize_feature

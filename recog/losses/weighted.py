@@ -1,7 +1,5 @@
 """The training objective: a weighted sum of named loss terms."""
 
-from typing import Dict, Tuple
-
 import paddle
 from paddle import nn
 
@@ -14,7 +12,7 @@ class WeightedLoss(nn.Layer):
     under its name and their sum under ``"loss"``.
     """
 
-    def __init__(self, terms: Dict[str, Tuple[float, str, nn.Layer]]):
+    def __init__(self, terms: dict[str, tuple[float, str, nn.Layer]]):
         super().__init__()
         if not terms:
             raise ValueError("a loss needs at least one term")
@@ -22,7 +20,7 @@ class WeightedLoss(nn.Layer):
         self.inputs = {name: str(key) for name, (_, key, _) in terms.items()}
         self.terms = nn.LayerDict({name: module for name, (_, _, module) in terms.items()})
 
-    def forward(self, outputs: Dict[str, paddle.Tensor], labels: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+    def forward(self, outputs: dict[str, paddle.Tensor], labels: paddle.Tensor) -> dict[str, paddle.Tensor]:
         values = {}
         for name, term in self.terms.items():
             key = self.inputs[name]

@@ -41,12 +41,15 @@ class XBM(nn.Layer):
         memory_weight: weight of the memory term (reference code: 1.0).
     """
 
-    def __init__(self, loss, memory_size: int = 8192, feat_dim: int = 512, start_iteration: int = 0,
-                 memory_weight: float = 1.0):
+    def __init__(
+        self, loss, memory_size: int = 8192, feat_dim: int = 512, start_iteration: int = 0, memory_weight: float = 1.0
+    ):
         super().__init__()
         if memory_size < 1 or feat_dim < 1 or start_iteration < 0:
-            raise ValueError(f"XBM needs memory_size >= 1, feat_dim >= 1 and start_iteration >= 0, got "
-                             f"{memory_size}, {feat_dim}, {start_iteration}")
+            raise ValueError(
+                f"XBM needs memory_size >= 1, feat_dim >= 1 and start_iteration >= 0, got "
+                f"{memory_size}, {feat_dim}, {start_iteration}"
+            )
         self.loss = _as_cross_batch_loss(loss)
         self.memory_size, self.feat_dim = int(memory_size), int(feat_dim)
         self.start_iteration, self.memory_weight = int(start_iteration), float(memory_weight)
@@ -59,8 +62,10 @@ class XBM(nn.Layer):
     def forward(self, inputs: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         """inputs: features [N, feat_dim] float32; labels: [N] or [N, 1] int. Returns a scalar."""
         if inputs.ndim != 2 or inputs.shape[1] != self.feat_dim:
-            raise ConfigError(f"XBM feat_dim is {self.feat_dim} but the features have shape {inputs.shape}: "
-                              "set the loss's feat_dim to the neck's embedding_size")
+            raise ConfigError(
+                f"XBM feat_dim is {self.feat_dim} but the features have shape {inputs.shape}: "
+                "set the loss's feat_dim to the neck's embedding_size"
+            )
         labels = flat_labels(labels, inputs.shape[0], "XBM")
         loss = self.loss(inputs, labels)
         if not self.training:
@@ -84,8 +89,8 @@ class XBM(nn.Layer):
     @paddle.no_grad()
     def enqueue(self, features: paddle.Tensor, labels: paddle.Tensor) -> None:
         """Append a batch, dropping the oldest rows beyond ``memory_size``."""
-        features = features.detach().astype(self.memory_features.dtype)[-self.memory_size:]
-        labels = labels.reshape([-1]).astype("int64")[-self.memory_size:]
+        features = features.detach().astype(self.memory_features.dtype)[-self.memory_size :]
+        labels = labels.reshape([-1]).astype("int64")[-self.memory_size :]
         n = features.shape[0]
         rows = (paddle.arange(n, dtype="int64") + self.ptr) % self.memory_size
         self.memory_features = paddle.scatter(self.memory_features, rows, features, overwrite=True)

@@ -29,7 +29,9 @@ def binarize(features, method: str = "sign") -> np.ndarray:
     features have negative values, for which ``sign`` is likely what is meant.
     """
     features = np.asarray(features)
-    if features.ndim != 2 or not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+    if features.ndim != 2 or not (
+        np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)
+    ):
         raise ValueError(f"features must be a real [N, D] array, got {features.dtype} {features.shape}")
     if np.issubdtype(features.dtype, np.floating) and np.isnan(features).any():
         raise ValueError("features contain nan")

@@ -70,9 +70,7 @@ def retrieval_metrics(
     else:
         gallery, g_labels = _check_set(gallery_features, gallery_labels, "gallery")
         if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"query and gallery feature sizes differ: {queries.shape[1]} vs {gallery.shape[1]}"
-            )
+            raise ValueError(f"query and gallery feature sizes differ: {queries.shape[1]} vs {gallery.shape[1]}")
 
     n = len(queries)
     first_rank = np.full(n, -1, dtype=np.int64)  # -1: no positive
@@ -93,16 +91,13 @@ def retrieval_metrics(
     return summarize_query_stats(first_rank, ap, inp, hits, ks)
 
 
-def summarize_query_stats(first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray, hits: np.ndarray,
-                          ks) -> dict:
+def summarize_query_stats(first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray, hits: np.ndarray, ks) -> dict:
     """The metrics dict from per-query statistics (``first_rank`` -1 for a query without positives,
     which the means leave out): ``first_rank`` [N] int, ``ap`` / ``inp`` [N] float, ``hits`` [N, len(ks)]
     positives within each top K."""
     valid = first_rank >= 0
     n = len(first_rank)
-    metrics: dict[str, float | int] = {
-        f"recall_at_{k}": float(np.mean(first_rank[valid] < k)) for k in ks
-    }
+    metrics: dict[str, float | int] = {f"recall_at_{k}": float(np.mean(first_rank[valid] < k)) for k in ks}
     metrics.update({f"precision_at_{k}": float(np.mean(hits[valid, j] / k)) for j, k in enumerate(ks)})
     metrics["mAP"] = float(np.mean(ap[valid]))
     metrics["mINP"] = float(np.mean(inp[valid]))
@@ -155,9 +150,7 @@ def _check_set(features, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
     features = np.asarray(features)
     labels = np.asarray(labels)
     if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-        raise ValueError(
-            f"{name} features must be a float [N, D] array, got {features.dtype} {features.shape}"
-        )
+        raise ValueError(f"{name} features must be a float [N, D] array, got {features.dtype} {features.shape}")
     if labels.shape != (len(features),):
         raise ValueError(f"{name} labels must have shape ({len(features)},), got {labels.shape}")
     if not np.isfinite(features).all():

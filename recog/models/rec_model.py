@@ -1,7 +1,5 @@
 """RecModel: backbone (cut at its stop layer by the builder) -> neck -> head."""
 
-from typing import Optional
-
 import paddle
 from paddle import nn
 
@@ -19,15 +17,15 @@ class RecModel(nn.Layer):
       margin only when ``labels`` are given in training mode.
     """
 
-    def __init__(self, backbone: nn.Layer, neck: Optional[nn.Layer] = None, head: Optional[nn.Layer] = None):
+    def __init__(self, backbone: nn.Layer, neck: nn.Layer | None = None, head: nn.Layer | None = None):
         super().__init__()
         self.backbone = backbone  # already cut at its stop layer (recog.models.stop_layer.truncate_after)
         self.neck = neck
         self.head = head
 
-    def forward(self, images: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> dict:
+    def forward(self, images: paddle.Tensor, labels: paddle.Tensor | None = None) -> dict:
         if getattr(self.neck, "multi_scale", False):  # FPN: the last stages' maps, finest first
-            maps = self.backbone.stage_features(images)[-len(self.neck.in_channels):]
+            maps = self.backbone.stage_features(images)[-len(self.neck.in_channels) :]
             out = {"backbone": maps[-1], "features": self.neck(maps)}
         else:
             out = {"backbone": self.backbone(images)}

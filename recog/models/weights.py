@@ -12,7 +12,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import paddle
@@ -40,7 +40,7 @@ def _latin1_encode(text, encoding="utf-8"):
     return text.encode("latin-1")
 
 
-def _numpy_helpers() -> Dict[str, Any]:
+def _numpy_helpers() -> dict[str, Any]:
     # Taken from what numpy itself pickles, so that neither numpy.core (deprecated in numpy 2)
     # nor numpy._core (absent in numpy 1) has to be imported by name.
     array = np.zeros(2, dtype=np.float32)
@@ -51,7 +51,7 @@ def _numpy_helpers() -> Dict[str, Any]:
     }
 
 
-def _allowed_globals() -> Dict[tuple, Any]:
+def _allowed_globals() -> dict[tuple, Any]:
     """(module, name) -> object: everything a weight pickle may reference.
 
     What ``paddle.save(layer.state_dict(), path)`` writes on Paddle 3.3 (checked with
@@ -64,7 +64,7 @@ def _allowed_globals() -> Dict[tuple, Any]:
     saved as such. ``builtins.eval`` (Paddle's pickling of a raw DenseTensor) is not admitted.
     """
     helpers = _numpy_helpers()
-    allowed: Dict[tuple, Any] = {}
+    allowed: dict[tuple, Any] = {}
     for builtins_module in ("builtins", "__builtin__"):  # protocol 2 uses the Python 2 name
         for container in (dict, list, tuple, set, frozenset, bytes, bytearray):
             allowed[(builtins_module, container.__name__)] = container
@@ -99,7 +99,7 @@ class _WeightUnpickler(pickle.Unpickler):
             raise _RefusedGlobal(f"{module}.{name}") from None
 
 
-def load_pretrained(model: nn.Layer, path) -> Dict[str, List[str]]:
+def load_pretrained(model: nn.Layer, path) -> dict[str, list[str]]:
     """Copy the tensors of a weight file into ``model``'s parameters and buffers, by name.
 
     Args:
@@ -172,12 +172,17 @@ def load_pretrained(model: nn.Layer, path) -> Dict[str, List[str]]:
         log.warning(
             "loaded %d of %d tensors from %s; missing (kept as initialised): %s; unexpected "
             "(ignored): %s; not tensors (ignored): %s",
-            len(matched), len(expected), path, missing or "none", unexpected or "none", skipped or "none",
+            len(matched),
+            len(expected),
+            path,
+            missing or "none",
+            unexpected or "none",
+            skipped or "none",
         )
     return {"loaded": matched, "missing": missing, "unexpected": unexpected, "skipped": skipped}
 
 
-def read_pdparams(path) -> Dict[str, np.ndarray]:
+def read_pdparams(path) -> dict[str, np.ndarray]:
     """The arrays of a ``.pdparams`` file by name, read with the restricted unpickler."""
     return _read_pdparams(Path(path))[0]
 
@@ -235,10 +240,12 @@ def _collect_arrays(obj: dict, path: Path):
 
 
 def _is_paddle_21_tensor(value) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray)
+    return (
+        isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray)
+    )
 
 
-def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     try:
@@ -260,7 +267,6 @@ def _to_tensor(value: np.ndarray, target: paddle.Tensor, name: str, path: Path) 
     return tensor
 
 
-def _preview(names: List[str], limit: int = 5) -> str:
+def _preview(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-

@@ -16,7 +16,7 @@ the ranking the post-processing produces:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -25,10 +25,20 @@ from recog.postprocess.query_expansion import query_expansion
 from recog.postprocess.rerank import k_reciprocal_rerank
 
 
-def postprocessed_metrics(query_features, query_labels, gallery_features=None, gallery_labels=None,
-                          recall_at: Iterable[int] = (1, 5, 10), qe_k: int = 0, qe_alpha: float = 0.0,
-                          rerank_top_k: int = 0, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                          block_size: int = 1024) -> dict:
+def postprocessed_metrics(
+    query_features,
+    query_labels,
+    gallery_features=None,
+    gallery_labels=None,
+    recall_at: Iterable[int] = (1, 5, 10),
+    qe_k: int = 0,
+    qe_alpha: float = 0.0,
+    rerank_top_k: int = 0,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    block_size: int = 1024,
+) -> dict:
     """``retrieval_metrics`` of the post-processed ranking (module docstring); arguments as there,
     plus query expansion (``qe_k`` neighbours, ``qe_alpha``; 0: none) and re-ranking
     (``rerank_top_k`` candidates, 0: none; ``k1``, ``k2``, ``lambda_value``)."""
@@ -55,13 +65,13 @@ def postprocessed_metrics(query_features, query_labels, gallery_features=None, g
     for start, ptr, ranks in positive_ranks(queries, q_labels, gallery, g_labels, block_size):
         for i in range(len(ptr) - 1):
             q = start + i
-            original = ranks[ptr[i]:ptr[i + 1]]
+            original = ranks[ptr[i] : ptr[i + 1]]
             if len(original) == 0:
                 continue
             in_list = np.nonzero(ref_labels[reranked[q]] == q_labels[q])[0]  # new ranks of listed positives
             # The positives not listed are the last ones in the original order; they follow the list.
             count = len(original) - len(in_list)
-            outside = np.maximum(original[len(original) - count:], top + np.arange(count))
+            outside = np.maximum(original[len(original) - count :], top + np.arange(count))
             final = np.sort(np.concatenate([in_list, outside]))
             first[q] = final[0]
             ap[q] = np.mean(np.arange(1, len(final) + 1) / (final + 1))

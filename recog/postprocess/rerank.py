@@ -39,8 +39,15 @@ from recog.postprocess.knn import _as_float32, knn
 log = logging.getLogger(__name__)
 
 
-def k_reciprocal_rerank(queries, gallery=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        top_k: int | None = 100, block_size: int = 2048):
+def k_reciprocal_rerank(
+    queries,
+    gallery=None,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    top_k: int | None = 100,
+    block_size: int = 2048,
+):
     """Re-rank each query's ``top_k`` nearest gallery items by the k-reciprocal distance ``d*``.
 
     Args:
@@ -79,26 +86,37 @@ def k_reciprocal_rerank(queries, gallery=None, k1: int = 20, k2: int = 6, lambda
     started = time.perf_counter()
     if self_match:  # one search serves the neighbour graph and the candidates
         neighbours, dist = _neighbour_lists(points, max(k1 + 1, k2, k + 1))  # [n, K] self first
-        cand, cand_dist = neighbours[:, 1:k + 1], dist[:, 1:k + 1]
+        cand, cand_dist = neighbours[:, 1 : k + 1], dist[:, 1 : k + 1]
         cand_points = cand
     else:
         neighbours, _ = _neighbour_lists(points, max(k1 + 1, k2))
         cand, cand_dist = knn(q, g, k, metric="l2")
         cand_points = cand + offset
     cand_dist = np.maximum(cand_dist, 0.0)
-    log.info("re-ranking %d queries: neighbour search over %d points in %.1f s", len(q), len(points),
-             time.perf_counter() - started)
+    log.info(
+        "re-ranking %d queries: neighbour search over %d points in %.1f s",
+        len(q),
+        len(points),
+        time.perf_counter() - started,
+    )
     weights = _reciprocal_weights(points, neighbours, k1, block_size)
     if k2 > 1:
         n = len(points)
-        expand = sparse.csr_matrix((np.full(n * k2, 1.0 / k2), (np.repeat(np.arange(n), k2),
-                                                                 neighbours[:, :k2].ravel())), shape=(n, n))
+        expand = sparse.csr_matrix(
+            (np.full(n * k2, 1.0 / k2), (np.repeat(np.arange(n), k2), neighbours[:, :k2].ravel())), shape=(n, n)
+        )
         weights = (expand @ weights).tocsr()
-    log.info("re-ranking: k-reciprocal sets (%.1f entries per point after expansion) at %.1f s",
-             weights.nnz / len(points), time.perf_counter() - started)
+    log.info(
+        "re-ranking: k-reciprocal sets (%.1f entries per point after expansion) at %.1f s",
+        weights.nnz / len(points),
+        time.perf_counter() - started,
+    )
     jaccard = _jaccard_distances(weights, cand_points, len(q), block_size)
-    log.info("re-ranking: Jaccard distances of %d candidates per query at %.1f s", cand.shape[1],
-             time.perf_counter() - started)
+    log.info(
+        "re-ranking: Jaccard distances of %d candidates per query at %.1f s",
+        cand.shape[1],
+        time.perf_counter() - started,
+    )
     final = ((1.0 - lambda_value) * jaccard + lambda_value * cand_dist).astype(np.float32)
     order = np.argsort(final, axis=1, kind="stable")
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(final, order, axis=1)
@@ -111,13 +129,15 @@ def _neighbour_lists(points: np.ndarray, k: int):
     if k == 1:
         return own, np.zeros((len(points), 1), np.float32)
     others, dist = knn(points, points, k - 1, metric="l2", exclude_self=True)
-    return (np.concatenate([own, others], axis=1),
-            np.concatenate([np.zeros((len(points), 1), np.float32), dist], axis=1))
+    return (
+        np.concatenate([own, others], axis=1),
+        np.concatenate([np.zeros((len(points), 1), np.float32), dist], axis=1),
+    )
 
 
 def _reciprocal_rows(neighbours: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
     """``R(i, k)`` of the points ``rows``: ``[len(rows), k + 1]``, -1 where not reciprocal."""
-    near = neighbours[:, :k + 1]
+    near = neighbours[:, : k + 1]
     cand = near[rows]  # [B, k+1]
     mutual = (near[cand] == rows[:, None, None]).any(axis=2)  # i in N(j, k)
     return np.where(mutual, cand, -1)
@@ -128,8 +148,9 @@ def _reciprocal_weights(points: np.ndarray, neighbours: np.ndarray, k1: int, blo
     n = len(points)
     half = int(np.around(k1 / 2.0))
     sq_norms = np.einsum("ij,ij->i", points, points).astype(np.float64)
-    recip_half = np.concatenate([_reciprocal_rows(neighbours, half, np.arange(s, min(s + block_size, n)))
-                                 for s in range(0, n, block_size)])
+    recip_half = np.concatenate(
+        [_reciprocal_rows(neighbours, half, np.arange(s, min(s + block_size, n))) for s in range(0, n, block_size)]
+    )
     half_size = (recip_half >= 0).sum(axis=1)
     all_rows, all_cols, all_vals = [], [], []
     for start in range(0, n, block_size):
@@ -153,8 +174,9 @@ def _reciprocal_weights(points: np.ndarray, neighbours: np.ndarray, k1: int, blo
     return sparse.diags(1.0 / totals) @ weights
 
 
-def _jaccard_distances(weights: sparse.csr_matrix, cand_points: np.ndarray, n_queries: int,
-                       block_size: int) -> np.ndarray:
+def _jaccard_distances(
+    weights: sparse.csr_matrix, cand_points: np.ndarray, n_queries: int, block_size: int
+) -> np.ndarray:
     """``d_J(i, j)`` for each query i (points 0 .. n_queries-1) and candidate point j ``[Nq, K]``.
 
     ``sum_l min(V_i[l], V_j[l])`` is accumulated through an inverted index (the columns of V), over
@@ -168,7 +190,7 @@ def _jaccard_distances(weights: sparse.csr_matrix, cand_points: np.ndarray, n_qu
     col_counts = np.diff(col_ptr)
     # Entries each query row expands to: the sum of the column counts of its stored entries.
     per_entry = np.concatenate([[0], np.cumsum(col_counts[weights.indices], dtype=np.int64)])
-    cum_pairs = per_entry[weights.indptr[:n_queries + 1]]
+    cum_pairs = per_entry[weights.indptr[: n_queries + 1]]
     rows_cap = max(1, min(block_size, (1 << 23) // max(n, 1)))  # slot table <= 32 MiB per thread
     blocks, start = [], 0
     while start < n_queries:
@@ -192,7 +214,9 @@ def _jaccard_distances(weights: sparse.csr_matrix, cand_points: np.ndarray, n_qu
         starts = col_ptr[block.col]
         counts = col_counts[block.col]
         # For each stored V_i[l]: every stored V_j[l] of the same column l.
-        position = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        position = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(
+            starts - (np.cumsum(counts) - counts), counts
+        )
         row = np.repeat(block.row.astype(np.int64), counts)
         slot = table[row * n + col_rows[position]]
         hit = np.nonzero(slot >= 0)[0]

@@ -7,8 +7,8 @@ change the ranking (``metrics``, ``search``). All off: the plain features and ra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -26,23 +26,27 @@ class PostProcess:
     flip: bool = False
     qe_k: int = 0
     qe_alpha: float = 0.0
-    rerank: Optional[str] = None
+    rerank: str | None = None
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
     top_k: int = 100
 
     @classmethod
-    def from_config(cls, eval_cfg) -> "PostProcess":
+    def from_config(cls, eval_cfg) -> PostProcess:
         """From an ``eval`` config section (missing keys: off / the defaults, as for a config
         saved before these options existed)."""
         rerank = eval_cfg.get("rerank")
-        return cls(flip=bool(eval_cfg.get("flip", False)), qe_k=int(eval_cfg.get("query_expansion", 0) or 0),
-                   qe_alpha=float(eval_cfg.get("qe_alpha", 0.0)),
-                   rerank=None if rerank is None else str(getattr(rerank, "value", rerank)),
-                   k1=int(eval_cfg.get("rerank_k1", 20)), k2=int(eval_cfg.get("rerank_k2", 6)),
-                   lambda_value=float(eval_cfg.get("rerank_lambda", 0.3)),
-                   top_k=int(eval_cfg.get("rerank_top_k", 100)))
+        return cls(
+            flip=bool(eval_cfg.get("flip", False)),
+            qe_k=int(eval_cfg.get("query_expansion", 0) or 0),
+            qe_alpha=float(eval_cfg.get("qe_alpha", 0.0)),
+            rerank=None if rerank is None else str(getattr(rerank, "value", rerank)),
+            k1=int(eval_cfg.get("rerank_k1", 20)),
+            k2=int(eval_cfg.get("rerank_k2", 6)),
+            lambda_value=float(eval_cfg.get("rerank_lambda", 0.3)),
+            top_k=int(eval_cfg.get("rerank_top_k", 100)),
+        )
 
     @property
     def reorders(self) -> bool:
@@ -57,14 +61,24 @@ class PostProcess:
             return features
         return average_flipped(features, predict(hflip_images(images)), normalize=normalize)
 
-    def metrics(self, query, query_labels, gallery=None, gallery_labels=None,
-                recall_at: Iterable[int] = (1, 5, 10)) -> dict:
+    def metrics(
+        self, query, query_labels, gallery=None, gallery_labels=None, recall_at: Iterable[int] = (1, 5, 10)
+    ) -> dict:
         """Retrieval metrics of the post-processed ranking (``recog.postprocess.metrics``);
         ``gallery=None``: the queries are the gallery."""
-        return postprocessed_metrics(query, query_labels, gallery, gallery_labels, recall_at=recall_at,
-                                     qe_k=self.qe_k, qe_alpha=self.qe_alpha,
-                                     rerank_top_k=self.top_k if self.rerank else 0,
-                                     k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
+        return postprocessed_metrics(
+            query,
+            query_labels,
+            gallery,
+            gallery_labels,
+            recall_at=recall_at,
+            qe_k=self.qe_k,
+            qe_alpha=self.qe_alpha,
+            rerank_top_k=self.top_k if self.rerank else 0,
+            k1=self.k1,
+            k2=self.k2,
+            lambda_value=self.lambda_value,
+        )
 
     def expand(self, queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         """The queries after query expansion against ``gallery`` (unchanged when it is off)."""
@@ -76,6 +90,7 @@ class PostProcess:
         """``(indices [Nq, K] int64, distances [Nq, K] float32)``: the first ``K = min(k, gallery
         size)`` gallery items of each (already expanded) query after k-reciprocal re-ranking of
         its top ``max(k, top_k)`` candidates, by ascending re-ranked distance."""
-        indices, distances = k_reciprocal_rerank(queries, gallery, k1=self.k1, k2=self.k2,
-                                                 lambda_value=self.lambda_value, top_k=max(k, self.top_k))
+        indices, distances = k_reciprocal_rerank(
+            queries, gallery, k1=self.k1, k2=self.k2, lambda_value=self.lambda_value, top_k=max(k, self.top_k)
+        )
         return indices[:, :k], distances[:, :k]

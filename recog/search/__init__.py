@@ -8,8 +8,15 @@ search's results (``results.py``); ``retrieval_grid`` draws the queries' top res
 """
 
 from recog.search.index import FORMAT_VERSION, KINDS, GalleryIndex, IndexConfigError
-from recog.search.results import RetrievalResults
 from recog.search.picture import retrieval_grid, save_retrieval_grid
+from recog.search.results import RetrievalResults
 
-__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexConfigError", "KINDS", "RetrievalResults", "retrieval_grid",
-           "save_retrieval_grid"]
+__all__ = [
+    "FORMAT_VERSION",
+    "GalleryIndex",
+    "IndexConfigError",
+    "KINDS",
+    "RetrievalResults",
+    "retrieval_grid",
+    "save_retrieval_grid",
+]

@@ -104,8 +104,7 @@ def make_faiss_index(kind: str, binary: bool, dim: int, params: dict):
         if kind == "flat":
             return faiss.IndexFlatIP(dim)
         if kind == "ivf":
-            return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"],
-                                      faiss.METRIC_INNER_PRODUCT)
+            return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
         index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params["ef_construction"]
     index.hnsw.efSearch = params["ef_search"]
@@ -121,15 +120,17 @@ def check_params(kind: str, params: dict, count: int) -> dict:
     unknown = sorted(set(params) - set(PARAM_NAMES[kind]))
     if unknown:
         allowed = ", ".join(PARAM_NAMES[kind]) or "none"
-        raise IndexConfigError(f"unknown parameter(s) {', '.join(unknown)} for a {kind!r} gallery "
-                               f"index (allowed: {allowed})")
+        raise IndexConfigError(
+            f"unknown parameter(s) {', '.join(unknown)} for a {kind!r} gallery index (allowed: {allowed})"
+        )
     out = {name: positive_int(value, name) for name, value in params.items() if value is not None}
     if kind == "ivf":
         if "nlist" not in out:
             out["nlist"] = max(1, min(int(round(4 * math.sqrt(count))), count // 39))
         if out["nlist"] > count:
-            raise IndexConfigError(f"nlist={out['nlist']} inverted lists need at least as many "
-                                   f"gallery items for training, got {count}")
+            raise IndexConfigError(
+                f"nlist={out['nlist']} inverted lists need at least as many gallery items for training, got {count}"
+            )
         out.setdefault("nprobe", min(out["nlist"], DEFAULT_MAX_NPROBE))
     elif kind == "hnsw":
         out.setdefault("M", DEFAULT_HNSW_M)
@@ -157,8 +158,10 @@ def check_vectors(vectors, binary: bool, dim: int | None, name: str) -> np.ndarr
     array = np.asarray(vectors)
     if binary:
         if array.ndim != 2 or array.dtype != np.uint8 or array.shape[1] == 0:
-            raise ValueError(f"{name} codes must be bit-packed uint8 [N, B] (recog.metrics.pack_bits), "
-                             f"got {array.dtype} {array.shape}")
+            raise ValueError(
+                f"{name} codes must be bit-packed uint8 [N, B] (recog.metrics.pack_bits), "
+                f"got {array.dtype} {array.shape}"
+            )
         if dim is not None and array.shape[1] * 8 != dim:
             raise ValueError(f"{name} codes have {array.shape[1] * 8} bits, the index {dim}")
         return np.ascontiguousarray(array)

@@ -35,8 +35,17 @@ import numpy as np
 
 from recog.metrics import hamming_metrics, retrieval_metrics, unpack_bits
 from recog.search import store
-from recog.search.faiss_backend import (KINDS, PARAM_NAMES, IndexConfigError, apply_search_params, check_params,
-                                        check_vectors, make_faiss_index, positive_int, search_sorted)
+from recog.search.faiss_backend import (
+    KINDS,
+    PARAM_NAMES,
+    IndexConfigError,
+    apply_search_params,
+    check_params,
+    check_vectors,
+    make_faiss_index,
+    positive_int,
+    search_sorted,
+)
 from recog.search.results import RetrievalResults, check_labels, check_paths
 from recog.search.store import FORMAT_VERSION
 
@@ -49,8 +58,17 @@ class GalleryIndex:
     Make one with ``GalleryIndex.build`` or ``GalleryIndex.load``; the constructor is internal.
     """
 
-    def __init__(self, index, *, kind: str, binary: bool, dim: int, params: dict,
-                 labels: np.ndarray | None, paths: list[str] | None):
+    def __init__(
+        self,
+        index,
+        *,
+        kind: str,
+        binary: bool,
+        dim: int,
+        params: dict,
+        labels: np.ndarray | None,
+        paths: list[str] | None,
+    ):
         self._index = index
         self._kind = kind
         self._binary = bool(binary)
@@ -62,8 +80,9 @@ class GalleryIndex:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def build(cls, features_or_codes, labels=None, paths=None, kind: str = "flat",
-              binary: bool = False, **params) -> "GalleryIndex":
+    def build(
+        cls, features_or_codes, labels=None, paths=None, kind: str = "flat", binary: bool = False, **params
+    ) -> GalleryIndex:
         """Index a gallery.
 
         Args:
@@ -96,7 +115,7 @@ class GalleryIndex:
         out._apply_search_params()
         return out
 
-    def add(self, more, labels=None, paths=None) -> "GalleryIndex":
+    def add(self, more, labels=None, paths=None) -> GalleryIndex:
         """Append gallery items (indices ``ntotal ..``); returns self.
 
         Labels and paths must be given exactly when the index has them. For ``flat`` the result
@@ -107,11 +126,17 @@ class GalleryIndex:
         vectors = check_vectors(more, self._binary, self._dim, "added")
         count = len(vectors)
         if (labels is None) != (self._labels is None):
-            raise ValueError("the index has labels, give labels for the added items" if labels is None
-                             else "the index has no labels: cannot add labelled items")
+            raise ValueError(
+                "the index has labels, give labels for the added items"
+                if labels is None
+                else "the index has no labels: cannot add labelled items"
+            )
         if (paths is None) != (self._paths is None):
-            raise ValueError("the index has paths, give paths for the added items" if paths is None
-                             else "the index has no paths: cannot add items with paths")
+            raise ValueError(
+                "the index has paths, give paths for the added items"
+                if paths is None
+                else "the index has no paths: cannot add items with paths"
+            )
         labels = check_labels(labels, count)
         paths = check_paths(paths, count)
         if count == 0:
@@ -172,9 +197,11 @@ class GalleryIndex:
 
     def __repr__(self) -> str:
         what = "bits" if self._binary else "dims"
-        return (f"GalleryIndex(kind={self._kind!r}, binary={self._binary}, {self._dim} {what}, "
-                f"{self.ntotal} items, labels={self._labels is not None}, paths={self._paths is not None}, "
-                f"params={self._params})")
+        return (
+            f"GalleryIndex(kind={self._kind!r}, binary={self._binary}, {self._dim} {what}, "
+            f"{self.ntotal} items, labels={self._labels is not None}, paths={self._paths is not None}, "
+            f"params={self._params})"
+        )
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change ``nprobe`` (ivf) or ``ef_search`` (hnsw) for later searches (and saves)."""
@@ -209,8 +236,9 @@ class GalleryIndex:
         k = positive_int(k, "k")
         queries = check_vectors(queries, self._binary, self._dim, "query")
         if exclude_self and len(queries) != self.ntotal:
-            raise ValueError(f"exclude_self needs the gallery as queries: {len(queries)} queries for "
-                             f"{self.ntotal} gallery items")
+            raise ValueError(
+                f"exclude_self needs the gallery as queries: {len(queries)} queries for {self.ntotal} gallery items"
+            )
         if not exclude_self:
             return search_sorted(self._index, self._kind, self._binary, queries, k)
         scores, indices = search_sorted(self._index, self._kind, self._binary, queries, k + 1)
@@ -219,14 +247,16 @@ class GalleryIndex:
         keep[~own.any(axis=1), -1] = False  # self not in the top k + 1: drop the (k+1)-th
         return scores[keep].reshape(len(queries), k), indices[keep].reshape(len(queries), k)
 
-    def retrieve(self, queries, k: int, query_paths=None, query_labels=None, *,
-                 exclude_self: bool = False) -> RetrievalResults:
+    def retrieve(
+        self, queries, k: int, query_paths=None, query_labels=None, *, exclude_self: bool = False
+    ) -> RetrievalResults:
         """``search`` as a ``RetrievalResults`` with the gallery's and the queries' paths and labels."""
         scores, indices = self.search(queries, k, exclude_self=exclude_self)
         return RetrievalResults(scores, indices, self._binary, self._paths, self._labels, query_paths, query_labels)
 
-    def results(self, queries, k: int, query_paths=None, query_labels=None, *,
-                exclude_self: bool = False) -> list[dict]:
+    def results(
+        self, queries, k: int, query_paths=None, query_labels=None, *, exclude_self: bool = False
+    ) -> list[dict]:
         """JSON-ready search results: ``retrieve(...).to_dicts()``.
 
         Returns one dict per query: ``{"query": path or None, "label": label or None,
@@ -236,8 +266,9 @@ class GalleryIndex:
         """
         return self.retrieve(queries, k, query_paths, query_labels, exclude_self=exclude_self).to_dicts()
 
-    def metrics(self, queries=None, query_labels=None, recall_at: Iterable[int] = (1, 5, 10),
-                block_size: int = 1024) -> dict[str, float | int]:
+    def metrics(
+        self, queries=None, query_labels=None, recall_at: Iterable[int] = (1, 5, 10), block_size: int = 1024
+    ) -> dict[str, float | int]:
         """Retrieval metrics of the queries against the gallery, computed exactly in NumPy.
 
         Exactly ``retrieval_metrics(queries, query_labels, gallery, gallery_labels, recall_at)``
@@ -251,26 +282,40 @@ class GalleryIndex:
         gallery = self.gallery_vectors()
         if queries is None and query_labels is None:
             if self._binary:
-                return hamming_metrics(unpack_bits(gallery, self._dim), self._labels,
-                                       recall_at=recall_at, block_size=block_size)
+                return hamming_metrics(
+                    unpack_bits(gallery, self._dim), self._labels, recall_at=recall_at, block_size=block_size
+                )
             return retrieval_metrics(gallery, self._labels, recall_at=recall_at, block_size=block_size)
         if queries is None or query_labels is None:
             raise ValueError("give both queries and query_labels, or neither (query set == gallery)")
         if self._binary:
             codes = check_vectors(queries, True, self._dim, "query")
-            return hamming_metrics(unpack_bits(codes, self._dim), query_labels,
-                                   unpack_bits(gallery, self._dim), self._labels,
-                                   recall_at=recall_at, block_size=block_size)
+            return hamming_metrics(
+                unpack_bits(codes, self._dim),
+                query_labels,
+                unpack_bits(gallery, self._dim),
+                self._labels,
+                recall_at=recall_at,
+                block_size=block_size,
+            )
         check_vectors(queries, False, self._dim, "query")  # shape and finiteness; passed as given
-        return retrieval_metrics(queries, query_labels, gallery, self._labels,
-                                 recall_at=recall_at, block_size=block_size)
+        return retrieval_metrics(
+            queries, query_labels, gallery, self._labels, recall_at=recall_at, block_size=block_size
+        )
 
     # ------------------------------------------------------------------ persistence
 
     def manifest(self) -> dict:
         """The ``manifest.json`` content."""
-        return store.manifest(kind=self._kind, binary=self._binary, dim=self._dim, count=self.ntotal,
-                              params=self._params, labels=self._labels, paths=self._paths)
+        return store.manifest(
+            kind=self._kind,
+            binary=self._binary,
+            dim=self._dim,
+            count=self.ntotal,
+            params=self._params,
+            labels=self._labels,
+            paths=self._paths,
+        )
 
     def save(self, directory) -> Path:
         """Write ``index.faiss`` and ``manifest.json`` into ``directory`` (created if needed).
@@ -282,7 +327,7 @@ class GalleryIndex:
         return store.save(directory, self._index, self._binary, self.manifest())
 
     @classmethod
-    def load(cls, directory) -> "GalleryIndex":
+    def load(cls, directory) -> GalleryIndex:
         """Read an index written by ``save``.
 
         Raises:

@@ -39,8 +39,17 @@ _TEXT = (255, 255, 255)
 _TEXT_STRIP = (0, 0, 0)
 
 
-def retrieval_grid(query_paths: Sequence, results: Sequence, out_png, k: int = 5, thumb: int = 96,
-                   query_labels: Sequence | None = None, *, border: int = 4, text: bool = True) -> str:
+def retrieval_grid(
+    query_paths: Sequence,
+    results: Sequence,
+    out_png,
+    k: int = 5,
+    thumb: int = 96,
+    query_labels: Sequence | None = None,
+    *,
+    border: int = 4,
+    text: bool = True,
+) -> str:
     """Write the grid of the queries' top-k results to ``out_png``; returns that path (str).
 
     Args:

@@ -45,18 +45,22 @@ class RetrievalResults:
             for place, (score, index) in enumerate(zip(self.scores[q].tolist(), self.indices[q].tolist())):
                 if index < 0:
                     continue
-                entries.append({
-                    "rank": place + 1,
-                    "index": int(index),
-                    "path": None if self.gallery_paths is None else self.gallery_paths[index],
-                    "label": None if self.gallery_labels is None else self.gallery_labels[index].item(),
-                    "score": int(score) if self.binary else float(score),
-                })
-            out.append({
-                "query": None if self.query_paths is None else self.query_paths[q],
-                "label": None if q_labels is None else q_labels[q],
-                "results": entries,
-            })
+                entries.append(
+                    {
+                        "rank": place + 1,
+                        "index": int(index),
+                        "path": None if self.gallery_paths is None else self.gallery_paths[index],
+                        "label": None if self.gallery_labels is None else self.gallery_labels[index].item(),
+                        "score": int(score) if self.binary else float(score),
+                    }
+                )
+            out.append(
+                {
+                    "query": None if self.query_paths is None else self.query_paths[q],
+                    "label": None if q_labels is None else q_labels[q],
+                    "results": entries,
+                }
+            )
         return out
 
 

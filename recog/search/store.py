@@ -90,18 +90,28 @@ def load(directory) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise DataError(f"{where}: {MANIFEST_NAME} is not a recog gallery index manifest")
     if manifest.get("version") != FORMAT_VERSION:
-        raise DataError(f"{where}: manifest format version {manifest.get('version')!r} is not "
-                        f"supported (this recog reads version {FORMAT_VERSION})")
+        raise DataError(
+            f"{where}: manifest format version {manifest.get('version')!r} is not "
+            f"supported (this recog reads version {FORMAT_VERSION})"
+        )
     kind, binary, dim, count = (manifest.get(key) for key in ("kind", "binary", "dim", "count"))
     params, labels, paths = manifest.get("params"), manifest.get("labels"), manifest.get("paths")
-    if (kind not in KINDS or not isinstance(binary, bool) or not _is_int(dim) or dim < 1
-            or not _is_int(count) or count < 0 or not isinstance(params, dict)
-            or set(params) - set(PARAM_NAMES[kind])
-            or not all(_is_int(v) and v >= 1 for v in params.values())
-            or not (labels is None or isinstance(labels, list))
-            or not (paths is None or (isinstance(paths, list) and all(isinstance(p, str) for p in paths)))):
-        raise DataError(f"{where}: {MANIFEST_NAME} has missing or invalid fields "
-                        "(kind, binary, dim, count, params, labels, paths)")
+    if (
+        kind not in KINDS
+        or not isinstance(binary, bool)
+        or not _is_int(dim)
+        or dim < 1
+        or not _is_int(count)
+        or count < 0
+        or not isinstance(params, dict)
+        or set(params) - set(PARAM_NAMES[kind])
+        or not all(_is_int(v) and v >= 1 for v in params.values())
+        or not (labels is None or isinstance(labels, list))
+        or not (paths is None or (isinstance(paths, list) and all(isinstance(p, str) for p in paths)))
+    ):
+        raise DataError(
+            f"{where}: {MANIFEST_NAME} has missing or invalid fields (kind, binary, dim, count, params, labels, paths)"
+        )
     if labels is not None and len(labels) != count:
         raise DataError(f"{where}: the manifest has {len(labels)} labels for {count} items")
     if paths is not None and len(paths) != count:
@@ -113,25 +123,33 @@ def load(directory) -> dict:
         index = (faiss.read_index_binary if binary else faiss.read_index)(str(index_path))
     except (RuntimeError, MemoryError) as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise DataError(f"{where}: cannot read {INDEX_NAME} as a faiss "
-                        f"{'binary ' if binary else ''}index ({first_line})") from None
+        raise DataError(
+            f"{where}: cannot read {INDEX_NAME} as a faiss {'binary ' if binary else ''}index ({first_line})"
+        ) from None
     expected = FAISS_CLASSES[(kind, binary)]
-    if not isinstance(index, expected) or (
-            not binary and index.metric_type != faiss.METRIC_INNER_PRODUCT):
-        raise DataError(f"{where}: {INDEX_NAME} holds a {type(index).__name__} (metric "
-                        f"{getattr(index, 'metric_type', '?')}), not the {kind!r} "
-                        f"{'Hamming' if binary else 'inner-product'} index the manifest describes")
+    if not isinstance(index, expected) or (not binary and index.metric_type != faiss.METRIC_INNER_PRODUCT):
+        raise DataError(
+            f"{where}: {INDEX_NAME} holds a {type(index).__name__} (metric "
+            f"{getattr(index, 'metric_type', '?')}), not the {kind!r} "
+            f"{'Hamming' if binary else 'inner-product'} index the manifest describes"
+        )
     if index.d != dim:
         raise DataError(f"{where}: {INDEX_NAME} has dimension {index.d}, the manifest {dim}")
     if index.ntotal != count:
-        raise DataError(f"{where}: {INDEX_NAME} holds {index.ntotal} vectors, the manifest "
-                        f"lists {count} items")
+        raise DataError(f"{where}: {INDEX_NAME} holds {index.ntotal} vectors, the manifest lists {count} items")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.dtype.kind not in "iubU":
             raise DataError(f"{where}: the manifest's labels must all be integers or all strings")
-    return {"index": index, "kind": kind, "binary": binary, "dim": dim, "params": params, "labels": labels,
-            "paths": paths}
+    return {
+        "index": index,
+        "kind": kind,
+        "binary": binary,
+        "dim": dim,
+        "params": params,
+        "labels": labels,
+        "paths": paths,
+    }
 
 
 def _is_int(value) -> bool:

@@ -1,7 +1,7 @@
 """Stages, one module each; ``run.py`` dispatches on ``cfg.stage``."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict
 
 from omegaconf import DictConfig
 
@@ -22,8 +22,12 @@ def run_stage(cfg: DictConfig, run_dir: Path):
     from recog.tracking.mlflow_tracker import record_failed_job
     from recog.tracking.sweep_job import in_multirun
 
-    stages: Dict[Stage, Callable] = {Stage.train: train.run, Stage.eval: evaluate.run, Stage.export: export.run,
-                                     Stage.predict: predict.run}
+    stages: dict[Stage, Callable] = {
+        Stage.train: train.run,
+        Stage.eval: evaluate.run,
+        Stage.export: export.run,
+        Stage.predict: predict.run,
+    }
     check_reachable(cfg)
     with collect_runs() as started:
         try:

@@ -13,12 +13,12 @@ is marked KILLED; ``run.py`` exits 130 / 143).
 import logging
 import signal
 from pathlib import Path
-from typing import Dict
 
 from omegaconf import DictConfig
 
 from recog.api import build_model, load_splits
-from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
+from recog.data.bad_images import FILE_NAME as BAD_IMAGES
+from recog.data.bad_images import summarize as summarize_bad_images
 from recog.data.loader import dataset_options
 from recog.distributed import parallel
 from recog.errors import ConfigError, TrainingInterrupted
@@ -33,7 +33,7 @@ from recog.utils.runtime import is_main_process, seed_everything, select_device
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
+def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     """Evaluate ``cfg.model_path``; writes ``metrics.json`` into ``run_dir`` and logs to MLflow."""
     if not cfg.model_path:
         raise ConfigError("stage=eval needs a trained model: model_path=<run dir>/best_model")
@@ -54,8 +54,9 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     tracker.set_tag("recog.world_size", str(world))
     try:
         with StopRequest() as stop:
-            evaluator = Evaluator(splits, trained_cfg.data, cfg.eval, amp=amp,
-                                  options=dataset_options(cfg.data, run_dir))
+            evaluator = Evaluator(
+                splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir)
+            )
             evaluator.stop = stop
             try:
                 metrics = evaluator(model)

@@ -31,7 +31,7 @@ probed in a child process; or ``full`` / ``no_placement`` / ``off`` without prob
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -47,7 +47,7 @@ from recog.utils.runtime import is_main_process, seed_everything, select_device
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
+def run(cfg: DictConfig, run_dir) -> dict[str, Any]:
     """Export ``cfg.model_path``; returns the check report (plus ``output_dir``)."""
     model_path = check_model_path(cfg.model_path)
     check_options(cfg.export)
@@ -68,12 +68,18 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, Any]:
         tracker.finish("FAILED")  # a no-op on the training run: its status stays as it was
         raise
     tracker.finish()
-    log.info("exported %s to %s: features [N, %d]%s; %s", model_path, output_dir.resolve(), report["feature_dim"],
-             " + model.onnx" if cfg.export.onnx else "", tracker.describe())
+    log.info(
+        "exported %s to %s: features [N, %d]%s; %s",
+        model_path,
+        output_dir.resolve(),
+        report["feature_dim"],
+        " + model.onnx" if cfg.export.onnx else "",
+        tracker.describe(),
+    )
     return dict(report, output_dir=str(output_dir.resolve()))
 
 
-def export_after_training(cfg: DictConfig, run_dir, tracker: MlflowTracker) -> Optional[Dict[str, Any]]:
+def export_after_training(cfg: DictConfig, run_dir, tracker: MlflowTracker) -> dict[str, Any] | None:
     """The end of ``stage=train``: export ``<run>/best_model`` into ``<run>/export`` (or
     ``export.output_dir``) and log it to the training run, as artifact ``export/`` and as the
     run's MLflow Model ``model``. Skipped (None) with ``export.after_train=false``, without a best
@@ -89,8 +95,9 @@ def export_after_training(cfg: DictConfig, run_dir, tracker: MlflowTracker) -> O
     return report
 
 
-def export_and_log(cfg: DictConfig, model_path: Path, output_dir: Path, tracker: MlflowTracker,
-                   train_run_id: Optional[str]) -> Dict[str, Any]:
+def export_and_log(
+    cfg: DictConfig, model_path: Path, output_dir: Path, tracker: MlflowTracker, train_run_id: str | None
+) -> dict[str, Any]:
     """Rebuild the model of ``model_path``, export it into ``output_dir`` (checked), and log the
     folder to ``tracker``'s run: artifact ``export/`` and the MLflow Model ``model``."""
     export_cfg = cfg.export
@@ -101,10 +108,20 @@ def export_and_log(cfg: DictConfig, model_path: Path, output_dir: Path, tracker:
     checkpoint.load_model_weights(model_path, model)
     model.eval()
     images, source = check_batch(cfg, trained_cfg)
-    report = export_model(model, trained_cfg, output_dir, images, check_source=source, model_path=str(model_path),
-                          onnx=export_cfg.onnx, opset_version=export_cfg.opset_version,
-                          tolerance=export_cfg.tolerance, device=device, cpu_onednn=export_cfg.cpu_onednn,
-                          extra={"mlflow_run_id": tracker.run_id, "train_run_id": train_run_id})
+    report = export_model(
+        model,
+        trained_cfg,
+        output_dir,
+        images,
+        check_source=source,
+        model_path=str(model_path),
+        onnx=export_cfg.onnx,
+        opset_version=export_cfg.opset_version,
+        tolerance=export_cfg.tolerance,
+        device=device,
+        cpu_onednn=export_cfg.cpu_onednn,
+        extra={"mlflow_run_id": tracker.run_id, "train_run_id": train_run_id},
+    )
     tracker.log_artifact(output_dir, "export")
     tracker.set_tag("recog.export_dir", str(output_dir.resolve()))
     tracker.log_model(output_dir)
@@ -129,12 +146,14 @@ def check_model_path(model_path) -> Path:
         raise ConfigError(f"model_path={path} does not exist or is not a directory: point it at a run's best_model/")
     for name in (checkpoint.MODEL_FILE, checkpoint.CONFIG_FILE):
         if not (path / name).is_file():
-            raise ConfigError(f"model_path={path} holds no {name}: point it at a run's best_model/ (which holds "
-                              f"{checkpoint.MODEL_FILE}, {checkpoint.CONFIG_FILE} and {checkpoint.STATE_FILE})")
+            raise ConfigError(
+                f"model_path={path} holds no {name}: point it at a run's best_model/ (which holds "
+                f"{checkpoint.MODEL_FILE}, {checkpoint.CONFIG_FILE} and {checkpoint.STATE_FILE})"
+            )
     return path
 
 
-def check_batch(cfg: DictConfig, trained_cfg: DictConfig) -> Tuple[np.ndarray, str]:
+def check_batch(cfg: DictConfig, trained_cfg: DictConfig) -> tuple[np.ndarray, str]:
     """Up to ``export.check_images`` eval-split images through the eval transform, and where they came from.
 
     Falls back to random input (seeded) when the configured dataset cannot be read.

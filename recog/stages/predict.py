@@ -36,7 +36,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 from omegaconf import DictConfig
@@ -45,9 +44,9 @@ from tqdm import tqdm
 from recog.data.lists import EntryChecker, format_bad_lines, parse_label, read_lines, short
 from recog.data.transforms import decode_image
 from recog.errors import ConfigError, DataError
+from recog.evaluation.results import write_metrics
 from recog.inference import ExportedModel, preprocess_image
 from recog.metrics import format_metrics_table, pack_bits
-from recog.evaluation.results import write_metrics
 from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, save_retrieval_grid
 from recog.tracking import MlflowTracker
@@ -62,13 +61,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 @dataclass(frozen=True)
 class Item:
     path: str
-    label: Optional[int] = None
+    label: int | None = None
 
 
 PREDICT_LIST_FORMAT = "'path' or 'path label' per line, paths relative to the list's folder, label an integer >= 0"
 
 
-def read_items(spec: str, what: str) -> List[Item]:
+def read_items(spec: str, what: str) -> list[Item]:
     """Images of a folder (recursively, sorted; labels unknown) or of a list file whose lines are
     ``path [label]``, paths relative to the list's folder.
 
@@ -90,7 +89,7 @@ def read_items(spec: str, what: str) -> List[Item]:
     return items
 
 
-def _read_list(path: Path, what: str) -> List[Item]:
+def _read_list(path: Path, what: str) -> list[Item]:
     items, checker = [], EntryChecker(str(path.parent))
     for number, line in enumerate(read_lines(str(path), f"{what} list"), 1):
         fields = line.split()
@@ -108,8 +107,14 @@ def _read_list(path: Path, what: str) -> List[Item]:
             items.append(Item(image, label))
     problems = sorted(checker.problems)
     if items and len(checker.missing) == len(items):
-        problems.insert(0, (None, f"none of the {len(items)} listed images exist, e.g. {short(items[0].path, 200)}: "
-                                  "paths are relative to the list's folder"))
+        problems.insert(
+            0,
+            (
+                None,
+                f"none of the {len(items)} listed images exist, e.g. {short(items[0].path, 200)}: "
+                "paths are relative to the list's folder",
+            ),
+        )
     if problems:
         raise DataError(format_bad_lines(str(path), problems, PREDICT_LIST_FORMAT))
     return items
@@ -130,8 +135,9 @@ def check_ready(cfg: DictConfig) -> None:
             raise ConfigError(f"predict.{key}={p[key]} is neither a folder nor a list file")
 
 
-def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size: int, desc: str,
-            post: Optional[PostProcess] = None) -> Tuple[np.ndarray, List[Item], List[str]]:
+def extract(
+    model: ExportedModel, items: list[Item], out_file: Path, batch_size: int, desc: str, post: PostProcess | None = None
+) -> tuple[np.ndarray, list[Item], list[str]]:
     """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy); with ``post.flip``
     the mean of the features of each image and of its mirror.
 
@@ -157,8 +163,9 @@ def extract(model: ExportedModel, items: List[Item], out_file: Path, batch_size:
     return np.load(out_file, mmap_mode="r"), kept, failed
 
 
-def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], batch_size: int, desc: str,
-                  method, post: PostProcess) -> Tuple[np.ndarray, List[Item], List[str], int]:
+def _extract_into(
+    rows: np.ndarray, model: ExportedModel, items: list[Item], batch_size: int, desc: str, method, post: PostProcess
+) -> tuple[np.ndarray, list[Item], list[str], int]:
     """Decode, preprocess and predict ``items`` batch by batch into ``rows`` (skipped images leave
     no row); returns ``(rows, kept items, failed lines, rows filled)``."""
     kept, failed, count = [], [], 0
@@ -169,10 +176,12 @@ def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], bat
         except DataError as error:
             return None, str(error)
 
-    with ThreadPoolExecutor(max_workers=4) as pool, \
-            tqdm(total=len(items), desc=desc, disable=not is_main_process(), dynamic_ncols=True) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=4) as pool,
+        tqdm(total=len(items), desc=desc, disable=not is_main_process(), dynamic_ncols=True) as bar,
+    ):
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
+            batch = items[start : start + batch_size]
             images = []
             for item, (image, error) in zip(batch, pool.map(load, batch)):
                 if image is None:
@@ -186,24 +195,26 @@ def _extract_into(rows: np.ndarray, model: ExportedModel, items: List[Item], bat
                 features = post.features_of(model.predict, np.stack(images), bool(model.preprocess.get("normalize")))
                 if method:
                     features = pack_bits(features)
-                rows[count:count + len(images)] = features
+                rows[count : count + len(images)] = features
                 count += len(images)
             bar.update(len(batch))
     return rows, kept, failed, count
 
 
-def write_manifest(items: List[Item], path: Path) -> None:
+def write_manifest(items: list[Item], path: Path) -> None:
     atomic.write_text(path, "".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items), "manifest")
 
 
 def check_postprocess(model: ExportedModel, post: PostProcess) -> None:
     """``ConfigError`` when ``eval.flip`` / ``query_expansion`` / ``rerank`` meet a binarizing export."""
     if model.preprocess.get("binarize") and (post.flip or post.reorders):
-        raise ConfigError("eval.flip, eval.query_expansion and eval.rerank work on real features; "
-                          "the export in predict.model_dir outputs binary codes")
+        raise ConfigError(
+            "eval.flip, eval.query_expansion and eval.rerank work on real features; "
+            "the export in predict.model_dir outputs binary codes"
+        )
 
 
-def search_results(index: GalleryIndex, queries: np.ndarray, post: PostProcess, k: int, paths, labels) -> List[dict]:
+def search_results(index: GalleryIndex, queries: np.ndarray, post: PostProcess, k: int, paths, labels) -> list[dict]:
     """``index.results`` (the top ``k`` per query) after the query expansion and re-ranking ``post``
     asks for; re-ranked entries carry their ``rerank_distance`` (ascending)."""
     if not post.reorders:
@@ -216,19 +227,23 @@ def search_results(index: GalleryIndex, queries: np.ndarray, post: PostProcess, 
     order, distances = post.rerank_order(expanded, gallery, k)
     gallery_paths, gallery_labels = index.paths, index.labels
     for row, query, items, item_distances in zip(results, expanded, order, distances):
-        row["results"] = [{
-            "rank": place + 1,
-            "index": int(i),
-            "path": None if gallery_paths is None else gallery_paths[i],
-            "label": None if gallery_labels is None else gallery_labels[i].item(),
-            "score": float(np.dot(query, gallery[i])),
-            "rerank_distance": float(d),
-        } for place, (i, d) in enumerate(zip(items.tolist(), item_distances.tolist()))]
+        row["results"] = [
+            {
+                "rank": place + 1,
+                "index": int(i),
+                "path": None if gallery_paths is None else gallery_paths[i],
+                "label": None if gallery_labels is None else gallery_labels[i].item(),
+                "score": float(np.dot(query, gallery[i])),
+                "rerank_distance": float(d),
+            }
+            for place, (i, d) in enumerate(zip(items.tolist(), item_distances.tolist()))
+        ]
     return results
 
 
-def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path,
-                  post: Optional[PostProcess] = None) -> GalleryIndex:
+def gallery_index(
+    model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path, post: PostProcess | None = None
+) -> GalleryIndex:
     """Load the index in ``index_dir`` and add the gallery images it lacks, or build it anew."""
     p = cfg.predict
     items = read_items(p.gallery, "predict.gallery")
@@ -246,21 +261,29 @@ def gallery_index(model: ExportedModel, cfg: DictConfig, index_dir: Path, out_di
         labels = [i.label for i in kept]
         unlabelled = sum(label is None for label in labels)
         if 0 < unlabelled < len(labels):
-            log.warning("%d of %d gallery images have no label: the gallery is indexed without labels "
-                        "(results without gallery labels, no metrics)", unlabelled, len(labels))
+            log.warning(
+                "%d of %d gallery images have no label: the gallery is indexed without labels "
+                "(results without gallery labels, no metrics)",
+                unlabelled,
+                len(labels),
+            )
         labels = labels if not unlabelled else None
         paths = [i.path for i in kept]
         if index is None:
             index = GalleryIndex.build(np.asarray(rows), labels=labels, paths=paths, kind=p.index, binary=binary)
         else:
             if (labels is None) != (index.labels is None):
-                raise DataError(f"the gallery index {index_dir} {'has' if index.labels is not None else 'has no'} "
-                                f"labels, the new images of predict.gallery={p.gallery} "
-                                f"{'do not all have one' if labels is None else 'have labels'}: label every line "
-                                "the same way, or build a new index (predict.index_dir=<new dir>)")
+                raise DataError(
+                    f"the gallery index {index_dir} {'has' if index.labels is not None else 'has no'} "
+                    f"labels, the new images of predict.gallery={p.gallery} "
+                    f"{'do not all have one' if labels is None else 'have labels'}: label every line "
+                    "the same way, or build a new index (predict.index_dir=<new dir>)"
+                )
             if labels is not None and index.labels.dtype.kind not in "iu":
-                raise DataError(f"the gallery index {index_dir} has string labels, predict.gallery={p.gallery} "
-                                "integer ones: build a new index (predict.index_dir=<new dir>)")
+                raise DataError(
+                    f"the gallery index {index_dir} has string labels, predict.gallery={p.gallery} "
+                    "integer ones: build a new index (predict.index_dir=<new dir>)"
+                )
             index.add(np.asarray(rows), labels=labels, paths=paths)
         index.save(index_dir)
     return index
@@ -283,7 +306,9 @@ def run(cfg: DictConfig, run_dir) -> dict:
         atomic.write_text(out_dir / "failed.txt", "".join(line + "\n" for line in failed))
         summary = {"images": len(items), "extracted": len(kept), "failed": len(failed)}
         if failed:
-            log.warning("%d image(s) could not be decoded and were skipped: see %s", len(failed), out_dir / "failed.txt")
+            log.warning(
+                "%d image(s) could not be decoded and were skipped: see %s", len(failed), out_dir / "failed.txt"
+            )
         if p.gallery:
             index_dir = Path(p.index_dir) if p.index_dir else out_dir / "gallery"
             index = gallery_index(model, cfg, index_dir, out_dir, post)
@@ -296,14 +321,22 @@ def run(cfg: DictConfig, run_dir) -> dict:
                 row["label"] = label
             atomic.write_text(out_dir / "results.json", json.dumps(results, indent=1), "search results")
             if not labelled and any(label is not None for label in labels):
-                log.warning("%d of %d queries have no label: no metrics (they need a label on every query)",
-                            sum(label is None for label in labels), len(labels))
+                log.warning(
+                    "%d of %d queries have no label: no metrics (they need a label on every query)",
+                    sum(label is None for label in labels),
+                    len(labels),
+                )
             elif labelled and index.labels is None:
                 log.warning("the gallery has no labels: no metrics")
             if labelled and index.labels is not None:
                 if post.reorders:
-                    metrics = post.metrics(queries, np.asarray(labels), index.gallery_vectors(), index.labels,
-                                           recall_at=tuple(cfg.eval.recall_at))
+                    metrics = post.metrics(
+                        queries,
+                        np.asarray(labels),
+                        index.gallery_vectors(),
+                        index.labels,
+                        recall_at=tuple(cfg.eval.recall_at),
+                    )
                 else:
                     metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
                 write_metrics(metrics, out_dir / "metrics.json")
@@ -312,8 +345,9 @@ def run(cfg: DictConfig, run_dir) -> dict:
                 summary["metrics"] = metrics
             shown = min(p.picture_queries, len(results))
             if shown:
-                save_retrieval_grid(paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k,
-                                    query_labels=labels[:shown])
+                save_retrieval_grid(
+                    paths[:shown], results[:shown], out_dir / "retrieval.png", k=p.top_k, query_labels=labels[:shown]
+                )
             summary["gallery"] = {"index": str(index_dir), "size": index.ntotal}
         atomic.write_text(out_dir / "predict_summary.json", json.dumps(summary, indent=2), "summary")
         for artifact in ("results.json", "metrics.json", "retrieval.png", "predict_summary.json", "failed.txt"):

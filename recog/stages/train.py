@@ -31,7 +31,6 @@ code 2), leaving ``checkpoints/last`` and ``best_model`` as they were; with
 import contextlib
 import logging
 from pathlib import Path
-from typing import Dict
 
 import paddle
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -39,7 +38,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recog.api import build_loss, build_model, load_splits
 from recog.config import require_complete
 from recog.data import build_train_loader, build_transform
-from recog.data.bad_images import FILE_NAME as BAD_IMAGES, summarize as summarize_bad_images
+from recog.data.bad_images import FILE_NAME as BAD_IMAGES
+from recog.data.bad_images import summarize as summarize_bad_images
 from recog.data.loader import dataset_options
 from recog.distributed import parallel
 from recog.errors import ConfigError, TrainingInterrupted
@@ -62,7 +62,7 @@ from recog.utils.runtime import has_gpu, is_main_process, seed_everything, selec
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
+def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     """Train ``cfg``'s model on ``cfg.dataset``; returns the best eval metrics."""
     require_complete(cfg)
     run_dir = Path(run_dir)
@@ -75,8 +75,10 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
         raise ConfigError(ONEDNN_TRAINING_REFUSED)
     device_name = getattr(cfg.trainer.device, "value", cfg.trainer.device)
     if cfg.trainer.sync_bn and parallel.launched_world_size() > 1 and (device_name == "cpu" or not has_gpu()):
-        raise ConfigError("trainer.sync_bn=true needs GPUs: Paddle has no CPU kernel for SyncBatchNorm; "
-                          "drop it on CPU (trainer.freeze_bn=true avoids per-process batch statistics)")
+        raise ConfigError(
+            "trainer.sync_bn=true needs GPUs: Paddle has no CPU kernel for SyncBatchNorm; "
+            "drop it on CPU (trainer.freeze_bn=true avoids per-process batch statistics)"
+        )
     select_device(cfg.trainer.device, ["trainer.sync_bn=true"] if cfg.trainer.sync_bn else [])
     rank, world = parallel.init_distributed()
     run_dir.mkdir(parents=True, exist_ok=True)  # loader workers may record bad images there from the start
@@ -86,7 +88,7 @@ def run(cfg: DictConfig, run_dir) -> Dict[str, float]:
     return best
 
 
-def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[str, float]:
+def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> dict[str, float]:
     seed_everything(cfg.seed)
     splits = load_splits(cfg)
     class_num = cfg.head.class_num if cfg.head is not None and cfg.head.class_num else splits.num_train_classes
@@ -94,20 +96,32 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
     model = build_model(cfg, class_num=class_num)
     loss_fn = build_loss(cfg, class_num=class_num, embedding_size=model.embedding_size)
     data = cfg.data
-    transform = build_transform(data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant,
-                                augment=data.get("augment"))
+    transform = build_transform(
+        data.image_size, data.mean, data.std, train=True, hflip=splits.mirror_invariant, augment=data.get("augment")
+    )
     options = dataset_options(data, run_dir)
-    loader = build_train_loader(splits.train, splits.train_labels_contiguous(), transform, data.batch_size,
-                                data.samples_per_class, data.num_workers, cfg.seed, rank=rank, world_size=world,
-                                options=options, steps_per_epoch=cfg.trainer.steps_per_epoch or None)
+    loader = build_train_loader(
+        splits.train,
+        splits.train_labels_contiguous(),
+        transform,
+        data.batch_size,
+        data.samples_per_class,
+        data.num_workers,
+        cfg.seed,
+        rank=rank,
+        world_size=world,
+        options=options,
+        steps_per_epoch=cfg.trainer.steps_per_epoch or None,
+    )
     steps_per_epoch = len(loader)
     if cfg.trainer.sync_bn and world > 1:
         model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # Some losses learn too (CenterLoss's centres): they are optimised and checkpointed with the model.
     optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), steps_per_epoch)
     if amp is not None and amp.level == "O2":  # float16/bfloat16 weights, float32 master copies
-        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", dtype=amp.dtype,
-                                               save_dtype="float32")
+        model, optimizer = paddle.amp.decorate(
+            models=model, optimizers=optimizer, level="O2", dtype=amp.dtype, save_dtype="float32"
+        )
     net = TrainNet(model, loss_fn)
     if world > 1:  # broadcasts rank 0's weights; gradients are averaged over the ranks
         net = paddle.DataParallel(net, find_unused_parameters=has_unused_parameters(model, loss_fn))
@@ -119,16 +133,28 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> Dict[s
     state = new_state()
     if cfg.resume:
         state = checkpoints.restore(rank, steps_per_epoch)
-        log.info("resuming %s at epoch %d, step %d of %d%s", run_dir, state["epoch"] + 1, state["step_in_epoch"],
-                 steps_per_epoch, " (with the eval it was stopped in)" if state.get("eval_pending") else "")
+        log.info(
+            "resuming %s at epoch %d, step %d of %d%s",
+            run_dir,
+            state["epoch"] + 1,
+            state["step_in_epoch"],
+            steps_per_epoch,
+            " (with the eval it was stopped in)" if state.get("eval_pending") else "",
+        )
 
     tracker = MlflowTracker(cfg, stage="train", run_id=state["mlflow_run_id"])
     state["mlflow_run_id"] = tracker.run_id
     tracker.set_tag("recog.world_size", str(world))
-    log.info("%s: %d train images in %d classes, %d steps per epoch%s, %s step; %s", model.__class__.__name__,
-             len(splits.train), splits.num_train_classes, steps_per_epoch,
-             f" on each of {world} processes (batch {data.batch_size} per process)" if world > 1 else "",
-             step_mode.describe(), tracker.describe())  # speed hook (issue 16): step_mode
+    log.info(
+        "%s: %d train images in %d classes, %d steps per epoch%s, %s step; %s",
+        model.__class__.__name__,
+        len(splits.train),
+        splits.num_train_classes,
+        steps_per_epoch,
+        f" on each of {world} processes (batch {data.batch_size} per process)" if world > 1 else "",
+        step_mode.describe(),
+        tracker.describe(),
+    )  # speed hook (issue 16): step_mode
     try:
         with StopRequest() as stop:
             runner.stop = stop

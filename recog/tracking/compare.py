@@ -6,9 +6,9 @@ eval's as ``best_<name>`` (``best_epoch``: the epoch of that eval); the comparis
 """
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from recog.utils import atomic
 
@@ -20,14 +20,14 @@ class RunSummary:
     run_id: str
     name: str
     status: str
-    params: Dict[str, str]
-    metrics: Dict[str, float]  # best_<name> folded into <name>
-    tags: Dict[str, str] = field(default_factory=dict)
-    start_time: Optional[int] = None  # ms since the epoch
-    end_time: Optional[int] = None
+    params: dict[str, str]
+    metrics: dict[str, float]  # best_<name> folded into <name>
+    tags: dict[str, str] = field(default_factory=dict)
+    start_time: int | None = None  # ms since the epoch
+    end_time: int | None = None
 
     @property
-    def duration_s(self) -> Optional[float]:
+    def duration_s(self) -> float | None:
         if self.start_time is None or self.end_time is None:
             return None
         return (self.end_time - self.start_time) / 1000.0
@@ -36,13 +36,22 @@ class RunSummary:
 def summarize(run) -> RunSummary:
     """A ``RunSummary`` of an ``mlflow.entities.Run``."""
     metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("best_")}
-    metrics.update({k[len("best_"):]: v for k, v in run.data.metrics.items() if k.startswith("best_")})
-    return RunSummary(run.info.run_id, run.info.run_name or run.info.run_id[:8], run.info.status, dict(run.data.params),
-                      metrics, dict(run.data.tags), run.info.start_time, run.info.end_time)
+    metrics.update({k[len("best_") :]: v for k, v in run.data.metrics.items() if k.startswith("best_")})
+    return RunSummary(
+        run.info.run_id,
+        run.info.run_name or run.info.run_id[:8],
+        run.info.status,
+        dict(run.data.params),
+        metrics,
+        dict(run.data.tags),
+        run.info.start_time,
+        run.info.end_time,
+    )
 
 
-def load_runs(client, experiment_ids: Sequence[str], parent_run_id: Optional[str] = None,
-              stage: Optional[str] = "train") -> List[RunSummary]:
+def load_runs(
+    client, experiment_ids: Sequence[str], parent_run_id: str | None = None, stage: str | None = "train"
+) -> list[RunSummary]:
     """The runs of ``experiment_ids`` (of the stage ``stage``; None: any but sweep parents), only
     the children of ``parent_run_id`` when given."""
     filters = []
@@ -53,8 +62,9 @@ def load_runs(client, experiment_ids: Sequence[str], parent_run_id: Optional[str
     runs = []
     token = None
     while True:
-        page = client.search_runs(list(experiment_ids), filter_string=" and ".join(filters), max_results=1000,
-                                  page_token=token)
+        page = client.search_runs(
+            list(experiment_ids), filter_string=" and ".join(filters), max_results=1000, page_token=token
+        )
         runs.extend(summarize(run) for run in page if run.data.tags.get("recog.stage") != "sweep")
         token = page.token
         if not token:
@@ -65,38 +75,51 @@ def load_runs(client, experiment_ids: Sequence[str], parent_run_id: Optional[str
 _STATUS_ORDER = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "KILLED": 2, "FAILED": 3}
 
 
-def sort_by_metric(runs: List[RunSummary], metric: str) -> List[RunSummary]:
+def sort_by_metric(runs: list[RunSummary], metric: str) -> list[RunSummary]:
     """Finished runs first, then running, killed and failed ones (a failed run's metrics are of an
     unfinished training); within each, best first (higher is better), runs without the metric last,
     ties in start order (the Optuna sweeper's best trial is the first to reach the best value)."""
-    return sorted(runs, key=lambda r: (_STATUS_ORDER.get(r.status, 1), metric not in r.metrics,
-                                       -r.metrics.get(metric, 0.0), r.start_time or 0))
+    return sorted(
+        runs,
+        key=lambda r: (
+            _STATUS_ORDER.get(r.status, 1),
+            metric not in r.metrics,
+            -r.metrics.get(metric, 0.0),
+            r.start_time or 0,
+        ),
+    )
 
 
-def display_names(runs: List[RunSummary], width: int = 40) -> List[str]:
+def display_names(runs: list[RunSummary], width: int = 40) -> list[str]:
     """The runs' names cut to ``width``; names that would be the same for different runs end in
     the run id's first 8 characters, so every row can be told apart."""
     names = [_shorten(run.name, width) for run in runs]
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for name in names:
         counts[name] = counts.get(name, 0) + 1
-    return [name if counts[name] == 1 else f"{_shorten(run.name, width - 9)} {run.run_id[:8]}"
-            for name, run in zip(names, runs)]
+    return [
+        name if counts[name] == 1 else f"{_shorten(run.name, width - 9)} {run.run_id[:8]}"
+        for name, run in zip(names, runs)
+    ]
 
 
-def differing_params(runs: List[RunSummary]) -> List[str]:
+def differing_params(runs: list[RunSummary]) -> list[str]:
     """Param keys whose value is not the same in every run (a missing key counts as a value)."""
     keys = sorted({k for run in runs for k in run.params})
     return [k for k in keys if len({run.params.get(k) for run in runs}) > 1]
 
 
-def recall_ks(runs: List[RunSummary]) -> List[int]:
-    ks = {int(k.rsplit("_", 1)[1]) for run in runs for k in run.metrics
-          if k.startswith("recall_at_") and k.rsplit("_", 1)[1].isdigit()}
+def recall_ks(runs: list[RunSummary]) -> list[int]:
+    ks = {
+        int(k.rsplit("_", 1)[1])
+        for run in runs
+        for k in run.metrics
+        if k.startswith("recall_at_") and k.rsplit("_", 1)[1].isdigit()
+    }
     return sorted(ks)
 
 
-def format_table(runs: List[RunSummary], metric: str) -> str:
+def format_table(runs: list[RunSummary], metric: str) -> str:
     """Runs as rows, sorted by ``metric``: differing params, Recall@K, mAP, epochs, duration."""
     runs = sort_by_metric(runs, metric)
     params = differing_params(runs)
@@ -104,24 +127,40 @@ def format_table(runs: List[RunSummary], metric: str) -> str:
     metric_columns = [f"recall_at_{k}" for k in recall_ks(runs)] + ["mAP"]
     if metric not in metric_columns:
         metric_columns.insert(0, metric)
-    header = ["#", "run", "status", *shown, *[_metric_label(m) for m in metric_columns], "best_epoch", "epochs",
-              "duration"]
+    header = [
+        "#",
+        "run",
+        "status",
+        *shown,
+        *[_metric_label(m) for m in metric_columns],
+        "best_epoch",
+        "epochs",
+        "duration",
+    ]
     rows = [header]
     for rank, (run, name) in enumerate(zip(runs, display_names(runs)), 1):
         epoch = run.metrics.get("epoch")
-        rows.append([str(rank), name, run.status, *[_param(run.params.get(k, "-")) for k in shown],
-                     *[_number(run.metrics.get(m)) for m in metric_columns],
-                     "-" if epoch is None else str(int(epoch)), run.params.get("trainer.epochs", "-"),
-                     _duration(run.duration_s)])
+        rows.append(
+            [
+                str(rank),
+                name,
+                run.status,
+                *[_param(run.params.get(k, "-")) for k in shown],
+                *[_number(run.metrics.get(m)) for m in metric_columns],
+                "-" if epoch is None else str(int(epoch)),
+                run.params.get("trainer.epochs", "-"),
+                _duration(run.duration_s),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     if len(params) > len(shown):
-        lines.append(f"(+{len(params) - len(shown)} more differing params: {', '.join(params[len(shown):])})")
+        lines.append(f"(+{len(params) - len(shown)} more differing params: {', '.join(params[len(shown) :])})")
     return "\n".join(lines)
 
 
-def plot_comparison(runs: List[RunSummary], metric: str, path, top: int = 3, title: str = "") -> Path:
+def plot_comparison(runs: list[RunSummary], metric: str, path, top: int = 3, title: str = "") -> Path:
     """PNG: ``metric`` per run (bars, best on top) and the Recall@K curves of the ``top`` best runs."""
     import matplotlib
 
@@ -130,8 +169,9 @@ def plot_comparison(runs: List[RunSummary], metric: str, path, top: int = 3, tit
 
     runs = [run for run in sort_by_metric(runs, metric) if metric in run.metrics][:40]
     ks = recall_ks(runs)
-    figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.35 * len(runs) + 1.5)),
-                                          gridspec_kw={"width_ratios": [3, 2]})
+    figure, (bars, curves) = plt.subplots(
+        1, 2, figsize=(13, max(3.5, 0.35 * len(runs) + 1.5)), gridspec_kw={"width_ratios": [3, 2]}
+    )
     names = display_names(runs, 45)
     labels = [f"{i}. {name}" for i, name in enumerate(names, 1)]
     values = [run.metrics[metric] for run in runs]
@@ -172,7 +212,7 @@ def _metric_label(name: str) -> str:
     """``recall_at_1`` -> ``Recall@1``; other names as they are."""
     for prefix, label in (("recall_at_", "Recall@"), ("precision_at_", "Precision@")):
         if name.startswith(prefix):
-            return label + name[len(prefix):]
+            return label + name[len(prefix) :]
     return name
 
 
@@ -185,11 +225,11 @@ def _param(value: str) -> str:
     return f"{number:.4g}" if "." in value and len(value) > 8 else value
 
 
-def _number(value: Optional[float]) -> str:
+def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _duration(seconds: Optional[float]) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 60:
@@ -200,4 +240,4 @@ def _duration(seconds: Optional[float]) -> str:
 
 
 def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -9,7 +9,7 @@ identifies it: the dataset config, or the folder's file names and sizes.
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +17,7 @@ CONTEXT_TAG = "mlflow.data.context"  # the tag MLflow's UI shows beside the data
 _MAX_FOLDER_FILES = 100_000
 
 
-def dataset_record(cfg: DictConfig, stage: str) -> Optional[Dict[str, Any]]:
+def dataset_record(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
     """``{"name", "digest", "source", "context"}`` of the data ``stage`` reads; None if it reads none
     recog can name (e.g. a predict run without ``predict.input``)."""
     if stage == "predict":
@@ -26,8 +26,12 @@ def dataset_record(cfg: DictConfig, stage: str) -> Optional[Dict[str, Any]]:
             return None
         path = Path(str(spec))
         digest = _digest_files([path]) if path.is_file() else _digest_folder(path)
-        return {"name": path.stem or path.name or str(path), "digest": digest, "source": str(path.resolve()),
-                "context": "predict"}
+        return {
+            "name": path.stem or path.name or str(path),
+            "digest": digest,
+            "source": str(path.resolve()),
+            "context": "predict",
+        }
     node = OmegaConf.select(cfg, "dataset")
     if node is None or "_target_" not in node:
         return None
@@ -40,11 +44,15 @@ def dataset_record(cfg: DictConfig, stage: str) -> Optional[Dict[str, Any]]:
         plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
         digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = kind if root is None or root.name in (kind, "") else f"{kind}:{root.name}"
-    return {"name": name, "digest": digest, "source": str(root.resolve()) if root else kind,
-            "context": {"train": "train", "eval": "eval", "export": "export check"}.get(stage, stage)}
+    return {
+        "name": name,
+        "digest": digest,
+        "source": str(root.resolve()) if root else kind,
+        "context": {"train": "train", "eval": "eval", "export": "export check"}.get(stage, stage),
+    }
 
 
-def dataset_input(record: Dict[str, Any]):
+def dataset_input(record: dict[str, Any]):
     """The ``mlflow.entities.DatasetInput`` of a ``dataset_record``."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -53,7 +61,7 @@ def dataset_input(record: Dict[str, Any]):
     return DatasetInput(dataset=dataset, tags=[InputTag(key=CONTEXT_TAG, value=record["context"])])
 
 
-def _list_files(node: DictConfig, root: Optional[Path]) -> List[Path]:
+def _list_files(node: DictConfig, root: Path | None) -> list[Path]:
     """The dataset's list files: ``*_list`` / ``*_file`` options (relative to ``root``), else the
     ``*.txt`` lists directly in ``root`` (the embedded digits write theirs there)."""
     files = []
@@ -66,7 +74,7 @@ def _list_files(node: DictConfig, root: Optional[Path]) -> List[Path]:
     return [path for path in files if path.is_file()]
 
 
-def _digest_files(paths: List[Path], root: Optional[Path] = None) -> str:
+def _digest_files(paths: list[Path], root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for path in paths:
         name = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name

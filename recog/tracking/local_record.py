@@ -22,8 +22,9 @@
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any
 
 from recog.errors import ConfigError
 from recog.utils import atomic
@@ -36,7 +37,7 @@ class LocalRecord:
     """Appends MLflow calls to ``path`` (a JSONL file): one line per call, written through to the
     OS at once, so that a crash loses at most the line being written."""
 
-    def __init__(self, path: Path, tracking_uri: str, run_id: Optional[str], error: str):
+    def __init__(self, path: Path, tracking_uri: str, run_id: str | None, error: str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.calls = 0
@@ -52,7 +53,7 @@ def record_path(run_dir) -> Path:
     return Path(run_dir) / RECORD_FILE
 
 
-def read_record(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
+def read_record(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, call)`` for every line; a torn last line (a crash mid-write) is skipped."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, 1):
@@ -63,7 +64,7 @@ def read_record(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
                 raise ConfigError(f"{path}, line {number}: not a JSON record ({line[:80]!r})") from None
 
 
-def replay(run_dir, tracking_uri: Optional[str] = None) -> Optional[str]:
+def replay(run_dir, tracking_uri: str | None = None) -> str | None:
     """Send ``<run dir>/mlflow_pending.jsonl`` to MLflow; returns the run id it went into.
 
     ``tracking_uri`` defaults to the URI the run was logging to. Raises ``ConfigError`` when there
@@ -73,11 +74,13 @@ def replay(run_dir, tracking_uri: Optional[str] = None) -> Optional[str]:
 
     path = record_path(run_dir)
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: nothing to replay (the run reached MLflow, or this is not a run dir)")
+        raise ConfigError(
+            f"{path} does not exist: nothing to replay (the run reached MLflow, or this is not a run dir)"
+        )
     progress_path = path.parent / PROGRESS_FILE
     progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {"lines": 0, "runs": {}}
     client = None
-    run_id: Optional[str] = None
+    run_id: str | None = None
     section = 0  # the line of the current section's "start": each tracker that went offline opens one
     for number, call in read_record(path):
         op = call["op"]
@@ -103,21 +106,25 @@ def replay(run_dir, tracking_uri: Optional[str] = None) -> Optional[str]:
     return run_id
 
 
-def _create_run(client, call: Dict[str, Any]) -> str:
+def _create_run(client, call: dict[str, Any]) -> str:
     experiment = client.get_experiment_by_name(call["experiment_name"])
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
         from recog.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
-        experiment_id = client.create_experiment(call["experiment_name"], artifact_location=call.get("artifact_location"),
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    run = client.create_run(experiment_id, start_time=call.get("start_time"), tags=call.get("tags") or {},
-                            run_name=call.get("run_name"))
+        experiment_id = client.create_experiment(
+            call["experiment_name"],
+            artifact_location=call.get("artifact_location"),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    run = client.create_run(
+        experiment_id, start_time=call.get("start_time"), tags=call.get("tags") or {}, run_name=call.get("run_name")
+    )
     return run.info.run_id
 
 
-def _apply(client, run_id: str, call: Dict[str, Any]) -> None:
+def _apply(client, run_id: str, call: dict[str, Any]) -> None:
     from mlflow.entities import Metric, Param
 
     op = call["op"]
@@ -125,14 +132,16 @@ def _apply(client, run_id: str, call: Dict[str, Any]) -> None:
         params = [Param(k, v) for k, v in (call.get("params") or {}).items()]
         metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in call.get("metrics") or []]
         for start in range(0, max(len(params), len(metrics)), 100):
-            client.log_batch(run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+            client.log_batch(run_id, params=params[start : start + 100], metrics=metrics[start : start + 100])
     elif op == "set_tag":
         client.set_tag(run_id, call["key"], call["value"])
     elif op == "log_artifact":
         source = Path(call["path"])
         if not source.exists():
-            raise ConfigError(f"artifact {source} was recorded for MLflow but is gone: restore it or remove the line "
-                              f"from {RECORD_FILE}")
+            raise ConfigError(
+                f"artifact {source} was recorded for MLflow but is gone: restore it or remove the line "
+                f"from {RECORD_FILE}"
+            )
         if source.is_dir():
             client.log_artifacts(run_id, str(source), call.get("artifact_path") or source.name)
         else:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class FeatureModel:
         self.model = ExportedModel(export_dir)  # verifies the export's manifest first
         self.batch_size = int(batch_size)
 
-    def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> np.ndarray:
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         images = as_images(model_input)
         features = self.model.predict_images(list(images), batch_size=self.batch_size)
         return np.ascontiguousarray(features, dtype=np.float32)
@@ -66,8 +66,11 @@ def as_images(model_input: Any) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images as uint8 [N, H, W, 3] RGB, got shape {tuple(images.shape)}")
     if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.number) or images.size and (images.min() < 0 or images.max() > 255
-                                                                          or not np.all(images == np.round(images))):
+        if (
+            not np.issubdtype(images.dtype, np.number)
+            or images.size
+            and (images.min() < 0 or images.max() > 255 or not np.all(images == np.round(images)))
+        ):
             raise ValueError(f"expected images as uint8 [N, H, W, 3] RGB (0-255), got {images.dtype} values")
         images = images.astype(np.uint8)
     return images
@@ -78,25 +81,37 @@ def signature(feature_dim: int):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(feature_dim)))]))
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(feature_dim)))]),
+    )
 
 
 def input_example() -> np.ndarray:
     """One smooth RGB test image, ``uint8 [1, 48, 48, 3]``."""
     ramp = np.linspace(0, 255, EXAMPLE_SIZE, dtype=np.float32)
-    image = np.stack([ramp[None, :].repeat(EXAMPLE_SIZE, 0), ramp[:, None].repeat(EXAMPLE_SIZE, 1),
-                      np.full((EXAMPLE_SIZE, EXAMPLE_SIZE), 128, np.float32)], axis=-1)
+    image = np.stack(
+        [
+            ramp[None, :].repeat(EXAMPLE_SIZE, 0),
+            ramp[:, None].repeat(EXAMPLE_SIZE, 1),
+            np.full((EXAMPLE_SIZE, EXAMPLE_SIZE), 128, np.float32),
+        ],
+        axis=-1,
+    )
     return image.astype(np.uint8)[None]
 
 
-def pip_requirements() -> List[str]:
+def pip_requirements() -> list[str]:
     """The third-party packages (pinned to this environment's versions) that serving the model needs."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for names in (("paddlepaddle", "paddlepaddle-gpu"), ("numpy",), ("opencv-python-headless", "opencv-python"),
-                  ("mlflow",)):
+    for names in (
+        ("paddlepaddle", "paddlepaddle-gpu"),
+        ("numpy",),
+        ("opencv-python-headless", "opencv-python"),
+        ("mlflow",),
+    ):
         for name in names:
             try:
                 pins.append(f"{name}=={version(name)}")
@@ -136,33 +151,59 @@ def log_model(uri: str, run_id: str, export_dir) -> str:
 
     export_dir = Path(export_dir).resolve()
     exported = ExportedModel(export_dir)  # IntegrityError for a damaged export: never log one
-    metadata = {"recog_format": "recog-export", "feature_dim": exported.feature_dim,
-                "image_size": exported.image_size, "binarize": exported.binarize or "none",
-                "output": "binary codes 0/1 as float32" if exported.binarize else
-                ("L2-normalised features" if exported.preprocess.get("normalize") else "features")}
+    metadata = {
+        "recog_format": "recog-export",
+        "feature_dim": exported.feature_dim,
+        "image_size": exported.image_size,
+        "binarize": exported.binarize or "none",
+        "output": "binary codes 0/1 as float32"
+        if exported.binarize
+        else ("L2-normalised features" if exported.preprocess.get("normalize") else "features"),
+    }
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
     # Created here, in the run's experiment (the fluent API would use the "active" one), then filled.
-    logged = client.create_logged_model(run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id,
-                                        tags={"recog.artifact": "export", "recog.export_dir": str(export_dir)},
-                                        params={k: v[:6000] for k, v in run.data.params.items()})
+    logged = client.create_logged_model(
+        run.info.experiment_id,
+        name=ARTIFACT_PATH,
+        source_run_id=run_id,
+        tags={"recog.artifact": "export", "recog.export_dir": str(export_dir)},
+        params={k: v[:6000] for k, v in run.data.params.items()},
+    )
     with tracking_uri(uri), _quiet_mlflow():
-        info = Model.log(None, mlflow.pyfunc, name=ARTIFACT_PATH, run_id=run_id, model_id=logged.model_id,
-                         loader_module=LOADER_MODULE, data_path=str(export_dir),
-                         signature=signature(exported.feature_dim), input_example=input_example(),
-                         pip_requirements=pip_requirements(), metadata=metadata)
+        info = Model.log(
+            None,
+            mlflow.pyfunc,
+            name=ARTIFACT_PATH,
+            run_id=run_id,
+            model_id=logged.model_id,
+            loader_module=LOADER_MODULE,
+            data_path=str(export_dir),
+            signature=signature(exported.feature_dim),
+            input_example=input_example(),
+            pip_requirements=pip_requirements(),
+            metadata=metadata,
+        )
     client.finalize_logged_model(logged.model_id, "READY")
-    log.info("logged the export %s as MLflow Model %s of run %s (runs:/%s/%s)", export_dir, info.model_id, run_id,
-             run_id, ARTIFACT_PATH)
+    log.info(
+        "logged the export %s as MLflow Model %s of run %s (runs:/%s/%s)",
+        export_dir,
+        info.model_id,
+        run_id,
+        run_id,
+        ARTIFACT_PATH,
+    )
     return str(info.model_id)
 
 
-def logged_model_id(client, run_id: str) -> Optional[str]:
+def logged_model_id(client, run_id: str) -> str | None:
     """The newest MLflow Model named ``model`` logged with run ``run_id``; None if there is none."""
     experiment = client.get_run(run_id).info.experiment_id
-    found = [model for model in client.search_logged_models(experiment_ids=[experiment],
-                                                            filter_string=f"name = '{ARTIFACT_PATH}'")
-             if model.source_run_id == run_id]
+    found = [
+        model
+        for model in client.search_logged_models(experiment_ids=[experiment], filter_string=f"name = '{ARTIFACT_PATH}'")
+        if model.source_run_id == run_id
+    ]
     if not found:
         return None
     return max(found, key=lambda model: model.creation_timestamp).model_id

@@ -27,8 +27,8 @@ import contextvars
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,14 +36,29 @@ from recog.errors import ConfigError, RecogError
 from recog.tracking import sweep_job
 from recog.tracking.local_record import LocalRecord, record_path
 from recog.tracking.naming import default_run_name, training_run_id, training_run_link
-from recog.tracking.store import (apply_request_settings, artifact_location, check_reachable, experiment_id,
-                                  short_error, tracking_errors, tracking_uri, unreachable_message)
+from recog.tracking.store import (
+    apply_request_settings,
+    artifact_location,
+    check_reachable,
+    experiment_id,
+    short_error,
+    tracking_errors,
+    tracking_uri,
+    unreachable_message,
+)
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MlflowTracker", "check_reachable", "collect_runs", "default_run_name", "flatten_config",
-           "record_failed_job", "tracking_uri"]
+__all__ = [
+    "MlflowTracker",
+    "check_reachable",
+    "collect_runs",
+    "default_run_name",
+    "flatten_config",
+    "record_failed_job",
+    "tracking_uri",
+]
 
 # The runs created while ``collect_runs`` is active (None outside): how ``run_stage`` finds the run
 # of a sweep job that failed. Scoped to the ``with`` block (and its thread / context), not a global list.
@@ -51,10 +66,10 @@ _STARTED: contextvars.ContextVar = contextvars.ContextVar("recog_started_runs", 
 
 
 @contextlib.contextmanager
-def collect_runs() -> Iterator[List[Optional[str]]]:
+def collect_runs() -> Iterator[list[str | None]]:
     """``with collect_runs() as started:``: ``started`` receives the id of every run a tracker creates
     inside the block (None for a run kept only in the local record), in order."""
-    started: List[Optional[str]] = []
+    started: list[str | None] = []
     token = _STARTED.set(started)
     try:
         yield started
@@ -62,9 +77,9 @@ def collect_runs() -> Iterator[List[Optional[str]]]:
         _STARTED.reset(token)
 
 
-def flatten_config(cfg: DictConfig) -> Dict[str, str]:
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
     """``{"backbone.scale": "2.5", ...}`` from the resolved config."""
-    flat: Dict[str, str] = {}
+    flat: dict[str, str] = {}
 
     def walk(node, prefix):
         if isinstance(node, dict):
@@ -95,13 +110,20 @@ class MlflowTracker:
     found by default in ``model_path``'s ``state.json`` / ``predict.model_dir``'s export report.
     """
 
-    def __init__(self, cfg: DictConfig, stage: str, run_id: Optional[str] = None, keep_status: bool = False,
-                 run_dir=None, train_run_id: Optional[str] = None):
-        self.run_id: Optional[str] = None
+    def __init__(
+        self,
+        cfg: DictConfig,
+        stage: str,
+        run_id: str | None = None,
+        keep_status: bool = False,
+        run_dir=None,
+        train_run_id: str | None = None,
+    ):
+        self.run_id: str | None = None
         self.keep_status = bool(keep_status and run_id is not None)
         self.enabled = bool(cfg.mlflow.enabled and is_main_process())
-        self.record: Optional[LocalRecord] = None
-        self.logged_artifacts: List[str] = []  # artifact paths logged at the top level, e.g. best_model
+        self.record: LocalRecord | None = None
+        self.logged_artifacts: list[str] = []  # artifact paths logged at the top level, e.g. best_model
         self.logged_model = False  # whether log_model logged the run's MLflow Model
         self.stage = stage
         if not self.enabled:
@@ -116,34 +138,48 @@ class MlflowTracker:
         if run_id is not None:
             self.run_id = run_id
             if not self.keep_status:
-                self._at_start(cfg, lambda: self.client.update_run(run_id, status="RUNNING"), "update_run",
-                               status="RUNNING")
+                self._at_start(
+                    cfg, lambda: self.client.update_run(run_id, status="RUNNING"), "update_run", status="RUNNING"
+                )
             return
         if train_run_id is None and stage in ("eval", "predict"):
             train_run_id = training_run_id(cfg, stage)
         train_run = self._find_run(train_run_id)
-        name = (" ".join(filter(None, [cfg.mlflow.run_name, sweep_job.child_run_name()]))
-                or default_run_name(cfg, stage, train_run.info.run_name if train_run else None))
-        tags = {"recog.stage": stage, "recog.omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-                **sweep_job.child_run_tags()}
+        name = " ".join(filter(None, [cfg.mlflow.run_name, sweep_job.child_run_name()])) or default_run_name(
+            cfg, stage, train_run.info.run_name if train_run else None
+        )
+        tags = {
+            "recog.stage": stage,
+            "recog.omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+            **sweep_job.child_run_tags(),
+        }
         if train_run is not None:
             tags.update(training_run_link(train_run, stage))
         start_time = _now_ms()
 
         def create():
-            run = self.client.create_run(experiment_id(self.client, cfg, self.uri), start_time=start_time, tags=tags,
-                                         run_name=name)
+            run = self.client.create_run(
+                experiment_id(self.client, cfg, self.uri), start_time=start_time, tags=tags, run_name=name
+            )
             self.run_id = run.info.run_id
 
-        self._at_start(cfg, create, "create_run", experiment_name=cfg.mlflow.experiment_name, run_name=name,
-                       tags=tags, start_time=start_time, artifact_location=artifact_location(cfg, self.uri))
+        self._at_start(
+            cfg,
+            create,
+            "create_run",
+            experiment_name=cfg.mlflow.experiment_name,
+            run_name=name,
+            tags=tags,
+            start_time=start_time,
+            artifact_location=artifact_location(cfg, self.uri),
+        )
         started = _STARTED.get()
         if started is not None:
             started.append(self.run_id)
         self.log_params(flatten_config(cfg))
         self._log_dataset(cfg, stage)
 
-    def _find_run(self, run_id: Optional[str]):
+    def _find_run(self, run_id: str | None):
         """The run ``run_id`` in this store, or None (not given, deleted, or not there)."""
         if not run_id:
             return None
@@ -162,8 +198,11 @@ class MlflowTracker:
             log.warning("could not describe the dataset for MLflow: %s", error)
             return
         if record is not None:
-            self._send(lambda: self.client.log_inputs(self.run_id, datasets=[dataset_input(record)]), "log_inputs",
-                       dataset=record)
+            self._send(
+                lambda: self.client.log_inputs(self.run_id, datasets=[dataset_input(record)]),
+                "log_inputs",
+                dataset=record,
+            )
 
     def log_model(self, export_dir) -> None:
         """Log ``export_dir`` (a verified recog export) as this run's MLflow Model ``model``
@@ -177,7 +216,7 @@ class MlflowTracker:
         self.logged_model = True
 
     @staticmethod
-    def run_exists(cfg: DictConfig, run_id: Optional[str]) -> bool:
+    def run_exists(cfg: DictConfig, run_id: str | None) -> bool:
         """Whether the configured tracking store holds the (not deleted) run ``run_id``."""
         if not (run_id and cfg.mlflow.enabled and is_main_process()):
             return False
@@ -200,7 +239,7 @@ class MlflowTracker:
     def offline(self) -> bool:
         return self.record is not None
 
-    def log_params(self, params: Dict[str, str]) -> None:
+    def log_params(self, params: dict[str, str]) -> None:
         if not self.active or not params:
             return
         from mlflow.entities import Param
@@ -210,21 +249,24 @@ class MlflowTracker:
 
         def send():
             for start in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[start:start + 100])
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
 
         self._send(send, "log_batch", params=params)
 
-    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.active or not metrics:
             return
         from mlflow.entities import Metric
 
         now = _now_ms()
         rows = [[k, float(v), now, int(step)] for k, v in metrics.items()]
-        self._send(lambda: self.client.log_batch(self.run_id, metrics=[Metric(*row) for row in rows]), "log_batch",
-                   metrics=rows)
+        self._send(
+            lambda: self.client.log_batch(self.run_id, metrics=[Metric(*row) for row in rows]),
+            "log_batch",
+            metrics=rows,
+        )
 
-    def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
         if not self.active:
             return
         path = Path(path).resolve()
@@ -232,12 +274,20 @@ class MlflowTracker:
             raise FileNotFoundError(f"no such artifact to log: {path}")
         if path.is_dir():
             destination = artifact_path or path.name
-            self._send(lambda: self.client.log_artifacts(self.run_id, str(path), destination), "log_artifact",
-                       path=str(path), artifact_path=destination)
+            self._send(
+                lambda: self.client.log_artifacts(self.run_id, str(path), destination),
+                "log_artifact",
+                path=str(path),
+                artifact_path=destination,
+            )
         else:
             destination = artifact_path
-            self._send(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log_artifact",
-                       path=str(path), artifact_path=artifact_path)
+            self._send(
+                lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+                "log_artifact",
+                path=str(path),
+                artifact_path=artifact_path,
+            )
         if destination:
             self.logged_artifacts.append(destination.split("/")[0])
 
@@ -252,8 +302,12 @@ class MlflowTracker:
             return
         if not self.keep_status:
             end_time = _now_ms()
-            self._send(lambda: self.client.set_terminated(self.run_id, status=status, end_time=end_time),
-                       "set_terminated", status=status, end_time=end_time)
+            self._send(
+                lambda: self.client.set_terminated(self.run_id, status=status, end_time=end_time),
+                "set_terminated",
+                status=status,
+                end_time=end_time,
+            )
         if status == "FINISHED" and self.model_name:
             self._register()
 
@@ -261,18 +315,26 @@ class MlflowTracker:
         from recog.tracking.registry import register_run_model
 
         if not self.logged_model:
-            log.warning("mlflow.register_best=true: this run logged no MLflow Model (export.after_train=false?), "
-                        "nothing to register; export it (stage=export) to register it")
+            log.warning(
+                "mlflow.register_best=true: this run logged no MLflow Model (export.after_train=false?), "
+                "nothing to register; export it (stage=export) to register it"
+            )
             return
-        self._send(lambda: register_run_model(self.client, self.run_id, self.model_name), "register_model",
-                   name=self.model_name, alias=None)
+        self._send(
+            lambda: register_run_model(self.client, self.run_id, self.model_name),
+            "register_model",
+            name=self.model_name,
+            alias=None,
+        )
 
     def describe(self) -> str:
         if not self.enabled:
             return "MLflow logging is off"
         if self.offline:
-            return (f"MLflow unreachable: {self.record.calls} MLflow call(s) of this run kept in {self.record.path}; "
-                    f"send them with `python scripts/replay_mlflow.py {self.run_dir}`")
+            return (
+                f"MLflow unreachable: {self.record.calls} MLflow call(s) of this run kept in {self.record.path}; "
+                f"send them with `python scripts/replay_mlflow.py {self.run_dir}`"
+            )
         hint = " (browse it with `make ui`)" if self.uri.startswith("sqlite:") else ""
         return f"MLflow run {self.run_id} in {self.uri}{hint}"
 
@@ -299,9 +361,14 @@ class MlflowTracker:
     def _go_offline(self, error: Exception) -> None:
         path = record_path(self.run_dir)
         self.record = LocalRecord(path, self.uri, self.run_id, short_error(error))
-        log.warning("MLflow (%s) failed: %s. Carrying on without it: this run's MLflow calls are kept in %s; send "
-                    "them later with `python scripts/replay_mlflow.py %s`", self.uri, short_error(error), path,
-                    self.run_dir)
+        log.warning(
+            "MLflow (%s) failed: %s. Carrying on without it: this run's MLflow calls are kept in %s; send "
+            "them later with `python scripts/replay_mlflow.py %s`",
+            self.uri,
+            short_error(error),
+            path,
+            self.run_dir,
+        )
 
 
 def _default_run_dir() -> Path:
@@ -316,7 +383,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def record_failed_job(cfg: DictConfig, error: Exception, started_run_ids: List[Optional[str]], run_dir) -> None:
+def record_failed_job(cfg: DictConfig, error: Exception, started_run_ids: list[str | None], run_dir) -> None:
     """A sweep job that raised ``error``: its run gets the tag ``recog.error``; a job that failed
     before its stage created a run gets a FAILED run of its own, so that every job of the sweep
     is in MLflow. Never raises (the job's own error is the one to report)."""

@@ -8,7 +8,6 @@ and a link to that run in their description (``mlflow.note.content``, shown on t
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +16,7 @@ from recog.errors import RecogError
 TRAIN_RUN_TAG, NOTE_TAG = "recog.train_run_id", "mlflow.note.content"
 
 
-def default_run_name(cfg: DictConfig, stage: str = "train", train_run_name: Optional[str] = None) -> str:
+def default_run_name(cfg: DictConfig, stage: str = "train", train_run_name: str | None = None) -> str:
     """``train pplcnet x1.0 arcmargin 14:03`` (stage, backbone and width, head, start time); an eval,
     export or predict run: ``<stage> <the training run's name>`` when it is known."""
     if stage != "train" and train_run_name:
@@ -39,7 +38,7 @@ def default_run_name(cfg: DictConfig, stage: str = "train", train_run_name: Opti
     return " ".join(filter(None, ["train", short(backbone), size, short(cfg.get("head")), clock]))
 
 
-def training_run_id(cfg: DictConfig, stage: str) -> Optional[str]:
+def training_run_id(cfg: DictConfig, stage: str) -> str | None:
     """The MLflow run id of the training run whose model an eval (``model_path``'s ``state.json``) or
     predict run (``predict.model_dir``'s ``export_report.json``) uses; None when unknown."""
     try:
@@ -62,11 +61,13 @@ def training_run_id(cfg: DictConfig, stage: str) -> Optional[str]:
     return None
 
 
-def training_run_link(train_run, stage: str) -> Dict[str, str]:
+def training_run_link(train_run, stage: str) -> dict[str, str]:
     """Tags linking a run to ``train_run``: ``recog.train_run_id`` and a description (shown in the
     run's page) with a link to it."""
     info = train_run.info
     link = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"
     verb = {"eval": "Evaluates", "export": "Exports", "predict": "Extracts features with"}.get(stage, "Uses")
-    return {TRAIN_RUN_TAG: info.run_id,
-            NOTE_TAG: f"{verb} the model of training run [{info.run_name or info.run_id}]({link}) (`{info.run_id}`)."}
+    return {
+        TRAIN_RUN_TAG: info.run_id,
+        NOTE_TAG: f"{verb} the model of training run [{info.run_name or info.run_id}]({link}) (`{info.run_id}`).",
+    }

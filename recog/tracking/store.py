@@ -15,7 +15,6 @@ rather than the GenAI view (traces); an existing experiment without the tag gets
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -56,10 +55,12 @@ def tracking_errors() -> tuple:
 
 
 def unreachable_message(uri: str, error: Exception) -> str:
-    return (f"MLflow tracking store {uri} cannot be reached ({short_error(error)}). Start it or fix "
-            "mlflow.tracking_uri; or run without tracking (mlflow.enabled=false); or pass mlflow.required=false "
-            "to go on regardless: the run's MLflow calls are then kept in <run dir>/mlflow_pending.jsonl and "
-            "`python scripts/replay_mlflow.py <run dir>` sends them once the store is back")
+    return (
+        f"MLflow tracking store {uri} cannot be reached ({short_error(error)}). Start it or fix "
+        "mlflow.tracking_uri; or run without tracking (mlflow.enabled=false); or pass mlflow.required=false "
+        "to go on regardless: the run's MLflow calls are then kept in <run dir>/mlflow_pending.jsonl and "
+        "`python scripts/replay_mlflow.py <run dir>` sends them once the store is back"
+    )
 
 
 def check_reachable(cfg: DictConfig) -> None:
@@ -91,14 +92,15 @@ def experiment_id(client, cfg: DictConfig, uri: str) -> str:
     name = cfg.mlflow.experiment_name
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location(cfg, uri),
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return client.create_experiment(
+            name, artifact_location=artifact_location(cfg, uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before recog tagged it, or by someone else
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
-def artifact_location(cfg: DictConfig, uri: str) -> Optional[str]:
+def artifact_location(cfg: DictConfig, uri: str) -> str | None:
     if uri.startswith("sqlite:"):  # keep artifacts beside the embedded database
         return (Path(cfg.paths.output_root).resolve() / "mlartifacts").as_uri()
     return None

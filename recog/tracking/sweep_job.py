@@ -9,7 +9,7 @@ job's values of the swept keys: what makes it different.
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
@@ -39,7 +39,7 @@ def in_sweep() -> bool:
     return in_multirun() or bool(os.environ.get(PARENT_ENV))
 
 
-def job_overrides() -> List[str]:
+def job_overrides() -> list[str]:
     """This job's overrides of the swept keys (all its overrides when the keys are unknown)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -51,7 +51,7 @@ def job_overrides() -> List[str]:
     return [o.input_line for o in parsed if o.get_key_element().lstrip("+~") in keys]
 
 
-def child_run_tags() -> Dict[str, str]:
+def child_run_tags() -> dict[str, str]:
     """Tags of a sweep job's run: its parent and what makes it different; {} outside a sweep."""
     parent = os.environ.get(PARENT_ENV)
     if not (parent and HydraConfig.initialized()):
@@ -63,7 +63,7 @@ def child_run_tags() -> Dict[str, str]:
     return tags
 
 
-def child_run_name() -> Optional[str]:
+def child_run_name() -> str | None:
     """``#<job number> <swept overrides>`` for a sweep job's run; None outside a sweep."""
     if not (in_sweep() and HydraConfig.initialized()):
         return None
@@ -71,7 +71,7 @@ def child_run_name() -> Optional[str]:
     return " ".join(filter(None, [f"#{number}" if number is not None else "", *job_overrides()])) or None
 
 
-def job_number() -> Optional[str]:
+def job_number() -> str | None:
     """Hydra's job number in a sweep job; in a process a sweep job started (run mode), the
     ``RECOG_SWEEP_JOB_NUM`` it exported, if any."""
     if in_multirun():
@@ -79,7 +79,7 @@ def job_number() -> Optional[str]:
     return os.environ.get(JOB_NUM_ENV) or None
 
 
-def objective_names(cfg: DictConfig) -> List[str]:
+def objective_names(cfg: DictConfig) -> list[str]:
     """The eval metrics a sweep can optimise: recall_at_K, precision_at_K, mAP, mINP."""
     ks = list(cfg.eval.recall_at)
     return [f"recall_at_{k}" for k in ks] + [f"precision_at_{k}" for k in ks] + ["mAP", "mINP"]
@@ -88,8 +88,10 @@ def objective_names(cfg: DictConfig) -> List[str]:
 def check_objective(cfg: DictConfig) -> str:
     objective = str(cfg.sweep.objective)
     if objective not in objective_names(cfg):
-        raise ConfigError(f"sweep.objective={objective} is not an eval metric; choose one of "
-                          f"{', '.join(objective_names(cfg))} (Recall@K for K in eval.recall_at)")
+        raise ConfigError(
+            f"sweep.objective={objective} is not an eval metric; choose one of "
+            f"{', '.join(objective_names(cfg))} (Recall@K for K in eval.recall_at)"
+        )
     return objective
 
 
@@ -100,9 +102,11 @@ def objective_value(cfg: DictConfig, result: Any) -> Any:
     if isinstance(result, dict) and objective in result:
         return float(result[objective])
     if is_optuna_sweeper(HydraConfig.get().sweeper):
-        raise ConfigError(f"sweep.objective={objective} is not among this stage's results "
-                          f"({', '.join(sorted(result)) if isinstance(result, dict) else type(result).__name__}); "
-                          "the Optuna sweeper needs stage=train or stage=eval and an eval metric")
+        raise ConfigError(
+            f"sweep.objective={objective} is not among this stage's results "
+            f"({', '.join(sorted(result)) if isinstance(result, dict) else type(result).__name__}); "
+            "the Optuna sweeper needs stage=train or stage=eval and an eval metric"
+        )
     return result
 
 

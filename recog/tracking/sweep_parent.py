@@ -24,16 +24,22 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from recog.utils import atomic
 from recog.errors import ConfigError, RecogError
-from recog.tracking.store import (apply_request_settings, experiment_id, short_error, tracking_errors, tracking_uri,
-                                  unreachable_message)
+from recog.tracking.store import (
+    apply_request_settings,
+    experiment_id,
+    short_error,
+    tracking_errors,
+    tracking_uri,
+    unreachable_message,
+)
 from recog.tracking.sweep_job import KEYS_ENV, PARENT_ENV, check_objective
+from recog.utils import atomic
 from recog.utils.runtime import divide_threads_among_jobs
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,8 @@ class MlflowSweepCallback(Callback):
     """Creates and finishes the sweep's parent run (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.parent: Optional[SweepParent] = None
-        self.config: Optional[DictConfig] = None
+        self.parent: SweepParent | None = None
+        self.config: DictConfig | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         divide_threads_among_jobs(config)
@@ -77,7 +83,7 @@ class MlflowSweepCallback(Callback):
             parent.finish(self.config, stopped=stopped)
 
 
-def swept_keys(config: DictConfig) -> List[str]:
+def swept_keys(config: DictConfig) -> list[str]:
     """Keys the sweep varies: command-line sweeps (``a=1,2``, ``range()``, ``interval()``) and
     the sweeper's ``params`` (the Optuna search space, or the basic sweeper's)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -105,11 +111,15 @@ class SweepParent:
         uri = tracking_uri(config)
         client = MlflowClient(uri)
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        tags = {"recog.stage": "sweep", "recog.sweep_dir": str(sweep_dir.resolve()),
-                "recog.sweep_overrides": " ".join(config.hydra.overrides.task),
-                "recog.swept_keys": " ".join(swept_keys(config)), "recog.objective": str(config.sweep.objective),
-                "recog.sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
-                "recog.launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]}
+        tags = {
+            "recog.stage": "sweep",
+            "recog.sweep_dir": str(sweep_dir.resolve()),
+            "recog.sweep_overrides": " ".join(config.hydra.overrides.task),
+            "recog.swept_keys": " ".join(swept_keys(config)),
+            "recog.objective": str(config.sweep.objective),
+            "recog.sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
+            "recog.launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
+        }
         params = config.hydra.sweeper.get("params")
         if params:
             tags["recog.search_space"] = json.dumps({str(k): str(v) for k, v in params.items()})
@@ -119,8 +129,12 @@ class SweepParent:
         except tracking_errors() as error:
             if config.mlflow.required:
                 raise ConfigError(unreachable_message(uri, error)) from None
-            log.warning("MLflow (%s) failed: %s; the sweep goes on without a parent run (each job keeps its "
-                        "MLflow calls in its own dir)", uri, short_error(error))
+            log.warning(
+                "MLflow (%s) failed: %s; the sweep goes on without a parent run (each job keeps its "
+                "MLflow calls in its own dir)",
+                uri,
+                short_error(error),
+            )
             return None
         log.info("MLflow parent run %s (%s) for the sweep in %s", run.info.run_id, run.info.run_name, sweep_dir)
         return cls(client, run.info.run_id, experiment)
@@ -136,13 +150,24 @@ class SweepParent:
                 return
             status = "FAILED" if stopped or (summary["jobs"] and not summary["finished"]) else "FINISHED"
             self.client.set_terminated(self.run_id, status=status)
-            log.info("sweep %s: %d job(s), %d finished, best %s; parent run %s is %s", Path(str(config.hydra.sweep.dir)),
-                     summary["jobs"], summary["finished"], summary["best"] or "-", self.run_id, status)
+            log.info(
+                "sweep %s: %d job(s), %d finished, best %s; parent run %s is %s",
+                Path(str(config.hydra.sweep.dir)),
+                summary["jobs"],
+                summary["finished"],
+                summary["best"] or "-",
+                self.run_id,
+                status,
+            )
         except Exception as error:  # noqa: BLE001 - reported, and the jobs' own runs are complete
-            log.warning("could not summarise the sweep into MLflow parent run %s: %s", self.run_id, short_error(error),
-                        exc_info=not isinstance(error, (*tracking_errors(), RecogError)))
+            log.warning(
+                "could not summarise the sweep into MLflow parent run %s: %s",
+                self.run_id,
+                short_error(error),
+                exc_info=not isinstance(error, (*tracking_errors(), RecogError)),
+            )
 
-    def _summarize(self, config: DictConfig) -> Dict[str, Any]:
+    def _summarize(self, config: DictConfig) -> dict[str, Any]:
         from recog.tracking.compare import format_table, load_runs, plot_comparison, sort_by_metric
 
         objective = str(config.sweep.objective)
@@ -157,7 +182,9 @@ class SweepParent:
             client.set_tag(parent, "recog.best_run_id", best.run_id)
             client.set_tag(parent, "recog.best_overrides", best.tags.get("recog.overrides", ""))
             metrics = {f"best_{objective}": best.metrics[objective]}
-            metrics.update({f"best_{k}": v for k, v in best.metrics.items() if k.startswith("recall_at_") or k == "mAP"})
+            metrics.update(
+                {f"best_{k}": v for k, v in best.metrics.items() if k.startswith("recall_at_") or k == "mAP"}
+            )
             for key, value in metrics.items():
                 client.log_metric(parent, key, float(value))
             client.log_batch(parent, params=_params(self._best_params(best, sweep_dir)))
@@ -177,7 +204,7 @@ class SweepParent:
         return {"jobs": len(children), "finished": len(finished), "best": best.name if best else None}
 
     @staticmethod
-    def _best_params(best, sweep_dir: Path) -> Dict[str, str]:
+    def _best_params(best, sweep_dir: Path) -> dict[str, str]:
         """``best.<key>``: the Optuna sweeper's best_params, else the best child's swept values."""
         results = sweep_dir / "optimization_results.yaml"
         if results.is_file():
@@ -197,7 +224,7 @@ class SweepParent:
             self.client.set_tag(self.run_id, "recog.registered_model", f"{model_name}/{version} (@{CHAMPION})")
 
 
-def _params(values: Dict[str, str]):
+def _params(values: dict[str, str]):
     from mlflow.entities import Param
 
     return [Param(k, v[:6000]) for k, v in values.items()]

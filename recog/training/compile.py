@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import paddle
 
@@ -70,7 +70,8 @@ ONEDNN_TRAINING_REFUSED = (
     "trainer.onednn=true is not available for training: Paddle 3.3.1's oneDNN training programs leave the "
     "BatchNorm running statistics behind dygraph's (PP-LCNet after 4 steps: about a third of them, "
     "tests/training/test_compile.py), so the model would evaluate differently, and its step was no faster "
-    "(0.94x dygraph). Leave it at auto; scripts/bench_train.py --with-onednn still measures it")
+    "(0.94x dygraph). Leave it at auto; scripts/bench_train.py --with-onednn still measures it"
+)
 # The layers whose training forward updates state of their own (running statistics).
 BATCH_NORMS = (paddle.nn.layer.norm._BatchNormBase, paddle.nn.BatchNorm)
 
@@ -101,20 +102,29 @@ def resolve_step_mode(trainer_cfg, device: str, world_size: int = 1, amp: bool =
     if onednn == "true" and device != "cpu":
         raise ConfigError("trainer.onednn=true selects oneDNN CPU kernels: use it with trainer.device=cpu")
     if onednn == "true" and compile_ == "false":
-        raise ConfigError("trainer.onednn=true needs trainer.compile=true|auto: Paddle 3.3 uses oneDNN kernels "
-                          "in training only inside compiled programs (dygraph ignores FLAGS_use_mkldnn)")
+        raise ConfigError(
+            "trainer.onednn=true needs trainer.compile=true|auto: Paddle 3.3 uses oneDNN kernels "
+            "in training only inside compiled programs (dygraph ignores FLAGS_use_mkldnn)"
+        )
     if layout == "true" and (device == "cpu" or not amp):
-        raise ConfigError("trainer.channels_last=true is for a GPU with trainer.amp set (PIR's layout pass "
-                          "rewrites float16/bfloat16 convolutions to NHWC); leave it at auto on the CPU")
+        raise ConfigError(
+            "trainer.channels_last=true is for a GPU with trainer.amp set (PIR's layout pass "
+            "rewrites float16/bfloat16 convolutions to NHWC); leave it at auto on the CPU"
+        )
     # auto: dygraph, measured as fast (see the module docstring), unless a switch that needs programs is on.
     compiled = compile_ == "true" or (compile_ == "auto" and "true" in (onednn, layout))
     if compiled and world_size > 1:
-        log.warning("trainer.compile=true with %d processes: data-parallel training runs in dygraph "
-                    "(gradients are averaged by paddle.DataParallel's hooks on dygraph parameters)", world_size)
+        log.warning(
+            "trainer.compile=true with %d processes: data-parallel training runs in dygraph "
+            "(gradients are averaged by paddle.DataParallel's hooks on dygraph parameters)",
+            world_size,
+        )
         compiled = False
-    return StepMode(compile=compiled,
-                    onednn=compiled and device == "cpu" and onednn == "true",
-                    channels_last=compiled and device != "cpu" and amp and layout != "false")
+    return StepMode(
+        compile=compiled,
+        onednn=compiled and device == "cpu" and onednn == "true",
+        channels_last=compiled and device != "cpu" and amp and layout != "false",
+    )
 
 
 def configure_step(runner, trainer_cfg, world_size: int = 1, amp: bool = False) -> StepMode:
@@ -129,8 +139,11 @@ def configure_step(runner, trainer_cfg, world_size: int = 1, amp: bool = False) 
     if resolve_depthwise_matmul(trainer_cfg, device):
         count = use_depthwise_matmul(runner.net)
         if count:
-            log.info("trainer.depthwise_matmul: %d depthwise convolutions run as a matrix product on small maps "
-                     "(in dygraph)", count)
+            log.info(
+                "trainer.depthwise_matmul: %d depthwise convolutions run as a matrix product on small maps "
+                "(in dygraph)",
+                count,
+            )
     return mode
 
 
@@ -142,7 +155,7 @@ def step_kernels(forward):
 
 
 @contextlib.contextmanager
-def paddle_flags(flags: Dict[str, bool]) -> Iterator[None]:
+def paddle_flags(flags: dict[str, bool]) -> Iterator[None]:
     """Paddle global flags set within the block, restored after it."""
     if not flags:
         yield
@@ -169,7 +182,8 @@ class CompiledForward:
     first translation, or a re-translation SOT starts when one of its guards no longer holds), the
     BatchNorm statistics and random state it may have changed are restored, one warning names the
     sublayer that cannot be converted, the call is repeated in dygraph, and every later call runs
-    in dygraph (a genuine error then surfaces from the dygraph call). ``kernels()`` is the context the step's forward *and* backward run in: Paddle picks
+    in dygraph (a genuine error then surfaces from the dygraph call). ``kernels()`` is the context
+    the step's forward *and* backward run in: Paddle picks
     a program's kernels when it first runs it, and the backward program first runs in
     ``loss.backward()``.
     """
@@ -182,7 +196,7 @@ class CompiledForward:
         self.target = backbone if mode.onednn and backbone is not None else net
         # A bound method: the layer itself stays dygraph (to_static(layer) would convert it in place).
         self.static = paddle.jit.to_static(self.target.forward, full_graph=False)
-        self.failed: Optional[str] = None  # why compiled execution was given up
+        self.failed: str | None = None  # why compiled execution was given up
         self.compiled_calls = 0
 
     @property
@@ -215,8 +229,11 @@ class CompiledForward:
             culprit = find_unconvertible_layer(self.net, (images, labels), root=self.target)
             _restore(self.net, saved)
             self.failed = f"{culprit}: {_last_line(error)}"
-            log.warning("trainer.compile: %s cannot be converted by paddle.jit.to_static; training in dygraph "
-                        "(set trainer.compile=false to skip the attempt)", self.failed)
+            log.warning(
+                "trainer.compile: %s cannot be converted by paddle.jit.to_static; training in dygraph "
+                "(set trainer.compile=false to skip the attempt)",
+                self.failed,
+            )
             return self.net(images, labels)
         self.compiled_calls += 1
         return losses
@@ -245,17 +262,17 @@ class CompiledForward:
         del copy
 
 
-def find_unconvertible_layer(net: paddle.nn.Layer, inputs: Tuple, root: Optional[paddle.nn.Layer] = None,
-                             max_depth: int = 4) -> str:
+def find_unconvertible_layer(
+    net: paddle.nn.Layer, inputs: tuple, root: paddle.nn.Layer | None = None, max_depth: int = 4
+) -> str:
     """The deepest sublayer of ``root`` (default ``net``; ``name (Class)``) whose forward fails
     under to_static on the inputs that ``net(*inputs)`` in dygraph gives it, while its own
     sublayers convert; ``root`` itself if no single sublayer is to blame. Runs ``net`` and the
     probes in train mode: the caller restores BatchNorm statistics and random state."""
     root = net if root is None else root
     prefix = next((name for name, layer in net.named_sublayers() if layer is root), "")
-    recorded: Dict[int, Tuple] = {}
-    hooks = [layer.register_forward_pre_hook(_recorder(recorded, id(layer)))
-             for _, layer in net.named_sublayers()]
+    recorded: dict[int, tuple] = {}
+    hooks = [layer.register_forward_pre_hook(_recorder(recorded, id(layer))) for _, layer in net.named_sublayers()]
     try:
         with contextlib.suppress(Exception):
             net(*inputs)
@@ -276,7 +293,7 @@ def find_unconvertible_layer(net: paddle.nn.Layer, inputs: Tuple, root: Optional
     return f"{name or 'the training net'} ({type(layer).__name__})"
 
 
-def _converts(layer: paddle.nn.Layer, args: Tuple) -> bool:
+def _converts(layer: paddle.nn.Layer, args: tuple) -> bool:
     try:
         paddle.jit.to_static(layer.forward, full_graph=False)(*args)
         return True
@@ -284,13 +301,14 @@ def _converts(layer: paddle.nn.Layer, args: Tuple) -> bool:
         return False
 
 
-def _recorder(recorded: Dict[int, Tuple], key: int) -> Callable:
+def _recorder(recorded: dict[int, tuple], key: int) -> Callable:
     def hook(layer, args):
         recorded.setdefault(key, tuple(args))
+
     return hook
 
 
-def _snapshot(net: paddle.nn.Layer) -> Tuple[List[Tuple[paddle.Tensor, paddle.Tensor]], object]:
+def _snapshot(net: paddle.nn.Layer) -> tuple[list[tuple[paddle.Tensor, paddle.Tensor]], object]:
     """Copies of what a failed forward may change: the BatchNorm running statistics (non-trainable
     parameters in Paddle, not buffers), the buffers, and the random state."""
     states = [b for b in net.buffers() if b is not None]

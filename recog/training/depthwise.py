@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Dict, Tuple
 
 import numpy as np
 import paddle
@@ -36,7 +35,7 @@ MAX_CELLS = 16384  # H*W * Ho*Wo: e.g. 16 x 16 -> 8 x 8 (stride 2), 8 x 8 -> 8 x
 
 
 @functools.lru_cache(maxsize=64)
-def tap_index(height: int, width: int, kernel: int, stride: int, padding: int) -> Tuple[np.ndarray, int, int]:
+def tap_index(height: int, width: int, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
     """``(index [Ho*Wo, H*W] int64, Ho, Wo)``: the kernel tap ``ki * kernel + kj`` linking each output
     cell to each input cell, ``kernel * kernel`` (a zero tap) where none does."""
     out_h = (height + 2 * padding - kernel) // stride + 1
@@ -52,10 +51,10 @@ def tap_index(height: int, width: int, kernel: int, stride: int, padding: int) -
     return index, out_h, out_w
 
 
-_INDEX_TENSORS: Dict[Tuple, paddle.Tensor] = {}
+_INDEX_TENSORS: dict[tuple, paddle.Tensor] = {}
 
 
-def _index_tensor(shape: Tuple[int, int, int, int, int], place) -> paddle.Tensor:
+def _index_tensor(shape: tuple[int, int, int, int, int], place) -> paddle.Tensor:
     """``tap_index(*shape)``'s index flattened, as a tensor on ``place``: made once, not at every step."""
     key = (shape, str(place))
     if key not in _INDEX_TENSORS:
@@ -69,8 +68,9 @@ def depthwise_matmul(x: paddle.Tensor, weight: paddle.Tensor, bias, stride: int,
     n, channels, height, width = x.shape
     kernel = weight.shape[-1]
     _, out_h, out_w = tap_index(height, width, kernel, stride, padding)
-    taps = paddle.concat([weight.reshape([channels, kernel * kernel]),
-                          paddle.zeros([channels, 1], dtype=weight.dtype)], axis=1)
+    taps = paddle.concat(
+        [weight.reshape([channels, kernel * kernel]), paddle.zeros([channels, 1], dtype=weight.dtype)], axis=1
+    )
     maps = paddle.gather(taps, _index_tensor((height, width, kernel, stride, padding), x.place), axis=1)
     maps = maps.reshape([channels, out_h * out_w, height * width])
     cells = x.reshape([n, channels, height * width]).transpose([1, 2, 0])  # [C, H*W, N]
@@ -89,10 +89,17 @@ def eligible(layer: paddle.nn.Layer) -> bool:
     if type(layer) is not paddle.nn.Conv2D:
         return False
     padding = list(getattr(layer, "_updated_padding", [None]))
-    return (layer._groups == layer._in_channels == layer._out_channels and layer._data_format == "NCHW"
-            and layer._padding_mode == "zeros" and getattr(layer, "_padding_algorithm", "") == "EXPLICIT"
-            and len(padding) == 2 and padding[0] == padding[1] and _square(layer._kernel_size) > 0
-            and _square(layer._stride) > 0 and list(layer._dilation) == [1, 1])
+    return (
+        layer._groups == layer._in_channels == layer._out_channels
+        and layer._data_format == "NCHW"
+        and layer._padding_mode == "zeros"
+        and getattr(layer, "_padding_algorithm", "") == "EXPLICIT"
+        and len(padding) == 2
+        and padding[0] == padding[1]
+        and _square(layer._kernel_size) > 0
+        and _square(layer._stride) > 0
+        and list(layer._dilation) == [1, 1]
+    )
 
 
 class DepthwiseMatmulConv2D(paddle.nn.Conv2D):

@@ -9,7 +9,7 @@ them by 0, so finite entries become 0 and NaN / Inf entries NaN. The step is the
 non-finite gradient can still be read (``StepRunner.describe_nonfinite``).
 """
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import paddle
 from paddle import _legacy_C_ops
@@ -36,8 +36,8 @@ def all_finite_per_tensor(loss: paddle.Tensor, grads: Sequence[paddle.Tensor]) -
     return finite
 
 
-def _by_dtype(tensors: Sequence[paddle.Tensor]) -> Dict[str, List[paddle.Tensor]]:
-    groups: Dict[str, List[paddle.Tensor]] = {}
+def _by_dtype(tensors: Sequence[paddle.Tensor]) -> dict[str, list[paddle.Tensor]]:
+    groups: dict[str, list[paddle.Tensor]] = {}
     for tensor in tensors:
         groups.setdefault(str(tensor.dtype), []).append(tensor)
     return groups

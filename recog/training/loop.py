@@ -11,7 +11,6 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -98,8 +97,13 @@ class EpochLoop:
         if self.freeze_bn:
             freeze_batch_norm(self.model)
         world = parallel.world_size()
-        bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.epochs}",
-                   disable=not is_main_process(), dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            initial=start,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=not is_main_process(),
+            dynamic_ncols=True,
+        )
         tick, images_seen = time.perf_counter(), 0
         done = start  # batches of this epoch; not bar.n, which a disabled bar (ranks > 0) does not count
         try:
@@ -124,8 +128,9 @@ class EpochLoop:
                     if runner.skip_nonfinite:
                         values["skipped_steps"] = runner.skipped
                     self.tracker.log_metrics(values, step=step)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
-                                    img_s=f"{values['images_per_sec']:.0f}")
+                    bar.set_postfix(
+                        loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_sec']:.0f}"
+                    )
                     tick, images_seen = time.perf_counter(), 0
                 if done < steps and runner.stop_agreed:
                     break
@@ -144,10 +149,12 @@ class EpochLoop:
             where = f"the end of epoch {state['epoch']}"
         return TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name} at {where} (global step {state['step']}); checkpoint "
-            f"{run_dir / 'checkpoints' / 'last'}; continue with: {resume_command(run_dir)}", signum)
+            f"{run_dir / 'checkpoints' / 'last'}; continue with: {resume_command(run_dir)}",
+            signum,
+        )
 
 
-def resume_command(run_dir: Path, world: Optional[int] = None) -> str:
+def resume_command(run_dir: Path, world: int | None = None) -> str:
     """The command that continues the run in ``run_dir`` (its saved config does the rest)."""
     world = parallel.world_size() if world is None else world
     launcher = f" launcher.nproc_per_node={world}" if world > 1 else ""

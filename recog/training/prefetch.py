@@ -7,11 +7,11 @@ the current batch is handed out, so the copy overlaps the step; on the CPU the d
 the host tensors themselves and nothing is read ahead.
 """
 
-from typing import Iterable, Iterator, Tuple
+from collections.abc import Iterable, Iterator
 
 import paddle
 
-Batch = Tuple[paddle.Tensor, paddle.Tensor]
+Batch = tuple[paddle.Tensor, paddle.Tensor]
 
 
 def _to_device(tensor: paddle.Tensor, device: str) -> paddle.Tensor:
@@ -19,7 +19,7 @@ def _to_device(tensor: paddle.Tensor, device: str) -> paddle.Tensor:
     return pinned.to(device, blocking=False)
 
 
-def prefetch_to_device(batches: Iterable[Batch]) -> Iterator[Tuple[paddle.Tensor, ...]]:
+def prefetch_to_device(batches: Iterable[Batch]) -> Iterator[tuple[paddle.Tensor, ...]]:
     """``(images, labels, device_images, device_labels)`` for each ``(images, labels)`` of ``batches``,
     in order; on a GPU the following batch's copy is in flight while the caller uses this one."""
     device = paddle.get_device()

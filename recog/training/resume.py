@@ -19,7 +19,7 @@ The config a resumed run uses is ``recog.training.resume_config``'s.
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 from safetensors import safe_open
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 LAST, BEST = Path("checkpoints") / "last", Path("best_model")
 
 
-def new_state() -> Dict[str, Any]:
+def new_state() -> dict[str, Any]:
     """The state of a run that starts from scratch."""
     return {"epoch": 0, "step": 0, "step_in_epoch": 0, "best": None, "mlflow_run_id": None}
 
@@ -68,8 +68,9 @@ class Checkpoints:
             extra["grad_scaler"] = self.runner.scaler.state_dict()
         if self.runner.skip_nonfinite:
             extra["skipped_steps"] = self.runner.skipped
-        checkpoint.save_checkpoint(self.last, self.model, self.cfg, dict(state, **extra), self.runner.optimizer,
-                                   self.loss_fn)
+        checkpoint.save_checkpoint(
+            self.last, self.model, self.cfg, dict(state, **extra), self.runner.optimizer, self.loss_fn
+        )
 
     def save_best(self, state: dict) -> None:
         """``best_model/``: the weights and config (main process only)."""
@@ -82,8 +83,10 @@ class Checkpoints:
         path = self.last
         state = read_state(path)
         if state["step_in_epoch"] >= steps_per_epoch:
-            raise ConfigError(f"the checkpoint stopped at step {state['step_in_epoch']} of an epoch that now has "
-                              f"{steps_per_epoch}: resume with the same data and trainer.steps_per_epoch")
+            raise ConfigError(
+                f"the checkpoint stopped at step {state['step_in_epoch']} of an epoch that now has "
+                f"{steps_per_epoch}: resume with the same data and trainer.steps_per_epoch"
+            )
         checkpoint.load_model_weights(path, self.model)
         checkpoint.load_loss_state(path, self.loss_fn)
         checkpoint.load_optimizer_state(path, self.runner.optimizer, self.model, self.loss_fn)
@@ -95,10 +98,17 @@ class Checkpoints:
         self.runner.skipped = state.pop("skipped_steps", 0)
         if saved_world != self.world:
             if state["step_in_epoch"]:
-                raise ConfigError(f"{path} was saved mid-epoch by {saved_world} process(es): resume it with "
-                                  f"launcher.nproc_per_node={saved_world} (a P x K epoch depends on the process count)")
-            log.warning("%s was saved by %d process(es), resuming with %d: the data order and random streams "
-                        "differ from an uninterrupted run", path, saved_world, self.world)
+                raise ConfigError(
+                    f"{path} was saved mid-epoch by {saved_world} process(es): resume it with "
+                    f"launcher.nproc_per_node={saved_world} (a P x K epoch depends on the process count)"
+                )
+            log.warning(
+                "%s was saved by %d process(es), resuming with %d: the data order and random streams "
+                "differ from an uninterrupted run",
+                path,
+                saved_world,
+                self.world,
+            )
         elif rng is not None:
             set_rng_state(rng[rank])
         if self.runner.scaler is not None and scaler_state:
@@ -106,20 +116,24 @@ class Checkpoints:
         return state
 
 
-def read_state(path: Path) -> Dict[str, Any]:
+def read_state(path: Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint, every field checked; ``RecogError`` naming the file and field."""
     file = path / checkpoint.STATE_FILE
     try:
         state = checkpoint.load_state(path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise RecogError(f"{file} cannot be read ({type(error).__name__}: {error}): the checkpoint is damaged; "
-                         "resume another run (hydra.run.dir=<run dir>) or start a new one") from None
+        raise RecogError(
+            f"{file} cannot be read ({type(error).__name__}: {error}): the checkpoint is damaged; "
+            "resume another run (hydra.run.dir=<run dir>) or start a new one"
+        ) from None
     if not isinstance(state, dict):
         raise RecogError(f"{file} holds a JSON {type(state).__name__}, not an object: the checkpoint is damaged")
     problems = _state_problems(state)
     if problems:
-        raise RecogError(f"{file} is not a valid training state: {'; '.join(problems)}. The checkpoint is damaged "
-                         "or was edited; resume another run (hydra.run.dir=<run dir>) or start a new one")
+        raise RecogError(
+            f"{file} is not a valid training state: {'; '.join(problems)}. The checkpoint is damaged "
+            "or was edited; resume another run (hydra.run.dir=<run dir>) or start a new one"
+        )
     return state
 
 
@@ -127,7 +141,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _state_problems(state: dict) -> List[str]:
+def _state_problems(state: dict) -> list[str]:
     problems = []
     for key in ("epoch", "step", "step_in_epoch"):
         if key not in state:
@@ -137,8 +151,9 @@ def _state_problems(state: dict) -> List[str]:
     if not problems and state["step"] < state["step_in_epoch"]:
         problems.append(f"'step' ({state['step']}) is below 'step_in_epoch' ({state['step_in_epoch']})")
     best = state.get("best")
-    if best is not None and not (isinstance(best, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values())):
+    if best is not None and not (
+        isinstance(best, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values())
+    ):
         problems.append(f"'best' must be null or an object of metric values, got {_short(best)}")
     for key in ("mlflow_run_id",):
         if state.get(key) is not None and not isinstance(state[key], str):
@@ -151,8 +166,9 @@ def _state_problems(state: dict) -> List[str]:
     if "skipped_steps" in state and (not _is_int(state["skipped_steps"]) or state["skipped_steps"] < 0):
         problems.append(f"'skipped_steps' must be a whole number >= 0, got {_short(state['skipped_steps'])}")
     rng = state.get("rng")
-    if rng is not None and not (isinstance(rng, list) and len(rng) == state.get("world_size", 1)
-                                and all(isinstance(r, dict) for r in rng)):
+    if rng is not None and not (
+        isinstance(rng, list) and len(rng) == state.get("world_size", 1) and all(isinstance(r, dict) for r in rng)
+    ):
         problems.append("'rng' must hold one RNG state per process ('world_size')")
     for key in ("grad_scaler", "optimizer"):
         if state.get(key) is not None and not isinstance(state[key], dict):
@@ -165,7 +181,7 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def checkpoint_problem(path: Path) -> Optional[str]:
+def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint at ``path`` cannot be resumed (damaged state.json, config.yaml or weights), or None.
 
     Cheap: reads state.json and config.yaml, and the safetensors header of the weights (whose
@@ -191,7 +207,7 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     return None
 
 
-def _safetensors_problem(file: Path) -> Optional[str]:
+def _safetensors_problem(file: Path) -> str | None:
     try:
         size = file.stat().st_size
         with open(file, "rb") as handle:
@@ -228,5 +244,7 @@ def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
             continue
         if not checkpoint.load_state(candidate / LAST).get("finished", False):
             return candidate
-    raise ConfigError(f"resume=true but no unfinished run with a {LAST} checkpoint was found under "
-                      f"{root}; pass hydra.run.dir=<run dir> to pick one")
+    raise ConfigError(
+        f"resume=true but no unfinished run with a {LAST} checkpoint was found under "
+        f"{root}; pass hydra.run.dir=<run dir> to pick one"
+    )

@@ -7,7 +7,7 @@ another one whose value differs from the saved run's is one ``ConfigError`` list
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -17,13 +17,22 @@ from recog.training.resume import LAST
 from recog.utils import checkpoint
 
 # What a resumed run may change: dotted keys, or prefixes ending in "." (whole sections).
-RESUMABLE = ("trainer.epochs", "trainer.device", "data.num_workers", "launcher.", "mlflow.", "paths.", "resume",
-             "stage", "model_path")
+RESUMABLE = (
+    "trainer.epochs",
+    "trainer.device",
+    "data.num_workers",
+    "launcher.",
+    "mlflow.",
+    "paths.",
+    "resume",
+    "stage",
+    "model_path",
+)
 # Filled in by the run when null (head.class_num follows the dataset): null on resume means the saved value.
 FILLED_BY_THE_RUN = ("head.class_num",)
 
 
-def command_line_overrides() -> Optional[List[str]]:
+def command_line_overrides() -> list[str] | None:
     """The overrides of the ``run.py`` command line (Hydra's), or None outside a Hydra run."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -33,7 +42,7 @@ def command_line_overrides() -> Optional[List[str]]:
         return None
 
 
-def given_keys(cfg: DictConfig, overrides: Optional[List[str]]) -> Set[str]:
+def given_keys(cfg: DictConfig, overrides: list[str] | None) -> set[str]:
     """The dotted keys of ``cfg`` this command set: those under an override's key or group (``overrides``,
     the command line), or without a command line (the Python API) the keys whose value differs from
     the config composed without overrides (compared before resolution, so that a value following
@@ -52,7 +61,7 @@ def given_keys(cfg: DictConfig, overrides: Optional[List[str]]) -> Set[str]:
     return {k for k in typed.keys() | default.keys() if typed.get(k, missing) != default.get(k, missing)}
 
 
-def resume_config(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None) -> DictConfig:
+def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> DictConfig:
     """The config of the resumed run: the one saved in ``run_dir``'s checkpoint, with the values of
     ``RESUMABLE`` keys this command set (``given_keys``). A set key of another kind whose value differs
     from the saved run's is a ``ConfigError`` listing them all."""
@@ -60,15 +69,21 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]]
     current, before = _flat(cfg), _flat(saved)
     given = given_keys(cfg, overrides)
     missing = object()
-    refused = sorted(k for k in given if not _resumable(k) and current.get(k, missing) != before.get(k, missing)
-                     and not (k in FILLED_BY_THE_RUN and current.get(k) is None))
+    refused = sorted(
+        k
+        for k in given
+        if not _resumable(k)
+        and current.get(k, missing) != before.get(k, missing)
+        and not (k in FILLED_BY_THE_RUN and current.get(k) is None)
+    )
     if refused:
         shown = ", ".join(f"{k} (saved {_value(before, k)}, now {_value(current, k)})" for k in refused[:12])
         more = f" and {len(refused) - 12} more" if len(refused) > 12 else ""
         raise ConfigError(
             f"resume=true continues {run_dir} with the config saved in it; these overrides change it: {shown}{more}. "
             f"On resume only {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUMABLE[:6])} "
-            "may change: drop the others (the saved values are used), or start a new run without resume=true")
+            "may change: drop the others (the saved values are used), or start a new run without resume=true"
+        )
     resumed = cfg.copy()
     with open_dict(resumed):
         for key in saved:
@@ -101,10 +116,10 @@ def _value(flat: dict, key: str) -> str:
     return repr(flat[key]) if key in flat else "absent"
 
 
-def _flat(cfg: DictConfig, resolve: bool = True) -> Dict[str, Any]:
+def _flat(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
     """Dotted key -> leaf value (lists as tuples), without the ``hydra`` node."""
     container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False, enum_to_str=True)
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
 
     def walk(node, prefix):
         if isinstance(node, dict):

@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional
 
 from recog.errors import ConfigError
 
@@ -28,8 +27,12 @@ class RunLock:
     def __init__(self, run_dir, what: str = "training"):
         self.path = Path(run_dir) / LOCK_FILE
         self.what = what
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "what": what,
-                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "what": what,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         self.held = False
 
     def __enter__(self) -> "RunLock":
@@ -56,11 +59,20 @@ class RunLock:
                     f"{self.path.parent} is in use by another {holder.get('what', 'run')}: PID {holder.get('pid')} on "
                     f"{holder.get('host')} (since {holder.get('started', '?')}; lock file {self.path}). Two trainings "
                     "in one run dir overwrite each other's checkpoints: wait for it, stop it, or use another "
-                    "hydra.run.dir" + (" (if that process is gone, delete the lock file)"
-                                       if holder.get("host") != self.owner["host"] else ""))
-            log.warning("taking over the stale lock %s of %s", self.path,
-                        f"PID {holder.get('pid')} on {holder.get('host')} (no longer running)" if holder
-                        else "an unreadable lock file")
+                    "hydra.run.dir"
+                    + (
+                        " (if that process is gone, delete the lock file)"
+                        if holder.get("host") != self.owner["host"]
+                        else ""
+                    )
+                )
+            log.warning(
+                "taking over the stale lock %s of %s",
+                self.path,
+                f"PID {holder.get('pid')} on {holder.get('host')} (no longer running)"
+                if holder
+                else "an unreadable lock file",
+            )
             self._remove_if_unchanged(holder)
         raise ConfigError(f"could not take the lock {self.path}: another process keeps replacing it")
 
@@ -89,7 +101,7 @@ class RunLock:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _read(self) -> Optional[dict]:
+    def _read(self) -> dict | None:
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -113,7 +125,7 @@ class RunLock:
             return True  # exists, another user's
         return True
 
-    def _remove_if_unchanged(self, holder: Optional[dict]) -> None:
+    def _remove_if_unchanged(self, holder: dict | None) -> None:
         if self._read() == holder:
             try:
                 self.path.unlink()

@@ -9,7 +9,6 @@ Host synchronisation: one per step, deliberately (``StepRunner.read_flags``: "no
 
 import logging
 import math
-from typing import Dict, Optional, Tuple
 
 import paddle
 
@@ -51,8 +50,15 @@ class StepRunner:
     step only: the P x K sampler gives every later batch the same structure.
     """
 
-    def __init__(self, net: paddle.nn.Layer, optimizer, schedule, amp: Optional[Amp] = None,
-                 stop: Optional[StopRequest] = None, skip_nonfinite: bool = False):
+    def __init__(
+        self,
+        net: paddle.nn.Layer,
+        optimizer,
+        schedule,
+        amp: Amp | None = None,
+        stop: StopRequest | None = None,
+        skip_nonfinite: bool = False,
+    ):
         self.net = net
         self.optimizer = optimizer
         self.schedule = schedule
@@ -69,7 +75,7 @@ class StepRunner:
         self.forward = net
         self.fused_finite_check = True
 
-    def __call__(self, images, labels, step: int = 0, epoch: int = 0) -> Dict[str, paddle.Tensor]:
+    def __call__(self, images, labels, step: int = 0, epoch: int = 0) -> dict[str, paddle.Tensor]:
         """Run global step ``step`` (from 1; for messages) of epoch ``epoch`` (from 0)."""
         optimizer = self.optimizer
         with step_kernels(self.forward):  # speed hook (issue 16): oneDNN kernels of compiled programs
@@ -88,7 +94,10 @@ class StepRunner:
                 raise NonFiniteError(
                     f"{message}. Stopped before applying the step: checkpoints/last and best_model/ are as they "
                     "were. Lower optimizer.lr, set trainer.grad_clip, check the data, or skip such steps with "
-                    "trainer.skip_nonfinite=true", step, terms)
+                    "trainer.skip_nonfinite=true",
+                    step,
+                    terms,
+                )
             self.skipped += 1
             log.warning("%s: step skipped (%d so far)", message, self.skipped)
         else:
@@ -101,7 +110,7 @@ class StepRunner:
         self.schedule.step()
         return losses
 
-    def read_flags(self, loss: paddle.Tensor) -> Tuple[bool, bool]:
+    def read_flags(self, loss: paddle.Tensor) -> tuple[bool, bool]:
         """``(non-finite loss or gradient on any rank, stop requested on any rank)``: the step's one
         deliberate host sync (and its one all_reduce in a data-parallel run).
 
@@ -117,8 +126,9 @@ class StepRunner:
         nonfinite, stop_agreed = parallel.max_across_ranks(flags).tolist()
         return bool(nonfinite), bool(stop_agreed)
 
-    def describe_nonfinite(self, losses: Dict[str, paddle.Tensor], step: int,
-                           epoch: int) -> Tuple[str, Dict[str, float]]:
+    def describe_nonfinite(
+        self, losses: dict[str, paddle.Tensor], step: int, epoch: int
+    ) -> tuple[str, dict[str, float]]:
         """What was not finite, read only once it was detected: the loss terms (averaged over the
         ranks, a collective every rank reaches), else the first parameters with NaN / Inf gradients."""
         values = parallel.mean_across_ranks(losses)
@@ -130,8 +140,11 @@ class StepRunner:
             return f"non-finite loss at {where}: loss term {' and '.join(repr(n) for n in bad)} ({shown})", values
         if not math.isfinite(values["loss"]):  # finite terms whose sum overflows
             return f"non-finite loss at {where}: the sum of the loss terms ({shown})", values
-        names = [name for name, p in self._named_parameters() if p.grad is not None
-                 and not bool(paddle.isfinite(p.grad).all())]
+        names = [
+            name
+            for name, p in self._named_parameters()
+            if p.grad is not None and not bool(paddle.isfinite(p.grad).all())
+        ]
         listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return f"non-finite gradient at {where}: {listed or 'a parameter'} (loss terms finite: {shown})", values
 

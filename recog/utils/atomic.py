@@ -36,9 +36,9 @@ import functools
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 from recog.errors import RecogError
 
@@ -65,7 +65,7 @@ class FileWriter:
         return written
 
 
-def write_file(path, data: Union[bytes, str]) -> None:
+def write_file(path, data: bytes | str) -> None:
     """Create or truncate ``path`` and write ``data`` (``str``: UTF-8); not atomic by itself:
     for files inside a ``replacing_dir`` temp directory, which is fsync'ed as a whole."""
     path = Path(path)
@@ -117,7 +117,7 @@ def replacing_dir(path, what: str = "directory") -> Iterator[Path]:
     replaces ``path`` whole (the swap of the module docstring). The parent is created if needed."""
     target = Path(path)
     existed = False
-    tmp: Optional[Path] = None
+    tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         recover_dir(target)
@@ -155,7 +155,7 @@ def recover_dir(path) -> None:
     prefix = f".{path.name}{_TMP}"
     if path.parent.is_dir():
         for entry in os.scandir(path.parent):
-            if entry.name.startswith(prefix) and not _writer_alive(entry.name[len(prefix):]):
+            if entry.name.startswith(prefix) and not _writer_alive(entry.name[len(prefix) :]):
                 _remove(Path(entry.path))
 
 
@@ -177,20 +177,27 @@ def preallocate(path, what: str = "scratch file") -> None:
         os.close(fd)
 
 
-def storage_error(what: str, target: Path, error: OSError, existed: Optional[bool]) -> StorageError:
+def storage_error(what: str, target: Path, error: OSError, existed: bool | None) -> StorageError:
     """``StorageError``: which output, why (the OS reason and its errno name), what was kept."""
     code = errno.errorcode.get(error.errno or 0)
     reason = (error.strerror or str(error)) + (f" [{code}]" if code else "")
     if error.filename and Path(error.filename) != target:
         reason += f" at {error.filename}"
-    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
-            errno.EACCES: f"check the permissions of {target.parent}",
-            errno.EPERM: f"check the permissions of {target.parent}",
-            errno.EROFS: "write to a writable file system"}.get(error.errno, "")
-    kept = {True: f"the previous {what} there is unchanged", False: "nothing was written there",
-            None: "it was removed"}[existed]
-    return StorageError(f"could not write the {what} {target}: {reason}; {kept}"
-                        + (f". To retry, {hint} and run again" if hint else ""))
+    hint = {
+        errno.ENOSPC: "free some disk space",
+        errno.EDQUOT: "free some disk space",
+        errno.EACCES: f"check the permissions of {target.parent}",
+        errno.EPERM: f"check the permissions of {target.parent}",
+        errno.EROFS: "write to a writable file system",
+    }.get(error.errno, "")
+    kept = {
+        True: f"the previous {what} there is unchanged",
+        False: "nothing was written there",
+        None: "it was removed",
+    }[existed]
+    return StorageError(
+        f"could not write the {what} {target}: {reason}; {kept}" + (f". To retry, {hint} and run again" if hint else "")
+    )
 
 
 def _swap_in(new: Path, target: Path) -> None:
@@ -237,7 +244,7 @@ def _renameat2():
 
 def _fsync_tree(root: Path) -> None:
     """fsync every file, then every directory (deepest first), under ``root``."""
-    for top, dirs, files in os.walk(root, topdown=False):
+    for top, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             _fsync_path(os.path.join(top, name), os.O_RDONLY)
         _fsync_dir(top)

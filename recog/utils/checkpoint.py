@@ -27,8 +27,9 @@ reason, and leaves the previous checkpoint byte for byte as it was.
 
 import json
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import paddle
@@ -44,15 +45,30 @@ MODEL_FILE, LOSS_FILE, OPTIMIZER_FILE = "model.safetensors", "loss.safetensors",
 STATE_FILE, CONFIG_FILE = "state.json", "config.yaml"
 KIND, WHAT = "checkpoint", "checkpoint"
 # state.json: the fields recog reads back and their JSON types (None: null allowed).
-STATE_FIELDS = {"epoch": int, "step": int, "step_in_epoch": int, "best": (dict, None), "mlflow_run_id": (str, None),
-                "finished": bool, "world_size": int, "rng": (list, None), "optimizer": dict,
-                "grad_scaler": (dict, None), "skipped_steps": int}
+STATE_FIELDS = {
+    "epoch": int,
+    "step": int,
+    "step_in_epoch": int,
+    "best": (dict, None),
+    "mlflow_run_id": (str, None),
+    "finished": bool,
+    "world_size": int,
+    "rng": (list, None),
+    "optimizer": dict,
+    "grad_scaler": (dict, None),
+    "skipped_steps": int,
+}
 STATE_REQUIRED = ("epoch", "step")
 
 
-def save_checkpoint(path, model: paddle.nn.Layer, cfg: DictConfig, state: Dict[str, Any],
-                    optimizer: Optional[paddle.optimizer.Optimizer] = None,
-                    loss: Optional[paddle.nn.Layer] = None) -> Path:
+def save_checkpoint(
+    path,
+    model: paddle.nn.Layer,
+    cfg: DictConfig,
+    state: dict[str, Any],
+    optimizer: paddle.optimizer.Optimizer | None = None,
+    loss: paddle.nn.Layer | None = None,
+) -> Path:
     """Write the checkpoint into a temporary sibling directory, then swap it into place.
 
     Raises ``atomic.StorageError`` (a ``RecogError``) when the disk refuses; the previous
@@ -93,12 +109,14 @@ def load_model_weights(path, model: paddle.nn.Layer) -> None:
     unexpected = sorted(set(weights) - set(expected))
     wrong = [k for k in expected if k in weights and list(weights[k].shape) != list(expected[k].shape)]
     if missing or unexpected or wrong:
-        raise RecogError(f"weights in {file} do not fit the model: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, shape mismatch {wrong[:5]}")
+        raise RecogError(
+            f"weights in {file} do not fit the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shape mismatch {wrong[:5]}"
+        )
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
 
 
-def load_state(path, required=STATE_REQUIRED) -> Dict[str, Any]:
+def load_state(path, required=STATE_REQUIRED) -> dict[str, Any]:
     """``state.json``, verified against the manifest and type-checked (``IntegrityError`` otherwise);
     ``required``: the fields the caller needs (default: those resuming needs)."""
     directory = atomic.readable_dir(path)
@@ -107,13 +125,15 @@ def load_state(path, required=STATE_REQUIRED) -> Dict[str, Any]:
     try:
         state = json.loads(file.read_text())
     except (UnicodeDecodeError, ValueError) as error:
-        raise IntegrityError(f"{file} is not valid JSON ({error}): the checkpoint is damaged; copy it again from "
-                             "where it came from, or use another checkpoint") from None
+        raise IntegrityError(
+            f"{file} is not valid JSON ({error}): the checkpoint is damaged; copy it again from "
+            "where it came from, or use another checkpoint"
+        ) from None
     manifest.check_fields(file, state, STATE_FIELDS, required=required)
     return state
 
 
-def load_config(path, trusted_targets: Iterable[str] = (), searchpath: Optional[Sequence[str]] = None) -> DictConfig:
+def load_config(path, trusted_targets: Iterable[str] = (), searchpath: Sequence[str] | None = None) -> DictConfig:
     """The checked config a checkpoint was saved with: nothing it names is imported or run.
 
     Every ``_target_`` must be a registered component of its group (``recog.config.trusted``);
@@ -135,8 +155,9 @@ def load_loss_state(path, loss: paddle.nn.Layer) -> None:
         loss.set_state_dict({k: paddle.to_tensor(v) for k, v in _load_tensors(directory / LOSS_FILE).items()})
 
 
-def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer,
-                         loss: Optional[paddle.nn.Layer] = None) -> None:
+def load_optimizer_state(
+    path, optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer, loss: paddle.nn.Layer | None = None
+) -> None:
     """Restore momentum buffers etc. saved by ``save_checkpoint`` for the same architecture."""
     structured_to_runtime = {v: k for k, v in _runtime_to_structured(model, loss).items()}
     directory = atomic.readable_dir(path)
@@ -146,21 +167,27 @@ def load_optimizer_state(path, optimizer: paddle.optimizer.Optimizer, model: pad
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
         # reports as unused before LinearWarmup restores it: a false alarm.
         warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
-        optimizer.set_state_dict({**load_state(path, required=("optimizer",))["optimizer"],
-                                  **{k: paddle.to_tensor(v) for k, v in tensors.items()}})
+        optimizer.set_state_dict(
+            {
+                **load_state(path, required=("optimizer",))["optimizer"],
+                **{k: paddle.to_tensor(v) for k, v in tensors.items()},
+            }
+        )
 
 
-def _load_tensors(file: Path) -> Dict[str, np.ndarray]:
+def _load_tensors(file: Path) -> dict[str, np.ndarray]:
     """A safetensors file; a damaged one (in a folder without a manifest) is an ``IntegrityError``."""
     try:
         return load_file(str(file))
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for bad headers
-        raise IntegrityError(f"{file} is not a readable safetensors file ({type(error).__name__}: {error}): the "
-                             "checkpoint is damaged; copy it again from where it came from, or use another "
-                             "checkpoint") from None
+        raise IntegrityError(
+            f"{file} is not a readable safetensors file ({type(error).__name__}: {error}): the "
+            "checkpoint is damaged; copy it again from where it came from, or use another "
+            "checkpoint"
+        ) from None
 
 
-def _runtime_to_structured(model: paddle.nn.Layer, loss: Optional[paddle.nn.Layer] = None) -> Dict[str, str]:
+def _runtime_to_structured(model: paddle.nn.Layer, loss: paddle.nn.Layer | None = None) -> dict[str, str]:
     """Paddle's process-wide parameter names (``linear_3.w_0``) -> ``fc.weight``-style names."""
     names = {param.name: name for name, param in model.named_parameters()}
     if loss is not None:
@@ -168,7 +195,7 @@ def _runtime_to_structured(model: paddle.nn.Layer, loss: Optional[paddle.nn.Laye
     return names
 
 
-def _rename_accumulators(tensors: Dict[str, np.ndarray], names: Dict[str, str]) -> Dict[str, np.ndarray]:
+def _rename_accumulators(tensors: dict[str, np.ndarray], names: dict[str, str]) -> dict[str, np.ndarray]:
     """Optimizer keys are ``<parameter name>_<accumulator>``: swap the parameter-name prefix.
 
     Runtime names depend on how many layers the process built before, so checkpoints store the
@@ -178,15 +205,15 @@ def _rename_accumulators(tensors: Dict[str, np.ndarray], names: Dict[str, str]) 
     renamed = {}
     for key, value in tensors.items():
         prefix = next((p for p in by_length if key.startswith(p + "_")), None)
-        renamed[names[prefix] + key[len(prefix):] if prefix else key] = value
+        renamed[names[prefix] + key[len(prefix) :] if prefix else key] = value
     return renamed
 
 
-def _to_numpy(state_dict) -> Dict[str, np.ndarray]:
+def _to_numpy(state_dict) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v.numpy()) for k, v in state_dict.items()}
 
 
-def _split_tensors(state: Dict[str, Any]):
+def _split_tensors(state: dict[str, Any]):
     tensors, rest = {}, {}
     for key, value in state.items():
         if isinstance(value, paddle.Tensor):
@@ -202,4 +229,3 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-

@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
 
 
 class StopRequest:
@@ -31,16 +30,16 @@ class StopRequest:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, grace: float = 10.0, deadline: float = 300.0):
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self.grace = grace
         self.deadline = deadline
         self._previous = {}
-        self._previous_fd: Optional[int] = None
-        self._pipe: Optional[tuple] = None
-        self._watchdog: Optional[threading.Thread] = None
+        self._previous_fd: int | None = None
+        self._pipe: tuple | None = None
+        self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -99,7 +98,7 @@ class StopRequest:
         self._pipe = self._watchdog = None
 
     def _watch(self, read: int) -> None:
-        received: Optional[int] = None
+        received: int | None = None
         since = 0.0
         while not self._closed.is_set():
             timeout = None if received is None else 0.2
@@ -117,13 +116,18 @@ class StopRequest:
                 continue
             waited = time.monotonic() - since
             if self.signum is None and waited > self.grace:
-                self._exit(received, f"the main thread did not respond to it within {self.grace:.0f} s (blocked, "
-                                     "e.g. waiting for a data-loader thread that failed)")
+                self._exit(
+                    received,
+                    f"the main thread did not respond to it within {self.grace:.0f} s (blocked, "
+                    "e.g. waiting for a data-loader thread that failed)",
+                )
             if waited > self.deadline:
                 self._exit(received, f"the run did not stop within {self.deadline:.0f} s of it")
 
     def _exit(self, signum: int, why: str) -> None:
-        sys.stderr.write(f"\nrecog: {self.name(signum)} received but {why}: exiting now. Files written so far are "
-                         "complete (atomic writes); resume=true continues from the last checkpoint.\n")
+        sys.stderr.write(
+            f"\nrecog: {self.name(signum)} received but {why}: exiting now. Files written so far are "
+            "complete (atomic writes); resume=true continues from the last checkpoint.\n"
+        )
         sys.stderr.flush()
         os._exit(128 + signum)

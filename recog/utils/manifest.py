@@ -17,8 +17,9 @@ loads, with one warning per folder.
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any
 
 from recog.errors import RecogError
 
@@ -51,7 +52,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(directory, kind: str) -> Dict[str, Any]:
+def write_manifest(directory, kind: str) -> dict[str, Any]:
     """Write ``directory/manifest.json`` listing every other file under ``directory`` (call it
     last, inside the temp directory of ``atomic.replacing_dir``); returns what was written."""
     from recog.utils import atomic
@@ -64,13 +65,18 @@ def write_manifest(directory, kind: str) -> Dict[str, Any]:
         name = path.relative_to(directory).as_posix()
         if name != MANIFEST_FILE:
             files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "recog_version": recog_version(),
-                "files": files}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "recog_version": recog_version(),
+        "files": files,
+    }
     atomic.write_file(directory / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def read_manifest(directory, kind: str, what: str) -> Optional[Dict[str, Any]]:
+def read_manifest(directory, kind: str, what: str) -> dict[str, Any] | None:
     """The checked ``manifest.json`` of ``directory``; None (after one warning) when there is none.
 
     ``what`` names the folder in messages (e.g. "checkpoint", "export"). Every field is
@@ -82,21 +88,31 @@ def read_manifest(directory, kind: str, what: str) -> Optional[Dict[str, Any]]:
         key = str(directory.resolve())
         if key not in _WARNED_LEGACY:
             _WARNED_LEGACY.add(key)
-            log.warning("%s has no %s (written by a recog version without integrity manifests): its files are "
-                        "loaded unverified; write it again with this version to add one", directory, MANIFEST_FILE)
+            log.warning(
+                "%s has no %s (written by a recog version without integrity manifests): its files are "
+                "loaded unverified; write it again with this version to add one",
+                directory,
+                MANIFEST_FILE,
+            )
         return None
     fix = _fix(what)
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise IntegrityError(f"{path} is not valid JSON ({error}): the {what} is damaged; {fix}") from None
-    check_fields(path, manifest, {"format": str, "format_version": int, "kind": str, "recog_version": str,
-                                  "files": dict}, required=("format", "format_version", "kind", "files"))
+    check_fields(
+        path,
+        manifest,
+        {"format": str, "format_version": int, "kind": str, "recog_version": str, "files": dict},
+        required=("format", "format_version", "kind", "files"),
+    )
     if manifest["format"] != FORMAT:
         raise IntegrityError(f"{path}: format {manifest['format']!r} is not {FORMAT!r}; {fix}")
     if manifest["format_version"] > FORMAT_VERSION:
-        raise IntegrityError(f"{path} was written by a newer recog (manifest format version "
-                             f"{manifest['format_version']} > {FORMAT_VERSION}): update recog to load it")
+        raise IntegrityError(
+            f"{path} was written by a newer recog (manifest format version "
+            f"{manifest['format_version']} > {FORMAT_VERSION}): update recog to load it"
+        )
     if manifest["kind"] != kind:
         raise IntegrityError(f"{directory} is a recog {manifest['kind']}, not a {kind} (by its {MANIFEST_FILE})")
     for name, entry in manifest["files"].items():
@@ -109,8 +125,9 @@ def read_manifest(directory, kind: str, what: str) -> Optional[Dict[str, Any]]:
     return manifest
 
 
-def check_file(directory, name: str, kind: str, what: str, manifest: Optional[Dict[str, Any]] = None,
-               required: bool = True) -> bool:
+def check_file(
+    directory, name: str, kind: str, what: str, manifest: dict[str, Any] | None = None, required: bool = True
+) -> bool:
     """Check ``directory/name`` against the folder's manifest before it is read.
 
     Returns whether the file exists. ``IntegrityError`` when the manifest lists it and it is
@@ -130,27 +147,36 @@ def check_file(directory, name: str, kind: str, what: str, manifest: Optional[Di
     entry = manifest["files"].get(name)
     if entry is None:
         if path.exists():
-            raise IntegrityError(f"{path} is not listed in {directory / MANIFEST_FILE}: it was added after the {what} "
-                                 f"was written; remove it, or {fix}")
+            raise IntegrityError(
+                f"{path} is not listed in {directory / MANIFEST_FILE}: it was added after the {what} "
+                f"was written; remove it, or {fix}"
+            )
         if required:
-            raise IntegrityError(f"{path} is missing and the {what}'s {MANIFEST_FILE} does not list it: the {what} "
-                                 f"{directory} lacks it; {fix}")
+            raise IntegrityError(
+                f"{path} is missing and the {what}'s {MANIFEST_FILE} does not list it: the {what} "
+                f"{directory} lacks it; {fix}"
+            )
         return False
     if not path.is_file():
-        raise IntegrityError(f"{path} is missing (listed in {MANIFEST_FILE}, {entry['size']} bytes): the {what} "
-                             f"{directory} is incomplete; {fix}")
+        raise IntegrityError(
+            f"{path} is missing (listed in {MANIFEST_FILE}, {entry['size']} bytes): the {what} "
+            f"{directory} is incomplete; {fix}"
+        )
     size = path.stat().st_size
     if size != entry["size"]:
         change = "truncated" if size < entry["size"] else "longer than written"
-        raise IntegrityError(f"{path} is {change} ({size} bytes, {MANIFEST_FILE} says {entry['size']}): the {what} "
-                             f"is damaged; {fix}")
+        raise IntegrityError(
+            f"{path} is {change} ({size} bytes, {MANIFEST_FILE} says {entry['size']}): the {what} is damaged; {fix}"
+        )
     if sha256_of(path) != entry["sha256"]:
-        raise IntegrityError(f"{path} was altered (its SHA-256 differs from {MANIFEST_FILE}'s): the {what} is "
-                             f"damaged or was edited; {fix}")
+        raise IntegrityError(
+            f"{path} was altered (its SHA-256 differs from {MANIFEST_FILE}'s): the {what} is "
+            f"damaged or was edited; {fix}"
+        )
     return True
 
 
-def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> Optional[Dict[str, Any]]:
+def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> dict[str, Any] | None:
     """Check every file the manifest lists (and that each of ``required`` exists), and that the
     folder holds no other file; returns the manifest, None for a legacy folder (``required`` still
     checked)."""
@@ -159,23 +185,27 @@ def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> Opt
     if manifest is not None:
         extra = unlisted_files(directory, manifest)
         if extra:
-            raise IntegrityError(f"{directory / extra[0]} is not listed in {directory / MANIFEST_FILE}: it was added "
-                                 f"after the {what} was written; remove it, or {_fix(what)}")
+            raise IntegrityError(
+                f"{directory / extra[0]} is not listed in {directory / MANIFEST_FILE}: it was added "
+                f"after the {what} was written; remove it, or {_fix(what)}"
+            )
     names = list(dict.fromkeys([*(manifest["files"] if manifest else ()), *required]))
     for name in names:
         check_file(directory, name, kind, what, manifest=manifest, required=name in required or manifest is not None)
     return manifest
 
 
-def unlisted_files(directory, manifest: Dict[str, Any]) -> list:
+def unlisted_files(directory, manifest: dict[str, Any]) -> list:
     """Files under ``directory`` that its manifest does not list (the manifest itself excepted)."""
     directory = Path(directory)
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if p.is_file() and p.relative_to(directory).as_posix() not in manifest["files"]
-                  and p.name != MANIFEST_FILE)
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.relative_to(directory).as_posix() not in manifest["files"] and p.name != MANIFEST_FILE
+    )
 
 
-def check_fields(path: Path, data: Any, types: Dict[str, Any], required: Iterable[str] = ()) -> None:
+def check_fields(path: Path, data: Any, types: dict[str, Any], required: Iterable[str] = ()) -> None:
     """``IntegrityError`` unless ``data`` is a JSON object whose ``required`` keys are present and
     whose known keys have the given types (a tuple of types allowed; ``bool`` is not an ``int``)."""
     if not isinstance(data, dict):
@@ -186,8 +216,10 @@ def check_fields(path: Path, data: Any, types: Dict[str, Any], required: Iterabl
     for key, expected in types.items():
         if key in data and not _is_instance(data[key], expected):
             names = " or ".join(_type_name(t) for t in (expected if isinstance(expected, tuple) else (expected,)))
-            raise IntegrityError(f"{path}: {key} must be {names}, got {type(data[key]).__name__} "
-                                 f"{json.dumps(data[key])[:60]}; {_fix('file')}")
+            raise IntegrityError(
+                f"{path}: {key} must be {names}, got {type(data[key]).__name__} "
+                f"{json.dumps(data[key])[:60]}; {_fix('file')}"
+            )
 
 
 def _is_instance(value: Any, expected) -> bool:
@@ -200,14 +232,23 @@ def _is_instance(value: Any, expected) -> bool:
 
 
 def _type_name(kind) -> str:
-    return {None: "null", str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "an object",
-            list: "a list"}.get(kind, getattr(kind, "__name__", str(kind)))
+    return {
+        None: "null",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        dict: "an object",
+        list: "a list",
+    }.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def _fix(what: str) -> str:
     if what == "export":
-        return "export the model again (python run.py stage=export model_path=<run>/best_model) or copy the folder " \
-               "again from where it came from"
+        return (
+            "export the model again (python run.py stage=export model_path=<run>/best_model) or copy the folder "
+            "again from where it came from"
+        )
     if what == "file":
         return "write it again with recog, or copy it again from where it came from"
     return f"copy the {what} again from where it came from, or use another one (e.g. a run's best_model/)"

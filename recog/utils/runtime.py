@@ -4,7 +4,8 @@ import logging
 import os
 import random
 import warnings
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import paddle
@@ -20,8 +21,11 @@ def has_gpu() -> bool:
 
 
 def no_gpu_reason() -> str:
-    return ("this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
-            if not paddle.is_compiled_with_cuda() else "no GPU is visible (check CUDA_VISIBLE_DEVICES)")
+    return (
+        "this Paddle build has no CUDA support (install paddlepaddle-gpu: see the README)"
+        if not paddle.is_compiled_with_cuda()
+        else "no GPU is visible (check CUDA_VISIBLE_DEVICES)"
+    )
 
 
 def select_device(name: str, gpu_features: Sequence[str] = ()) -> str:
@@ -38,8 +42,11 @@ def select_device(name: str, gpu_features: Sequence[str] = ()) -> str:
         raise ConfigError("trainer.device=gpu, but " + no_gpu_reason())
     if name == "auto":
         if not gpu and gpu_features:
-            log.warning("trainer.device=auto found no GPU (%s): running on the CPU, where %s has no effect",
-                        no_gpu_reason(), ", ".join(gpu_features))
+            log.warning(
+                "trainer.device=auto found no GPU (%s): running on the CPU, where %s has no effect",
+                no_gpu_reason(),
+                ", ".join(gpu_features),
+            )
         name = "gpu" if gpu else "cpu"
     if name not in ("cpu", "gpu"):
         raise ConfigError(f"unknown device {name!r}: use auto, cpu or gpu")
@@ -56,7 +63,7 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """The state of Python's, NumPy's and Paddle's (current device) global generators, as JSON data."""
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -64,11 +71,14 @@ def get_rng_state() -> Dict[str, Any]:
     for state in paddle.get_rng_state():
         device, seed, offset, engine = state.__getstate__()
         paddle_states.append([device, seed, offset, bytes(engine).decode("ascii")])
-    return {"python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-            "paddle": paddle_states}
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "paddle": paddle_states,
+    }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``get_rng_state`` returned (in this or another process)."""
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
@@ -88,7 +98,7 @@ def is_main_process() -> bool:
     try:
         return paddle.distributed.get_rank() == 0
     except Exception:  # pragma: no cover - distributed not initialised
-        warnings.warn("could not read the distributed rank; assuming rank 0")
+        warnings.warn("could not read the distributed rank; assuming rank 0", stacklevel=2)
         return True
 
 

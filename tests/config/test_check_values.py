@@ -7,29 +7,32 @@ from recog.config.compose import MLFLOW_MAX_EXPERIMENT_NAME
 from recog.errors import ConfigError
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.eval_every=0", "trainer.eval_every must be at least 1"),
-    ("eval.recall_at=[0]", "eval.recall_at: every K must be at least 1"),
-    ("eval.recall_at=[]", "eval.recall_at needs at least one K"),
-    ("neck.embedding_size=0", "neck.embedding_size must be an integer of at least 1, got 0"),
-    ("head.class_num=0", "head.class_num must be an integer of at least 1, got 0"),
-    ("trainer.steps_per_epoch=-2", "trainer.steps_per_epoch must be at least 1"),
-    ("predict.batch_size=0", "predict.batch_size must be at least 1"),
-    ("trainer.epochs=0", "trainer.epochs must be at least 1"),
-    ("trainer.log_every=0", "trainer.log_every must be at least 1"),
-    ("trainer.grad_clip=0", "trainer.grad_clip must be above 0"),
-    ("predict.top_k=0", "predict.top_k must be at least 1"),
-    ("predict.picture_queries=-1", "predict.picture_queries must be at least 0"),
-    ("export.tolerance=0", "export.tolerance must be above 0"),
-    ("export.tolerance=nan", "export.tolerance must be above 0"),
-    ("export.check_images=0", "export.check_images must be at least 1"),
-    ("mlflow.request_retries=-1", "mlflow.request_retries must be at least 0"),
-    ("mlflow.request_timeout=0", "mlflow.request_timeout must be at least 1"),
-    ("launcher.nproc_per_node=0", "launcher.nproc_per_node must be at least 1"),
-    ("launcher.nnodes=0", "launcher.nnodes must be at least 1"),
-    ("launcher.node_rank=2", "launcher.node_rank=2 must be below launcher.nnodes=1"),
-    ("mlflow.experiment_name=''", "mlflow.experiment_name must not be empty"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.eval_every=0", "trainer.eval_every must be at least 1"),
+        ("eval.recall_at=[0]", "eval.recall_at: every K must be at least 1"),
+        ("eval.recall_at=[]", "eval.recall_at needs at least one K"),
+        ("neck.embedding_size=0", "neck.embedding_size must be an integer of at least 1, got 0"),
+        ("head.class_num=0", "head.class_num must be an integer of at least 1, got 0"),
+        ("trainer.steps_per_epoch=-2", "trainer.steps_per_epoch must be at least 1"),
+        ("predict.batch_size=0", "predict.batch_size must be at least 1"),
+        ("trainer.epochs=0", "trainer.epochs must be at least 1"),
+        ("trainer.log_every=0", "trainer.log_every must be at least 1"),
+        ("trainer.grad_clip=0", "trainer.grad_clip must be above 0"),
+        ("predict.top_k=0", "predict.top_k must be at least 1"),
+        ("predict.picture_queries=-1", "predict.picture_queries must be at least 0"),
+        ("export.tolerance=0", "export.tolerance must be above 0"),
+        ("export.tolerance=nan", "export.tolerance must be above 0"),
+        ("export.check_images=0", "export.check_images must be at least 1"),
+        ("mlflow.request_retries=-1", "mlflow.request_retries must be at least 0"),
+        ("mlflow.request_timeout=0", "mlflow.request_timeout must be at least 1"),
+        ("launcher.nproc_per_node=0", "launcher.nproc_per_node must be at least 1"),
+        ("launcher.nnodes=0", "launcher.nnodes must be at least 1"),
+        ("launcher.node_rank=2", "launcher.node_rank=2 must be below launcher.nnodes=1"),
+        ("mlflow.experiment_name=''", "mlflow.experiment_name must not be empty"),
+    ],
+)
 def test_out_of_range_values_are_refused_at_compose_time(override, message):
     with pytest.raises(ConfigError) as caught:
         recog.compose([override])
@@ -37,10 +40,20 @@ def test_out_of_range_values_are_refused_at_compose_time(override, message):
 
 
 def test_in_range_values_compose():
-    cfg = recog.compose(["trainer.eval_every=2", "eval.recall_at=[1,2]", "neck.embedding_size=1",
-                         "trainer.steps_per_epoch=1", "predict.batch_size=1", "trainer.epochs=1",
-                         "predict.picture_queries=0", "mlflow.request_retries=0", "launcher.nnodes=2",
-                         "launcher.node_rank=1"])
+    cfg = recog.compose(
+        [
+            "trainer.eval_every=2",
+            "eval.recall_at=[1,2]",
+            "neck.embedding_size=1",
+            "trainer.steps_per_epoch=1",
+            "predict.batch_size=1",
+            "trainer.epochs=1",
+            "predict.picture_queries=0",
+            "mlflow.request_retries=0",
+            "launcher.nnodes=2",
+            "launcher.node_rank=1",
+        ]
+    )
     assert cfg.trainer.eval_every == 2 and list(cfg.eval.recall_at) == [1, 2]
 
 
@@ -52,6 +65,7 @@ def test_long_experiment_name_names_the_real_cause():
 
 def test_experiment_name_limit_is_mlflows():
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
     assert MLFLOW_MAX_EXPERIMENT_NAME == MAX_EXPERIMENT_NAME_LENGTH
 
 

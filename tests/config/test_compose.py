@@ -3,6 +3,8 @@ overrides land in the tree; bad input becomes a ConfigError that names the probl
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import math
 import sys
 from pathlib import Path
@@ -200,9 +202,13 @@ def test_every_group_has_an_instantiation_check():
 
 def test_known_options_are_discovered():
     expected = {
-        "backbone": {"pplcnet"}, "neck": {"fc", "none"}, "head": {"fc", "arcmargin", "none"},
-        "loss": {"ce", "triplet", "triplet_v2", "ce_triplet"}, "dataset": {"digits", "sop", "image_list"},
-        "optimizer": {"momentum", "adamw"}, "scheduler": {"warmup_cosine", "multi_step"},
+        "backbone": {"pplcnet"},
+        "neck": {"fc", "none"},
+        "head": {"fc", "arcmargin", "none"},
+        "loss": {"ce", "triplet", "triplet_v2", "ce_triplet"},
+        "dataset": {"digits", "sop", "image_list"},
+        "optimizer": {"momentum", "adamw"},
+        "scheduler": {"warmup_cosine", "multi_step"},
         "experiment": {"digits_demo", "paddleclas_2021"},
     }
     for group, options in expected.items():
@@ -245,8 +251,16 @@ def test_documented_scales():
 
 @pytest.mark.parametrize("scale", list(LAST_STAGE))
 def test_pplcnet_every_scale(scale):
-    cfg = compose(["backbone=pplcnet", f"backbone.scale={scale}", "data.image_size=32", "neck.embedding_size=16",
-                   "head=fc", "head.class_num=3"])
+    cfg = compose(
+        [
+            "backbone=pplcnet",
+            f"backbone.scale={scale}",
+            "data.image_size=32",
+            "neck.embedding_size=16",
+            "head=fc",
+            "head.class_num=3",
+        ]
+    )
     assert cfg.backbone.scale == scale
     model = build_model(cfg)
     assert model.backbone.conv1.conv.weight.shape[0] == STEM[scale]
@@ -266,10 +280,27 @@ def _sel(cfg, key):
 
 def _spec_line(root, device):
     """The product spec's overrides, exactly as written (PATH -> root, one device)."""
-    return ["stage=train", "backbone=pplcnet", "head=arcmargin", "backbone.scale=1.0", "backbone.stop_layer=flatten",
-            "neck=fc", "neck.embedding_size=128", "head.margin=0.2", "head.scale=30", "loss=ce_triplet",
-            "dataset=sop", f"dataset.root={root}", "data.image_size=64", "data.batch_size=64",
-            "data.samples_per_class=4", "optimizer.lr=0.05", "trainer.epochs=4", f"trainer.device={device}", "seed=0"]
+    return [
+        "stage=train",
+        "backbone=pplcnet",
+        "head=arcmargin",
+        "backbone.scale=1.0",
+        "backbone.stop_layer=flatten",
+        "neck=fc",
+        "neck.embedding_size=128",
+        "head.margin=0.2",
+        "head.scale=30",
+        "loss=ce_triplet",
+        "dataset=sop",
+        f"dataset.root={root}",
+        "data.image_size=64",
+        "data.batch_size=64",
+        "data.samples_per_class=4",
+        "optimizer.lr=0.05",
+        "trainer.epochs=4",
+        f"trainer.device={device}",
+        "seed=0",
+    ]
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "gpu"])
@@ -277,14 +308,26 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
     args = _spec_line(tmp_path, device)
     cfg = compose(args)
     expected = {
-        "stage": "train", "backbone._target_": "recog.models.backbones.PPLCNet", "backbone.scale": 1.0,
-        "backbone.stop_layer": "flatten", "neck._target_": "recog.models.necks.FCNeck", "neck.embedding_size": 128,
-        "head._target_": "recog.models.heads.ArcMargin", "head.margin": 0.2, "head.scale": 30.0,
-        "loss.ce.fn._target_": "recog.losses.CELoss", "loss.triplet_v2.fn._target_": "recog.losses.TripletLossV2",
-        "dataset._target_": "recog.data.sop.load_sop", "dataset.root": str(tmp_path),
+        "stage": "train",
+        "backbone._target_": "recog.models.backbones.PPLCNet",
+        "backbone.scale": 1.0,
+        "backbone.stop_layer": "flatten",
+        "neck._target_": "recog.models.necks.FCNeck",
+        "neck.embedding_size": 128,
+        "head._target_": "recog.models.heads.ArcMargin",
+        "head.margin": 0.2,
+        "head.scale": 30.0,
+        "loss.ce.fn._target_": "recog.losses.CELoss",
+        "loss.triplet_v2.fn._target_": "recog.losses.TripletLossV2",
+        "dataset._target_": "recog.data.sop.load_sop",
+        "dataset.root": str(tmp_path),
         "data.image_size": 64,  # the command line wins over sop.yaml's 224
-        "data.batch_size": 64, "data.samples_per_class": 4, "optimizer.lr": 0.05, "trainer.epochs": 4,
-        "trainer.device": device, "seed": 0,
+        "data.batch_size": 64,
+        "data.samples_per_class": 4,
+        "optimizer.lr": 0.05,
+        "trainer.epochs": 4,
+        "trainer.device": device,
+        "seed": 0,
     }
     for key, value in expected.items():
         assert _sel(cfg, key) == value, key
@@ -297,9 +340,19 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
 def test_spec_overrides_land_with_other_values():
     """Some spec values equal the defaults; these prove that each key really is overridden."""
     overrides = {
-        "stage": "eval", "backbone.scale": 0.75, "backbone.stop_layer": "blocks5.2", "neck.embedding_size": 96,
-        "head.margin": 0.35, "head.scale": 64.0, "data.image_size": 48, "data.batch_size": 24,
-        "data.samples_per_class": 3, "optimizer.lr": 0.01, "trainer.epochs": 3, "trainer.device": "gpu", "seed": 7,
+        "stage": "eval",
+        "backbone.scale": 0.75,
+        "backbone.stop_layer": "blocks5.2",
+        "neck.embedding_size": 96,
+        "head.margin": 0.35,
+        "head.scale": 64.0,
+        "data.image_size": 48,
+        "data.batch_size": 24,
+        "data.samples_per_class": 3,
+        "optimizer.lr": 0.01,
+        "trainer.epochs": 3,
+        "trainer.device": "gpu",
+        "seed": 7,
     }
     default = compose()
     for key, value in overrides.items():
@@ -344,7 +397,9 @@ def test_command_line_wins_over_experiment(output_root):
     cfg = compose(["experiment=digits_demo", "backbone.scale=1.0", "trainer.epochs=2"])
     assert cfg.backbone.scale == 1.0 and cfg.trainer.epochs == 2
     demo = compose(["experiment=digits_demo"])
-    assert demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet_v2"}
+    assert (
+        demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet_v2"}
+    )
     assert demo.mlflow.experiment_name == "digits_demo"
 
 

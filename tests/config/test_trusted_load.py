@@ -5,6 +5,8 @@ never appears. Old-layout folders still load; trusted_targets is the one documen
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import os
 import pickle
 import sys
@@ -75,44 +77,94 @@ def _pickle_bomb(marker, tmp_path):
 
 # (id, edit(tree, marker, tmp_path), the key the message must name, a fragment of the value)
 HOSTILE = [
-    ("os.system", lambda t, m, d: _set(t, "backbone", {"_target_": "os.system", "command": f"touch {m}"}),
-     "backbone._target_", "os.system"),
-    ("subprocess.Popen", lambda t, m, d: _set(t, "neck", {"_target_": "subprocess.Popen", "args": ["touch", str(m)]}),
-     "neck._target_", "subprocess.Popen"),
-    ("builtins.eval", lambda t, m, d: _set(t, "head", {"_target_": "builtins.eval",
-                                                       "source": f"__import__('os').system('touch {m}')"}),
-     "head._target_", "builtins.eval"),
-    ("paddle.load", lambda t, m, d: _set(t, "backbone", {"_target_": "paddle.load", "path": _pickle_bomb(m, d)}),
-     "backbone._target_", "paddle.load"),
-    ("distutils.spawn", lambda t, m, d: _set(t, "backbone", {"_target_": "distutils.spawn.spawn",
-                                                             "cmd": ["touch", str(m)]}),
-     "backbone._target_", "distutils.spawn.spawn"),
-    ("loss fn", lambda t, m, d: _set(t, "loss.ce.fn", {"_target_": "os.system", "command": f"touch {m}"}),
-     "loss.ce.fn._target_", "os.system"),
-    ("a recog class in the wrong group", lambda t, m, d: _set(t, "head._target_", "recog.models.backbones.PPLCNet"),
-     "head._target_", "recog.models.backbones.PPLCNet"),
-    ("nested in a head argument", lambda t, m, d: _set(t, "head.class_num", {"_target_": "os.system",
-                                                                             "command": f"touch {m}"}),
-     "head.class_num._target_", "os.system"),
-    ("nested registered loss where none is declared",
-     lambda t, m, d: _set(t, "head.class_num", {"_target_": "recog.losses.CELoss"}),
-     "head.class_num._target_", "recog.losses.CELoss"),
-    ("target outside a component", lambda t, m, d: _set(t, "data.mean", {"_target_": "os.system",
-                                                                         "command": f"touch {m}"}),
-     "data.mean._target_", "os.system"),
+    (
+        "os.system",
+        lambda t, m, d: _set(t, "backbone", {"_target_": "os.system", "command": f"touch {m}"}),
+        "backbone._target_",
+        "os.system",
+    ),
+    (
+        "subprocess.Popen",
+        lambda t, m, d: _set(t, "neck", {"_target_": "subprocess.Popen", "args": ["touch", str(m)]}),
+        "neck._target_",
+        "subprocess.Popen",
+    ),
+    (
+        "builtins.eval",
+        lambda t, m, d: _set(
+            t, "head", {"_target_": "builtins.eval", "source": f"__import__('os').system('touch {m}')"}
+        ),
+        "head._target_",
+        "builtins.eval",
+    ),
+    (
+        "paddle.load",
+        lambda t, m, d: _set(t, "backbone", {"_target_": "paddle.load", "path": _pickle_bomb(m, d)}),
+        "backbone._target_",
+        "paddle.load",
+    ),
+    (
+        "distutils.spawn",
+        lambda t, m, d: _set(t, "backbone", {"_target_": "distutils.spawn.spawn", "cmd": ["touch", str(m)]}),
+        "backbone._target_",
+        "distutils.spawn.spawn",
+    ),
+    (
+        "loss fn",
+        lambda t, m, d: _set(t, "loss.ce.fn", {"_target_": "os.system", "command": f"touch {m}"}),
+        "loss.ce.fn._target_",
+        "os.system",
+    ),
+    (
+        "a recog class in the wrong group",
+        lambda t, m, d: _set(t, "head._target_", "recog.models.backbones.PPLCNet"),
+        "head._target_",
+        "recog.models.backbones.PPLCNet",
+    ),
+    (
+        "nested in a head argument",
+        lambda t, m, d: _set(t, "head.class_num", {"_target_": "os.system", "command": f"touch {m}"}),
+        "head.class_num._target_",
+        "os.system",
+    ),
+    (
+        "nested registered loss where none is declared",
+        lambda t, m, d: _set(t, "head.class_num", {"_target_": "recog.losses.CELoss"}),
+        "head.class_num._target_",
+        "recog.losses.CELoss",
+    ),
+    (
+        "target outside a component",
+        lambda t, m, d: _set(t, "data.mean", {"_target_": "os.system", "command": f"touch {m}"}),
+        "data.mean._target_",
+        "os.system",
+    ),
     ("_args_", lambda t, m, d: _set(t, "backbone._args_", [f"touch {m}"]), "backbone._args_", "touch"),
     ("_partial_", lambda t, m, d: _set(t, "backbone._partial_", True), "backbone._partial_", "True"),
     ("_call_", lambda t, m, d: _set(t, "head._call_", False), "head._call_", "False"),
     ("_recursive_", lambda t, m, d: _set(t, "neck._recursive_", False), "neck._recursive_", "False"),
-    ("oc.env", lambda t, m, d: _set(t, "backbone.stop_layer", "${oc.env:HOME}"), "backbone.stop_layer",
-     "${oc.env:HOME}"),
-    ("interpolation", lambda t, m, d: _set(t, "data.image_size", "${trainer.epochs}"), "data.image_size",
-     "${trainer.epochs}"),
+    (
+        "oc.env",
+        lambda t, m, d: _set(t, "backbone.stop_layer", "${oc.env:HOME}"),
+        "backbone.stop_layer",
+        "${oc.env:HOME}",
+    ),
+    (
+        "interpolation",
+        lambda t, m, d: _set(t, "data.image_size", "${trainer.epochs}"),
+        "data.image_size",
+        "${trainer.epochs}",
+    ),
     ("python tag", lambda t, m, d: None, "", ""),  # replaced below: a YAML python/object tag
-    ("saved trust is ignored", lambda t, m, d: (_set(t, "trusted_targets", ["os.system"]),
-                                               _set(t, "backbone", {"_target_": "os.system",
-                                                                    "command": f"touch {m}"})),
-     "backbone._target_", "os.system"),
+    (
+        "saved trust is ignored",
+        lambda t, m, d: (
+            _set(t, "trusted_targets", ["os.system"]),
+            _set(t, "backbone", {"_target_": "os.system", "command": f"touch {m}"}),
+        ),
+        "backbone._target_",
+        "os.system",
+    ),
 ]
 
 
@@ -139,8 +191,9 @@ def test_hostile_config_is_refused_by_eval_and_api(case, saved, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # a relative payload would land here
     modules_before = set(sys.modules)
 
-    cfg = compose(["stage=eval", f"model_path={evil}", f"paths.output_root={tmp_path / 'out'}",
-                   "mlflow.enabled=false"] + TINY)
+    cfg = compose(
+        ["stage=eval", f"model_path={evil}", f"paths.output_root={tmp_path / 'out'}", "mlflow.enabled=false"] + TINY
+    )
     with pytest.raises(ConfigError) as from_eval:
         evaluate.run(cfg, tmp_path / "run")
     with pytest.raises(ConfigError) as from_api:
@@ -166,8 +219,7 @@ def test_good_folder_loads_and_gives_the_same_features(saved):
 
 
 def test_saved_pretrained_path_is_not_read(saved, tmp_path):
-    evil, marker = _hostile_folder(saved, tmp_path, lambda t, m, d: _set(t, "backbone.pretrained",
-                                                                         _pickle_bomb(m, d)))
+    evil, marker = _hostile_folder(saved, tmp_path, lambda t, m, d: _set(t, "backbone.pretrained", _pickle_bomb(m, d)))
     cfg = checkpoint.load_config(evil)
     assert cfg.backbone.pretrained is None  # the weights come from model.safetensors
     load_model(evil)
@@ -175,7 +227,7 @@ def test_saved_pretrained_path_is_not_read(saved, tmp_path):
 
 
 # ---- the documented ways a user's own component loads -----------------------------------------------
-USER_NECK = '''
+USER_NECK = """
 from paddle import nn
 
 
@@ -187,7 +239,7 @@ class HalfNeck(nn.Layer):
 
     def forward(self, x):
         return self.fc(x) * 0.5
-'''
+"""
 
 
 @pytest.fixture()
@@ -196,8 +248,9 @@ def user_neck_folder(saved, tmp_path, monkeypatch):
     (tmp_path / f"{module}.py").write_text(USER_NECK)
     monkeypatch.syspath_prepend(str(tmp_path))
     target = f"{module}.HalfNeck"
-    folder, marker = _hostile_folder(saved, tmp_path, lambda t, m, d: _set(t, "neck", {"_target_": target,
-                                                                                      "embedding_size": 8}))
+    folder, marker = _hostile_folder(
+        saved, tmp_path, lambda t, m, d: _set(t, "neck", {"_target_": target, "embedding_size": 8})
+    )
     yield folder, target, module, tmp_path
     sys.modules.pop(module, None)
 
@@ -304,9 +357,11 @@ def test_old_layout_folder_loads(saved, tmp_path):
     (old / checkpoint.CONFIG_FILE).write_text(OLD_CONFIG)
     cfg = checkpoint.load_config(old)
     assert "lr" not in cfg and cfg.scheduler._target_ == "recog.optim.warmup_cosine"
-    assert cfg.loss.triplet == {"weight": 0.5, "input": "features",
-                                "fn": {"_target_": "recog.losses.TripletLossV2", "margin": 0.3,
-                                       "normalize_feature": True}}
+    assert cfg.loss.triplet == {
+        "weight": 0.5,
+        "input": "features",
+        "fn": {"_target_": "recog.losses.TripletLossV2", "margin": 0.3, "normalize_feature": True},
+    }
     assert cfg.loss.xbm.fn.loss._target_ == "recog.losses.ContrastiveLoss"
     loss_fn = build_loss(cfg)
     assert loss_fn.weights == {"ce": 1.0, "triplet": 0.5, "xbm": 1.0} and loss_fn.terms["triplet"].margin == 0.3
@@ -322,8 +377,9 @@ def test_old_layout_folder_loads(saved, tmp_path):
 def test_checkpoint_reader_is_the_only_config_reader():
     """Every stage reads a saved config through checkpoint.load_config (which checks it)."""
     root = Path(__file__).resolve().parents[2] / "recog"
-    readers = [p for p in root.rglob("*.py")
-               if "OmegaConf.load" in p.read_text() and p.name != "sweep_parent.py"]  # the sweep parent reads its own results file
+    readers = [
+        p for p in root.rglob("*.py") if "OmegaConf.load" in p.read_text() and p.name != "sweep_parent.py"
+    ]  # the sweep parent reads its own results file
     assert readers == []
     users = {p.relative_to(root).as_posix() for p in root.rglob("*.py") if "load_config(" in p.read_text()}
     assert {"stages/evaluate.py", "stages/export.py", "api.py"} <= users
@@ -334,4 +390,6 @@ def test_saved_arguments_are_checked_against_the_constructor(saved, tmp_path):
     with pytest.raises(ConfigError) as error:
         load_model(evil)
     message = str(error.value)
-    assert str(evil / checkpoint.CONFIG_FILE) in message and "'scael'" in message and "valid keys in backbone" in message
+    assert (
+        str(evil / checkpoint.CONFIG_FILE) in message and "'scael'" in message and "valid keys in backbone" in message
+    )

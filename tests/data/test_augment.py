@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from recog.data.transforms import (Augment, build_transform, color_jitter, pad_and_crop, random_erase,
-                                   random_resized_crop, rotate)
+from recog.data.transforms import (
+    Augment,
+    build_transform,
+    color_jitter,
+    pad_and_crop,
+    random_erase,
+    random_resized_crop,
+    rotate,
+)
 from recog.errors import ConfigError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -22,12 +29,20 @@ def _coords(h, w):
     return image
 
 
-ALL_ON = dict(random_resized_crop=True, pad_crop=4, rotate_prob=0.5, color_jitter=(0.4, 0.4, 0.4, 0.1),
-              erase_prob=0.5)
+ALL_ON = dict(random_resized_crop=True, pad_crop=4, rotate_prob=0.5, color_jitter=(0.4, 0.4, 0.4, 0.1), erase_prob=0.5)
 
 
-@pytest.mark.parametrize("options", [{"random_resized_crop": True}, {"pad_crop": 4}, {"rotate_prob": 1.0},
-                                     {"color_jitter": (0.4, 0.4, 0.4, 0.1)}, {"erase_prob": 1.0}, ALL_ON])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"random_resized_crop": True},
+        {"pad_crop": 4},
+        {"rotate_prob": 1.0},
+        {"color_jitter": (0.4, 0.4, 0.4, 0.1)},
+        {"erase_prob": 1.0},
+        ALL_ON,
+    ],
+)
 def test_each_augmentation_is_seeded(options):
     transform = build_transform(16, MEAN, STD, train=True, hflip=True, augment=options)
     image = _image()
@@ -96,20 +111,25 @@ def test_random_erase_area_and_fill():
 def test_flip_follows_mirror_invariance_and_the_option():
     image = np.zeros((4, 4, 3), np.uint8)
     image[:, 0] = 255
+
     def flips(transform):
         return {transform(image, np.random.default_rng(s))[0, 0, 0] < 0 for s in range(20)}
+
     assert flips(build_transform(4, MEAN, STD, train=True, hflip=True, augment={"hflip": True})) == {True, False}
     assert flips(build_transform(4, MEAN, STD, train=True, hflip=True, augment={"hflip": False})) == {False}
     assert flips(build_transform(4, MEAN, STD, train=True, hflip=False, augment={"hflip": True})) == {False}
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"crop_scale": [0.5, 0.2]}, "crop_scale"),
-    ({"erase_prob": 1.5}, "erase_prob"),
-    ({"color_jitter": [0.4, 0.4, 0.4]}, "color_jitter"),
-    ({"pad_crop": -1}, "pad_crop"),
-    ({"erasing": 0.5}, "valid keys"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"crop_scale": [0.5, 0.2]}, "crop_scale"),
+        ({"erase_prob": 1.5}, "erase_prob"),
+        ({"color_jitter": [0.4, 0.4, 0.4]}, "color_jitter"),
+        ({"pad_crop": -1}, "pad_crop"),
+        ({"erasing": 0.5}, "valid keys"),
+    ],
+)
 def test_invalid_options_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
         build_transform(8, MEAN, STD, train=True, hflip=True, augment=options)

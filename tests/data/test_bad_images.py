@@ -15,8 +15,10 @@ def test_record_warns_once_and_reads_back(tmp_path, caplog):
         record_bad_image(record, "/data/b\tc\nd\\e.png", "cannot decode", "left out")
     lines = (tmp_path / "bad_images.tsv").read_text().split("\n")
     assert lines[0] == HEADER and len(lines) == 4 and lines[-1] == ""  # header, two images, final newline
-    assert read_bad_images(record) == {"/data/a.png": "empty: the file has zero bytes",
-                                       "/data/b\tc\nd\\e.png": "cannot decode"}
+    assert read_bad_images(record) == {
+        "/data/a.png": "empty: the file has zero bytes",
+        "/data/b\tc\nd\\e.png": "cannot decode",
+    }
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "/data/a.png" in warnings[0] and "left out" in warnings[0]
     assert summarize(record) == f"2 bad image(s) skipped, listed in {record}"

@@ -21,8 +21,12 @@ def test_digits_written_once_split_by_class(tmp_path):
     expected = np.rint(sklearn.datasets.load_digits().images[0] * 255 / 16)
     np.testing.assert_array_equal(image[..., 1], expected)
 
-    watched = [os.path.join(root, "Ebay_train.txt"), os.path.join(root, "Ebay_test.txt"),
-               splits.train[0].path, splits.query[-1].path]
+    watched = [
+        os.path.join(root, "Ebay_train.txt"),
+        os.path.join(root, "Ebay_test.txt"),
+        splits.train[0].path,
+        splits.query[-1].path,
+    ]
     mtimes = [os.stat(p).st_mtime_ns for p in watched]
     again = load_digits(root)
     assert [os.stat(p).st_mtime_ns for p in watched] == mtimes

@@ -9,10 +9,17 @@ from hypothesis import strategies as st
 from recog.data.image_header import image_size, jpeg_is_truncated
 
 FORMATS = [
-    (".png", 3, []), (".png", 1, []), (".jpg", 3, []), (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
-    (".bmp", 3, []), (".bmp", 1, []), (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
-    (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 50]), (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 50]),  # VP8, VP8X
-    (".tiff", 3, []), (".tiff", 1, []),
+    (".png", 3, []),
+    (".png", 1, []),
+    (".jpg", 3, []),
+    (".jpg", 3, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    (".bmp", 3, []),
+    (".bmp", 1, []),
+    (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
+    (".webp", 3, [cv2.IMWRITE_WEBP_QUALITY, 50]),
+    (".webp", 4, [cv2.IMWRITE_WEBP_QUALITY, 50]),  # VP8, VP8X
+    (".tiff", 3, []),
+    (".tiff", 1, []),
 ]
 
 
@@ -49,14 +56,25 @@ def test_jpeg_end_marker_check():
 def test_unknown_formats_and_short_headers_give_none():
     assert image_size(b"P6\n4 4\n255\n" + b"\x00" * 48) is None  # PPM: checked after decoding
     png = _encode(".png", 3, [], 5, 5)
-    for data in (b"", png[:20], b"\xff\xd8", b"\xff\xd8\xff\xc0\x00", b"BM" + b"\x00" * 10, b"RIFF\x00\x00\x00\x00WEBP",
-                 b"II*\x00\xff\xff\xff\xff"):
+    for data in (
+        b"",
+        png[:20],
+        b"\xff\xd8",
+        b"\xff\xd8\xff\xc0\x00",
+        b"BM" + b"\x00" * 10,
+        b"RIFF\x00\x00\x00\x00WEBP",
+        b"II*\x00\xff\xff\xff\xff",
+    ):
         assert image_size(data) is None
 
 
 @settings(derandomize=True, max_examples=300, deadline=None, database=None)
-@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00",
-                        b"MM\x00*", b""]), st.binary(max_size=200))
+@given(
+    st.sampled_from(
+        [b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00", b"MM\x00*", b""]
+    ),
+    st.binary(max_size=200),
+)
 def test_garbage_after_a_signature_never_raises(signature, rest):
     size = image_size(signature + rest)
     assert size is None or (len(size) == 2 and min(size) >= 0)

@@ -44,20 +44,20 @@ def test_every_problem_is_reported_at_once_with_line_numbers(tmp_path):
     _images(tmp_path, "ok.png", "dup.png", "sub/x.png")
     outside = tmp_path.parent / "outside.png"
     lines = [
-        "ok.png 1",                 # 1 fine
-        "only_path",                # 2 one field
-        "dup.png cat",              # 3 not an integer
-        "dup.png -2",               # 4 negative
-        "a b c",                    # 5 three fields
-        "dup.png 4",                # 6 fine (first listing of dup.png)
-        "sub/../dup.png 4",         # 7 the same file again
-        "gone.png 0",               # 8 missing
-        "../outside.png 0",         # 9 leaves the root
-        f"{outside} 0",             # 10 absolute
+        "ok.png 1",  # 1 fine
+        "only_path",  # 2 one field
+        "dup.png cat",  # 3 not an integer
+        "dup.png -2",  # 4 negative
+        "a b c",  # 5 three fields
+        "dup.png 4",  # 6 fine (first listing of dup.png)
+        "sub/../dup.png 4",  # 7 the same file again
+        "gone.png 0",  # 8 missing
+        "../outside.png 0",  # 9 leaves the root
+        f"{outside} 0",  # 10 absolute
         f"dup.png {MAX_LABEL + 1}",  # 11 label too large
-        "sub/x.png \u0663",          # 12 a non-ASCII digit
-        "sub/x.png 1_0",            # 13 Python would read 10
-        "sub 5",                    # 14 a folder
+        "sub/x.png \u0663",  # 12 a non-ASCII digit
+        "sub/x.png 1_0",  # 13 Python would read 10
+        "sub 5",  # 14 a folder
     ]
     list_file = _write(tmp_path / "bad.txt", "\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
@@ -65,8 +65,18 @@ def test_every_problem_is_reported_at_once_with_line_numbers(tmp_path):
     msg = str(err.value)
     assert list_file in msg and "\n" not in msg
     assert _problem_lines(msg) == [2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14]
-    for fragment in ("1 fields", "not an integer", "is negative", "3 fields", "listed again (first on line 6)",
-                     "gone.png' does not exist", "leaves the dataset root", "absolute path", f"is over {MAX_LABEL}", "'sub' is not a file"):
+    for fragment in (
+        "1 fields",
+        "not an integer",
+        "is negative",
+        "3 fields",
+        "listed again (first on line 6)",
+        "gone.png' does not exist",
+        "leaves the dataset root",
+        "absolute path",
+        f"is over {MAX_LABEL}",
+        "'sub' is not a file",
+    ):
         assert fragment in msg, fragment
 
 

@@ -1,12 +1,10 @@
 import cv2
 import numpy as np
+import paddle
 import pytest
 
 import recog  # noqa: F401
-import paddle
-
-from recog.data import (ImageDataset, Sample, build_eval_loader, build_train_loader,
-                        build_transform, set_loader_epoch)
+from recog.data import ImageDataset, Sample, build_eval_loader, build_train_loader, build_transform, set_loader_epoch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -28,8 +26,9 @@ def samples(tmp_path):
 def test_train_loader_shapes_and_pk_batches(samples, num_workers):
     labels = [s.label - 10 for s in samples]
     transform = build_transform(8, MEAN, STD, train=True, hflip=True)
-    loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3,
-                                num_workers=num_workers, seed=0)
+    loader = build_train_loader(
+        samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=num_workers, seed=0
+    )
     epochs = []
     for epoch in range(2):
         set_loader_epoch(loader, epoch)
@@ -54,16 +53,17 @@ def test_eval_loader_keeps_order(samples, num_workers):
     labels = np.concatenate([b[1].numpy() for b in batches])
     assert labels.tolist() == [s.label for s in samples]
     images = np.concatenate([b[0].numpy() for b in batches])
-    np.testing.assert_allclose(images[:, 0, 0, -1], (10 * np.arange(24) / 255 - 0.5) / 0.25,
-                               rtol=1e-5)
+    np.testing.assert_allclose(images[:, 0, 0, -1], (10 * np.arange(24) / 255 - 0.5) / 0.25, rtol=1e-5)
 
 
 def test_augmentation_is_seeded_per_epoch(samples):
     transform = build_transform(5, MEAN, STD, train=True, hflip=True)
+
     def flips(seed, epoch):
         dataset = ImageDataset(samples, transform, seed=seed)
         dataset.set_epoch(epoch)
         return [bool(dataset[i][0][0, 0, 0] < 1.5) for i in range(len(dataset))]
+
     assert flips(0, 0) == flips(0, 0)
     assert flips(0, 0) != flips(0, 1)
     assert True in flips(0, 0) and False in flips(0, 0)
@@ -94,8 +94,16 @@ def test_short_epochs_keep_persistent_workers_in_step(samples, num_workers):
     """Issue 13 defect 1: epochs cut by steps_per_epoch end normally (no IndexError at epoch 2)."""
     labels = [s.label - 10 for s in samples]
     transform = build_transform(8, MEAN, STD, train=True, hflip=True)
-    loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3,
-                                num_workers=num_workers, seed=0, steps_per_epoch=2)
+    loader = build_train_loader(
+        samples,
+        labels,
+        transform,
+        batch_size=6,
+        samples_per_class=3,
+        num_workers=num_workers,
+        seed=0,
+        steps_per_epoch=2,
+    )
     full = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=0, seed=0)
     assert len(loader) == 2 and len(full) == 4
     for epoch in range(3):
@@ -133,8 +141,9 @@ def test_an_exception_in_the_loader_thread_or_a_worker_ends_the_iteration_with_a
     from recog.errors import DataError
 
     transform = build_transform(8, MEAN, STD, train=False, hflip=False)
-    loader = GuardedDataLoader(_Failing(samples, transform), batch_size=4, num_workers=num_workers,
-                               places=paddle.CPUPlace())
+    loader = GuardedDataLoader(
+        _Failing(samples, transform), batch_size=4, num_workers=num_workers, places=paddle.CPUPlace()
+    )
     outcome, value = _in_thread(lambda: list(loader))
     assert outcome == "raised", outcome
     assert isinstance(value, DataError) and "RuntimeError: boom in the dataset" in str(value), repr(value)

@@ -22,10 +22,10 @@ def test_batches_are_p_classes_times_k_ordered():
     for epoch in range(20):
         for batch in _epoch(sampler, epoch):
             rows = labels[batch].reshape(3, 4)
-            assert (rows == rows[:, :1]).all()          # K consecutive of one class
-            assert len(set(rows[:, 0])) == 3             # P distinct classes
+            assert (rows == rows[:, :1]).all()  # K consecutive of one class
+            assert len(set(rows[:, 0])) == 3  # P distinct classes
             for row_indices, row in zip(np.reshape(batch, (3, 4)), rows):
-                if row[0] != 5:                          # enough samples: no repeats
+                if row[0] != 5:  # enough samples: no repeats
                     assert len(set(row_indices)) == 4
             seen.update(rows[:, 0])
     assert seen == set(range(6))
@@ -51,4 +51,5 @@ def test_config_errors():
         PKBatchSampler([0, 1, 2, 3, 4] * 20, 64, 4)
     assert str(err.value) == (
         "batch_size 64 with samples_per_class 4 needs 16 classes per batch but the training "
-        "set has 5: lower data.batch_size or raise data.samples_per_class")
+        "set has 5: lower data.batch_size or raise data.samples_per_class"
+    )

@@ -22,8 +22,9 @@ def _sop_root(tmp_path, train_rows, test_rows):
 
 
 def test_load_sop(tmp_path):
-    root = _sop_root(tmp_path, ["1 1 1 bicycle_final/111_0.JPG", "2 3 1 bicycle_final/111_1.JPG"],
-                     ["3 5 2 chair_final/222_0.JPG"])
+    root = _sop_root(
+        tmp_path, ["1 1 1 bicycle_final/111_0.JPG", "2 3 1 bicycle_final/111_1.JPG"], ["3 5 2 chair_final/222_0.JPG"]
+    )
     splits = load_sop(root)
     assert [s.label for s in splits.train] == [1, 3]
     assert splits.train[0].path == str(tmp_path / "bicycle_final/111_0.JPG")
@@ -35,17 +36,24 @@ def test_load_sop(tmp_path):
 def test_bad_header_and_rows_name_file_and_line(tmp_path):
     _sop_root(tmp_path, ["1 1 1 a.jpg", "5 1 1 d.jpg"], [])
     path = tmp_path / "Ebay_train.txt"
-    path.write_text("id class path\n1 1 1 a.jpg\n2 x 1 b.jpg\n3 1 c.jpg\n4 1 1 ../up.jpg\n5 1 1 d.jpg\n"
-                    "6 1 1 a.jpg\n7 1 -1 e.jpg\n8 1 1 missing.jpg\n")
+    path.write_text(
+        "id class path\n1 1 1 a.jpg\n2 x 1 b.jpg\n3 1 c.jpg\n4 1 1 ../up.jpg\n5 1 1 d.jpg\n"
+        "6 1 1 a.jpg\n7 1 -1 e.jpg\n8 1 1 missing.jpg\n"
+    )
     with pytest.raises(DataError) as err:
         read_sop_file(str(path), str(tmp_path))
     msg = str(err.value)
     assert str(path) in msg
     assert [int(n) for n in re.findall(r"line (\d+):", msg)] == [1, 3, 4, 5, 7, 8, 9]
-    for fragment in ("line 1: header", "line 3: class_id 'x' is not an integer", "line 4: 3 fields",
-                     "line 5: path '../up.jpg' refused: it leaves the dataset root",
-                     "line 7: 'a.jpg' is listed again (first on line 2)", "line 8: super_class_id '-1' is negative",
-                     "line 9: image 'missing.jpg' does not exist"):
+    for fragment in (
+        "line 1: header",
+        "line 3: class_id 'x' is not an integer",
+        "line 4: 3 fields",
+        "line 5: path '../up.jpg' refused: it leaves the dataset root",
+        "line 7: 'a.jpg' is listed again (first on line 2)",
+        "line 8: super_class_id '-1' is negative",
+        "line 9: image 'missing.jpg' does not exist",
+    ):
         assert fragment in msg, fragment
 
 

@@ -42,8 +42,10 @@ def test_shape_dtype_and_normalisation():
 def test_flip_only_when_training_with_hflip():
     image = np.zeros((4, 4, 3), np.uint8)
     image[:, 0] = 255  # bright left column
+
     def left_bright(transform, seed):
         return transform(image, np.random.default_rng(seed))[0, 0, 0] > 0
+
     flipping = build_transform(4, MEAN, STD, train=True, hflip=True)
     seen = {left_bright(flipping, seed) for seed in range(20)}
     assert seen == {True, False}

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-import recog
 import paddle.distributed as dist
 
+import recog
 from recog import evaluation
 from recog.stages import evaluate, train
 from recog.training import loop, resume
@@ -44,8 +43,9 @@ def main(mode: str, out: Path, overrides):
     (evaluator,) = evaluators
     query, query_labels, gallery, gallery_labels = evaluator.last
     rank = dist.get_rank()
-    np.savez(out / f"rank{rank}.npz", query=query, query_labels=query_labels, gallery=gallery,
-             gallery_labels=gallery_labels)
+    np.savez(
+        out / f"rank{rank}.npz", query=query, query_labels=query_labels, gallery=gallery, gallery_labels=gallery_labels
+    )
     shard = {"query": len(evaluator.query.dataset), "gallery": len(evaluator.gallery.dataset)}
     (out / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "shard": shard}))
 

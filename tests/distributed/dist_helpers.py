@@ -7,17 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
-from image_lists import write_image_lists
 import warm_python
+from image_lists import write_image_lists
+from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_worker.py")
 
 # Tiny and fast on 2 CPU cores; 5 training classes allow P x K = 2 x 4 on each of 2 ranks.
-TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-        "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu", "export.after_train=false"]
+TINY = [
+    "backbone.scale=0.25",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "neck.embedding_size=32",
+    "data.batch_size=8",
+    "data.samples_per_class=4",
+    "trainer.device=cpu",
+    "export.after_train=false",
+]
 
 
 def env(threads: int = 1, **extra) -> dict:
@@ -28,15 +35,36 @@ def env(threads: int = 1, **extra) -> dict:
 
 
 def run_py(*args, timeout=300, threads=1, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env(threads), **kwargs)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(threads),
+        **kwargs,
+    )
 
 
 def launch(nproc: int, script_args, log_dir: Path, timeout=300) -> subprocess.CompletedProcess:
     """``python -m paddle.distributed.launch --nproc_per_node N SCRIPT ARGS`` (the direct way)."""
-    return subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
-                           "--log_dir", str(log_dir), *map(str, script_args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env())
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paddle.distributed.launch",
+            "--nproc_per_node",
+            str(nproc),
+            "--log_dir",
+            str(log_dir),
+            *map(str, script_args),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+    )
 
 
 def weights(path: Path) -> dict:
@@ -49,7 +77,9 @@ def max_difference(a: dict, b: dict) -> float:
 
 
 def worker_logs(log_dir: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("workerlog.*")))
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("workerlog.*"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +90,9 @@ def image_lists(tmp_path_factory):  # re-exported by conftest.py
 @pytest.fixture()
 def single_thread():  # re-exported by conftest.py
     """Run in-process Paddle math on one thread (as each of 2 launched processes does) and restore."""
-    import recog  # noqa: F401
     import paddle
+
+    import recog  # noqa: F401
 
     paddle.base.core.set_num_threads(1)
     yield

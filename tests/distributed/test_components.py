@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import paddle
 import pytest
 
 import recog
-import paddle
 from recog.data import ImageDataset, PKBatchSampler, Sample, build_transform
 from recog.data.loader import KeyedBatches
 from recog.distributed import launch, parallel
@@ -56,7 +56,9 @@ def test_start_skips_the_first_batches_of_the_same_epoch():
 
 def test_too_few_classes_for_all_ranks_is_a_config_error():
     PKBatchSampler(LABELS, 20, 4, world_size=2)  # 5 classes per rank, 10 of 11
-    with pytest.raises(ConfigError, match="on each of 3 processes .* needs 15 classes per step but the training set has 11"):
+    with pytest.raises(
+        ConfigError, match="on each of 3 processes .* needs 15 classes per step but the training set has 11"
+    ):
         PKBatchSampler(LABELS, 20, 4, world_size=3)
 
 
@@ -111,8 +113,10 @@ def test_single_process_helpers_are_identities():
     assert parallel.gather_rows(rows) is rows
     assert parallel.gather_objects({"a": 1}) == [{"a": 1}]
     assert parallel.any_rank(True) and not parallel.any_rank(False)
-    assert parallel.mean_across_ranks({"loss": paddle.to_tensor(1.5), "ce": paddle.to_tensor([0.25])}) == \
-        {"loss": 1.5, "ce": 0.25}
+    assert parallel.mean_across_ranks({"loss": paddle.to_tensor(1.5), "ce": paddle.to_tensor([0.25])}) == {
+        "loss": 1.5,
+        "ce": 0.25,
+    }
     assert parallel.init_distributed() == (0, 1)
 
 
@@ -134,11 +138,26 @@ def test_launch_command_passes_overrides_through_and_fixes_the_run_dir(tmp_path,
 
     monkeypatch.setattr(recog._runtime, "OMP_NUM_THREADS_FROM_USER", True)  # the user's value is kept
     given = ["hydra.run.dir=/shared/run"]
-    command, env = launch.launch_command(given, _Launcher(8, nnodes=2, master="10.0.0.1:8090", node_rank=1),
-                                         "/shared/run", "run.py", environ={"OMP_NUM_THREADS": "3"})
+    command, env = launch.launch_command(
+        given,
+        _Launcher(8, nnodes=2, master="10.0.0.1:8090", node_rank=1),
+        "/shared/run",
+        "run.py",
+        environ={"OMP_NUM_THREADS": "3"},
+    )
     assert env["OMP_NUM_THREADS"] == "3"
-    assert command[3:13] == ["--nproc_per_node", "8", "--log_dir", str(launch.log_dir("/shared/run", _Launcher(nnodes=2))),
-                             "--nnodes", "2", "--master", "10.0.0.1:8090", "--rank", "1"]
+    assert command[3:13] == [
+        "--nproc_per_node",
+        "8",
+        "--log_dir",
+        str(launch.log_dir("/shared/run", _Launcher(nnodes=2))),
+        "--nnodes",
+        "2",
+        "--master",
+        "10.0.0.1:8090",
+        "--rank",
+        "1",
+    ]
     assert command[-1] == "hydra.run.dir=/shared/run"  # given once, not added again
 
 
@@ -162,8 +181,11 @@ def test_prepare_argv_leaves_single_process_commands_alone(tmp_path, monkeypatch
     monkeypatch.delenv("PADDLE_TRAINER_ID", raising=False)
     args = ["stage=train", f"paths.output_root={tmp_path}"]
     assert launch.prepare_argv(args, "run.py") == args
-    assert launch.prepare_argv(["--cfg", "job", "launcher.nproc_per_node=2"], "run.py") == \
-        ["--cfg", "job", "launcher.nproc_per_node=2"]
+    assert launch.prepare_argv(["--cfg", "job", "launcher.nproc_per_node=2"], "run.py") == [
+        "--cfg",
+        "job",
+        "launcher.nproc_per_node=2",
+    ]
     sweep = ["-m", "head.margin=0.1,0.2", f"paths.output_root={tmp_path}"]
     assert launch.prepare_argv(sweep, "run.py") == sweep
     for distributed in ("launcher.nproc_per_node=2", "launcher.nproc_per_node=1,2"):
@@ -175,13 +197,18 @@ def test_ranks_need_the_run_dir_and_only_rank_0_writes_logs(monkeypatch):
     with pytest.raises(ConfigError, match="without hydra.run.dir"):
         launch.rank_argv(["stage=train"], 0, 2)
     assert launch.rank_argv(["hydra.run.dir=/r"], 0, 2) == ["hydra.run.dir=/r"]
-    assert launch.rank_argv(["hydra.run.dir=/r"], 1, 2) == ["hydra.run.dir=/r", "hydra.output_subdir=null",
-                                                            "hydra/job_logging=stdout"]
+    assert launch.rank_argv(["hydra.run.dir=/r"], 1, 2) == [
+        "hydra.run.dir=/r",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=stdout",
+    ]
     assert launch.rank_argv(["stage=train"], 0, 1) == ["stage=train"]  # a launcher with one process
     monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
-    assert launch.prepare_argv(["hydra.run.dir=/r", "launcher.nproc_per_node=2"], "run.py")[-1] == \
-        "hydra/job_logging=stdout"  # under the launcher: never launches again
+    assert (
+        launch.prepare_argv(["hydra.run.dir=/r", "launcher.nproc_per_node=2"], "run.py")[-1]
+        == "hydra/job_logging=stdout"
+    )  # under the launcher: never launches again
 
 
 @pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="checks the CPU build's errors")

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_logs
 
 import recog
 from recog.api import load_splits
@@ -12,8 +13,6 @@ from recog.evaluation import Evaluator, extract_features
 from recog.stages import evaluate, train
 from recog.utils import checkpoint
 from recog.utils.runtime import seed_everything
-
-from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_logs
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
@@ -24,9 +23,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each te
 # draws per-rank masks: off. Triplet losses mine within a batch: CE only. Random flips stay on:
 # they are seeded by the sample's place in the global batch, not by the process. Momentum: an update
 # linear in the gradient, so rounding differences stay rounding-sized (Adam divides by |g| ~ eps).
-EQUIVALENT = TINY + ["loss=ce", "head=fc", "optimizer=momentum", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true",
-                     "optimizer.lr=0.1", "scheduler.warmup_epochs=0", "trainer.epochs=1", "trainer.steps_per_epoch=3",
-                     "trainer.log_every=1", "mlflow.enabled=false"]
+EQUIVALENT = TINY + [
+    "loss=ce",
+    "head=fc",
+    "optimizer=momentum",
+    "backbone.dropout_prob=0.0",
+    "trainer.freeze_bn=true",
+    "optimizer.lr=0.1",
+    "scheduler.warmup_epochs=0",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=3",
+    "trainer.log_every=1",
+    "mlflow.enabled=false",
+]
 
 
 def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, image_lists):
@@ -53,15 +62,26 @@ def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, i
     state = checkpoint.load_state(out / "rank0" / "checkpoints" / "last")
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert state["rng"][0]["paddle"] != state["rng"][1]["paddle"]  # ranks draw their own dropout masks
-    print(f"\nmax |DDP - single| = {difference:.3g} (max |trained - initial| {max_difference(initial, single):.3g}); "
-          f"launch of 2 processes {elapsed:.1f} s")
+    print(
+        f"\nmax |DDP - single| = {difference:.3g} (max |trained - initial| {max_difference(initial, single):.3g}); "
+        f"launch of 2 processes {elapsed:.1f} s"
+    )
 
 
 def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_thread):
     # eval_batch_size 8: query 37 = 5 batches -> the ranks get 2 and 3 (16 and 21 images), gallery 53 = 7
     # batches -> 3 and 4 (24 and 29): unequal shards, so the gather pads and trims.
-    overrides = TINY + image_lists + ["head=fc", "head.class_num=5", "data.eval_batch_size=8", "mlflow.enabled=false",
-                                      f"paths.output_root={tmp_path}"]
+    overrides = (
+        TINY
+        + image_lists
+        + [
+            "head=fc",
+            "head.class_num=5",
+            "data.eval_batch_size=8",
+            "mlflow.enabled=false",
+            f"paths.output_root={tmp_path}",
+        ]
+    )
     cfg = recog.compose(overrides)
     seed_everything(3)
     model = recog.build_model(cfg)
@@ -90,5 +110,7 @@ def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_th
         np.testing.assert_array_equal(gathered["gallery_labels"], gallery_labels)
         np.testing.assert_array_equal(gathered["query"], query)
         np.testing.assert_array_equal(gathered["gallery"], gallery)
-    print(f"\ndistributed eval == single process: recall_at_1 {single['recall_at_1']:.4f}, mAP {single['mAP']:.4f}; "
-          f"launch of 2 processes {elapsed:.1f} s")
+    print(
+        f"\ndistributed eval == single process: recall_at_1 {single['recall_at_1']:.4f}, mAP {single['mAP']:.4f}; "
+        f"launch of 2 processes {elapsed:.1f} s"
+    )

@@ -9,26 +9,35 @@ import sys
 import time
 
 import pytest
+from dist_helpers import ROOT, TINY, alive, children, env, max_difference, progress, rank_of, run_py, wait_for, weights
 from mlflow.tracking import MlflowClient
 
 import recog
 from recog.stages import train
 
-from dist_helpers import (ROOT, TINY, alive, children, env, max_difference, progress, rank_of, run_py, wait_for,
-                          weights)
-
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # As in test_data_parallel: a config whose 2-process training equals 1 process on the concatenated batches.
-EQUIVALENT = TINY + ["loss=ce", "head=fc", "optimizer=momentum", "backbone.dropout_prob=0.0", "trainer.freeze_bn=true",
-                     "optimizer.lr=0.1", "scheduler.warmup_epochs=0", "trainer.epochs=2", "trainer.log_every=3",
-                     "trainer.eval_every=2", "mlflow.experiment_name=ddp"]
+EQUIVALENT = TINY + [
+    "loss=ce",
+    "head=fc",
+    "optimizer=momentum",
+    "backbone.dropout_prob=0.0",
+    "trainer.freeze_bn=true",
+    "optimizer.lr=0.1",
+    "scheduler.warmup_epochs=0",
+    "trainer.epochs=2",
+    "trainer.log_every=3",
+    "trainer.eval_every=2",
+    "mlflow.experiment_name=ddp",
+]
 
 
 def _start(log_path, *args):
     log = open(log_path, "w")
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env=env())
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env()
+    )
 
 
 def _only_run_dir(root):
@@ -43,8 +52,11 @@ def test_relaunch_shares_one_run_dir_and_mlflow_run_through_sigterm_and_resume(t
     proc = _start(tmp_path / "first.log", "stage=train", "launcher.nproc_per_node=2", *overrides)
     run_dir = wait_for(lambda: (tmp_path / "runs").is_dir() and _only_run_dir(tmp_path), 60, "the run dir")
     rank0_log = run_dir / "launch" / "workerlog.0"
-    wait_for(lambda: rank0_log.is_file() and progress(rank0_log.read_text(errors="replace"), "epoch 1/2") >= 2, 120,
-             "2 training steps")
+    wait_for(
+        lambda: rank0_log.is_file() and progress(rank0_log.read_text(errors="replace"), "epoch 1/2") >= 2,
+        120,
+        "2 training steps",
+    )
     sent = time.perf_counter()
     t1 = sent - t0
     proc.send_signal(signal.SIGTERM)  # to the launcher (run.py exec'd into it), as Slurm or Ctrl-C would
@@ -82,21 +94,36 @@ def test_relaunch_shares_one_run_dir_and_mlflow_run_through_sigterm_and_resume(t
     t3 = time.perf_counter()
     train.run(single_cfg, tmp_path / "single")
     t3 = time.perf_counter() - t3
-    difference = max_difference(weights(run_dir / "checkpoints" / "last"), weights(tmp_path / "single" / "checkpoints" / "last"))
+    difference = max_difference(
+        weights(run_dir / "checkpoints" / "last"), weights(tmp_path / "single" / "checkpoints" / "last")
+    )
     assert difference < 1e-5
-    print(f"SIGTERM -> launcher exit {code} after {stop_seconds:.1f} s (stopped at step {state['step']}); "
-          f"max |resumed DDP - single| = {difference:.3g}; start to SIGTERM {t1:.1f} s, resumed launch {t2:.1f} s, "
-          f"single process {t3:.1f} s")
+    print(
+        f"SIGTERM -> launcher exit {code} after {stop_seconds:.1f} s (stopped at step {state['step']}); "
+        f"max |resumed DDP - single| = {difference:.3g}; start to SIGTERM {t1:.1f} s, resumed launch {t2:.1f} s, "
+        f"single process {t3:.1f} s"
+    )
 
 
 def test_a_crashed_rank_ends_the_whole_launch_within_seconds(tmp_path, image_lists):
-    proc = _start(tmp_path / "crash.log", "stage=train", "launcher.nproc_per_node=2", *TINY, *image_lists, "trainer.epochs=100",
-                  "mlflow.enabled=false", f"paths.output_root={tmp_path}")
+    proc = _start(
+        tmp_path / "crash.log",
+        "stage=train",
+        "launcher.nproc_per_node=2",
+        *TINY,
+        *image_lists,
+        "trainer.epochs=100",
+        "mlflow.enabled=false",
+        f"paths.output_root={tmp_path}",
+    )
     try:
         run_dir = wait_for(lambda: (tmp_path / "runs").is_dir() and _only_run_dir(tmp_path), 60, "the run dir")
         rank1_log = run_dir / "launch" / "workerlog.1"
-        wait_for(lambda: rank1_log.is_file() and "steps per epoch" in rank1_log.read_text(errors="replace"), 120,
-                 "rank 1 to start training")
+        wait_for(
+            lambda: rank1_log.is_file() and "steps per epoch" in rank1_log.read_text(errors="replace"),
+            120,
+            "rank 1 to start training",
+        )
         ranks = wait_for(lambda: {r: p for p in children(proc.pid) if (r := rank_of(p)) is not None}, 10, "the ranks")
         assert set(ranks) == {0, 1}
         time.sleep(1.0)  # mid-training: rank 0 is in a step, waiting for rank 1's gradients
@@ -119,9 +146,19 @@ def test_two_nodes_meet_at_the_master(tmp_path, image_lists):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    common = ["stage=train", "launcher.nnodes=2", "launcher.nproc_per_node=1", f"launcher.master=127.0.0.1:{port}",
-              f"hydra.run.dir={tmp_path / 'run'}", *TINY, *image_lists, "trainer.epochs=1", "trainer.steps_per_epoch=3",
-              "mlflow.enabled=false", f"paths.output_root={tmp_path}"]
+    common = [
+        "stage=train",
+        "launcher.nnodes=2",
+        "launcher.nproc_per_node=1",
+        f"launcher.master=127.0.0.1:{port}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *TINY,
+        *image_lists,
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=3",
+        "mlflow.enabled=false",
+        f"paths.output_root={tmp_path}",
+    ]
     nodes = [_start(tmp_path / f"node{n}.log", *common, f"launcher.node_rank={n}") for n in (0, 1)]
     try:
         codes = [node.wait(timeout=180) for node in nodes]

@@ -7,20 +7,24 @@ import sys
 import time
 
 import pytest
+from dist_helpers import ROOT, TINY, env, max_difference, progress, run_py, wait_for, weights
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
 import recog
 from recog.stages import train
 
-from dist_helpers import ROOT, TINY, env, max_difference, progress, run_py, wait_for, weights
-
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each test starts 2 processes or times a SIGTERM
 
 # Dropout on (Paddle's RNG), random flips on (image lists are mirror invariant), momentum and a
 # warmup-cosine schedule, CE + batch-hard triplet: everything that must continue exactly.
-CONFIG = TINY + ["loss=ce_triplet", "trainer.epochs=2", "trainer.log_every=1", "trainer.eval_every=2",
-                 "mlflow.experiment_name=resume"]
+CONFIG = TINY + [
+    "loss=ce_triplet",
+    "trainer.epochs=2",
+    "trainer.log_every=1",
+    "trainer.eval_every=2",
+    "mlflow.experiment_name=resume",
+]
 
 
 def _losses(client, run_id):
@@ -31,19 +35,25 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, ima
     store = f"sqlite:///{tmp_path}/mlflow.db"  # one MLflow store, created once (by the reference run)
     overrides = CONFIG + image_lists + [f"mlflow.tracking_uri={store}"]
     # The uninterrupted run, in this process with one thread like the subprocesses below.
-    train.run(recog.compose(overrides + [f"paths.output_root={tmp_path / 'reference'}", "mlflow.experiment_name=reference"]),
-              tmp_path / "reference" / "run")
+    train.run(
+        recog.compose(overrides + [f"paths.output_root={tmp_path / 'reference'}", "mlflow.experiment_name=reference"]),
+        tmp_path / "reference" / "run",
+    )
     reference = tmp_path / "reference" / "run" / "checkpoints" / "last"
 
     root = tmp_path / "interrupted"
     run_dir = root / "run"
     args = ["stage=train", *overrides, f"paths.output_root={root}", f"hydra.run.dir={run_dir}"]
     with open(tmp_path / "interrupted.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env=env())
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env()
+        )
         try:
-            wait_for(lambda: progress((tmp_path / "interrupted.log").read_text(errors="replace"), "epoch 1/2") >= 5,
-                     120, "5 training steps")
+            wait_for(
+                lambda: progress((tmp_path / "interrupted.log").read_text(errors="replace"), "epoch 1/2") >= 5,
+                120,
+                "5 training steps",
+            )
             proc.send_signal(signal.SIGTERM)
             sent = time.perf_counter()
             code = proc.wait(timeout=60)
@@ -68,8 +78,12 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, ima
     assert json.loads((resumed / "state.json").read_text())["finished"] is True
     difference = max_difference(weights(resumed), weights(reference))
     assert difference == 0.0  # bit for bit
-    assert max_difference(load_file(str(resumed / "optimizer.safetensors")),
-                          load_file(str(reference / "optimizer.safetensors"))) == 0.0
+    assert (
+        max_difference(
+            load_file(str(resumed / "optimizer.safetensors")), load_file(str(reference / "optimizer.safetensors"))
+        )
+        == 0.0
+    )
 
     (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])  # the same run, continued
     assert run.info.status == "FINISHED" and run.info.run_id == state["mlflow_run_id"]
@@ -78,5 +92,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, ima
     # same flips, same dropout masks
     assert _losses(client, run.info.run_id) == _losses(client, reference_run.info.run_id)
     assert len(_losses(client, run.info.run_id)) == 50
-    print(f"\nSIGTERM at step {state['step']} -> exit {code} after {seconds:.1f} s; resumed == uninterrupted "
-          f"(max difference {difference})")
+    print(
+        f"\nSIGTERM at step {state['step']} -> exit {code} after {seconds:.1f} s; resumed == uninterrupted "
+        f"(max difference {difference})"
+    )

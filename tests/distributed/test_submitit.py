@@ -4,18 +4,18 @@
 from types import SimpleNamespace
 
 import pytest
+from dist_helpers import TINY, run_py, weights
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from recog.distributed import launch, submitit_job
 from recog.errors import ConfigError
 
-from dist_helpers import TINY, run_py, weights
-
 
 def _cfg(**launcher):
-    return OmegaConf.create({"launcher": {"nproc_per_node": 4, "nnodes": 1, "master": None, "node_rank": None,
-                                          **launcher}})
+    return OmegaConf.create(
+        {"launcher": {"nproc_per_node": 4, "nnodes": 1, "master": None, "node_rank": None, **launcher}}
+    )
 
 
 def _job(nodes=2, tasks=2, node=1, job_id="4242"):
@@ -45,10 +45,13 @@ def test_a_single_node_job_needs_no_master():
     assert settings.nnodes == 1 and settings.master is None and settings.node_rank is None
 
 
-@pytest.mark.parametrize("cfg, job, message", [
-    (_cfg(), _job(tasks=8), "one task per node"),
-    (_cfg(nnodes=3), _job(), "launcher.nnodes=3"),
-])
+@pytest.mark.parametrize(
+    "cfg, job, message",
+    [
+        (_cfg(), _job(tasks=8), "one task per node"),
+        (_cfg(nnodes=3), _job(), "launcher.nnodes=3"),
+    ],
+)
 def test_mismatched_job_shapes_are_refused(cfg, job, message):
     with pytest.raises(ConfigError, match=message):
         submitit_job.node_launcher_settings(cfg, job)
@@ -63,10 +66,21 @@ def test_a_sweep_with_the_submitit_launcher_may_ask_for_several_processes():
 @pytest.mark.slow
 def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, image_lists):
     sweep = tmp_path / "sweep"
-    result = run_py("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
-                    "stage=train", "launcher.nproc_per_node=2", *TINY, *image_lists, "trainer.epochs=1",
-                    "trainer.steps_per_epoch=2", "mlflow.experiment_name=submitit", f"paths.output_root={tmp_path}",
-                    timeout=400)
+    result = run_py(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+        "stage=train",
+        "launcher.nproc_per_node=2",
+        *TINY,
+        *image_lists,
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=2",
+        "mlflow.experiment_name=submitit",
+        f"paths.output_root={tmp_path}",
+        timeout=400,
+    )
     job_dir = sweep / "0"
     logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(sweep.glob(".submitit/*/*.*")))
     assert result.returncode == 0, result.stderr[-3000:] + logs

@@ -10,9 +10,9 @@ import pytest
 import recog
 from recog.api import load_splits
 from recog.errors import RecogError
+from recog.evaluation import Evaluator, extract_features
 from recog.inference.eval_predictor import EvalPredictor
 from recog.metrics import binarize, hamming_metrics
-from recog.evaluation import Evaluator, extract_features
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0"]
 EVAL_IMAGES = 224  # the digits' 896 eval images, every 4th (the ``tiny`` fixture)
@@ -38,8 +38,17 @@ def tiny(tmp_path_factory) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sign", "round"])
 def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, tiny, method):
-    cfg = recog.compose(tiny + ["neck=tanh", "neck.embedding_size=16", "head=none", f"eval.binarize={method}",
-                                "eval.engine=dygraph", f"paths.output_root={tmp_path}"])
+    cfg = recog.compose(
+        tiny
+        + [
+            "neck=tanh",
+            "neck.embedding_size=16",
+            "head=none",
+            f"eval.binarize={method}",
+            "eval.engine=dygraph",
+            f"paths.output_root={tmp_path}",
+        ]
+    )
     model = recog.build_model(cfg)
     splits = load_splits(cfg)
     evaluator = Evaluator(splits, cfg.data, cfg.eval)
@@ -51,6 +60,7 @@ def test_binarized_eval_is_hamming_ranking_of_the_codes(tmp_path, tiny, method):
     raw, labels = extract_features(model, evaluator.query, normalize=False)
     with np.errstate(all="ignore"):
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = hamming_metrics(binarize(raw, method), labels, recall_at=(1, 5, 10))
@@ -63,8 +73,10 @@ def _evaluators(tmp_path, tiny, *extra):
     base = tiny + [*(extra or ["neck.embedding_size=24", "head.class_num=5"]), f"paths.output_root={tmp_path}"]
     cfg = recog.compose(base)
     splits = load_splits(cfg)
-    engines = {engine: Evaluator(splits, cfg.data, recog.compose(base + [f"eval.engine={engine}"]).eval)
-               for engine in ("dygraph", "predictor")}
+    engines = {
+        engine: Evaluator(splits, cfg.data, recog.compose(base + [f"eval.engine={engine}"]).eval)
+        for engine in ("dygraph", "predictor")
+    }
     return recog.build_model(cfg), engines
 
 
@@ -92,8 +104,9 @@ def test_predictor_engine_matches_dygraph_and_follows_the_weights(tmp_path, tiny
 
 @pytest.mark.slow
 def test_predictor_engine_with_binary_codes(tmp_path, tiny):
-    model, engines = _evaluators(tmp_path, tiny, "neck=tanh", "neck.embedding_size=16", "head=none",
-                                 "eval.binarize=sign")
+    model, engines = _evaluators(
+        tmp_path, tiny, "neck=tanh", "neck.embedding_size=16", "head=none", "eval.binarize=sign"
+    )
     metrics = {engine: evaluator(model) for engine, evaluator in engines.items()}
     raw = {engine: evaluator.last[0] for engine, evaluator in engines.items()}
     scale = np.abs(raw["dygraph"]).max()  # raw tanh activations (not normalised): tiny at initialisation
@@ -102,8 +115,9 @@ def test_predictor_engine_with_binary_codes(tmp_path, tiny):
     np.testing.assert_array_equal(binarize(raw["predictor"], "sign"), binarize(raw["dygraph"], "sign"))
     for engine, evaluator in engines.items():
         query, query_labels, gallery, gallery_labels = evaluator.last
-        assert metrics[engine] == hamming_metrics(binarize(query, "sign"), query_labels, gallery, gallery_labels,
-                                                  recall_at=evaluator.recall_at)
+        assert metrics[engine] == hamming_metrics(
+            binarize(query, "sign"), query_labels, gallery, gallery_labels, recall_at=evaluator.recall_at
+        )
     assert metrics["predictor"] == metrics["dygraph"]  # equal codes, equal Hamming ranking
 
 
@@ -123,8 +137,9 @@ def test_auto_engine_picks_the_predictor_for_large_eval_sets_only(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(tmp_path, tiny, monkeypatch,
-                                                                                     caplog):
+def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_why(
+    tmp_path, tiny, monkeypatch, caplog
+):
     def refuse(self):
         raise RecogError("the eval predictor differs from the dygraph model by 0.5")
 
@@ -180,8 +195,13 @@ def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, tiny
     from recog.stages import evaluate
     from recog.utils import checkpoint
 
-    overrides = tiny + ["eval.engine=dygraph", "data.eval_batch_size=16", f"paths.output_root={tmp_path}",
-                        "mlflow.enabled=false", "head.class_num=5"]
+    overrides = tiny + [
+        "eval.engine=dygraph",
+        "data.eval_batch_size=16",
+        f"paths.output_root={tmp_path}",
+        "mlflow.enabled=false",
+        "head.class_num=5",
+    ]
     cfg = recog.compose(overrides)
     checkpoint.save_checkpoint(tmp_path / "model", recog.build_model(cfg), cfg, {"epoch": 0})
     real, batches = module.to_device, []

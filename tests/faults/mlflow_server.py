@@ -34,13 +34,25 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "MlflowServer":
-        command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                   str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'db'}",
-                   "--default-artifact-root", str(self.root / "art")]
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'db'}",
+            "--default-artifact-root",
+            str(self.root / "art"),
+        ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job runner
         log = open(self.root / "server.log", "ab")
-        self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # its own process group: the uvicorn worker too
+        self.process = subprocess.Popen(
+            command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group: the uvicorn worker too
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

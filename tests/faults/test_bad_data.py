@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import paddle
 import pytest
+import warm_python
 
 from recog.data import ImageDataset, Sample, build_transform, decode_image
 from recog.data.bad_images import read_bad_images
 from recog.errors import BadImageError, ConfigError, DataError
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -48,7 +48,9 @@ def png_bomb(width=100_000, height=100_000) -> bytes:
 
 def jpeg_bomb() -> bytes:
     """A JPEG frame header of 65000 x 65000 pixels, then a scan and the end marker."""
-    sof = b"\xff\xc0" + (17).to_bytes(2, "big") + b"\x08" + (65000).to_bytes(2, "big") * 2 + b"\x03" + b"\x01\x22\x00" * 3
+    sof = (
+        b"\xff\xc0" + (17).to_bytes(2, "big") + b"\x08" + (65000).to_bytes(2, "big") * 2 + b"\x03" + b"\x01\x22\x00" * 3
+    )
     return b"\xff\xd8" + sof + b"\xff\xda\x00\x02" + b"\x00" * 16 + b"\xff\xd9"
 
 
@@ -203,8 +205,9 @@ def test_bad_settings_are_config_errors(tmp_path, transform):
 
 # ---- end to end: python run.py ------------------------------------------------------------------------
 def run_cli(*args):
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_clean_failure(result, *fragments):
@@ -229,10 +232,23 @@ def dataset_root(tmp_path):
 
 
 def list_args(root, train="train.txt", query="query.txt"):
-    return ["stage=train", "dataset=image_list", f"dataset.root={root}", f"dataset.train_list={train}",
-            f"dataset.query_list={query}", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
-            "data.image_size=16", "trainer.epochs=1", "data.num_workers=0", "mlflow.enabled=false",
-            "export.after_train=false", f"paths.output_root={root / 'out'}", f"hydra.run.dir={root / 'run'}"]
+    return [
+        "stage=train",
+        "dataset=image_list",
+        f"dataset.root={root}",
+        f"dataset.train_list={train}",
+        f"dataset.query_list={query}",
+        "data.batch_size=6",
+        "data.samples_per_class=2",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "trainer.epochs=1",
+        "data.num_workers=0",
+        "mlflow.enabled=false",
+        "export.after_train=false",
+        f"paths.output_root={root / 'out'}",
+        f"hydra.run.dir={root / 'run'}",
+    ]
 
 
 def _add_bad_images(root, kinds_by_class):
@@ -253,8 +269,10 @@ def _add_bad_images(root, kinds_by_class):
 def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root):
     """Needs the stages' wiring (see the module docstring)."""
     # (A file missing at the start is a list problem: see test_list_problems_are_reported_together_before_training.)
-    bad = _add_bad_images(dataset_root, {0: ["zero_bytes", "truncated_png"], 1: ["truncated_jpeg", "not_an_image"],
-                                         2: ["png_bomb", "jpeg_bomb"]})
+    bad = _add_bad_images(
+        dataset_root,
+        {0: ["zero_bytes", "truncated_png"], 1: ["truncated_jpeg", "not_an_image"], 2: ["png_bomb", "jpeg_bomb"]},
+    )
     result = run_cli(*list_args(dataset_root), "data.on_bad_image=skip")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -283,9 +301,15 @@ def test_list_problems_are_reported_together_before_training(dataset_root):
     lines[8] = "img/nope.png 2"
     (dataset_root / "bad.txt").write_text("\n".join(lines) + "\n")
     result = run_cli(*list_args(dataset_root, train="bad.txt"))
-    assert_clean_failure(result, "bad.txt", "4 problem(s)", "line 2: label 'zero' is not an integer",
-                         "line 5: 1 fields", "line 7: 'img/1_1.png' is listed again (first on line 6)",
-                         "line 9: image 'img/nope.png' does not exist")
+    assert_clean_failure(
+        result,
+        "bad.txt",
+        "4 problem(s)",
+        "line 2: label 'zero' is not an integer",
+        "line 5: 1 fields",
+        "line 7: 'img/1_1.png' is listed again (first on line 6)",
+        "line 9: image 'img/nope.png' does not exist",
+    )
     assert not (dataset_root / "run" / "best_model").exists()
 
 
@@ -296,5 +320,11 @@ def test_paths_outside_the_root_are_refused(dataset_root, tmp_path_factory):
     with open(dataset_root / "query.txt", "a") as f:
         f.write(f"../{outside.name}/secret.png 0\n{secret} 1\nimg/../../{outside.name}/secret.png 2\n")
     result = run_cli(*list_args(dataset_root))
-    assert_clean_failure(result, "query.txt", "line 13: path '../", "line 14: absolute path", "line 15: path 'img/../../",
-                         "leaves the dataset root")
+    assert_clean_failure(
+        result,
+        "query.txt",
+        "line 13: path '../",
+        "line 14: absolute path",
+        "line 15: path 'img/../../",
+        "leaves the dataset root",
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import warm_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -25,7 +26,6 @@ from recog.data import read_image_list, read_sop_file
 from recog.data.lists import MAX_LABEL
 from recog.errors import ConfigError, DataError, RecogError
 from recog.models.weights import read_pdparams
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = dict(derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,17 +40,77 @@ def assert_one_paragraph(message: str, *must_contain: str) -> None:
 
 
 # ---- config overrides -----------------------------------------------------------------------------------
-KEYS = ["stage", "seed", "model_path", "resume", "data.image_size", "data.batch_size", "data.samples_per_class",
-        "data.mean", "data.std", "data.num_workers", "data.on_bad_image", "data.max_image_pixels", "trainer.epochs",
-        "trainer.device", "head.margin", "backbone.scale", "backbone.stop_layer", "dataset.root", "mlflow.run_name",
-        "paths.output_root", "eval.recall_at", "backbone", "head", "neck", "loss", "dataset", "experiment", "data",
-        "trainer"]
-ATOMS = ["null", "true", "false", "???", "''", "pplcnet", "fc", "none", "digits", "skip", "fail", "train", "eval",
-         "${seed}", "${nope}", "${data.image_size}", "${paths.output_root}", "${oc.env:RECOG_FUZZ_UNSET}",
-         "${hydra:runtime.cwd}", "${now:%H}", "[]", "{}", "[1,2,3]", "range(0,3)", "choice(a,b)", "interval(0,1)",
-         "${", "'a,b'", "a,b", "\\", "../../etc", "/abs/path", "1e999", "-0", "nan", "inf"]
+KEYS = [
+    "stage",
+    "seed",
+    "model_path",
+    "resume",
+    "data.image_size",
+    "data.batch_size",
+    "data.samples_per_class",
+    "data.mean",
+    "data.std",
+    "data.num_workers",
+    "data.on_bad_image",
+    "data.max_image_pixels",
+    "trainer.epochs",
+    "trainer.device",
+    "head.margin",
+    "backbone.scale",
+    "backbone.stop_layer",
+    "dataset.root",
+    "mlflow.run_name",
+    "paths.output_root",
+    "eval.recall_at",
+    "backbone",
+    "head",
+    "neck",
+    "loss",
+    "dataset",
+    "experiment",
+    "data",
+    "trainer",
+]
+ATOMS = [
+    "null",
+    "true",
+    "false",
+    "???",
+    "''",
+    "pplcnet",
+    "fc",
+    "none",
+    "digits",
+    "skip",
+    "fail",
+    "train",
+    "eval",
+    "${seed}",
+    "${nope}",
+    "${data.image_size}",
+    "${paths.output_root}",
+    "${oc.env:RECOG_FUZZ_UNSET}",
+    "${hydra:runtime.cwd}",
+    "${now:%H}",
+    "[]",
+    "{}",
+    "[1,2,3]",
+    "range(0,3)",
+    "choice(a,b)",
+    "interval(0,1)",
+    "${",
+    "'a,b'",
+    "a,b",
+    "\\",
+    "../../etc",
+    "/abs/path",
+    "1e999",
+    "-0",
+    "nan",
+    "inf",
+]
 scalars = st.one_of(
-    st.integers(-2**70, 2**70).map(str),
+    st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(ATOMS),
     st.text(max_size=12),
@@ -100,17 +160,20 @@ def test_arbitrary_text_as_overrides(args):
         assert_one_paragraph(message)
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("~data", ["data was deleted"]),
-    ("data.image_size=${nope}", ["cannot resolve data.image_size", "nope"]),
-    ("seed=${oc.env:RECOG_FUZZ_UNSET}", ["cannot resolve seed", "RECOG_FUZZ_UNSET"]),
-    ("seed=-1", ["seed must be in 0..4294967295"]),
-    ("data.num_workers=-2", ["data.num_workers must be 0"]),
-    ("data.max_image_pixels=0", ["data.max_image_pixels must be at least 1"]),
-    ("data.mean=[1,2]", ["data.mean needs 3 values"]),
-    ("data.on_bad_image=ignore", ["ignore", "skip, fail"]),
-    ("=1", ["cannot apply the overrides"]),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("~data", ["data was deleted"]),
+        ("data.image_size=${nope}", ["cannot resolve data.image_size", "nope"]),
+        ("seed=${oc.env:RECOG_FUZZ_UNSET}", ["cannot resolve seed", "RECOG_FUZZ_UNSET"]),
+        ("seed=-1", ["seed must be in 0..4294967295"]),
+        ("data.num_workers=-2", ["data.num_workers must be 0"]),
+        ("data.max_image_pixels=0", ["data.max_image_pixels must be at least 1"]),
+        ("data.mean=[1,2]", ["data.mean needs 3 values"]),
+        ("data.on_bad_image=ignore", ["ignore", "skip, fail"]),
+        ("=1", ["cannot apply the overrides"]),
+    ],
+)
 def test_overrides_that_used_to_fail_deep_inside_a_stage(override, fragments):
     message = _check([override])
     assert message is not None, override
@@ -119,15 +182,24 @@ def test_overrides_that_used_to_fail_deep_inside_a_stage(override, fragments):
 
 def run_cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "RECOG_FUZZ_UNSET"}
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("data.image_size=${nope}", "cannot resolve data.image_size"),
-    ("~data", "data was deleted"),
-    ("data.mean=[1,2", "no viable alternative"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.image_size=${nope}", "cannot resolve data.image_size"),
+        ("~data", "data was deleted"),
+        ("data.mean=[1,2", "no viable alternative"),
+    ],
+)
 @pytest.mark.slow
 def test_run_py_exits_2_with_one_paragraph(tmp_path, override, fragment):
     result = run_cli(override, f"paths.output_root={tmp_path}")
@@ -139,10 +211,40 @@ def test_run_py_exits_2_with_one_paragraph(tmp_path, override, fragment):
 
 # ---- list files -----------------------------------------------------------------------------------------
 IMAGES = ["a.png", "b.png", "sub/c.png", "sub/d.png"]
-PATHS = IMAGES + ["missing.png", "../a.png", "sub/../a.png", "sub/./c.png", "./b.png", "/etc/passwd", "sub",
-                  "a.png\x00x", "ü/ñ.png", "a\x1fb.png", "x" * 300, "~/a.png", "C:\\a.png", "..", "."]
-LABELS = ["0", "1", "7", "-1", "-0", "+2", "1_0", "\u0663", "1.5", str(MAX_LABEL), str(MAX_LABEL + 1), "9" * 40,
-          "0x10", "nan", ""]
+PATHS = IMAGES + [
+    "missing.png",
+    "../a.png",
+    "sub/../a.png",
+    "sub/./c.png",
+    "./b.png",
+    "/etc/passwd",
+    "sub",
+    "a.png\x00x",
+    "ü/ñ.png",
+    "a\x1fb.png",
+    "x" * 300,
+    "~/a.png",
+    "C:\\a.png",
+    "..",
+    ".",
+]
+LABELS = [
+    "0",
+    "1",
+    "7",
+    "-1",
+    "-0",
+    "+2",
+    "1_0",
+    "\u0663",
+    "1.5",
+    str(MAX_LABEL),
+    str(MAX_LABEL + 1),
+    "9" * 40,
+    "0x10",
+    "nan",
+    "",
+]
 SEPARATORS = [" ", "\t", "  ", " \t ", "\x0b", "\x0c", "\xa0", "\u2028", "\x85"]
 
 
@@ -155,8 +257,12 @@ def list_lines(draw, fields=2):
         return draw(st.sampled_from(["", " ", "\t"]))
     if kind == "text":
         return draw(st.text(max_size=40))
-    cells = [draw(st.sampled_from(PATHS) | st.text(min_size=1, max_size=10)) if i == fields - 1 else
-             draw(st.sampled_from(LABELS) | st.integers(-5, 2**40).map(str)) for i in range(fields)]
+    cells = [
+        draw(st.sampled_from(PATHS) | st.text(min_size=1, max_size=10))
+        if i == fields - 1
+        else draw(st.sampled_from(LABELS) | st.integers(-5, 2**40).map(str))
+        for i in range(fields)
+    ]
     if fields == 2:
         cells = cells[::-1]  # path first
     extra = draw(st.lists(st.sampled_from(LABELS), max_size=1))
@@ -207,8 +313,11 @@ def test_fuzzed_image_lists_load_or_fail_with_one_paragraph(lines, newline, pref
 
 @settings(max_examples=150, **FUZZ)
 @pytest.mark.slow
-@given(st.sampled_from(["image_id class_id super_class_id path", "image_id class_id path", "", "#"]),
-       st.lists(list_lines(fields=4), max_size=10), PREFIXES)
+@given(
+    st.sampled_from(["image_id class_id super_class_id path", "image_id class_id path", "", "#"]),
+    st.lists(list_lines(fields=4), max_size=10),
+    PREFIXES,
+)
 def test_fuzzed_sop_files_load_or_fail_with_one_paragraph(header, lines, prefix):
     with tempfile.TemporaryDirectory() as folder:
         root = _dataset(Path(folder))
@@ -232,16 +341,32 @@ def test_list_line_numbers_match_an_editor_with_unusual_whitespace(tmp_path):
 
 
 # ---- weight files ---------------------------------------------------------------------------------------
-leaves = st.one_of(st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5), st.none(),
-                   st.lists(st.floats(width=32), max_size=4).map(lambda v: np.asarray(v, np.float32)))
-structures = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-                          | st.tuples(inner, inner), max_leaves=8)
+leaves = st.one_of(
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.none(),
+    st.lists(st.floats(width=32), max_size=4).map(lambda v: np.asarray(v, np.float32)),
+)
+structures = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3) | st.tuples(inner, inner)
+    ),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=150, **FUZZ)
-@given(st.one_of(structures.map(lambda obj: pickle.dumps(obj, protocol=2)),
-                 structures.map(lambda obj: pickle.dumps(obj, protocol=4)),
-                 st.binary(max_size=200), st.binary(max_size=200).map(lambda b: b"\x80\x04" + b)))
+@given(
+    st.one_of(
+        structures.map(lambda obj: pickle.dumps(obj, protocol=2)),
+        structures.map(lambda obj: pickle.dumps(obj, protocol=4)),
+        st.binary(max_size=200),
+        st.binary(max_size=200).map(lambda b: b"\x80\x04" + b),
+    )
+)
 def test_fuzzed_weight_files_load_or_fail_with_one_paragraph(data):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fuzz.pdparams"
@@ -274,11 +399,23 @@ def test_run_py_refuses_a_weight_file_that_would_run_code(tmp_path):
             cv2.imwrite(str(tmp_path / "img" / f"{label}_{i}.png"), np.full((8, 8, 3), 40 * label + i, np.uint8))
             lines.append(f"img/{label}_{i}.png {label}")
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
-    result = run_cli("stage=train", "dataset=image_list", f"dataset.root={tmp_path}", "dataset.train_list=list.txt",
-                     "dataset.query_list=list.txt", "data.batch_size=4", "data.samples_per_class=2",
-                     "backbone.scale=0.25", "data.image_size=16", "trainer.epochs=1", "data.num_workers=0",
-                     "mlflow.enabled=false", f"backbone.pretrained={evil}", f"paths.output_root={tmp_path / 'out'}",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        "stage=train",
+        "dataset=image_list",
+        f"dataset.root={tmp_path}",
+        "dataset.train_list=list.txt",
+        "dataset.query_list=list.txt",
+        "data.batch_size=4",
+        "data.samples_per_class=2",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "trainer.epochs=1",
+        "data.num_workers=0",
+        "mlflow.enabled=false",
+        f"backbone.pretrained={evil}",
+        f"paths.output_root={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output and f"refusing to load {evil}" in output and "system" in output

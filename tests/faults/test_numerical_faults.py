@@ -8,17 +8,16 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+import warm_python
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
 import recog
-from image_lists import write_image_lists
-from recog.errors import RecogError
+from recog.errors import NonFiniteError, RecogError
 from recog.losses import TripletLossV2
 from recog.stages import train
-from recog.errors import NonFiniteError
 from recog.utils import checkpoint
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3  # per epoch
@@ -29,13 +28,28 @@ def lists(tmp_path_factory):
     """Random 12x12 PNGs of 5 classes in train / query lists; the dataset overrides."""
     return write_image_lists(tmp_path_factory.mktemp("numerical_lists"), (("train", 40), ("query", 20)))
 
+
 def _overrides(lists, tmp_path, *extra):
-    return ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-            "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.epochs=2",
-            f"trainer.steps_per_epoch={STEPS}", "trainer.log_every=1", "mlflow.experiment_name=numerics", "export.after_train=false",
-            # The faults are injected by a patched loss counting its Python calls: a compiled step
-            # (trainer.compile) traces such Python side effects once, so these tests run in dygraph.
-            "trainer.compile=false", *lists, f"paths.output_root={tmp_path}", *extra]
+    return [
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "neck.embedding_size=32",
+        "data.batch_size=8",
+        "data.samples_per_class=4",
+        "loss=ce_triplet",
+        "trainer.epochs=2",
+        f"trainer.steps_per_epoch={STEPS}",
+        "trainer.log_every=1",
+        "mlflow.experiment_name=numerics",
+        "export.after_train=false",
+        # The faults are injected by a patched loss counting its Python calls: a compiled step
+        # (trainer.compile) traces such Python side effects once, so these tests run in dygraph.
+        "trainer.compile=false",
+        *lists,
+        f"paths.output_root={tmp_path}",
+        *extra,
+    ]
 
 
 def _inject(monkeypatch, at_calls, make_bad, before=None):
@@ -133,10 +147,20 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
 
 @pytest.mark.slow
 def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
-    args = ["stage=train", *_overrides(lists, tmp_path, "optimizer.lr=1e35", "scheduler.warmup_epochs=0",
-                                       "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")]
-    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    args = [
+        "stage=train",
+        *_overrides(
+            lists,
+            tmp_path,
+            "optimizer.lr=1e35",
+            "scheduler.warmup_epochs=0",
+            "mlflow.enabled=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ),
+    ]
+    result = subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output

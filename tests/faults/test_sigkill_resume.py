@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
 import recog
-import warm_python
-from image_lists import write_image_lists
 from recog.utils import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,18 +41,37 @@ def _image_lists(root: Path) -> list:
 
 def _train_args(lists: list, root: Path) -> list:
     # One OpenMP thread (env below) and no loader workers: a CPU run is then reproducible bit for bit.
-    return ["stage=train", "backbone.scale=0.25", "data.image_size=16", "data.num_workers=0",
-            "neck.embedding_size=32", "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
-            f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
-            "trainer.log_every=1", "mlflow.experiment_name=sigkill", "export.after_train=false", *lists, f"paths.output_root={root}",
-            f"hydra.run.dir={root / 'run'}"]
+    return [
+        "stage=train",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "neck.embedding_size=32",
+        "data.batch_size=8",
+        "data.samples_per_class=4",
+        "trainer.device=cpu",
+        f"trainer.epochs={EPOCHS}",
+        f"trainer.steps_per_epoch={STEPS}",
+        "trainer.eval_every=1",
+        "trainer.log_every=1",
+        "mlflow.experiment_name=sigkill",
+        "export.after_train=false",
+        *lists,
+        f"paths.output_root={root}",
+        f"hydra.run.dir={root / 'run'}",
+    ]
 
 
 def _start(args: list, log_path: Path, python: str = sys.executable) -> subprocess.Popen:
     """``python run.py ARGS``: a fresh interpreter for the runs the test kills (the process is the subject)."""
     with open(log_path, "w") as log:
-        return subprocess.Popen([python, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.Popen(
+            [python, str(ROOT / "run.py"), *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
 
 def _progress(log_path: Path, epoch: int) -> int:
@@ -91,8 +110,11 @@ def _check_last(last: Path, reference_keys: dict) -> int:
 def _history(client: MlflowClient, run_id: str) -> dict:
     """``{metric: {step: value}}`` of a run; a step logged again by a resume keeps its last value."""
     keys = client.get_run(run_id).data.metrics
-    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-            for key in keys if key not in TIMING_METRICS}
+    return {
+        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        for key in keys
+        if key not in TIMING_METRICS
+    }
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -104,8 +126,11 @@ def _max_difference(a: dict, b: dict) -> float:
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     lists = _image_lists(tmp_path / "data")
     reference_root, root = tmp_path / "reference", tmp_path / "killed"
-    reference = _start(_train_args(lists, reference_root), tmp_path / "reference.log",  # runs alongside
-                       python=warm_python.python())
+    reference = _start(
+        _train_args(lists, reference_root),
+        tmp_path / "reference.log",  # runs alongside
+        python=warm_python.python(),
+    )
     args = _train_args(lists, root)
     run_dir, last = root / "run", root / "run" / "checkpoints" / "last"
     rng = random.Random(KILL_SEED)
@@ -118,7 +143,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             try:
                 if moment == "random step":  # the first kill comes after a checkpoint exists
                     epoch, step = max(done, 1) + rng.randint(1, 2), rng.randint(1, STEPS)
-                    _wait(proc, lambda: _progress(log_path, epoch) >= step, log_path, poll=0.02)
+                    _wait(proc, lambda: _progress(log_path, epoch) >= step, log_path, poll=0.02)  # noqa: B023
                     where = f"epoch {epoch} step {step}"
                 else:
                     _wait(proc, lambda: _writing_last(run_dir), log_path, poll=0.0005)
@@ -133,8 +158,10 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             if attempt:  # continued from the last complete checkpoint, at the start of the next epoch
                 assert f"at epoch {done + 1}, step 0 of {STEPS}" in output, output[-3000:]
             if not kills:
-                reference_keys = {name: set(load_file(str(last / name)))
-                                  for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE)}
+                reference_keys = {
+                    name: set(load_file(str(last / name)))
+                    for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE)
+                }
                 client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
                 run_id = checkpoint.load_state(last)["mlflow_run_id"]
                 assert client.get_run(run_id).info.status == "RUNNING"  # nobody could mark it
@@ -145,8 +172,14 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
 
         done = checkpoint.load_state(last)["epoch"]
         assert done < EPOCHS
-        final = subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args, "resume=true"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        final = subprocess.run(
+            [warm_python.python(), str(ROOT / "run.py"), *args, "resume=true"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert final.returncode == 0, final.stderr[-3000:]
         assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
         assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
@@ -159,18 +192,29 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     state = checkpoint.load_state(last)
     assert state["epoch"] == EPOCHS and state["finished"] is True
     for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE):  # bit for bit
-        assert _max_difference(load_file(str(last / name)),
-                               load_file(str(reference_run / "checkpoints" / "last" / name))) == 0.0, name
-    assert _max_difference(load_file(str(run_dir / "best_model" / checkpoint.MODEL_FILE)),
-                           load_file(str(reference_run / "best_model" / checkpoint.MODEL_FILE))) == 0.0
-    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((reference_run / "metrics.json").read_text())
+        assert (
+            _max_difference(load_file(str(last / name)), load_file(str(reference_run / "checkpoints" / "last" / name)))
+            == 0.0
+        ), name
+    assert (
+        _max_difference(
+            load_file(str(run_dir / "best_model" / checkpoint.MODEL_FILE)),
+            load_file(str(reference_run / "best_model" / checkpoint.MODEL_FILE)),
+        )
+        == 0.0
+    )
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(
+        (reference_run / "metrics.json").read_text()
+    )
     assert not [n for n in os.listdir(run_dir / "checkpoints") if n != "last"]  # killed writers' temp dirs removed
 
     (run,) = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])  # one run, continued
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     history = _history(client, run_id)
     reference_client = MlflowClient(f"sqlite:///{reference_root / 'mlflow.db'}")
-    (reference_mlflow,) = reference_client.search_runs([reference_client.get_experiment_by_name("sigkill").experiment_id])
+    (reference_mlflow,) = reference_client.search_runs(
+        [reference_client.get_experiment_by_name("sigkill").experiment_id]
+    )
     assert history == _history(reference_client, reference_mlflow.info.run_id)
     assert set(history["loss"]) == set(range(1, EPOCHS * STEPS + 1))  # every step
     assert set(history["recall_at_1"]) == {epoch * STEPS for epoch in range(1, EPOCHS + 1)}  # every epoch's eval

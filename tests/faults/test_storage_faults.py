@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from safetensors.numpy import load_file
 
 import recog
-from image_lists import write_image_lists
 from recog.errors import RecogError
 from recog.inference import ExportedModel
 from recog.search import GalleryIndex
@@ -25,9 +25,11 @@ from recog.stages import export, predict, train
 from recog.utils import checkpoint
 from recog.utils.atomic import StorageError
 
-pytestmark = [pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
-              pytest.mark.slow,  # every test uses the trained reference run
-              pytest.mark.xdist_group("test_storage_faults")]  # one xdist worker trains the reference run once
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:There are some unused values in state_dict"),
+    pytest.mark.slow,  # every test uses the trained reference run
+    pytest.mark.xdist_group("test_storage_faults"),
+]  # one xdist worker trains the reference run once
 
 EPOCHS, STEPS = 4, 3
 TIMING_METRICS = {"images_per_sec"}
@@ -77,7 +79,9 @@ def fail_checkpoint_save(monkeypatch, run_dir: Path, fault, when) -> dict:
 
     def save(path, model, cfg, state, *args, **kwargs):
         if not record and when(Path(path), state):
-            record.update(epoch=state["epoch"], before={name: tree(run_dir / name) for name in ("checkpoints", "best_model")})
+            record.update(
+                epoch=state["epoch"], before={name: tree(run_dir / name) for name in ("checkpoints", "best_model")}
+            )
             with fault:
                 return real(path, model, cfg, state, *args, **kwargs)
         return real(path, model, cfg, state, *args, **kwargs)
@@ -100,14 +104,20 @@ def leftovers(path: Path) -> list:
 
 def history(client: MlflowClient, run_id: str) -> dict:
     """``{metric: {step: value}}``; a step logged again by a resume keeps its last value."""
-    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-            for key in client.get_run(run_id).data.metrics if key not in TIMING_METRICS}
+    return {
+        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        for key in client.get_run(run_id).data.metrics
+        if key not in TIMING_METRICS
+    }
 
 
 def upto(metrics: dict, step: int) -> dict:
     """The metrics logged during steps 1 .. ``step`` (``best_*`` come once a run completes)."""
-    kept = {key: {s: v for s, v in values.items() if s <= step} for key, values in metrics.items()
-            if not key.startswith("best_")}
+    kept = {
+        key: {s: v for s, v in values.items() if s <= step}
+        for key, values in metrics.items()
+        if not key.startswith("best_")
+    }
     return {key: values for key, values in kept.items() if values}
 
 
@@ -135,15 +145,31 @@ def store(tmp_path_factory):
 
 
 def train_cfg(root: Path, lists, store: str, experiment: str, *extra):
-    return recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-                          "data.batch_size=8", "data.samples_per_class=4", "trainer.device=cpu",
-                          f"trainer.epochs={EPOCHS}", f"trainer.steps_per_epoch={STEPS}", "trainer.eval_every=1",
-                          "trainer.log_every=1", "export.after_train=false", *lists[1], f"paths.output_root={root}",
-                          # The best_model faults need Recall@1 to improve after epoch 1 on these lists: it does
-                          # on the trajectory of Paddle's depthwise kernel (the matrix product's, the same
-                          # function up to float rounding, happens not to).
-                          "trainer.depthwise_matmul=false",
-                          f"mlflow.tracking_uri={store}", f"mlflow.experiment_name={experiment}", *extra])
+    return recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=16",
+            "data.num_workers=0",
+            "neck.embedding_size=32",
+            "data.batch_size=8",
+            "data.samples_per_class=4",
+            "trainer.device=cpu",
+            f"trainer.epochs={EPOCHS}",
+            f"trainer.steps_per_epoch={STEPS}",
+            "trainer.eval_every=1",
+            "trainer.log_every=1",
+            "export.after_train=false",
+            *lists[1],
+            f"paths.output_root={root}",
+            # The best_model faults need Recall@1 to improve after epoch 1 on these lists: it does
+            # on the trajectory of Paddle's depthwise kernel (the matrix product's, the same
+            # function up to float rounding, happens not to).
+            "trainer.depthwise_matmul=false",
+            f"mlflow.tracking_uri={store}",
+            f"mlflow.experiment_name={experiment}",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,15 +189,32 @@ def exported(tmp_path_factory, reference, store):
 
 
 def export_cfg(run_dir: Path, out: Path, store: str):
-    return recog.compose(["stage=export", f"model_path={run_dir / 'best_model'}", f"export.output_dir={out}",
-                          "export.cpu_onednn=off", "export.check_images=4", f"paths.output_root={out.parent}",
-                          f"mlflow.tracking_uri={store}", "trainer.device=cpu"])
+    return recog.compose(
+        [
+            "stage=export",
+            f"model_path={run_dir / 'best_model'}",
+            f"export.output_dir={out}",
+            "export.cpu_onednn=off",
+            "export.check_images=4",
+            f"paths.output_root={out.parent}",
+            f"mlflow.tracking_uri={store}",
+            "trainer.device=cpu",
+        ]
+    )
 
 
 def predict_cfg(root: Path, model_dir: Path, store: str, experiment: str, *extra):
-    return recog.compose(["stage=predict", f"predict.model_dir={model_dir}", f"paths.output_root={root}",
-                          f"mlflow.tracking_uri={store}", f"mlflow.experiment_name={experiment}", "trainer.device=cpu",
-                          *extra])
+    return recog.compose(
+        [
+            "stage=predict",
+            f"predict.model_dir={model_dir}",
+            f"paths.output_root={root}",
+            f"mlflow.tracking_uri={store}",
+            f"mlflow.experiment_name={experiment}",
+            "trainer.device=cpu",
+            *extra,
+        ]
+    )
 
 
 def check_failed_training(client, run_dir, record, reference_history, error, path, words):
@@ -202,14 +245,19 @@ def resume_to_the_end(cfg, run_dir, client, run_id, reference):
 
 def test_disk_full_while_writing_checkpoints_last(tmp_path, monkeypatch, lists, store, reference):
     run_dir, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last"
-    record = fail_checkpoint_save(monkeypatch, run_dir, disk_full(".last.tmp-"),
-                                  when=lambda path, state: path.name == "last" and state["epoch"] == 2)
+    record = fail_checkpoint_save(
+        monkeypatch,
+        run_dir,
+        disk_full(".last.tmp-"),
+        when=lambda path, state: path.name == "last" and state["epoch"] == 2,
+    )
     with pytest.raises(StorageError) as error:
         train.run(train_cfg(tmp_path, lists, store, "disk_full"), run_dir)
     monkeypatch.undo()
     client = MlflowClient(store)
-    run_id = check_failed_training(client, run_dir, record, reference[1], error.value, last,
-                                   "No space left on device [ENOSPC]")
+    run_id = check_failed_training(
+        client, run_dir, record, reference[1], error.value, last, "No space left on device [ENOSPC]"
+    )
     assert checkpoint.load_state(last)["epoch"] == 1  # the previous checkpoint, whole
     assert "free some disk space" in str(error.value)
 
@@ -219,20 +267,26 @@ def test_disk_full_while_writing_checkpoints_last(tmp_path, monkeypatch, lists, 
 def test_permission_denied_while_writing_best_model(tmp_path, monkeypatch, lists, store, reference):
     run_dir, best = tmp_path / "run", tmp_path / "run" / "best_model"
     # the first best_model that replaces an earlier one (Recall@1 improved after epoch 1)
-    record = fail_checkpoint_save(monkeypatch, run_dir, permission_denied(".best_model.tmp-"),
-                                  when=lambda path, state: path.name == "best_model" and path.exists())
+    record = fail_checkpoint_save(
+        monkeypatch,
+        run_dir,
+        permission_denied(".best_model.tmp-"),
+        when=lambda path, state: path.name == "best_model" and path.exists(),
+    )
     with pytest.raises(StorageError) as error:
         train.run(train_cfg(tmp_path, lists, store, "permission_denied"), run_dir)
     monkeypatch.undo()
     assert record, "Recall@1 never improved after epoch 1: no best_model was replaced"
     client = MlflowClient(store)
-    run_id = check_failed_training(client, run_dir, record, reference[1], error.value, best,
-                                   "Permission denied [EACCES]")
+    run_id = check_failed_training(
+        client, run_dir, record, reference[1], error.value, best, "Permission denied [EACCES]"
+    )
     assert checkpoint.load_state(best)["epoch"] < record["epoch"]
     assert f"check the permissions of {run_dir}" in str(error.value)
 
-    resume_to_the_end(train_cfg(tmp_path, lists, store, "permission_denied", "resume=true"), run_dir, client, run_id,
-                      reference)
+    resume_to_the_end(
+        train_cfg(tmp_path, lists, store, "permission_denied", "resume=true"), run_dir, client, run_id, reference
+    )
 
 
 # ---------------------------------------------------------------- export and predict
@@ -260,30 +314,41 @@ def test_disk_full_while_exporting_keeps_the_previous_export(tmp_path, reference
 
 def test_disk_full_while_writing_features_keeps_the_previous_features(tmp_path, lists, store, exported):
     out = tmp_path / "out"
-    first = predict.run(predict_cfg(tmp_path, exported, store, "features_disk_full", f"predict.input={lists[0] / 'query.txt'}"), out)
+    first = predict.run(
+        predict_cfg(tmp_path, exported, store, "features_disk_full", f"predict.input={lists[0] / 'query.txt'}"), out
+    )
     assert first["extracted"] == 30
     before = tree(out)
     with disk_full(".features.npy.tmp-"), pytest.raises(StorageError) as error:
-        predict.run(predict_cfg(tmp_path, exported, store, "features_disk_full", f"predict.input={lists[0] / 'train.txt'}"), out)
+        predict.run(
+            predict_cfg(tmp_path, exported, store, "features_disk_full", f"predict.input={lists[0] / 'train.txt'}"), out
+        )
     assert f"could not write the features file {out / 'features.npy'}: No space left on device" in str(error.value)
     assert tree(out) == before and leftovers(tmp_path) == []
     assert np.load(out / "features.npy").shape == (30, 32)
     assert len((out / "manifest.tsv").read_text().splitlines()) == 30  # still the pair of the first run
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("features_disk_full").experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("features_disk_full").experiment_id], order_by=["attributes.start_time ASC"]
+    )
     assert [run.info.status for run in runs] == ["FINISHED", "FAILED"]
 
 
 def test_disk_full_while_saving_the_gallery_index_keeps_the_previous_index(tmp_path, lists, store, exported):
     root, index_dir = lists[0], tmp_path / "index"
     queries = [f"predict.input={root / 'query.txt'}", f"predict.index_dir={index_dir}"]
-    predict.run(predict_cfg(tmp_path, exported, store, "index_disk_full", *queries, f"predict.gallery={root / 'gallery.txt'}"),
-                tmp_path / "first")
+    predict.run(
+        predict_cfg(tmp_path, exported, store, "index_disk_full", *queries, f"predict.gallery={root / 'gallery.txt'}"),
+        tmp_path / "first",
+    )
     before = tree(index_dir)
     with disk_full(".index.tmp-"), pytest.raises(StorageError) as error:  # 60 more images: the index grows
-        predict.run(predict_cfg(tmp_path, exported, store, "index_disk_full", *queries, f"predict.gallery={root / 'train.txt'}"),
-                    tmp_path / "second")
+        predict.run(
+            predict_cfg(
+                tmp_path, exported, store, "index_disk_full", *queries, f"predict.gallery={root / 'train.txt'}"
+            ),
+            tmp_path / "second",
+        )
     assert f"could not write the gallery index {index_dir}: No space left on device" in str(error.value)
     assert tree(index_dir) == before and leftovers(tmp_path) == []
     index = GalleryIndex.load(index_dir)
@@ -305,8 +370,14 @@ def test_disk_full_while_writing_the_training_picture_is_a_warning(tmp_path, lis
 
 def test_disk_full_while_writing_the_predict_picture_is_a_warning(tmp_path, lists, store, exported, caplog):
     root, out = lists[0], tmp_path / "out"
-    cfg = predict_cfg(tmp_path, exported, store, "predict_picture_disk_full", f"predict.input={root / 'query.txt'}",
-                      f"predict.gallery={root / 'gallery.txt'}")
+    cfg = predict_cfg(
+        tmp_path,
+        exported,
+        store,
+        "predict_picture_disk_full",
+        f"predict.input={root / 'query.txt'}",
+        f"predict.gallery={root / 'gallery.txt'}",
+    )
     with disk_full(".retrieval.png.tmp-"), caplog.at_level("WARNING"):
         summary = predict.run(cfg, out)
     assert "retrieval picture" in caplog.text and "No space left on device" in caplog.text

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import requests
+import warm_python
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_server import free_port
 
 import recog
-from image_lists import write_image_lists
-from mlflow_server import free_port
 from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
-import warm_python
 
 pytestmark = pytest.mark.xdist_group("test_tracking_faults")  # one xdist worker starts the module's MLflow server once
 
@@ -36,21 +36,35 @@ def image_lists(tmp_path_factory) -> Path:
 
 
 def tiny_args(lists: Path, out: Path) -> list:
-    return ["dataset=image_list", f"dataset.root={lists}", "dataset.train_list=train.txt",
-            "dataset.query_list=query.txt", "data.batch_size=6", "data.samples_per_class=2", "backbone.scale=0.25",
-            "data.image_size=16", "trainer.epochs=1", "trainer.log_every=1", "data.num_workers=0",
-            f"paths.output_root={out}", "mlflow.experiment_name=faults", "export.after_train=false"]
+    return [
+        "dataset=image_list",
+        f"dataset.root={lists}",
+        "dataset.train_list=train.txt",
+        "dataset.query_list=query.txt",
+        "data.batch_size=6",
+        "data.samples_per_class=2",
+        "backbone.scale=0.25",
+        "data.image_size=16",
+        "trainer.epochs=1",
+        "trainer.log_every=1",
+        "data.num_workers=0",
+        f"paths.output_root={out}",
+        "mlflow.experiment_name=faults",
+        "export.after_train=false",
+    ]
 
 
 def run_cli(*args):
-    return subprocess.run([warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def rest_search(uri: str, experiment_name: str) -> list:
     """Runs of an experiment, through the REST API itself (not the MLflow client)."""
-    found = requests.get(f"{uri}/api/2.0/mlflow/experiments/get-by-name",
-                         params={"experiment_name": experiment_name}, timeout=30)
+    found = requests.get(
+        f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment_name}, timeout=30
+    )
     found.raise_for_status()
     experiment_id = found.json()["experiment"]["experiment_id"]
     response = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id]}, timeout=30)
@@ -64,8 +78,11 @@ def metrics_of(rest_run: dict) -> dict:
 
 @pytest.mark.slow
 def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists, tmp_path):
-    result = run_cli(*tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={mlflow_server.uri}",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        *tiny_args(image_lists, tmp_path / "out"),
+        f"mlflow.tracking_uri={mlflow_server.uri}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 0, result.stderr
 
     (run,) = rest_search(mlflow_server.uri, "faults")
@@ -80,8 +97,9 @@ def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists
 @pytest.mark.slow
 def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_cli(*tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={dead}",
-                     f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        *tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={dead}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert result.returncode == 2, result.stderr
     output = result.stdout + result.stderr
     assert "Traceback" not in output
@@ -94,8 +112,13 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     dead = f"http://127.0.0.1:{free_port()}"
     run_dir = tmp_path / "run"
     args = tiny_args(image_lists, tmp_path / "out") + ["mlflow.experiment_name=offline_start"]
-    result = run_cli(*args, f"mlflow.tracking_uri={dead}", "mlflow.required=false", "mlflow.request_retries=0",
-                     f"hydra.run.dir={run_dir}")
+    result = run_cli(
+        *args,
+        f"mlflow.tracking_uri={dead}",
+        "mlflow.required=false",
+        "mlflow.request_retries=0",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "Traceback" not in output
@@ -104,9 +127,19 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     assert (run_dir / "best_model" / "model.safetensors").is_file()
     assert (run_dir / RECORD_FILE).is_file()
 
-    replayed = subprocess.run([warm_python.python(), str(ROOT / "scripts" / "replay_mlflow.py"), str(run_dir),
-                               "--tracking-uri", mlflow_server.uri], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
+    replayed = subprocess.run(
+        [
+            warm_python.python(),
+            str(ROOT / "scripts" / "replay_mlflow.py"),
+            str(run_dir),
+            "--tracking-uri",
+            mlflow_server.uri,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert replayed.returncode == 0, replayed.stderr
     (run,) = rest_search(mlflow_server.uri, "offline_start")
     assert run["info"]["status"] == "FINISHED"
@@ -125,8 +158,14 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
 @pytest.mark.slow
 def test_server_killed_mid_run_loses_nothing(server_factory, tmp_path, caplog):
     server = server_factory().start()
-    cfg = recog.compose([f"mlflow.tracking_uri={server.uri}", f"paths.output_root={tmp_path / 'out'}",
-                         "mlflow.experiment_name=killed", "mlflow.request_retries=0"])  # no backoff to wait out
+    cfg = recog.compose(
+        [
+            f"mlflow.tracking_uri={server.uri}",
+            f"paths.output_root={tmp_path / 'out'}",
+            "mlflow.experiment_name=killed",
+            "mlflow.request_retries=0",
+        ]
+    )  # no backoff to wait out
     run_dir = tmp_path / "run"
     (run_dir / "best_model").mkdir(parents=True)
     (run_dir / "best_model" / "model.safetensors").write_bytes(b"weights")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
 
 from recog.errors import RecogError
 from recog.inference import ExportedModel, load_preprocess
 from recog.utils.manifest import IntegrityError
-import warm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -37,14 +37,17 @@ def _flip(file: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, damage, message", [
-    ("inference.pdiparams", lambda f: _cut(f, 4096), r"inference.pdiparams is truncated \(\d+ bytes"),
-    ("inference.pdiparams", _flip, "inference.pdiparams was altered"),
-    ("inference.json", lambda f: f.unlink(), "inference.json is missing"),
-    ("preprocess.json", lambda f: f.write_text("garbage"), "preprocess.json is (truncated|longer)"),
-    ("preprocess.json", lambda f: f.write_text("{}"), "preprocess.json is truncated"),
-    ("export_report.json", lambda f: f.unlink(), "export_report.json is missing"),
-])
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("inference.pdiparams", lambda f: _cut(f, 4096), r"inference.pdiparams is truncated \(\d+ bytes"),
+        ("inference.pdiparams", _flip, "inference.pdiparams was altered"),
+        ("inference.json", lambda f: f.unlink(), "inference.json is missing"),
+        ("preprocess.json", lambda f: f.write_text("garbage"), "preprocess.json is (truncated|longer)"),
+        ("preprocess.json", lambda f: f.write_text("{}"), "preprocess.json is truncated"),
+        ("export_report.json", lambda f: f.unlink(), "export_report.json is missing"),
+    ],
+)
 def test_a_damaged_export_is_an_error_naming_the_file(copy, name, damage, message):
     damage(copy / name)
     with pytest.raises(IntegrityError, match=message) as error:
@@ -61,9 +64,21 @@ def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path)
     import cv2
 
     cv2.imwrite(str(images / "a.png"), np.full((20, 20, 3), 90, np.uint8))
-    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=predict", f"predict.model_dir={copy}",
-                             f"predict.input={images}", "mlflow.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            warm_python.python(),
+            str(ROOT / "run.py"),
+            "stage=predict",
+            f"predict.model_dir={copy}",
+            f"predict.input={images}",
+            "mlflow.enabled=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output
     assert "inference.pdiparams is truncated" in output
@@ -77,16 +92,19 @@ def test_an_export_without_a_manifest_loads_with_a_warning(copy, exported, caplo
     np.testing.assert_array_equal(legacy.predict(IMAGES), ExportedModel(exported[0], device="cpu").predict(IMAGES))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"image_size": "32"}, "image_size must be an integer, got str"),
-    ({"normalize": 1}, "normalize must be true/false, got int"),
-    ({"mean": [0.5, 0.5]}, r"mean must be a list of 3 numbers"),
-    ({"std": [0.5, 0, 0.5]}, "std must be 3 positive numbers"),
-    ({"feature_dim": 0}, "feature_dim must be a positive integer"),
-    ({"binarize": "maybe"}, "binarize must be null or one of sign, round"),
-    ({"runtime": {"cpu_onednn": "turbo"}}, "runtime.cpu_onednn must be one of full, no_placement, off"),
-    ({"format_version": 99}, "newer recog"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"image_size": "32"}, "image_size must be an integer, got str"),
+        ({"normalize": 1}, "normalize must be true/false, got int"),
+        ({"mean": [0.5, 0.5]}, r"mean must be a list of 3 numbers"),
+        ({"std": [0.5, 0, 0.5]}, "std must be 3 positive numbers"),
+        ({"feature_dim": 0}, "feature_dim must be a positive integer"),
+        ({"binarize": "maybe"}, "binarize must be null or one of sign, round"),
+        ({"runtime": {"cpu_onednn": "turbo"}}, "runtime.cpu_onednn must be one of full, no_placement, off"),
+        ({"format_version": 99}, "newer recog"),
+    ],
+)
 def test_every_field_of_preprocess_json_is_checked(copy, change, message):
     (copy / "manifest.json").unlink()  # a legacy export: the fields themselves are checked
     path = copy / "preprocess.json"

@@ -36,7 +36,7 @@ def test_every_onednn_mode_computes_the_same_features(model, exported, mode):
 def test_dynamic_batch_gives_the_same_features_per_image(model):
     images = np.random.default_rng(2).standard_normal((5, 3, 32, 32)).astype(np.float32)
     batch = model.predict(images)
-    singles = np.concatenate([model.predict(images[i:i + 1]) for i in range(5)])
+    singles = np.concatenate([model.predict(images[i : i + 1]) for i in range(5)])
     assert batch.shape == singles.shape == (5, 24)
     assert np.abs(batch - singles).max() < 1e-5
     assert not np.allclose(batch[0], batch[1])  # different images, different features

@@ -1,9 +1,8 @@
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.losses import ContrastiveLoss
 
 
@@ -46,8 +45,9 @@ def test_in_batch_matches_numpy(margin, label_shape):
 def test_with_references_matches_numpy():
     x, y = _batch(seed=1)
     refs, ref_y = _batch(n=20, seed=2)
-    loss = ContrastiveLoss(0.5)(paddle.to_tensor(x), paddle.to_tensor(y),
-                                paddle.to_tensor(refs), paddle.to_tensor(ref_y[:, None]))
+    loss = ContrastiveLoss(0.5)(
+        paddle.to_tensor(x), paddle.to_tensor(y), paddle.to_tensor(refs), paddle.to_tensor(ref_y[:, None])
+    )
     ref = contrastive_ref(x, y, 0.5, refs, ref_y)
     assert abs(float(loss) - ref) / ref < 1e-5
 

@@ -1,11 +1,10 @@
-import recog  # noqa: F401
-
 import math
 
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.losses import EmlLoss
 
 BETA, THRESH = 100000.0, 20.0

@@ -1,9 +1,8 @@
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.losses import NpairsLoss
 
 

@@ -1,15 +1,22 @@
 """Every loss that compares samples of the same class refuses a batch without P x K structure,
 with a message naming the loss and the setting to change (data.samples_per_class)."""
 
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.errors import ConfigError
-from recog.losses import (EmlLoss, MSMLoss, NpairsLoss, PairwiseCosface, SupConLoss, TriHardLoss, TripletLoss,
-                          TripletLossV2)
+from recog.losses import (
+    EmlLoss,
+    MSMLoss,
+    NpairsLoss,
+    PairwiseCosface,
+    SupConLoss,
+    TriHardLoss,
+    TripletLoss,
+    TripletLossV2,
+)
 
 PK_LOSSES = [EmlLoss, MSMLoss, PairwiseCosface, SupConLoss, TriHardLoss, TripletLoss, TripletLossV2]
 NOT_PK = {"all-distinct": [0, 1, 2, 3, 4, 5], "all-equal": [7, 7, 7, 7, 7, 7], "singletons": [0, 0, 1, 1, 2, 3]}

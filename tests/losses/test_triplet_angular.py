@@ -4,12 +4,11 @@ The PaddleClas 2.6.0 wheel in .venv/oracles ships no ``ppcls/loss`` package, so 
 written from the formula of PaddleClas's ``tripletangularmarginloss.py`` (PaddleClas release/2.6),
 including its ``else 1`` for an inactive negative bound (see the class docstring)."""
 
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.errors import ConfigError
 from recog.losses.triplet_angular import TripletAngularMarginLoss
 
@@ -52,9 +51,16 @@ def test_matches_reference(params, seed):
     x, labels = _batch(seed=seed, scale=0.7)
     loss = TripletAngularMarginLoss(**params)(paddle.to_tensor(x), paddle.to_tensor(labels))
     assert loss.shape == []
-    ref = reference(x, labels, params.get("margin", 0.5), params.get("normalize_feature", True),
-                    params.get("add_absolute", False), params.get("absolute_loss_weight", 1.0),
-                    params.get("ap_value", 0.9), params.get("an_value", 0.5))
+    ref = reference(
+        x,
+        labels,
+        params.get("margin", 0.5),
+        params.get("normalize_feature", True),
+        params.get("add_absolute", False),
+        params.get("absolute_loss_weight", 1.0),
+        params.get("ap_value", 0.9),
+        params.get("an_value", 0.5),
+    )
     assert ref > 0.05
     assert abs(float(loss) - ref) / ref < 1e-5
 
@@ -63,15 +69,24 @@ def test_inactive_negative_bound_counts_one_as_paddleclas():
     """Well separated classes: every s_an is under an_value, so each anchor adds 1 (times the weight)."""
     x, labels = _batch(p=3, k=2, d=32, scale=30.0, seed=2)
     base = float(TripletAngularMarginLoss(margin=0.5)(paddle.to_tensor(x), paddle.to_tensor(labels)))
-    with_abs = float(TripletAngularMarginLoss(margin=0.5, add_absolute=True, absolute_loss_weight=0.1,
-                                              ap_value=0.0, an_value=0.99)(paddle.to_tensor(x), paddle.to_tensor(labels)))
+    with_abs = float(
+        TripletAngularMarginLoss(margin=0.5, add_absolute=True, absolute_loss_weight=0.1, ap_value=0.0, an_value=0.99)(
+            paddle.to_tensor(x), paddle.to_tensor(labels)
+        )
+    )
     assert abs(with_abs - (base + 0.1 * 1.0)) < 1e-6
 
 
 def test_defaults_are_paddleclas():
     loss = TripletAngularMarginLoss()
-    assert (loss.margin, loss.normalize_feature, loss.add_absolute, loss.absolute_loss_weight, loss.ap_value,
-            loss.an_value) == (0.5, True, False, 1.0, 0.9, 0.5)
+    assert (
+        loss.margin,
+        loss.normalize_feature,
+        loss.add_absolute,
+        loss.absolute_loss_weight,
+        loss.ap_value,
+        loss.an_value,
+    ) == (0.5, True, False, 1.0, 0.9, 0.5)
 
 
 def test_batch_order_and_label_shape_do_not_matter():

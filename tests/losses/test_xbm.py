@@ -1,9 +1,8 @@
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.errors import ConfigError
 from recog.losses import XBM, ContrastiveLoss, PairwiseCosface
 
@@ -17,6 +16,7 @@ def _batch(n=6, seed=0, classes=3):
 
 def _contrastive_ref(x, labels, margin, refs=None, ref_labels=None):
     """float64 contrastive loss (see test_contrastive.py), vectorised."""
+
     def unit(v):
         v = v.astype(np.float64)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -44,8 +44,8 @@ def test_memory_fills_fifo_and_wraps():
         _run(xbm, x, y)
         total = 4 * (step + 1)
         feats, labels = xbm.memory()
-        np.testing.assert_array_equal(feats.numpy(), seen_x[max(0, total - 10):total])
-        np.testing.assert_array_equal(labels.numpy(), seen_y[max(0, total - 10):total])
+        np.testing.assert_array_equal(feats.numpy(), seen_x[max(0, total - 10) : total])
+        np.testing.assert_array_equal(labels.numpy(), seen_y[max(0, total - 10) : total])
     assert xbm.filled == 10 and xbm.ptr == 16 % 10
     # Raw buffer: rows 0-5 were overwritten by samples 10-15, rows 6-9 still hold samples 6-9.
     np.testing.assert_array_equal(xbm.memory_features.numpy(), np.concatenate([seen_x[10:16], seen_x[6:10]]))
@@ -97,8 +97,10 @@ def test_memory_is_detached():
     # ... and the gradient is that of the loss with the memory as a constant.
     xb_ref = paddle.to_tensor(xb, stop_gradient=False)
     loss_fn = ContrastiveLoss(0.0)
-    (loss_fn(xb_ref, paddle.to_tensor(yb))
-     + loss_fn(xb_ref, paddle.to_tensor(yb), paddle.to_tensor(xa), paddle.to_tensor(ya))).backward()
+    (
+        loss_fn(xb_ref, paddle.to_tensor(yb))
+        + loss_fn(xb_ref, paddle.to_tensor(yb), paddle.to_tensor(xa), paddle.to_tensor(ya))
+    ).backward()
     np.testing.assert_allclose(grad, xb_ref.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 

@@ -35,7 +35,9 @@ def brute_force(qc, ql, gc=None, gl=None, ks=KS):
     valid = len(qc) - without
     out = {f"recall_at_{k}": hits_at[k] / valid for k in ks}
     out.update({f"precision_at_{k}": precision_sum[k] / valid for k in ks})
-    out.update(mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), num_queries=len(qc), num_queries_without_positive=without)
+    out.update(
+        mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), num_queries=len(qc), num_queries_without_positive=without
+    )
     return out
 
 

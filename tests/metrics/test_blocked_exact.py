@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from recog.metrics import retrieval_metrics
 from recog.metrics import _ranking as R  # the ranking engine (monkeypatched below)
 from recog.metrics import retrieval as M  # the public metrics and their input checks
+from recog.metrics import retrieval_metrics
 
 KS = [1, 2, 5, 10]
 np_lexsort = np.lexsort  # the original, for the fallback test
@@ -168,7 +168,6 @@ def test_huge_gallery_falls_back_to_the_three_key_sort(monkeypatch):
     for g, e in zip(blocked_ranks(feats, labels, block_size=120), argsort_ranks(feats, labels)):
         np.testing.assert_array_equal(g, e)
     assert calls  # the fallback ran
-
 
 
 def test_stopping_early_restores_blas_threads():

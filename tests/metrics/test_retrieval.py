@@ -204,9 +204,7 @@ def test_bad_inputs_raise():
 
 
 def test_format_metrics_table():
-    table = format_metrics_table(
-        {"recall_at_1": 0.123456, "mAP": np.float32(0.5), "num_queries": 60502}
-    )
+    table = format_metrics_table({"recall_at_1": 0.123456, "mAP": np.float32(0.5), "num_queries": 60502})
     lines = table.splitlines()
     assert lines[0].split() == ["metric", "value"]
     assert lines[2].split() == ["recall_at_1", "0.1235"]

@@ -3,13 +3,15 @@ PaddleClas 2.6.0's own AdaMargin (the oracle wheel)."""
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import math
 
 import numpy as np
 import paddle
 import pytest
-
 from paddleclas_oracle import import_ppcls, randomise
+
 from recog.models.heads.adamargin import AdaMargin
 from recog.models.weights import load_pretrained
 
@@ -50,7 +52,9 @@ def test_matches_formula_reference(m, h, s, t_alpha):
     ref1, mean, std = adaface_reference(x, kernel, labels, m, h, s, t_alpha, 20.0, 100.0)
     got = head(paddle.to_tensor(x), paddle.to_tensor(labels)).numpy()
     assert np.abs(got - ref1).max() / np.abs(ref1).max() < 1e-5
-    np.testing.assert_allclose([float(head.batch_mean.numpy()[0]), float(head.batch_std.numpy()[0])], [mean, std], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(head.batch_mean.numpy()[0]), float(head.batch_std.numpy()[0])], [mean, std], rtol=1e-5
+    )
     x2, labels2 = _inputs(seed=1)  # a second step reads the moving statistics
     ref2, _, _ = adaface_reference(x2, kernel, labels2, m, h, s, t_alpha, mean, std)
     got2 = head(paddle.to_tensor(x2), paddle.to_tensor(labels2)).numpy()
@@ -58,8 +62,9 @@ def test_matches_formula_reference(m, h, s, t_alpha):
     # The margin changed the target logits only.
     cos = AdaMargin.forward(head, paddle.to_tensor(x2)).numpy()
     off_target = np.eye(C)[labels2] == 0
-    np.testing.assert_allclose(got2[off_target], s * np.clip(cos, -1 + 1e-3, 1 - 1e-3)[off_target], rtol=1e-5,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        got2[off_target], s * np.clip(cos, -1 + 1e-3, 1 - 1e-3)[off_target], rtol=1e-5, atol=1e-4
+    )
     assert np.abs(got2[~off_target] - s * cos[~off_target]).min() > 1e-3
 
 

@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import math
 
 import numpy as np
@@ -39,6 +41,7 @@ def _inputs(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, D))
     w = rng.standard_normal((D, C))
+
     # a unit vector orthogonal to x_i, to place column j at an exact angle from x_i
     def at_angle(i, theta):
         xi = _unit(x[i])

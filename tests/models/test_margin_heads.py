@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F

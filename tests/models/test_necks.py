@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -59,7 +61,9 @@ def test_bnneck_matches_paddle_batchnorm1d():
         (out_neck * g).sum().backward()
         (out_ref * g).sum().backward()
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(neck.feat_bn.weight.grad.numpy(), reference.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            neck.feat_bn.weight.grad.numpy(), reference.weight.grad.numpy(), rtol=1e-4, atol=1e-4
+        )
         neck.clear_gradients()
         reference.clear_gradients()
     for name in ("_mean", "_variance"):
@@ -97,7 +101,9 @@ STAGES = [(8, 16, 16), (16, 8, 8), (32, 3, 3)]  # (channels, H, W), finest first
 
 def _stage_maps(n=2, seed=0):
     rng = np.random.default_rng(seed)
-    return [paddle.to_tensor(rng.standard_normal((n, c, h, w)).astype("float32"), stop_gradient=False) for c, h, w in STAGES]
+    return [
+        paddle.to_tensor(rng.standard_normal((n, c, h, w)).astype("float32"), stop_gradient=False) for c, h, w in STAGES
+    ]
 
 
 def test_fpn_shape_and_gradients_reach_every_level():
@@ -125,7 +131,9 @@ def test_fpn_matches_a_direct_computation():
     p1 = lat[1].numpy() + p2.numpy()[:, :, idx][:, :, :, idx]
     idx = (np.arange(16) * 8) // 16
     p0 = lat[0].numpy() + p1[:, :, idx][:, :, :, idx]
-    pooled = [neck.smooth_convs[i](paddle.to_tensor(p)).numpy().mean(axis=(2, 3)) for i, p in enumerate([p0, p1, p2.numpy()])]
+    pooled = [
+        neck.smooth_convs[i](paddle.to_tensor(p)).numpy().mean(axis=(2, 3)) for i, p in enumerate([p0, p1, p2.numpy()])
+    ]
     expected = np.concatenate(pooled, axis=1) @ neck.fc.weight.numpy() + neck.fc.bias.numpy()
     np.testing.assert_allclose(neck(maps).numpy(), expected, rtol=1e-4, atol=1e-5)
 

@@ -87,12 +87,15 @@ def test_resnet_vd_matches_paddleclas(ppcls, depth, tmp_path):
     _compare_backbones(theirs, ResNetVd(depth=depth), tmp_path)
 
 
-@pytest.mark.parametrize("ours_cls,name,kwargs", [
-    (ArcMargin, "ArcMargin", {"margin": 0.2, "scale": 30.0}),
-    (ArcMargin, "ArcMargin", {"margin": 0.5, "scale": 64.0, "easy_margin": True}),
-    (CosMargin, "CosMargin", {"margin": 0.15, "scale": 64.0}),
-    (CircleMargin, "CircleMargin", {"margin": 0.25, "scale": 256.0}),
-])
+@pytest.mark.parametrize(
+    "ours_cls,name,kwargs",
+    [
+        (ArcMargin, "ArcMargin", {"margin": 0.2, "scale": 30.0}),
+        (ArcMargin, "ArcMargin", {"margin": 0.5, "scale": 64.0, "easy_margin": True}),
+        (CosMargin, "CosMargin", {"margin": 0.15, "scale": 64.0}),
+        (CircleMargin, "CircleMargin", {"margin": 0.25, "scale": 256.0}),
+    ],
+)
 def test_margin_heads_match_paddleclas_in_training(ppcls, ours_cls, name, kwargs, tmp_path):
     theirs = getattr(ppcls["gears"], name)(embedding_size=16, class_num=7, **kwargs)
     ours = ours_cls(embedding_size=16, class_num=7, **kwargs)
@@ -102,5 +105,4 @@ def test_margin_heads_match_paddleclas_in_training(ppcls, ours_cls, name, kwargs
     features = paddle.to_tensor(rng.standard_normal((6, 16)).astype("float32"))
     labels = paddle.to_tensor(rng.integers(0, 7, (6,)).astype("int64"))
     theirs.train(), ours.train()
-    np.testing.assert_allclose(ours(features, labels).numpy(), theirs(features, labels).numpy(),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ours(features, labels).numpy(), theirs(features, labels).numpy(), rtol=1e-5, atol=1e-4)

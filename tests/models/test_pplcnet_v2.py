@@ -2,20 +2,25 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import pytest
+from paddleclas_oracle import import_ppcls, randomise
 
 from recog.models.backbones.pplcnet_v2 import PPLCNetV2
 from recog.models.stop_layer import stop_layer_names, truncate_after
 from recog.models.weights import load_pretrained
-from paddleclas_oracle import import_ppcls, randomise
 
 
 @pytest.fixture(scope="module")
 def ppcls(tmp_path_factory):
-    return import_ppcls(tmp_path_factory.mktemp("paddleclas"), "arch.backbone.legendary_models.pp_lcnet_v2",
-                        "arch.backbone.variant_models.pp_lcnetv2_variant")
+    return import_ppcls(
+        tmp_path_factory.mktemp("paddleclas"),
+        "arch.backbone.legendary_models.pp_lcnet_v2",
+        "arch.backbone.variant_models.pp_lcnetv2_variant",
+    )
 
 
 def _images(size=64, n=2, seed=1):
@@ -48,7 +53,8 @@ def test_small_matches_paddleclas(ppcls, tmp_path):
 def test_base_shitu_variant_matches_paddleclas(ppcls, tmp_path):
     """PP-ShiTuV2's backbone: last stage at stride 1, biased last_conv, no ReLU after it."""
     theirs = ppcls["arch.backbone.variant_models.pp_lcnetv2_variant"].PPLCNetV2_base_ShiTu(
-        pretrained=False, class_expand=512)
+        pretrained=False, class_expand=512
+    )
     ours = PPLCNetV2(size="base", class_expand=512, shitu=True)
     theirs.eval()
     report = load_pretrained(ours, randomise(theirs, tmp_path / "shitu.pdparams", seed=2))
@@ -93,9 +99,14 @@ def test_stop_layers_by_name():
 
 def test_rep_fused_conv_is_frozen_and_the_rest_trains():
     model = PPLCNetV2(size="small", class_num=5)
-    frozen = [name for name, p in model.named_parameters() if p.stop_gradient and not name.endswith(("_mean", "_variance"))]
-    assert frozen == [f"stages.{s}.{b}.dw_conv.{p}" for s, b in [(2, 0), (2, 1), (2, 2), (2, 3), (3, 0), (3, 1)]
-                      for p in ("weight", "bias")]
+    frozen = [
+        name for name, p in model.named_parameters() if p.stop_gradient and not name.endswith(("_mean", "_variance"))
+    ]
+    assert frozen == [
+        f"stages.{s}.{b}.dw_conv.{p}"
+        for s, b in [(2, 0), (2, 1), (2, 2), (2, 3), (3, 0), (3, 1)]
+        for p in ("weight", "bias")
+    ]
     model.train()
     model(_images(size=32, n=4)).sum().backward()
     assert model.stages[2][0].dw_conv_list[1].conv.weight.grad is not None

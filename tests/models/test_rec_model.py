@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import pytest
@@ -32,8 +34,12 @@ def _labels(*values):
 @pytest.mark.parametrize("head", ["fc", "arcmargin", "none"])
 @pytest.mark.parametrize("neck", ["fc", "none"])
 def test_outputs(neck, head):
-    cfg = compose(SMALL + [f"neck={neck}", f"head={head}"] + (["neck.embedding_size=24"] if neck == "fc" else [])
-                  + ([] if head == "none" else ["head.class_num=6"]))
+    cfg = compose(
+        SMALL
+        + [f"neck={neck}", f"head={head}"]
+        + (["neck.embedding_size=24"] if neck == "fc" else [])
+        + ([] if head == "none" else ["head.class_num=6"])
+    )
     model = build_model(cfg)
     for training in (True, False):
         model.train() if training else model.eval()
@@ -91,8 +97,11 @@ def test_embedding_size():
 
 def test_stop_layer_inside_a_stage():
     for neck, width in (("none", 64 * 2 * 2), ("fc", 32)):
-        cfg = compose(SMALL + ["backbone.stop_layer=blocks5.2", f"neck={neck}", "head=arcmargin", "head.class_num=3"]
-                      + (["neck.embedding_size=32"] if neck == "fc" else []))
+        cfg = compose(
+            SMALL
+            + ["backbone.stop_layer=blocks5.2", f"neck={neck}", "head=arcmargin", "head.class_num=3"]
+            + (["neck.embedding_size=32"] if neck == "fc" else [])
+        )
         model = build_model(cfg)
         model.eval()
         out = model(_images(2))
@@ -127,8 +136,9 @@ PK = (0, 0, 1, 1, 2, 2)
 
 
 def test_build_loss_weighted_terms():
-    cfg = compose(["loss=ce_triplet", "loss.ce.weight=0.5", "loss.triplet_v2.weight=2.0",
-                   "loss.triplet_v2.fn.margin=0.3"])
+    cfg = compose(
+        ["loss=ce_triplet", "loss.ce.weight=0.5", "loss.triplet_v2.weight=2.0", "loss.triplet_v2.fn.margin=0.3"]
+    )
     loss_fn = build_loss(cfg)
     outputs, labels = _outputs(), _labels(*PK)
     values = loss_fn(outputs, labels)
@@ -166,8 +176,16 @@ def test_build_loss_weight_applies_to_single_term():
 
 
 def test_build_loss_term_options_reach_the_module():
-    loss_fn = build_loss(compose(["loss=ce_triplet", "loss.ce.fn.epsilon=0.1", "loss.triplet_v2.fn.margin=0.7",
-                                  "loss.triplet_v2.fn.normalize_feature=false"]))
+    loss_fn = build_loss(
+        compose(
+            [
+                "loss=ce_triplet",
+                "loss.ce.fn.epsilon=0.1",
+                "loss.triplet_v2.fn.margin=0.7",
+                "loss.triplet_v2.fn.normalize_feature=false",
+            ]
+        )
+    )
     assert loss_fn.terms["ce"].epsilon == 0.1
     assert loss_fn.terms["triplet_v2"].margin == 0.7 and loss_fn.terms["triplet_v2"].normalize_feature is False
 

@@ -1,5 +1,7 @@
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import functools
 import math
 
@@ -107,7 +109,7 @@ EXPECTED = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lazy_model(depth):
     """A default ResNetVd(depth) whose parameters are declared but never initialised
     (``LazyGuard``): enough for names and shapes, and fast even for depth 152."""
@@ -184,7 +186,7 @@ def test_vd_rule_placement():
                 assert block.short is None, i
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stage2_shortcut():
     return ResNetVd(50).blocks[3].short
 

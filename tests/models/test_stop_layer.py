@@ -1,5 +1,7 @@
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import pytest
@@ -45,7 +47,9 @@ def test_truncate_after_inner_block(model):
     full = PPLCNet(scale=0.25)
     full.set_state_dict(model.state_dict())
     full.eval()
-    expected = full.blocks5[2](full.blocks5[1](full.blocks5[0](full.blocks4(full.blocks3(full.blocks2(full.conv1(x)))))))
+    expected = full.blocks5[2](
+        full.blocks5[1](full.blocks5[0](full.blocks4(full.blocks3(full.blocks2(full.conv1(x))))))
+    )
 
     dropped = ("blocks5.3.", "blocks5.4.", "blocks5.5.", "blocks6.", "last_conv.", "fc.")
     kept = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(dropped)}

@@ -1,5 +1,7 @@
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import numpy as np
 import paddle
 import pytest

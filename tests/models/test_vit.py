@@ -2,12 +2,14 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import cv2
 import numpy as np
 import paddle
 import pytest
-
 from paddleclas_oracle import import_ppcls, randomise
+
 from recog.models.backbones.vit import DropPath, ViT
 from recog.models.stop_layer import stop_layer_names, truncate_after
 from recog.models.weights import load_pretrained
@@ -31,8 +33,9 @@ def _max_rel_diff(a, b):
 
 def test_tiny_matches_paddleclas(ppcls, tmp_path):
     """DeiT-Ti's configuration of PaddleClas's VisionTransformer, on 32x32 inputs (a 2x2 grid)."""
-    theirs = ppcls[VIT].VisionTransformer(img_size=32, patch_size=16, embed_dim=192, depth=12, num_heads=3,
-                                          mlp_ratio=4, qkv_bias=True, epsilon=1e-6)
+    theirs = ppcls[VIT].VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4, qkv_bias=True, epsilon=1e-6
+    )
     ours = ViT(size="tiny", patch_size=16, img_size=32)
     theirs.eval()
     report = load_pretrained(ours, randomise(theirs, tmp_path / "vit.pdparams"))
@@ -128,9 +131,10 @@ def test_drop_path_zeroes_whole_samples_and_rescales():
     np.testing.assert_array_equal(layer(paddle.ones([4, 3])).numpy(), np.ones((4, 3)))
 
 
-@pytest.mark.parametrize("kwargs, message", [({"size": "huge"}, "tiny, small, base"),
-                                             ({"drop_path": 1.0}, "drop_path"),
-                                             ({"pool": "max"}, "'cls' or 'mean'")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"size": "huge"}, "tiny, small, base"), ({"drop_path": 1.0}, "drop_path"), ({"pool": "max"}, "'cls' or 'mean'")],
+)
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ViT(img_size=32, **kwargs)

@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import logging
 import os
 import pickle
@@ -198,7 +200,9 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, protocol):
         pickle.dump(state, f, protocol=protocol)
     # the payload is real: a plain unpickle would run it
     assert f"{os.system.__module__}".encode() in path.read_bytes() and not marker.exists()
-    with pytest.raises(RecogError, match=rf"refusing to load .*evil\.pdparams: the file references {os.system.__module__}\.system"):
+    with pytest.raises(
+        RecogError, match=rf"refusing to load .*evil\.pdparams: the file references {os.system.__module__}\.system"
+    ):
         load_pretrained(Net(), path)
     assert not marker.exists()
 

@@ -61,8 +61,7 @@ def test_rerank_separate_gallery_and_query_expansion():
     expanded = query_expansion(q, g, k=3, alpha=0.0)
     reranked, _ = k_reciprocal_rerank(expanded, g, k1=6, k2=2, lambda_value=0.2, top_k=g.shape[0])
     expected = dense_metrics(reranked, ql, gl, [1, 3])
-    got = postprocessed_metrics(q, ql, g, gl, recall_at=(1, 3), qe_k=3, rerank_top_k=100, k1=6, k2=2,
-                                lambda_value=0.2)
+    got = postprocessed_metrics(q, ql, g, gl, recall_at=(1, 3), qe_k=3, rerank_top_k=100, k1=6, k2=2, lambda_value=0.2)
     _check(got, expected)
 
 

@@ -1,11 +1,10 @@
 """Query expansion against a dense NumPy reference; flip TTA averaging."""
 
-import recog  # noqa: F401
-
 import numpy as np
 import paddle
 import pytest
 
+import recog  # noqa: F401
 from recog.postprocess import average_flipped, hflip_images, query_expansion
 
 

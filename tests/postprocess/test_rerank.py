@@ -24,7 +24,7 @@ def dense_rerank(points, n_queries, gallery_ids, k1, k2, lam, self_match):
         rank[i] = np.concatenate([[i], rank[i][rank[i] != i]])
 
     def reciprocal(i, k):
-        return {j for j in rank[i, :k + 1] if i in rank[j, :k + 1]}
+        return {j for j in rank[i, : k + 1] if i in rank[j, : k + 1]}
 
     half = int(np.around(k1 / 2))
     V = np.zeros((n, n))
@@ -76,8 +76,7 @@ def test_separate_gallery_matches_dense_reference():
 def test_top_k_reorders_the_original_top_k_only():
     x = _clustered(80, seed=2)
     final, dist = dense_rerank(x, 20, np.arange(20, 80), 10, 4, 0.3, False)
-    indices, distances = k_reciprocal_rerank(x[:20], x[20:], k1=10, k2=4, lambda_value=0.3, top_k=15,
-                                             block_size=7)
+    indices, distances = k_reciprocal_rerank(x[:20], x[20:], k1=10, k2=4, lambda_value=0.3, top_k=15, block_size=7)
     assert indices.shape == (20, 15)
     for i in range(20):
         top = np.argsort(dist[i], kind="stable")[:15]
@@ -93,8 +92,9 @@ def test_block_size_does_not_change_results():
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"k1": 0}, "k1"), ({"lambda_value": 1.5}, "lambda"),
-                                             ({"top_k": 0}, "top_k")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"k1": 0}, "k1"), ({"lambda_value": 1.5}, "lambda"), ({"top_k": 0}, "top_k")]
+)
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         k_reciprocal_rerank(_clustered(10), None, **kwargs)

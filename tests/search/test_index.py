@@ -170,14 +170,17 @@ def clustered(rng, num_clusters=20, per_cluster=50, dim=32, noise=0.15):
     return x.astype(np.float32), labels
 
 
-@pytest.mark.parametrize("kind, binary, params", [
-    ("flat", False, {}),
-    ("ivf", False, {"nlist": 10, "nprobe": 3}),
-    ("hnsw", False, {"M": 16, "ef_search": 48}),
-    ("flat", True, {}),
-    ("ivf", True, {"nlist": 8, "nprobe": 2}),
-    ("hnsw", True, {"m": 8, "ef_search": 40}),
-])
+@pytest.mark.parametrize(
+    "kind, binary, params",
+    [
+        ("flat", False, {}),
+        ("ivf", False, {"nlist": 10, "nprobe": 3}),
+        ("hnsw", False, {"M": 16, "ef_search": 48}),
+        ("flat", True, {}),
+        ("ivf", True, {"nlist": 8, "nprobe": 2}),
+        ("hnsw", True, {"m": 8, "ef_search": 40}),
+    ],
+)
 def test_save_load_round_trip(tmp_path, kind, binary, params):
     rng = np.random.default_rng(6)
     features, labels = clustered(rng, per_cluster=30)
@@ -259,11 +262,25 @@ def _corrupt(directory, how):
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", [
-    "no manifest", "manifest not json", "manifest not an object", "wrong version", "bad kind",
-    "count mismatch", "labels mismatch", "paths mismatch", "dim mismatch", "binary flag flipped",
-    "kind mismatch", "no index file", "index file garbage", "index file truncated",
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "no manifest",
+        "manifest not json",
+        "manifest not an object",
+        "wrong version",
+        "bad kind",
+        "count mismatch",
+        "labels mismatch",
+        "paths mismatch",
+        "dim mismatch",
+        "binary flag flipped",
+        "kind mismatch",
+        "no index file",
+        "index file garbage",
+        "index file truncated",
+    ],
+)
 def test_load_bad_directory_raises_recog_error(tmp_path, how):
     rng = np.random.default_rng(8)
     directory = tmp_path / "idx"
@@ -309,7 +326,8 @@ def test_metrics_equal_retrieval_metrics_for_every_kind():
     # The approximate ivf search with a single probe differs from exact, the metrics do not.
     ivf = GalleryIndex.build(gallery, labels, kind="ivf", nlist=25, nprobe=1)
     assert ivf.metrics(queries, query_labels, recall_at=(2, 3)) == retrieval_metrics(
-        queries, query_labels, gallery, labels, recall_at=(2, 3))
+        queries, query_labels, gallery, labels, recall_at=(2, 3)
+    )
 
 
 def test_binary_metrics_equal_hamming_metrics():
@@ -381,11 +399,14 @@ def test_results_with_string_labels_round_trip(tmp_path):
 # ---------------------------------------------------------------------- approximate kinds
 
 
-@pytest.mark.parametrize("kind, params", [
-    ("ivf", {"nlist": 20, "nprobe": 4}),
-    ("ivf", {}),
-    ("hnsw", {"M": 16, "ef_search": 32}),
-])
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("ivf", {"nlist": 20, "nprobe": 4}),
+        ("ivf", {}),
+        ("hnsw", {"M": 16, "ef_search": 32}),
+    ],
+)
 def test_approximate_real_kinds_find_self(kind, params):
     rng = np.random.default_rng(16)
     gallery, labels = clustered(rng)

@@ -27,25 +27,45 @@ def images(tmp_path):
     magenta = write_image(tmp_path / "magenta.png", (255, 0, 255), size=(90, 30))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    return {"blue": blue, "yellow": yellow, "magenta": magenta, "broken": str(broken),
-            "missing": str(tmp_path / "missing.png")}
+    return {
+        "blue": blue,
+        "yellow": yellow,
+        "magenta": magenta,
+        "broken": str(broken),
+        "missing": str(tmp_path / "missing.png"),
+    }
 
 
 def test_grid_size_frames_and_colours(tmp_path, images):
     results = [
-        {"query": images["blue"], "label": 1, "results": [
-            {"path": images["yellow"], "label": 1, "score": 0.9, "rank": 1},
-            {"path": images["magenta"], "label": 2, "score": 0.5, "rank": 2},
-            {"path": images["broken"], "label": 1, "score": 0.1, "rank": 3},
-        ]},
-        {"query": images["missing"], "label": 2, "results": [
-            {"path": images["blue"], "label": 1, "score": 0.8, "rank": 1},
-        ]},
+        {
+            "query": images["blue"],
+            "label": 1,
+            "results": [
+                {"path": images["yellow"], "label": 1, "score": 0.9, "rank": 1},
+                {"path": images["magenta"], "label": 2, "score": 0.5, "rank": 2},
+                {"path": images["broken"], "label": 1, "score": 0.1, "rank": 3},
+            ],
+        },
+        {
+            "query": images["missing"],
+            "label": 2,
+            "results": [
+                {"path": images["blue"], "label": 1, "score": 0.8, "rank": 1},
+            ],
+        },
     ]
     thumb, border, k = 64, 4, 4
     tile = thumb + 2 * border
-    out = retrieval_grid([r["query"] for r in results], results, tmp_path / "sub" / "grid.png",
-                         k=k, thumb=thumb, query_labels=[1, 2], border=border)
+    out = retrieval_grid(
+        [r["query"] for r in results],
+        results,
+        tmp_path / "sub" / "grid.png",
+        k=k,
+        thumb=thumb,
+        query_labels=[1, 2],
+        border=border,
+    )
     assert out == str(tmp_path / "sub" / "grid.png")
     image = cv2.imread(out, cv2.IMREAD_COLOR)
     assert image is not None
@@ -88,8 +108,9 @@ def test_unknown_labels_give_no_frames_and_text_is_optional(tmp_path, images):
     # Without text the bottom of the thumbnail is the image itself.
     assert pixel(image, 0, 1, tile, 3 + 38, 3 + 20) == (0, 255, 255)
     # Labels known on one side only: still no frame.
-    out = retrieval_grid([images["blue"]], results, tmp_path / "b.png", k=2, thumb=40, border=3,
-                         query_labels=[3], text=True)
+    out = retrieval_grid(
+        [images["blue"]], results, tmp_path / "b.png", k=2, thumb=40, border=3, query_labels=[3], text=True
+    )
     image = cv2.imread(out)
     assert pixel(image, 0, 1, tile, 0, 0) == GREEN
     assert pixel(image, 0, 2, tile, 0, 0) == BACKGROUND

@@ -12,16 +12,23 @@ import pytest
 import recog
 from recog.api import load_splits
 from recog.errors import ConfigError
+from recog.evaluation import Evaluator
 from recog.metrics import retrieval_metrics
 from recog.postprocess import average_flipped
 from recog.postprocess.metrics import postprocessed_metrics
 from recog.postprocess.settings import PostProcess
 from recog.stages import evaluate
-from recog.evaluation import Evaluator
 from recog.utils import checkpoint
 
-TINY = ["backbone.scale=0.25", "data.image_size=16", "neck.embedding_size=16", "head.class_num=5",
-        "data.num_workers=0", "eval.engine=dygraph", "mlflow.enabled=false"]
+TINY = [
+    "backbone.scale=0.25",
+    "data.image_size=16",
+    "neck.embedding_size=16",
+    "head.class_num=5",
+    "data.num_workers=0",
+    "eval.engine=dygraph",
+    "mlflow.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +45,9 @@ def trained(tmp_path_factory):
     sop_test.write_text("\n".join(rows[:1] + rows[1::4]) + "\n")
     paddle.seed(0)
     model = recog.build_model(cfg)
-    path = checkpoint.save_checkpoint(root / "run" / "best_model", model, cfg,
-                                      {"epoch": 1, "mlflow_run_id": "0123456789abcdef0123456789abcdef"})
+    path = checkpoint.save_checkpoint(
+        root / "run" / "best_model", model, cfg, {"epoch": 1, "mlflow_run_id": "0123456789abcdef0123456789abcdef"}
+    )
     model.eval()
     loader = Evaluator(load_splits(cfg), cfg.data, cfg.eval).query
     plain, mirrored, labels = [], [], []
@@ -77,14 +85,27 @@ def test_eval_flip_averages_the_features_of_each_image_and_its_mirror(trained, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options, by_hand", [
-    (["eval.query_expansion=3"], dict(qe_k=3)),
-    (["eval.query_expansion=4", "eval.qe_alpha=3.0"], dict(qe_k=4, qe_alpha=3.0)),
-    (["eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_k2=3", "eval.rerank_lambda=0.4",
-      "eval.rerank_top_k=40"], dict(rerank_top_k=40, k1=8, k2=3, lambda_value=0.4)),
-    (["eval.query_expansion=2", "eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_top_k=30"],
-     dict(qe_k=2, rerank_top_k=30, k1=8)),
-])
+@pytest.mark.parametrize(
+    "options, by_hand",
+    [
+        (["eval.query_expansion=3"], dict(qe_k=3)),
+        (["eval.query_expansion=4", "eval.qe_alpha=3.0"], dict(qe_k=4, qe_alpha=3.0)),
+        (
+            [
+                "eval.rerank=k_reciprocal",
+                "eval.rerank_k1=8",
+                "eval.rerank_k2=3",
+                "eval.rerank_lambda=0.4",
+                "eval.rerank_top_k=40",
+            ],
+            dict(rerank_top_k=40, k1=8, k2=3, lambda_value=0.4),
+        ),
+        (
+            ["eval.query_expansion=2", "eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_top_k=30"],
+            dict(qe_k=2, rerank_top_k=30, k1=8),
+        ),
+    ],
+)
 def test_eval_query_expansion_and_rerank_equal_recog_postprocess_by_hand(trained, tmp_path, options, by_hand):
     root, path, plain, _, labels = trained
     metrics = _eval_stage(root, path, tmp_path, *options)
@@ -94,13 +115,16 @@ def test_eval_query_expansion_and_rerank_equal_recog_postprocess_by_hand(trained
     assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)  # the option did something
 
 
-@pytest.mark.parametrize("option, message", [
-    ("eval.query_expansion=-1", "eval.query_expansion"),
-    ("eval.qe_alpha=-0.5", "eval.qe_alpha"),
-    ("eval.rerank_k1=0", "eval.rerank_k1"),
-    ("eval.rerank_top_k=0", "eval.rerank_top_k"),
-    ("eval.rerank_lambda=1.5", "eval.rerank_lambda"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("eval.query_expansion=-1", "eval.query_expansion"),
+        ("eval.qe_alpha=-0.5", "eval.qe_alpha"),
+        ("eval.rerank_k1=0", "eval.rerank_k1"),
+        ("eval.rerank_top_k=0", "eval.rerank_top_k"),
+        ("eval.rerank_lambda=1.5", "eval.rerank_lambda"),
+    ],
+)
 def test_out_of_range_post_processing_values_are_refused(option, message):
     with pytest.raises(ConfigError, match=message):
         recog.compose([option])

@@ -6,20 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
 from mlflow.tracking import MlflowClient
 
 import recog
 from recog.api import load_splits
 from recog.data import build_eval_loader, build_transform
 from recog.errors import ConfigError, RecogError
+from recog.evaluation import extract_features
 from recog.inference import ExportedModel
 from recog.inference import export as export_lib
 from recog.inference.export import onnx_features
 from recog.metrics import binarize
 from recog.stages import export, train
-from recog.evaluation import extract_features
 from recog.utils import checkpoint
-import warm_python
 
 pytestmark = pytest.mark.xdist_group("test_export")  # one xdist worker trains the module's runs once
 
@@ -28,9 +28,17 @@ BACKBONES = {
     "pplcnet": ["backbone.scale=0.25"],
     "resnet_vd": ["backbone=resnet_vd", "backbone.depth=18"],
 }
-TINY = ["data.image_size=32", "data.num_workers=0", "data.batch_size=20", "neck.embedding_size=32",
-        "trainer.epochs=1", "trainer.steps_per_epoch=1", "trainer.log_every=1", "mlflow.experiment_name=export",
-        "export.after_train=false"]  # each test exports as it needs
+TINY = [
+    "data.image_size=32",
+    "data.num_workers=0",
+    "data.batch_size=20",
+    "neck.embedding_size=32",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=1",
+    "trainer.log_every=1",
+    "mlflow.experiment_name=export",
+    "export.after_train=false",
+]  # each test exports as it needs
 
 
 def _client(root) -> MlflowClient:
@@ -44,8 +52,12 @@ def digits(tmp_path_factory):
     splits = recog.data.load_digits(str(root))
     for name, samples in (("train.txt", splits.train[::4]), ("query.txt", splits.query[::20])):
         (root / name).write_text("".join(f"{Path(s.path).relative_to(root)} {s.label}\n" for s in samples))
-    return ["dataset=image_list", f"dataset.root={root}", "dataset.train_list=train.txt",
-            "dataset.query_list=query.txt"]
+    return [
+        "dataset=image_list",
+        f"dataset.root={root}",
+        "dataset.train_list=train.txt",
+        "dataset.query_list=query.txt",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +72,12 @@ def trained(tmp_path_factory, digits, store):
     runs = {}
     for name, overrides in BACKBONES.items():
         root = tmp_path_factory.mktemp(name)
-        overrides = overrides + TINY + digits + [f"paths.output_root={root}",
-                                                 f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db"]
+        overrides = (
+            overrides
+            + TINY
+            + digits
+            + [f"paths.output_root={root}", f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db"]
+        )
         train.run(recog.compose(overrides), root / "run")
         runs[name] = (root, overrides)
     return runs
@@ -92,8 +108,9 @@ def test_exported_features_equal_dygraph_eval_features(trained, backbone):
 
     out = root / "run" / "export"  # default: beside best_model/
     assert report["output_dir"] == str(out.resolve()) and report["passed"] is True
-    assert {"inference.json", "inference.pdiparams", "preprocess.json", "export_report.json", "model.onnx"} <= \
-        {p.name for p in out.iterdir()}
+    assert {"inference.json", "inference.pdiparams", "preprocess.json", "export_report.json", "model.onnx"} <= {
+        p.name for p in out.iterdir()
+    }
     assert not list(out.parent.glob(".export*"))  # no temporary directory left behind
     saved = json.loads((out / "export_report.json").read_text())
     assert saved["max_abs_diff"] == report["max_abs_diff"]
@@ -122,7 +139,9 @@ def test_exported_features_equal_dygraph_eval_features(trained, backbone):
     assert preprocess["mean"] == list(trained_cfg.data.mean) and preprocess["std"] == list(trained_cfg.data.std)
     assert preprocess["normalize"] is True and preprocess["binarize"] is None
     assert preprocess["model"]["backbone"] == trained_cfg.backbone._target_
-    assert preprocess["model"]["head"] == "recog.models.heads.ArcMargin" and preprocess["model"]["head_exported"] is False
+    assert (
+        preprocess["model"]["head"] == "recog.models.heads.ArcMargin" and preprocess["model"]["head_exported"] is False
+    )
     assert preprocess["model_path"] == str(model_path.resolve())
     assert preprocess["runtime"] == {"cpu_onednn": "full"} and exported.onednn == "full"
 
@@ -138,8 +157,10 @@ def test_export_is_an_artifact_of_the_training_run_whose_status_is_unchanged(tra
     client.set_terminated(run_id, status="KILLED")  # whatever it was, export must leave it so
     runs_before = len(client.search_runs([experiment.experiment_id]))
 
-    cfg = recog.compose(overrides + ["stage=export", f"model_path={model_path}", f"export.output_dir={root / 'exp2'}",
-                                     "export.cpu_onednn=full"])
+    cfg = recog.compose(
+        overrides
+        + ["stage=export", f"model_path={model_path}", f"export.output_dir={root / 'exp2'}", "export.cpu_onednn=full"]
+    )
     report = export.run(cfg, root / "export_job2")
 
     run = client.get_run(run_id)
@@ -147,8 +168,12 @@ def test_export_is_an_artifact_of_the_training_run_whose_status_is_unchanged(tra
     assert report["mlflow_run_id"] == run_id
     assert run.data.tags["recog.export_dir"] == str((root / "exp2").resolve())
     files = {a.path for a in client.list_artifacts(run_id, "export")}
-    assert {"export/inference.json", "export/inference.pdiparams", "export/preprocess.json",
-            "export/export_report.json"} <= files
+    assert {
+        "export/inference.json",
+        "export/inference.pdiparams",
+        "export/preprocess.json",
+        "export/export_report.json",
+    } <= files
     assert len(client.search_runs([experiment.experiment_id])) == runs_before  # no extra run
     local = Path(client.download_artifacts(run_id, "export/preprocess.json", str(root)))
     assert json.loads(local.read_text())["model_path"] == str(model_path.resolve())
@@ -156,20 +181,39 @@ def test_export_is_an_artifact_of_the_training_run_whose_status_is_unchanged(tra
 
 def _untrained_best_model(tmp_path, extra=()):
     """A best_model/ with random weights (no training): for what does not depend on the weights."""
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=16", "head.class_num=5",
-                         "data.num_workers=0", f"paths.output_root={tmp_path}", *extra])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=32",
+            "neck.embedding_size=16",
+            "head.class_num=5",
+            "data.num_workers=0",
+            f"paths.output_root={tmp_path}",
+            *extra,
+        ]
+    )
     model = recog.build_model(cfg)
-    path = checkpoint.save_checkpoint(tmp_path / "run" / "best_model", model, cfg,
-                                      {"epoch": 1, "mlflow_run_id": "0123456789abcdef0123456789abcdef"})
+    path = checkpoint.save_checkpoint(
+        tmp_path / "run" / "best_model", model, cfg, {"epoch": 1, "mlflow_run_id": "0123456789abcdef0123456789abcdef"}
+    )
     return path, cfg, model
 
 
 @pytest.mark.slow
 def test_without_the_training_run_in_the_store_a_new_export_run_is_logged(tmp_path, digits, store):
     model_path, _, _ = _untrained_best_model(tmp_path)  # its state.json names a run id the store does not hold
-    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}",
-                         f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", "data.num_workers=0",
-                         "mlflow.experiment_name=exports", "export.cpu_onednn=full", *digits])
+    cfg = recog.compose(
+        [
+            "stage=export",
+            f"model_path={model_path}",
+            f"paths.output_root={tmp_path}",
+            f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db",
+            "data.num_workers=0",
+            "mlflow.experiment_name=exports",
+            "export.cpu_onednn=full",
+            *digits,
+        ]
+    )
     export.run(cfg, tmp_path / "job")
     client = _client(store)
     (run,) = client.search_runs([client.get_experiment_by_name("exports").experiment_id])
@@ -182,9 +226,17 @@ def test_without_the_training_run_in_the_store_a_new_export_run_is_logged(tmp_pa
 def test_binarized_model_exports_real_features_and_predict_applies_the_method(tmp_path):
     model_path, cfg, model = _untrained_best_model(tmp_path, ["neck=tanh", "eval.binarize=sign"])
     # No readable dataset: the check falls back to random input.
-    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}",
-                         "dataset=sop", f"dataset.root={tmp_path / 'no_sop'}", "mlflow.enabled=false",
-                         "export.cpu_onednn=full"])
+    cfg = recog.compose(
+        [
+            "stage=export",
+            f"model_path={model_path}",
+            f"paths.output_root={tmp_path}",
+            "dataset=sop",
+            f"dataset.root={tmp_path / 'no_sop'}",
+            "mlflow.enabled=false",
+            "export.cpu_onednn=full",
+        ]
+    )
     report = export.run(cfg, tmp_path / "job")
     assert report["check_input"]["source"].startswith("random input") and report["passed"] is True
     exported = ExportedModel(tmp_path / "run" / "export", device="cpu")
@@ -203,9 +255,17 @@ def test_a_model_that_crashes_full_onednn_falls_back_to_a_working_mode(tmp_path)
     """Paddle 3.3's oneDNN batch norm without affine parameters (BNNeck) kills the process: the probe
     runs in a child process, so the export survives, records a mode that works, and it reproduces the model."""
     model_path, _, model = _untrained_best_model(tmp_path, ["neck=bnneck"])
-    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}",
-                         "dataset=sop", f"dataset.root={tmp_path / 'no_sop'}", "mlflow.enabled=false",
-                         "export.check_images=4"])
+    cfg = recog.compose(
+        [
+            "stage=export",
+            f"model_path={model_path}",
+            f"paths.output_root={tmp_path}",
+            "dataset=sop",
+            f"dataset.root={tmp_path / 'no_sop'}",
+            "mlflow.enabled=false",
+            "export.check_images=4",
+        ]
+    )
     report = export.run(cfg, tmp_path / "job")
     assert report["cpu_onednn"] in ("no_placement", "off") and report["cpu_onednn_attempts"]["full"] != "ok"
     exported = ExportedModel(tmp_path / "run" / "export", device="cpu")
@@ -217,8 +277,16 @@ def test_a_model_that_crashes_full_onednn_falls_back_to_a_working_mode(tmp_path)
 @pytest.mark.slow
 def test_a_failed_check_keeps_the_previous_export_and_says_by_how_much(tmp_path, monkeypatch, digits):
     model_path, _, _ = _untrained_best_model(tmp_path)
-    args = ["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}", "data.num_workers=0",
-            "mlflow.enabled=false", "export.cpu_onednn=full", "export.check_images=3", *digits]
+    args = [
+        "stage=export",
+        f"model_path={model_path}",
+        f"paths.output_root={tmp_path}",
+        "data.num_workers=0",
+        "mlflow.enabled=false",
+        "export.cpu_onednn=full",
+        "export.check_images=3",
+        *digits,
+    ]
     out = tmp_path / "run" / "export"  # an earlier export (as written before manifests), to be kept
     out.mkdir()
     (out / "preprocess.json").write_text('{"format": "recog-export", "earlier": true}')
@@ -237,8 +305,15 @@ def test_output_dir_that_is_not_an_export_is_not_replaced(tmp_path):
     keep = tmp_path / "precious"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
-    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"export.output_dir={keep}",
-                         f"paths.output_root={tmp_path}", "mlflow.enabled=false"])
+    cfg = recog.compose(
+        [
+            "stage=export",
+            f"model_path={model_path}",
+            f"export.output_dir={keep}",
+            f"paths.output_root={tmp_path}",
+            "mlflow.enabled=false",
+        ]
+    )
     with pytest.raises(ConfigError, match="not a recog export .*notes.txt"):
         export.run(cfg, tmp_path / "job")
     assert (keep / "notes.txt").read_text() == "mine"
@@ -253,9 +328,22 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
     files = {"preprocess.json": '{"format": "recog-export"}', "notes.txt": "mine", "sub/data.bin": "x"}
     for name, text in files.items():
         (keep / name).write_text(text)
-    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
-                             f"export.output_dir={keep}", f"paths.output_root={tmp_path}", "mlflow.enabled=false",
-                             f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            warm_python.python(),
+            str(ROOT / "run.py"),
+            "stage=export",
+            f"model_path={model_path}",
+            f"export.output_dir={keep}",
+            f"paths.output_root={tmp_path}",
+            "mlflow.enabled=false",
+            f"hydra.run.dir={tmp_path / 'cli'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output
     assert "is not a recog export" in output and "notes.txt" in output
@@ -266,12 +354,24 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
 def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_path):
     model_path, _, _ = _untrained_best_model(tmp_path)
     out = tmp_path / "out"
-    cfg = recog.compose(["stage=export", f"model_path={model_path}", f"export.output_dir={out}",
-                         f"paths.output_root={tmp_path}", "mlflow.enabled=false", "export.cpu_onednn=full"])
+    cfg = recog.compose(
+        [
+            "stage=export",
+            f"model_path={model_path}",
+            f"export.output_dir={out}",
+            f"paths.output_root={tmp_path}",
+            "mlflow.enabled=false",
+            "export.cpu_onednn=full",
+        ]
+    )
     export.run(cfg, tmp_path / "job")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "export" and set(manifest["files"]) == {
-        "inference.json", "inference.pdiparams", "preprocess.json", "export_report.json"}
+        "inference.json",
+        "inference.pdiparams",
+        "preprocess.json",
+        "export_report.json",
+    }
     export.run(cfg, tmp_path / "job")  # an earlier export with nothing else: replaced
     (out / "my_gallery.index").write_bytes(b"user data")
     with pytest.raises(ConfigError, match="files its manifest.json does not list: my_gallery.index"):
@@ -289,9 +389,20 @@ def test_model_path_without_weights_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="needs a trained model"):
         export.run(recog.compose(["stage=export", f"paths.output_root={tmp_path}"]), tmp_path / "job")
 
-    result = subprocess.run([warm_python.python(), str(ROOT / "run.py"), "stage=export", f"model_path={model_path}",
-                             f"paths.output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'cli'}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            warm_python.python(),
+            str(ROOT / "run.py"),
+            "stage=export",
+            f"model_path={model_path}",
+            f"paths.output_root={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'cli'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     output = result.stdout + result.stderr
     assert "Traceback" not in output and "model.safetensors" in output and "best_model" in output

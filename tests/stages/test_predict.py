@@ -17,8 +17,15 @@ from recog.stages import predict
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_export")
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=24", "head.class_num=5",
-                         f"paths.output_root={root}"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=32",
+            "neck.embedding_size=24",
+            "head.class_num=5",
+            f"paths.output_root={root}",
+        ]
+    )
     images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     export_model(recog.build_model(cfg), cfg, root / "export", images, cpu_onednn="full")
     return root / "export"
@@ -32,7 +39,7 @@ def _images(folder, count, seed, label_of=lambda i: i % 3):
     for i in range(count):
         image = (rng.random((20, 20, 3)) * 40).astype(np.uint8)
         c = label_of(i)
-        image[2 + 5 * c:8 + 5 * c, 4:16] = 255
+        image[2 + 5 * c : 8 + 5 * c, 4:16] = 255
         cv2.imwrite(str(folder / f"{i:03d}.png"), image)
         lines.append(f"{folder.name}/{i:03d}.png {c}")
     (folder.parent / f"{folder.name}.txt").write_text("\n".join(lines) + "\n")
@@ -40,8 +47,9 @@ def _images(folder, count, seed, label_of=lambda i: i % 3):
 
 
 def _cfg(tmp_path, export_dir, *overrides):
-    return recog.compose([f"paths.output_root={tmp_path}", "mlflow.enabled=false",
-                          f"predict.model_dir={export_dir}", *overrides])
+    return recog.compose(
+        [f"paths.output_root={tmp_path}", "mlflow.enabled=false", f"predict.model_dir={export_dir}", *overrides]
+    )
 
 
 @pytest.mark.slow
@@ -49,8 +57,9 @@ def test_folder_with_corrupt_and_non_image_files_is_extracted_and_both_are_named
     _images(tmp_path / "imgs", 5, seed=0)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "imgs" / "notes.jpg").write_text("not an image at all")
-    summary = predict.run(_cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'imgs'}", "predict.batch_size=3"),
-                          tmp_path / "out")
+    summary = predict.run(
+        _cfg(tmp_path, export_dir, f"predict.input={tmp_path / 'imgs'}", "predict.batch_size=3"), tmp_path / "out"
+    )
     assert summary == {"images": 7, "extracted": 5, "failed": 2}
     features = np.load(tmp_path / "out" / "features.npy")
     manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
@@ -66,8 +75,14 @@ def test_folder_with_corrupt_and_non_image_files_is_extracted_and_both_are_named
 @pytest.mark.slow
 def test_gallery_search_results_metrics_and_picture(tmp_path, export_dir):
     queries, gallery = _images(tmp_path / "q", 6, seed=1), _images(tmp_path / "g", 9, seed=2)
-    cfg = _cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}", "predict.top_k=4",
-               "predict.picture_queries=3")
+    cfg = _cfg(
+        tmp_path,
+        export_dir,
+        f"predict.input={queries}",
+        f"predict.gallery={gallery}",
+        "predict.top_k=4",
+        "predict.picture_queries=3",
+    )
     summary = predict.run(cfg, tmp_path / "out")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(results) == 6 and all(len(r["results"]) == 4 for r in results)
@@ -98,18 +113,29 @@ def test_adding_to_a_gallery_extracts_only_new_images_and_equals_a_rebuild(tmp_p
 
     extracted = []
     real_extract = predict.extract
-    monkeypatch.setattr(predict, "extract", lambda model, items, *a: extracted.append(len(items)) or real_extract(model, items, *a))
+    monkeypatch.setattr(
+        predict, "extract", lambda model, items, *a: extracted.append(len(items)) or real_extract(model, items, *a)
+    )
     predict.run(_cfg(tmp_path, export_dir, *base, f"predict.gallery={gallery}"), tmp_path / "b")
     assert extracted == [3, 3]  # the 3 queries, then only the 3 new gallery images
     grown = GalleryIndex.load(index_dir)
-    predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}",
-                     f"predict.index_dir={tmp_path / 'rebuilt'}"), tmp_path / "c")
+    predict.run(
+        _cfg(
+            tmp_path,
+            export_dir,
+            f"predict.input={queries}",
+            f"predict.gallery={gallery}",
+            f"predict.index_dir={tmp_path / 'rebuilt'}",
+        ),
+        tmp_path / "c",
+    )
     rebuilt = GalleryIndex.load(tmp_path / "rebuilt")
     assert grown.paths == rebuilt.paths and grown.ntotal == 8
     # Batches of 5 + 3 images vs one of 8: the predictor's kernels may differ in the last bits by batch size.
     np.testing.assert_allclose(grown.gallery_vectors(), rebuilt.gallery_vectors(), rtol=0, atol=1e-6)
-    assert _rounded(json.loads((tmp_path / "b" / "results.json").read_text())) == \
-        _rounded(json.loads((tmp_path / "c" / "results.json").read_text()))
+    assert _rounded(json.loads((tmp_path / "b" / "results.json").read_text())) == _rounded(
+        json.loads((tmp_path / "c" / "results.json").read_text())
+    )
 
 
 def _rounded(value, digits: int = 5):
@@ -158,7 +184,9 @@ def test_mixed_labelled_and_unlabelled_queries_get_results_their_labels_and_no_m
     queries.write_text("\n".join([lines[0].split()[0]] + lines[1:]) + "\n")  # the first line without a label
     gallery = _images(tmp_path / "g", 6, seed=2)
     with caplog.at_level("WARNING"):
-        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out")
+        predict.run(
+            _cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out"
+        )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["label"] for r in results] == [None, 1, 2, 0]
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -185,7 +213,9 @@ def test_duplicate_gallery_lines_are_reported(tmp_path, export_dir):
     gallery = _images(tmp_path / "g", 3, seed=2)
     gallery.write_text(gallery.read_text() + "g/001.png 1\n")
     with pytest.raises(DataError, match=r"line 4: 'g/001.png' is listed again \(first on line 2\)"):
-        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out")
+        predict.run(
+            _cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}"), tmp_path / "out"
+        )
 
 
 @pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd"])
@@ -200,9 +230,25 @@ def test_extending_a_labelled_index_with_unlabelled_images_is_a_message(tmp_path
     queries = _images(tmp_path / "q", 2, seed=1)
     gallery = _images(tmp_path / "g", 4, seed=2)
     index_dir = tmp_path / "index"
-    predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={gallery}",
-                     f"predict.index_dir={index_dir}"), tmp_path / "a")
+    predict.run(
+        _cfg(
+            tmp_path,
+            export_dir,
+            f"predict.input={queries}",
+            f"predict.gallery={gallery}",
+            f"predict.index_dir={index_dir}",
+        ),
+        tmp_path / "a",
+    )
     _images(tmp_path / "more", 2, seed=3)
     with pytest.raises(DataError, match="has labels, the new images"):
-        predict.run(_cfg(tmp_path, export_dir, f"predict.input={queries}", f"predict.gallery={tmp_path / 'more'}",
-                         f"predict.index_dir={index_dir}"), tmp_path / "b")
+        predict.run(
+            _cfg(
+                tmp_path,
+                export_dir,
+                f"predict.input={queries}",
+                f"predict.gallery={tmp_path / 'more'}",
+                f"predict.index_dir={index_dir}",
+            ),
+            tmp_path / "b",
+        )

@@ -19,8 +19,15 @@ from recog.stages import predict
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_post_export")
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=24", "head.class_num=5",
-                         f"paths.output_root={root}"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=32",
+            "neck.embedding_size=24",
+            "head.class_num=5",
+            f"paths.output_root={root}",
+        ]
+    )
     images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     export_model(recog.build_model(cfg), cfg, root / "export", images, cpu_onednn="full")
     return root / "export"
@@ -35,7 +42,7 @@ def _images(folder, count, seed):
     for i in range(count):
         image = (rng.random((20, 20, 3)) * 60).astype(np.uint8)
         c = i % 3
-        image[2 + 5 * c:8 + 5 * c, 2:9 + 3 * c] = 255
+        image[2 + 5 * c : 8 + 5 * c, 2 : 9 + 3 * c] = 255
         cv2.imwrite(str(folder / f"{i:03d}.png"), image)
         lines.append(f"{folder.name}/{i:03d}.png {c}")
     (folder.parent / f"{folder.name}.txt").write_text("\n".join(lines) + "\n")
@@ -44,9 +51,18 @@ def _images(folder, count, seed):
 
 def _run(tmp_path, export_dir, out, *overrides):
     queries, gallery = _images(tmp_path / "q", 8, seed=1), _images(tmp_path / "g", 15, seed=2)
-    cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.enabled=false", f"predict.model_dir={export_dir}",
-                         f"predict.input={queries}", f"predict.gallery={gallery}", "predict.top_k=6",
-                         "predict.picture_queries=0", *overrides])
+    cfg = recog.compose(
+        [
+            f"paths.output_root={tmp_path}",
+            "mlflow.enabled=false",
+            f"predict.model_dir={export_dir}",
+            f"predict.input={queries}",
+            f"predict.gallery={gallery}",
+            "predict.top_k=6",
+            "predict.picture_queries=0",
+            *overrides,
+        ]
+    )
     summary = predict.run(cfg, tmp_path / out)
     results = json.loads((tmp_path / out / "results.json").read_text())
     q = np.load(tmp_path / out / "features.npy")
@@ -67,8 +83,9 @@ def test_predict_with_rerank_returns_the_reranked_order(tmp_path, export_dir):
     plain = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :6]
     assert (expected[:, :6] != plain).any()  # re-ranking changed some order
     metrics = json.loads((tmp_path / "rerank" / "metrics.json").read_text())
-    assert metrics == postprocessed_metrics(q, [r["label"] for r in results], g, index.labels, rerank_top_k=100,
-                                            k1=4, k2=2, lambda_value=0.2)
+    assert metrics == postprocessed_metrics(
+        q, [r["label"] for r in results], g, index.labels, rerank_top_k=100, k1=4, k2=2, lambda_value=0.2
+    )
     assert summary["metrics"] == metrics
 
 
@@ -77,8 +94,9 @@ def test_predict_with_query_expansion_searches_with_the_expanded_queries(tmp_pat
     _, results, q, index = _run(tmp_path, export_dir, "qe", "eval.query_expansion=2", "eval.qe_alpha=1.0")
     g = index.gallery_vectors()
     expected = index.results(query_expansion(q, g, k=2, alpha=1.0), 6)
-    assert [[r["index"] for r in row["results"]] for row in results] == \
-        [[r["index"] for r in row["results"]] for row in expected]
+    assert [[r["index"] for r in row["results"]] for row in results] == [
+        [r["index"] for r in row["results"]] for row in expected
+    ]
     assert np.array_equal(np.load(tmp_path / "qe" / "features.npy"), q)  # the saved features are not expanded
 
 
@@ -86,11 +104,13 @@ def test_predict_with_flip_averages_image_and_mirror_features(tmp_path, export_d
     _, _, q, index = _run(tmp_path, export_dir, "flip", "eval.flip=true")
     model = ExportedModel(export_dir)
     paths = sorted((tmp_path / "q").glob("*.png"))
-    images = np.stack([preprocess_image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), model.preprocess)
-                       for p in paths])
+    images = np.stack(
+        [preprocess_image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), model.preprocess) for p in paths]
+    )
     plain = model.predict(images)
-    expected = average_flipped(plain, model.predict(np.ascontiguousarray(images[..., ::-1])),
-                               normalize=bool(model.preprocess["normalize"]))
+    expected = average_flipped(
+        plain, model.predict(np.ascontiguousarray(images[..., ::-1])), normalize=bool(model.preprocess["normalize"])
+    )
     np.testing.assert_allclose(q, expected, atol=1e-5)
     assert not np.allclose(q, plain, atol=1e-3)
     assert index.ntotal == 15
@@ -98,12 +118,28 @@ def test_predict_with_flip_averages_image_and_mirror_features(tmp_path, export_d
 
 @pytest.mark.slow
 def test_predict_post_processing_of_binary_codes_is_refused(tmp_path):
-    cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck=tanh", "neck.embedding_size=16",
-                         "head=none", "eval.binarize=sign", f"paths.output_root={tmp_path}"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=32",
+            "neck=tanh",
+            "neck.embedding_size=16",
+            "head=none",
+            "eval.binarize=sign",
+            f"paths.output_root={tmp_path}",
+        ]
+    )
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     export_model(recog.build_model(cfg), cfg, tmp_path / "export", images, cpu_onednn="full")
     _images(tmp_path / "q", 2, seed=0)
-    cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.enabled=false",
-                         f"predict.model_dir={tmp_path / 'export'}", f"predict.input={tmp_path / 'q'}", "eval.flip=true"])
+    cfg = recog.compose(
+        [
+            f"paths.output_root={tmp_path}",
+            "mlflow.enabled=false",
+            f"predict.model_dir={tmp_path / 'export'}",
+            f"predict.input={tmp_path / 'q'}",
+            "eval.flip=true",
+        ]
+    )
     with pytest.raises(ConfigError, match="binary codes"):
         predict.run(cfg, tmp_path / "out")

@@ -15,9 +15,16 @@ from recog.stages import train
 from recog.utils import checkpoint
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
-TINY = ["data.image_size=32", "data.batch_size=10", "data.samples_per_class=2",
-        "data.num_workers=0", "trainer.epochs=1", "trainer.steps_per_epoch=2", "mlflow.enabled=false",
-        "export.after_train=false"]
+TINY = [
+    "data.image_size=32",
+    "data.batch_size=10",
+    "data.samples_per_class=2",
+    "data.num_workers=0",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=2",
+    "mlflow.enabled=false",
+    "export.after_train=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,9 @@ def shrink(cfg) -> list:
 
 
 def test_the_recipes_are_there():
-    assert {"general_pplcnet_x2_5", "sop_resnet50_vd", "deephash_dshsd", "deephash_dch", "deephash_lcdsh"} <= set(RECIPES)
+    assert {"general_pplcnet_x2_5", "sop_resnet50_vd", "deephash_dshsd", "deephash_dch", "deephash_lcdsh"} <= set(
+        RECIPES
+    )
 
 
 @pytest.mark.slow

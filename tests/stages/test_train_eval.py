@@ -4,9 +4,7 @@ import json
 import re
 
 import cv2
-
 import numpy as np
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -14,8 +12,16 @@ import recog
 from recog.stages import evaluate, train
 from recog.training.loop import EpochLoop
 
-TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-        "loss=ce_triplet", "trainer.log_every=5", "mlflow.experiment_name=e2e", "export.after_train=false"]
+TINY = [
+    "backbone.scale=0.25",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "neck.embedding_size=32",
+    "loss=ce_triplet",
+    "trainer.log_every=5",
+    "mlflow.experiment_name=e2e",
+    "export.after_train=false",
+]
 # Two short epochs (3 of the digits' 22 batches each, a metric row at every step): what is checked
 # is the bookkeeping around them, which 44 steps did not make stronger.
 SHORT_EPOCHS = ["trainer.epochs=2", "trainer.steps_per_epoch=3", "trainer.log_every=1"]
@@ -55,8 +61,18 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
     params = run.data.params
     assert params["backbone.scale"] == "0.25" and params["head.margin"] == "0.2"
     assert params["head.class_num"] == "5"  # followed the dataset: digits 0-4
-    assert {"loss", "ce", "triplet_v2", "lr", "images_per_sec", "recall_at_1", "recall_at_5", "recall_at_10",
-            "mAP", "best_recall_at_1"} <= set(run.data.metrics)
+    assert {
+        "loss",
+        "ce",
+        "triplet_v2",
+        "lr",
+        "images_per_sec",
+        "recall_at_1",
+        "recall_at_5",
+        "recall_at_10",
+        "mAP",
+        "best_recall_at_1",
+    } <= set(run.data.metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert steps == list(range(1, 7))  # 2 epochs x 3 steps, each logged
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -116,9 +132,19 @@ def test_loss_parameters_are_trained_and_checkpointed(tmp_path, digits):
     from safetensors.numpy import load_file
 
     def centres_after(lr, name):
-        cfg = recog.compose(TINY + digits + [f"paths.output_root={tmp_path}", "loss=ce_center", "trainer.epochs=1",
-                                    "trainer.steps_per_epoch=2", f"optimizer.lr={lr}", "scheduler.warmup_epochs=0",
-                                    "mlflow.enabled=false"])
+        cfg = recog.compose(
+            TINY
+            + digits
+            + [
+                f"paths.output_root={tmp_path}",
+                "loss=ce_center",
+                "trainer.epochs=1",
+                "trainer.steps_per_epoch=2",
+                f"optimizer.lr={lr}",
+                "scheduler.warmup_epochs=0",
+                "mlflow.enabled=false",
+            ]
+        )
         train.run(cfg, tmp_path / name)
         return load_file(str(tmp_path / name / "checkpoints" / "last" / "loss.safetensors"))
 

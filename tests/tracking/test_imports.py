@@ -91,8 +91,14 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def imported_alone():
     """module -> "ok" or why importing it first and alone failed."""
-    result = subprocess.run([sys.executable, "-c", _FORK_EACH, *MODULES], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_EACH, *MODULES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

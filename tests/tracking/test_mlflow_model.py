@@ -7,7 +7,6 @@ model at the end (``export.after_train``) and logs it as ``runs:/<run id>/model`
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,10 +19,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 
 import recog
-from image_lists import write_image_lists
 from recog.inference import ExportedModel
 from recog.stages import evaluate, predict, train
 from recog.tracking.datasets import dataset_record
@@ -38,10 +37,21 @@ def trained(tmp_path_factory):
     """``(root, overrides, run id, client, uri)`` of one finished training run with register_best."""
     root = tmp_path_factory.mktemp("mlflow_model")
     data = write_image_lists(root / "data", (("train", 24), ("query", 12)), classes=3)
-    overrides = [*data, "backbone.scale=0.25", "data.image_size=32", "data.batch_size=6", "data.samples_per_class=2",
-                 "data.num_workers=0", "neck.embedding_size=16", "trainer.epochs=1", "trainer.steps_per_epoch=2",
-                 f"paths.output_root={root}", "mlflow.register_best=true", "mlflow.model_name=shop",
-                 "export.cpu_onednn=full"]
+    overrides = [
+        *data,
+        "backbone.scale=0.25",
+        "data.image_size=32",
+        "data.batch_size=6",
+        "data.samples_per_class=2",
+        "data.num_workers=0",
+        "neck.embedding_size=16",
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=2",
+        f"paths.output_root={root}",
+        "mlflow.register_best=true",
+        "mlflow.model_name=shop",
+        "export.cpu_onednn=full",
+    ]
     train.run(recog.compose(overrides), root / "run")
     run_id = json.loads((root / "run" / "best_model" / "state.json").read_text())["mlflow_run_id"]
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -132,10 +142,18 @@ def test_the_dataset_digest_follows_the_lists(tmp_path):
 def test_eval_and_predict_runs_link_to_the_training_run(trained):
     root, overrides, run_id, client, _ = trained
     train_run = client.get_run(run_id)
-    evaluate.run(recog.compose([*overrides, "stage=eval", f"model_path={root / 'run' / 'best_model'}"]),
-                 root / "eval")
-    predict.run(recog.compose([*overrides, "stage=predict", f"predict.model_dir={root / 'run' / 'export'}",
-                               f"predict.input={root / 'data' / 'query.txt'}"]), root / "predict")
+    evaluate.run(recog.compose([*overrides, "stage=eval", f"model_path={root / 'run' / 'best_model'}"]), root / "eval")
+    predict.run(
+        recog.compose(
+            [
+                *overrides,
+                "stage=predict",
+                f"predict.model_dir={root / 'run' / 'export'}",
+                f"predict.input={root / 'data' / 'query.txt'}",
+            ]
+        ),
+        root / "predict",
+    )
     runs = {r.data.tags["recog.stage"]: r for r in client.search_runs([train_run.info.experiment_id])}
     for stage in ("eval", "predict"):
         run = runs[stage]
@@ -157,12 +175,36 @@ def test_mlflow_models_serve_answers_with_the_exported_features(trained, tmp_pat
     """The real `mlflow models serve --env-manager local` (what `make serve` runs), on 127.0.0.1 only."""
     root, _, run_id, _, uri = trained
     port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # its uvicorn
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "--env-manager", "local",
-                               "-m", f"runs:/{run_id}/model", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=uri,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )  # its uvicorn
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "--env-manager",
+            "local",
+            "-m",
+            f"runs:/{run_id}/model",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -176,9 +218,11 @@ def test_mlflow_models_serve_answers_with_the_exported_features(trained, tmp_pat
             assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 180 s"
             time.sleep(0.5)
         images = _images(seed=5, count=2, size=(40, 33))
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": images.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as reply:
             served = np.asarray(json.loads(reply.read())["predictions"], dtype=np.float32)
         np.testing.assert_allclose(served, _reference(root, images), atol=1e-5)

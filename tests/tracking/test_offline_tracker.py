@@ -21,8 +21,14 @@ def dead_uri() -> str:
 
 
 def compose(tmp_path, *overrides):
-    return recog.compose([f"paths.output_root={tmp_path / 'out'}", "mlflow.experiment_name=offline",
-                          "mlflow.request_retries=0", *overrides])
+    return recog.compose(
+        [
+            f"paths.output_root={tmp_path / 'out'}",
+            "mlflow.experiment_name=offline",
+            "mlflow.request_retries=0",
+            *overrides,
+        ]
+    )
 
 
 def sqlite(tmp_path) -> str:

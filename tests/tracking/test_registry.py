@@ -1,8 +1,8 @@
 """``mlflow.register_best=true`` on a single run: its MLflow Model (not a raw folder) becomes a model version."""
 
 import mlflow
-import pytest
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 import recog

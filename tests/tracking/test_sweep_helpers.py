@@ -16,12 +16,15 @@ def hydra_config(target: str, n_jobs: int):
     return OmegaConf.create({"hydra": {"launcher": {"_target_": target, "n_jobs": n_jobs}}})
 
 
-@pytest.mark.parametrize("n_jobs, expected", [(2, lambda cores: max(1, cores // 2)), (-1, lambda cores: 1),
-                                              (64, lambda cores: 1)])
+@pytest.mark.parametrize(
+    "n_jobs, expected", [(2, lambda cores: max(1, cores // 2)), (-1, lambda cores: 1), (64, lambda cores: 1)]
+)
 def test_joblib_jobs_divide_the_cores(monkeypatch, n_jobs, expected):
     monkeypatch.setattr(_runtime, "OMP_NUM_THREADS_FROM_USER", False)
     monkeypatch.setenv("OMP_NUM_THREADS", "99")
-    divide_threads_among_jobs(hydra_config("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", n_jobs))
+    divide_threads_among_jobs(
+        hydra_config("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", n_jobs)
+    )
     assert os.environ["OMP_NUM_THREADS"] == str(expected(os.cpu_count() or 1))
 
 

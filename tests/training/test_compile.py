@@ -11,28 +11,37 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from same_training import assert_same_training
 
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
 from recog.training.compile import CompiledForward, StepMode, configure_step, resolve_step_mode
 from recog.training.step import StepRunner, TrainNet
-from same_training import assert_same_training
 
 STEPS = 4
 BATCH, SIZE = 8, 32
 
 
 def _cfg(*extra):
-    return recog.compose(["backbone.scale=0.25", f"data.image_size={SIZE}", "neck.embedding_size=16",
-                          "loss=ce_triplet", "mlflow.enabled=false", *extra])
+    return recog.compose(
+        [
+            "backbone.scale=0.25",
+            f"data.image_size={SIZE}",
+            "neck.embedding_size=16",
+            "loss=ce_triplet",
+            "mlflow.enabled=false",
+            *extra,
+        ]
+    )
 
 
 def _batches():
     rng = np.random.default_rng(0)
     labels = paddle.to_tensor(np.repeat(np.arange(BATCH // 4), 4).astype("int64"))
-    return [(paddle.to_tensor(rng.standard_normal((BATCH, 3, SIZE, SIZE)).astype("float32")), labels)
-            for _ in range(STEPS)]
+    return [
+        (paddle.to_tensor(rng.standard_normal((BATCH, 3, SIZE, SIZE)).astype("float32")), labels) for _ in range(STEPS)
+    ]
 
 
 class _RecordingMomentum(paddle.optimizer.Momentum):
@@ -73,8 +82,10 @@ def _train(cfg, mode: StepMode, batches, extra_layer=None):
 
 
 # oneDNN: without dropout (its programs' dropout masks are not dygraph's; see recog/training/compile.py).
-MODES = {"compiled": (StepMode(compile=True), ()),
-         "compiled+onednn": (StepMode(compile=True, onednn=True), ("backbone.dropout_prob=0.0",))}
+MODES = {
+    "compiled": (StepMode(compile=True), ()),
+    "compiled+onednn": (StepMode(compile=True, onednn=True), ("backbone.dropout_prob=0.0",)),
+}
 
 
 @pytest.mark.slow
@@ -95,9 +106,13 @@ def test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process():
     # README's oneDNN notes; why the mode is opt-in): such a death is retried, up to 3 processes in
     # all. Whatever else ends a child (a wrong weight, an error) fails the test at once.
     for _ in range(3):
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-                                env={**os.environ, "RECOG_TEST_CHILD": "onednn"}, capture_output=True, text=True,
-                                timeout=900)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+            env={**os.environ, "RECOG_TEST_CHILD": "onednn"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if result.returncode != -signal.SIGSEGV:
             break
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -134,8 +149,16 @@ def _initial_weights(cfg=None):
 
 @pytest.mark.slow
 def test_compiled_resnet_vd_trains_the_same_weights_as_dygraph():
-    cfg = recog.compose(["backbone=resnet_vd", "backbone.depth=18", f"data.image_size={SIZE}",
-                         "neck.embedding_size=16", "loss=ce_triplet", "mlflow.enabled=false"])
+    cfg = recog.compose(
+        [
+            "backbone=resnet_vd",
+            "backbone.depth=18",
+            f"data.image_size={SIZE}",
+            "neck.embedding_size=16",
+            "loss=ce_triplet",
+            "mlflow.enabled=false",
+        ]
+    )
     batches = _batches()[:3]
     ref, ref_stats, _, _ = _train(cfg, StepMode(), batches)
     ours, stats, runner, optimizer = _train(cfg, StepMode(compile=True), batches)
@@ -199,8 +222,9 @@ def test_switches_resolve_as_documented():
     assert resolve_step_mode(compiled, "cpu", world_size=2) == StepMode()  # data parallel: dygraph
     assert resolve_step_mode(compiled, "gpu", amp=True) == StepMode(compile=True, channels_last=True)
     assert resolve_step_mode(_cfg("trainer.compile=false").trainer, "cpu") == StepMode()
-    assert resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "cpu") == \
-        StepMode(compile=True, onednn=True)
+    assert resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "cpu") == StepMode(
+        compile=True, onednn=True
+    )
     with pytest.raises(ConfigError, match="trainer.onednn=true needs trainer.compile"):
         resolve_step_mode(_cfg("trainer.compile=false", "trainer.onednn=true").trainer, "cpu")
     with pytest.raises(ConfigError, match="oneDNN CPU kernels"):

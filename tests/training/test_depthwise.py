@@ -5,20 +5,35 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
+from same_training import assert_same_training
 
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
 from recog.training.compile import configure_step
-from recog.training.depthwise import MAX_CELLS, DepthwiseMatmulConv2D, depthwise_matmul, eligible, \
-    resolve_depthwise_matmul, use_depthwise_matmul
+from recog.training.depthwise import (
+    MAX_CELLS,
+    DepthwiseMatmulConv2D,
+    depthwise_matmul,
+    eligible,
+    resolve_depthwise_matmul,
+    use_depthwise_matmul,
+)
 from recog.training.step import StepRunner, TrainNet
-from same_training import assert_same_training
 
 
-@pytest.mark.parametrize("channels, size, kernel, stride, bias", [
-    (4, 8, 3, 1, False), (4, 8, 3, 2, True), (6, 4, 5, 1, False), (6, 4, 5, 2, True), (3, 2, 5, 1, False),
-    (2, 5, 3, 2, False), (3, 7, 5, 1, True)])
+@pytest.mark.parametrize(
+    "channels, size, kernel, stride, bias",
+    [
+        (4, 8, 3, 1, False),
+        (4, 8, 3, 2, True),
+        (6, 4, 5, 1, False),
+        (6, 4, 5, 2, True),
+        (3, 2, 5, 1, False),
+        (2, 5, 3, 2, False),
+        (3, 7, 5, 1, True),
+    ],
+)
 def test_outputs_and_gradients_equal_paddles_depthwise_conv(channels, size, kernel, stride, bias):
     rng = np.random.default_rng(channels * size + kernel)
     x_value = rng.standard_normal((3, channels, size, size)).astype(np.float32)
@@ -27,8 +42,10 @@ def test_outputs_and_gradients_equal_paddles_depthwise_conv(channels, size, kern
     out = (size + 2 * (kernel // 2) - kernel) // stride + 1
     upstream = paddle.to_tensor(rng.standard_normal((3, channels, out, out)).astype(np.float32))
     results = []
-    for fn in (lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=kernel // 2, groups=channels),
-               lambda x, w, b: depthwise_matmul(x, w, b, stride, kernel // 2)):
+    for fn in (
+        lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=kernel // 2, groups=channels),
+        lambda x, w, b: depthwise_matmul(x, w, b, stride, kernel // 2),
+    ):
         x, w = paddle.to_tensor(x_value, stop_gradient=False), paddle.to_tensor(w_value, stop_gradient=False)
         b = paddle.to_tensor(b_value, stop_gradient=False) if bias else None
         y = fn(x, w, b)
@@ -55,19 +72,23 @@ def test_evaluation_large_maps_and_traced_programs_keep_paddles_kernel(monkeypat
     calls = []
     import recog.training.depthwise as depthwise
 
-    monkeypatch.setattr(depthwise, "depthwise_matmul", lambda *a: calls.append(a[0].shape) or F.conv2d(
-        a[0], a[1], a[2], stride=a[3], padding=a[4], groups=4))
+    monkeypatch.setattr(
+        depthwise,
+        "depthwise_matmul",
+        lambda *a: calls.append(a[0].shape) or F.conv2d(a[0], a[1], a[2], stride=a[3], padding=a[4], groups=4),
+    )
     layer(paddle.rand([1, 4, 8, 8]))  # 64 x 64 cells: the matrix product
     assert calls == [[1, 4, 8, 8]]
     layer.eval()
     layer(paddle.rand([1, 4, 8, 8]))  # evaluation: Paddle's kernel, as stage=eval and exports compute it
     assert len(calls) == 1
     layer.train()
-    side = int(round(MAX_CELLS ** 0.25)) + 1  # (side^2)^2 > MAX_CELLS: Paddle's kernel
+    side = int(round(MAX_CELLS**0.25)) + 1  # (side^2)^2 > MAX_CELLS: Paddle's kernel
     layer(paddle.rand([1, 4, side, side]))
     assert len(calls) == 1
-    static = paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 4, 8, 8], "float32")],
-                                  full_graph=True)
+    static = paddle.jit.to_static(
+        layer, input_spec=[paddle.static.InputSpec([None, 4, 8, 8], "float32")], full_graph=True
+    )
     static(paddle.rand([2, 4, 8, 8]))
     assert len(calls) == 1  # the program was built with conv2d
 
@@ -75,8 +96,17 @@ def test_evaluation_large_maps_and_traced_programs_keep_paddles_kernel(monkeypat
 def _train(depthwise: str, steps: int = 3):
     """``steps`` StepRunner steps of PP-LCNet x0.5 at 64 px (maps down to 2 x 2) from seed 0:
     (initial and final trainable tensors, state-dict keys, routed layers)."""
-    cfg = recog.compose(["backbone.scale=0.5", "data.image_size=64", "neck.embedding_size=16", "loss=ce_triplet",
-                         "mlflow.enabled=false", "backbone.dropout_prob=0.0", f"trainer.depthwise_matmul={depthwise}"])
+    cfg = recog.compose(
+        [
+            "backbone.scale=0.5",
+            "data.image_size=64",
+            "neck.embedding_size=16",
+            "loss=ce_triplet",
+            "mlflow.enabled=false",
+            "backbone.dropout_prob=0.0",
+            f"trainer.depthwise_matmul={depthwise}",
+        ]
+    )
     paddle.seed(0)
     model = build_model(cfg, class_num=4)
     loss_fn = build_loss(cfg, class_num=4, embedding_size=model.embedding_size)

@@ -5,8 +5,8 @@ import paddle
 import pytest
 
 import recog  # noqa: F401
-from recog.training.step import StepRunner
 from recog.training.finite import all_finite, all_finite_per_tensor
+from recog.training.step import StepRunner
 
 
 def _grads(rng, dtypes=("float32",)):

@@ -6,17 +6,17 @@ import threading
 
 import paddle
 import pytest
+from image_lists import write_image_lists
 
 import recog
-from image_lists import write_image_lists
 from recog.api import build_loss, build_model, load_splits
 from recog.data import build_train_loader, build_transform, set_loader_epoch
 from recog.errors import ConfigError
 from recog.optim import build_optimizer
 from recog.stages import train
+from recog.tracking import MlflowTracker
 from recog.training.loop import EpochLoop
 from recog.training.step import StepRunner, TrainNet
-from recog.tracking import MlflowTracker
 from recog.utils.interrupt import StopRequest
 
 STEPS = 4
@@ -27,11 +27,25 @@ READ_BACKS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__
 def lists(tmp_path_factory):
     return write_image_lists(tmp_path_factory.mktemp("sync_lists"), (("train", 40), ("query", 10)))
 
+
 def _cfg(lists, tmp_path, *extra):
-    return recog.compose(["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-                          "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.log_every=100",
-                          "mlflow.enabled=false", "export.after_train=false",  # no export: not the subject here
-                          *lists, f"paths.output_root={tmp_path}", *extra])
+    return recog.compose(
+        [
+            "backbone.scale=0.25",
+            "data.image_size=16",
+            "data.num_workers=0",
+            "neck.embedding_size=32",
+            "data.batch_size=8",
+            "data.samples_per_class=4",
+            "loss=ce_triplet",
+            "trainer.log_every=100",
+            "mlflow.enabled=false",
+            "export.after_train=false",  # no export: not the subject here
+            *lists,
+            f"paths.output_root={tmp_path}",
+            *extra,
+        ]
+    )
 
 
 def _parts(cfg):
@@ -39,8 +53,15 @@ def _parts(cfg):
     model = build_model(cfg, class_num=splits.num_train_classes)
     loss_fn = build_loss(cfg, class_num=splits.num_train_classes, embedding_size=model.embedding_size)
     transform = build_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std, train=True, hflip=True)
-    loader = build_train_loader(splits.train, splits.train_labels_contiguous(), transform, cfg.data.batch_size,
-                                cfg.data.samples_per_class, 0, cfg.seed)
+    loader = build_train_loader(
+        splits.train,
+        splits.train_labels_contiguous(),
+        transform,
+        cfg.data.batch_size,
+        cfg.data.samples_per_class,
+        0,
+        cfg.seed,
+    )
     optimizer, schedule = build_optimizer(cfg, model.parameters() + loss_fn.parameters(), len(loader))
     set_loader_epoch(loader, 0)
     return model, loss_fn, loader, optimizer, schedule
@@ -96,8 +117,12 @@ def test_one_read_back_per_step_and_label_checks_on_the_first_step_only(tmp_path
     assert callers.count("recog.distributed.parallel.mean_across_ranks") == 1  # the last step is logged
     from_losses = [i for i, c in enumerate(callers) if c.startswith("recog.losses.")]
     assert from_losses and max(from_losses) < callers.index(flags)  # the P x K checks ran, in step 1 only
-    assert set(callers) == {flags, "recog.training.loop.train_epoch", "recog.distributed.parallel.mean_across_ranks",
-                            *(callers[i] for i in from_losses)}
+    assert set(callers) == {
+        flags,
+        "recog.training.loop.train_epoch",
+        "recog.distributed.parallel.mean_across_ranks",
+        *(callers[i] for i in from_losses),
+    }
 
 
 def test_a_bad_pk_batch_still_fails_clearly_on_the_first_step(tmp_path, lists):
@@ -157,8 +182,14 @@ def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval
 
     from recog.errors import TrainingInterrupted
 
-    cfg = _cfg(lists, tmp_path, "trainer.epochs=2", "trainer.steps_per_epoch=2", "eval.engine=dygraph",
-               "data.eval_batch_size=2")
+    cfg = _cfg(
+        lists,
+        tmp_path,
+        "trainer.epochs=2",
+        "trainer.steps_per_epoch=2",
+        "eval.engine=dygraph",
+        "data.eval_batch_size=2",
+    )
     run_dir = tmp_path / "run"
     seen = _signal_at_eval_batch(monkeypatch, 1)
     with pytest.raises(TrainingInterrupted) as stopped:
@@ -183,15 +214,20 @@ def test_the_best_model_follows_trainer_monitor(tmp_path, lists, monkeypatch):
     """best_model/ is the epoch with the highest trainer.monitor, not always Recall@1's."""
     from recog.evaluation import Evaluator
 
-    scripted = iter([{"recall_at_1": 0.9, "mAP": 0.1}, {"recall_at_1": 0.2, "mAP": 0.5},
-                     {"recall_at_1": 0.5, "mAP": 0.3}])
+    scripted = iter(
+        [{"recall_at_1": 0.9, "mAP": 0.1}, {"recall_at_1": 0.2, "mAP": 0.5}, {"recall_at_1": 0.5, "mAP": 0.3}]
+    )
     monkeypatch.setattr(Evaluator, "__call__", lambda self, model: dict(next(scripted)))
     monkeypatch.setattr(Evaluator, "save_picture", lambda self, path: path)
-    best = train.run(_cfg(lists, tmp_path, "trainer.epochs=3", "trainer.steps_per_epoch=1", "trainer.monitor=mAP"),
-                     tmp_path / "run")
+    best = train.run(
+        _cfg(lists, tmp_path, "trainer.epochs=3", "trainer.steps_per_epoch=1", "trainer.monitor=mAP"), tmp_path / "run"
+    )
     assert best == {"recall_at_1": 0.2, "mAP": 0.5, "epoch": 2}
-    with pytest.raises(ConfigError, match=r"trainer.monitor=recall_at_3 is not an eval metric; choose one of "
-                                          r"recall_at_1, recall_at_5, recall_at_10, precision_at_1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.monitor=recall_at_3 is not an eval metric; choose one of "
+        r"recall_at_1, recall_at_5, recall_at_10, precision_at_1",
+    ):
         train.run(_cfg(lists, tmp_path, "trainer.monitor=recall_at_3"), tmp_path / "other")
     assert recog.compose(["trainer.monitor=mAP"]).sweep.objective == "mAP"  # the sweep follows it by default
     assert recog.compose(["trainer.monitor=mAP", "sweep.objective=mINP"]).sweep.objective == "mINP"
@@ -200,8 +236,17 @@ def test_the_best_model_follows_trainer_monitor(tmp_path, lists, monkeypatch):
 @pytest.mark.slow
 def test_short_epochs_with_loader_workers_train_past_the_first_epoch(tmp_path, lists):
     """Issue 13 defect 1: trainer.steps_per_epoch with persistent workers failed at the start of epoch 2."""
-    best = train.run(_cfg(lists, tmp_path, "trainer.epochs=2", "trainer.steps_per_epoch=3", "data.num_workers=1",
-                          "trainer.eval_every=2"), tmp_path / "run")
+    best = train.run(
+        _cfg(
+            lists,
+            tmp_path,
+            "trainer.epochs=2",
+            "trainer.steps_per_epoch=3",
+            "data.num_workers=1",
+            "trainer.eval_every=2",
+        ),
+        tmp_path / "run",
+    )
     import json
 
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())

@@ -6,9 +6,9 @@ import logging
 import shutil
 
 import pytest
+from image_lists import write_image_lists
 
 import recog
-from image_lists import write_image_lists
 from recog.errors import ConfigError, RecogError
 from recog.stages import train
 from recog.training.loop import EpochLoop
@@ -19,9 +19,19 @@ pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains t
 
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
 # would build another model (the shape mismatch of issue 12) or read another dataset.
-FIRST = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-         "data.batch_size=8", "data.samples_per_class=4", "loss=ce_triplet", "trainer.steps_per_epoch=2",
-         "trainer.epochs=2", "mlflow.enabled=false", "optimizer.lr=0.02"]
+FIRST = [
+    "backbone.scale=0.25",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "neck.embedding_size=32",
+    "data.batch_size=8",
+    "data.samples_per_class=4",
+    "loss=ce_triplet",
+    "trainer.steps_per_epoch=2",
+    "trainer.epochs=2",
+    "mlflow.enabled=false",
+    "optimizer.lr=0.02",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,9 @@ def interrupted(tmp_path_factory, lists):
     EpochLoop.train_epoch = stop_in_epoch_2
     try:
         with pytest.raises(KeyboardInterrupt):
-            train.run(recog.compose(FIRST + lists + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00")
+            train.run(
+                recog.compose(FIRST + lists + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00"
+            )
     finally:
         EpochLoop.train_epoch = real_epoch
     return root
@@ -59,8 +71,9 @@ def _copy(interrupted, tmp_path):
 @pytest.mark.slow
 def test_resume_true_alone_continues_with_the_saved_config(interrupted, tmp_path):
     root, run = _copy(interrupted, tmp_path)
-    best = train.run(recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=3"]),
-                     root / "runs" / "new")
+    best = train.run(
+        recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=3"]), root / "runs" / "new"
+    )
     state = read_state(run / "checkpoints" / "last")
     assert state["epoch"] == 3 and state["finished"] is True and state["step"] == 6  # trainer.epochs may change
     assert not (root / "runs" / "new").exists()
@@ -72,8 +85,12 @@ def test_resume_true_alone_continues_with_the_saved_config(interrupted, tmp_path
 def test_resume_refuses_overrides_that_change_the_run(interrupted, tmp_path):
     root, run = _copy(interrupted, tmp_path)
     with pytest.raises(ConfigError) as error:
-        train.run(recog.compose([f"paths.output_root={root}", "resume=true", "optimizer.lr=0.5", "seed=3",
-                                 "trainer.epochs=4"]), run)
+        train.run(
+            recog.compose(
+                [f"paths.output_root={root}", "resume=true", "optimizer.lr=0.5", "seed=3", "trainer.epochs=4"]
+            ),
+            run,
+        )
     message = str(error.value)
     assert "optimizer.lr (saved 0.02, now 0.5)" in message and "seed (saved 0, now 3)" in message
     assert "trainer.epochs" not in message.split("these overrides change it")[1].split(".")[0]
@@ -87,13 +104,16 @@ def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, l
     assert read_state(run / "checkpoints" / "last")["finished"] is True
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("epoch", -5, "'epoch' must be a whole number >= 0, got -5"),
-    ("step", "7", "step must be an integer, got str"),  # a wrong type: checkpoint.load_state's check
-    ("best", [1], "best must be an object or null, got list"),
-    ("finished", "no", "finished must be true/false, got str"),
-    ("rng", [{}, {}], "'rng' must hold one RNG state per process"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("epoch", -5, "'epoch' must be a whole number >= 0, got -5"),
+        ("step", "7", "step must be an integer, got str"),  # a wrong type: checkpoint.load_state's check
+        ("best", [1], "best must be an object or null, got list"),
+        ("finished", "no", "finished must be true/false, got str"),
+        ("rng", [{}, {}], "'rng' must hold one RNG state per process"),
+    ],
+)
 def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, field, value, expected):
     """Issue 13 defect 3's trigger: "epoch": -5 made the loader thread fail and the run hang."""
     root, run = _copy(interrupted, tmp_path)
@@ -151,8 +171,17 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     root = Path(__file__).resolve().parents[2]
     lists = write_image_lists(tmp_path / "lists", (("train", 200), ("query", 10)))
     run_dir = tmp_path / "out" / "runs" / "first"
-    args = [sys.executable, str(root / "run.py"), *FIRST[:-4], "trainer.epochs=2", "trainer.log_every=1",
-            "mlflow.enabled=false", *lists, f"paths.output_root={tmp_path / 'out'}", f"hydra.run.dir={run_dir}"]
+    args = [
+        sys.executable,
+        str(root / "run.py"),
+        *FIRST[:-4],
+        "trainer.epochs=2",
+        "trainer.log_every=1",
+        "mlflow.enabled=false",
+        *lists,
+        f"paths.output_root={tmp_path / 'out'}",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "first.log"
     with open(log, "w") as out:
@@ -172,13 +201,20 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
     command = re.search(r"continue with: (python run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
     assert command == f"python run.py resume=true hydra.run.dir={run_dir}"
 
-    changed = subprocess.run([warm_python.python(), *command.split()[1:], "data.image_size=32"], cwd=root,
-                             capture_output=True, text=True, env=env, timeout=300)
+    changed = subprocess.run(
+        [warm_python.python(), *command.split()[1:], "data.image_size=32"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     said = changed.stdout + changed.stderr
     assert changed.returncode == 2 and "data.image_size (saved 16, now 32)" in said, said[-2000:]
 
-    resumed = subprocess.run([warm_python.python(), *command.split()[1:]], cwd=root, capture_output=True, text=True,
-                             env=env, timeout=300)
+    resumed = subprocess.run(
+        [warm_python.python(), *command.split()[1:]], cwd=root, capture_output=True, text=True, env=env, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = read_state(run_dir / "checkpoints" / "last")
     assert state["finished"] is True and state["epoch"] == 2 and state["step"] == 2 * 25  # 200 images, batch 8

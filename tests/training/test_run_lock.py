@@ -9,16 +9,24 @@ import subprocess
 import sys
 
 import pytest
+from image_lists import write_image_lists
 
 import recog
-from image_lists import write_image_lists
 from recog.errors import ConfigError
 from recog.stages import train
 from recog.training.run_lock import LOCK_FILE, RunLock
 
-TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "neck.embedding_size=32",
-        "data.batch_size=8", "data.samples_per_class=4", "trainer.steps_per_epoch=1", "trainer.epochs=1",
-        "mlflow.enabled=false"]
+TINY = [
+    "backbone.scale=0.25",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "neck.embedding_size=32",
+    "data.batch_size=8",
+    "data.samples_per_class=4",
+    "trainer.steps_per_epoch=1",
+    "trainer.epochs=1",
+    "mlflow.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +45,20 @@ def other_process():
 
 def _lock(run_dir, pid, host=None):
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / LOCK_FILE).write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
-                                                 "what": "training", "started": "2026-01-01 00:00:00"}))
+    (run_dir / LOCK_FILE).write_text(
+        json.dumps(
+            {"host": host or socket.gethostname(), "pid": pid, "what": "training", "started": "2026-01-01 00:00:00"}
+        )
+    )
 
 
 def test_a_second_training_into_the_same_run_dir_refuses_naming_the_first(tmp_path, lists, other_process):
     run_dir = tmp_path / "run"
     _lock(run_dir, other_process)
     cfg = recog.compose(TINY + lists + [f"paths.output_root={tmp_path}"])
-    with pytest.raises(ConfigError, match=rf"in use by another training: PID {other_process} on {socket.gethostname()}"):
+    with pytest.raises(
+        ConfigError, match=rf"in use by another training: PID {other_process} on {socket.gethostname()}"
+    ):
         train.run(cfg, run_dir)
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "best_model").exists()
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == other_process  # still the first one's

@@ -2,6 +2,8 @@
 
 import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
+# isort: split
+
 import json
 import os
 
@@ -26,9 +28,23 @@ FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yam
 
 
 def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
-    return compose(["backbone.scale=0.25", "backbone.dropout_prob=0.0", "data.image_size=32", "neck.embedding_size=8",
-                    *head, "loss=ce", "optimizer=momentum", "optimizer.lr=0.1", "scheduler=warmup_cosine",
-                    "scheduler.warmup_epochs=0.5", "trainer.epochs=2", f"paths.output_root={tmp_path}", *extra])
+    return compose(
+        [
+            "backbone.scale=0.25",
+            "backbone.dropout_prob=0.0",
+            "data.image_size=32",
+            "neck.embedding_size=8",
+            *head,
+            "loss=ce",
+            "optimizer=momentum",
+            "optimizer.lr=0.1",
+            "scheduler=warmup_cosine",
+            "scheduler.warmup_epochs=0.5",
+            "trainer.epochs=2",
+            f"paths.output_root={tmp_path}",
+            *extra,
+        ]
+    )
 
 
 def _model(cfg, seed):
@@ -103,7 +119,9 @@ def test_optimizer_round_trip_resumes_exactly(tmp_path):
     with paddle.utils.unique_name.guard():  # control: weights only, no momentum -> a different step
         model, loss_fn, optimizer, schedule = _fresh_process(cfg, 2)
         load_model_weights(tmp_path / "last", model)
-        optimizer.set_state_dict({"LR_Scheduler": checkpoint.load_state(tmp_path / "last")["optimizer"]["LR_Scheduler"]})
+        optimizer.set_state_dict(
+            {"LR_Scheduler": checkpoint.load_state(tmp_path / "last")["optimizer"]["LR_Scheduler"]}
+        )
         _train_step(model, loss_fn, optimizer, schedule, shift=0.5)
         without_velocity = _state(model)
     assert not np.allclose(without_velocity["neck.fc.weight"], uninterrupted["neck.fc.weight"], rtol=1e-4, atol=1e-6)
@@ -132,8 +150,13 @@ def test_files_config_and_state(tmp_path):
     optimizer, schedule = build_optimizer(cfg, model.parameters(), steps_per_epoch=4)
     _train_step(model, build_loss(cfg), optimizer, schedule)
     _train_step(model, build_loss(cfg), optimizer, schedule)
-    state = {"epoch": 3, "step": 12, "best": {"recall_at_1": np.float32(0.5), "epoch": 2}, "mlflow_run_id": "abc123",
-             "finished": False}
+    state = {
+        "epoch": 3,
+        "step": 12,
+        "best": {"recall_at_1": np.float32(0.5), "epoch": 2},
+        "mlflow_run_id": "abc123",
+        "finished": False,
+    }
     path = save_checkpoint(tmp_path / "runs" / "x" / "last", model, cfg, state, optimizer)
     assert {f.name for f in path.iterdir()} == FILES
 
@@ -160,7 +183,7 @@ def test_files_are_safetensors_not_pickle(tmp_path):
     for name in ("model.safetensors", "optimizer.safetensors"):
         raw = (path / name).read_bytes()
         header = int.from_bytes(raw[:8], "little")
-        assert raw[8:9] == b"{" and json.loads(raw[8:8 + header])  # safetensors: u64 length + JSON header
+        assert raw[8:9] == b"{" and json.loads(raw[8 : 8 + header])  # safetensors: u64 length + JSON header
         assert not raw.startswith((b"\x80", b"PK"))  # neither a pickle nor a zip (paddle.save / torch.save)
     weights = load_file(str(path / "model.safetensors"))
     assert set(weights) == set(model.state_dict())
@@ -266,9 +289,12 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_it(tmp_path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(RecogError, match=rf"could not write the checkpoint {path}: No space left on device "
-                                         r"\[ENOSPC\] at .*model\.safetensors; the previous checkpoint there "
-                                         r"is unchanged"):
+    with pytest.raises(
+        RecogError,
+        match=rf"could not write the checkpoint {path}: No space left on device "
+        r"\[ENOSPC\] at .*model\.safetensors; the previous checkpoint there "
+        r"is unchanged",
+    ):
         save_checkpoint(path, _model(cfg, 2), cfg, {"epoch": 2, "step": 0})
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last"]
@@ -317,14 +343,21 @@ def _alter(file):
     file.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name, damage, message", [
-    ("model.safetensors", _truncate, r"model.safetensors is truncated \(\d+ bytes, manifest.json says \d+\)"),
-    ("model.safetensors", _alter, "model.safetensors was altered"),
-    ("optimizer.safetensors", lambda f: f.unlink(), "optimizer.safetensors is missing"),
-    ("state.json", lambda f: f.write_text("{not json"), "state.json is truncated|state.json is longer|state.json was"),
-    ("state.json", lambda f: f.write_text("{}"), "state.json is truncated"),
-    ("config.yaml", _alter, "config.yaml was altered"),
-])
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("model.safetensors", _truncate, r"model.safetensors is truncated \(\d+ bytes, manifest.json says \d+\)"),
+        ("model.safetensors", _alter, "model.safetensors was altered"),
+        ("optimizer.safetensors", lambda f: f.unlink(), "optimizer.safetensors is missing"),
+        (
+            "state.json",
+            lambda f: f.write_text("{not json"),
+            "state.json is truncated|state.json is longer|state.json was",
+        ),
+        ("state.json", lambda f: f.write_text("{}"), "state.json is truncated"),
+        ("config.yaml", _alter, "config.yaml was altered"),
+    ],
+)
 def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, name, damage, message):
     path, cfg, _, _ = _saved(tmp_path)
     damage(path / name)
@@ -339,8 +372,9 @@ def test_a_file_added_after_saving_or_a_bad_manifest_is_refused(tmp_path):
     loss = build_loss(_cfg(tmp_path, "loss=ce_center"), class_num=3, embedding_size=8)
     with pytest.raises(checkpoint.IntegrityError, match="loss.safetensors is not listed in"):
         checkpoint.load_loss_state(path, loss)
-    (path / "manifest.json").write_text(json.dumps({"format": "recog-manifest", "format_version": "1",
-                                                    "kind": "checkpoint", "files": {}}))
+    (path / "manifest.json").write_text(
+        json.dumps({"format": "recog-manifest", "format_version": "1", "kind": "checkpoint", "files": {}})
+    )
     with pytest.raises(checkpoint.IntegrityError, match="format_version must be an integer, got str"):
         checkpoint.load_state(path)
     (path / "manifest.json").write_text("[]")
@@ -359,16 +393,22 @@ def test_a_checkpoint_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: _truncate(p / "model.safetensors", 4096), "model.safetensors is not a readable safetensors file"),
-    (lambda p: (p / "state.json").write_text("garbage"), "state.json is not valid JSON"),
-    (lambda p: (p / "state.json").write_text("{}"), "state.json lacks epoch, step"),
-    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0}'), "state.json lacks optimizer"),
-    (lambda p: (p / "state.json").write_text('{"epoch": "1", "step": 0}'), "epoch must be an integer, got str"),
-    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": true}'), "step must be an integer, got bool"),
-    (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0, "best": [1]}'), "best must be an object or null"),
-    (lambda p: (p / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: _truncate(p / "model.safetensors", 4096), "model.safetensors is not a readable safetensors file"),
+        (lambda p: (p / "state.json").write_text("garbage"), "state.json is not valid JSON"),
+        (lambda p: (p / "state.json").write_text("{}"), "state.json lacks epoch, step"),
+        (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0}'), "state.json lacks optimizer"),
+        (lambda p: (p / "state.json").write_text('{"epoch": "1", "step": 0}'), "epoch must be an integer, got str"),
+        (lambda p: (p / "state.json").write_text('{"epoch": 1, "step": true}'), "step must be an integer, got bool"),
+        (
+            lambda p: (p / "state.json").write_text('{"epoch": 1, "step": 0, "best": [1]}'),
+            "best must be an object or null",
+        ),
+        (lambda p: (p / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing"),
+    ],
+)
 def test_a_damaged_legacy_checkpoint_is_an_error_not_a_traceback(tmp_path, damage, message):
     path, cfg, _, _ = _saved(tmp_path)
     (path / "manifest.json").unlink()

@@ -43,9 +43,13 @@ def start() -> None:
     os.environ["RECOG_TEST_WARM_SOCKET"] = str(folder / "server.sock")
     os.environ["RECOG_TEST_WARM_BIN"] = str(folder / "bin")
     with open(folder / "server.log", "w") as log:
-        _server = subprocess.Popen([sys.executable, str(HERE / "server.py"), str(folder / "server.sock")],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        _server = subprocess.Popen(
+            [sys.executable, str(HERE / "server.py"), str(folder / "server.sock")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop() -> None:

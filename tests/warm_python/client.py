@@ -28,8 +28,14 @@ def request(conn: socket.socket) -> dict:
     umask = os.umask(0)
     os.umask(umask)
     ignored = [int(s) for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
-    return {"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "ignored": ignored,
-            "limits": [list(resource.getrlimit(getattr(resource, name))) for name in LIMITS]}
+    return {
+        "argv": sys.argv[1:],
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": umask,
+        "ignored": ignored,
+        "limits": [list(resource.getrlimit(getattr(resource, name))) for name in LIMITS],
+    }
 
 
 def main() -> None:

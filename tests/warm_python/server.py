@@ -32,9 +32,22 @@ LAUNCH_ENV = dict(os.environ)  # before any import can change it
 # MLflow's telemetry session (which session a process reports under, when it reports), and
 # KMP_DUPLICATE_LIB_OK, read by Intel's OpenMP only when a second copy loads (which would have
 # aborted this server without it); each process that loads it marks itself in __KMP_REGISTERED_LIB_<pid>.
-MAY_DIFFER = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER",
-              "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "MLFLOW_TRACKING_URI", "COLUMNS", "LINES",
-              "_MLFLOW_TELEMETRY_SESSION_ID", "KMP_DUPLICATE_LIB_OK"}
+MAY_DIFFER = {
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "PATH",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+    "MLFLOW_TRACKING_URI",
+    "COLUMNS",
+    "LINES",
+    "_MLFLOW_TELEMETRY_SESSION_ID",
+    "KMP_DUPLICATE_LIB_OK",
+}
 # Read by an import for whether it is set at all: recog keeps a user's OMP_NUM_THREADS as it is.
 PRESENCE_READ = {"OMP_NUM_THREADS"}
 LIMITS = ("RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_STACK")
@@ -56,8 +69,8 @@ def warm_up() -> None:
     import cv2  # noqa: F401
     import joblib  # noqa: F401  (Hydra's joblib launcher)
     import mlflow  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     from hydra.core.plugins import Plugins
 
     Plugins.instance()

@@ -32,11 +32,20 @@ STAGES = (
 class ConvBN(nn.Layer):
     """Conv (no bias, ``H/stride`` x ``W/stride``) + BN [+ ReLU when ``act``]."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, act: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True
+    ):
         super().__init__()
-        self.conv = nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
-                              groups=groups, weight_attr=ParamAttr(initializer=KaimingNormal()), bias_attr=False)
+        self.conv = nn.Conv2D(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            weight_attr=ParamAttr(initializer=KaimingNormal()),
+            bias_attr=False,
+        )
         no_decay = ParamAttr(regularizer=L2Decay(0.0))  # BN scale/shift exempt from weight decay, as in PaddleClas
         self.bn = nn.BatchNorm2D(out_channels, weight_attr=no_decay, bias_attr=no_decay)
         self.act = nn.ReLU() if act else None
@@ -72,17 +81,28 @@ class RepDepthwiseSeparable(nn.Layer):
     not used and its parameters are frozen.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, kernel_size: int = 3,
-                 split_pw: bool = False, rep: bool = False, se: bool = False, shortcut: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        kernel_size: int = 3,
+        split_pw: bool = False,
+        rep: bool = False,
+        se: bool = False,
+        shortcut: bool = False,
+    ):
         super().__init__()
         self.rep = rep
         self.shortcut = shortcut and stride == 1 and in_channels == out_channels
         if rep:
             kernels = [k for k in range(kernel_size, 0, -2) if k > 1 or stride == 1]
             self.dw_conv_list = nn.LayerList(
-                [ConvBN(in_channels, in_channels, k, stride, groups=in_channels, act=False) for k in kernels])
-            self.dw_conv = nn.Conv2D(in_channels, in_channels, kernel_size, stride=stride,
-                                     padding=(kernel_size - 1) // 2, groups=in_channels)
+                [ConvBN(in_channels, in_channels, k, stride, groups=in_channels, act=False) for k in kernels]
+            )
+            self.dw_conv = nn.Conv2D(
+                in_channels, in_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, groups=in_channels
+            )
             for param in self.dw_conv.parameters():
                 param.stop_gradient = True
         else:
@@ -152,8 +172,14 @@ class PPLCNetV2(nn.Layer):
             bias and no ReLU after it.
     """
 
-    def __init__(self, size: str = "base", class_num: int = 1000, dropout_prob: float = 0.2,
-                 class_expand: int = 1280, shitu: bool = False):
+    def __init__(
+        self,
+        size: str = "base",
+        class_num: int = 1000,
+        dropout_prob: float = 0.2,
+        class_expand: int = 1280,
+        shitu: bool = False,
+    ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"PPLCNetV2 size must be one of {', '.join(SIZES)}; got {size!r}")
@@ -171,8 +197,11 @@ class PPLCNetV2(nn.Layer):
             for i in range(depth):
                 stride = 2 if i == 0 and not (shitu and last) else 1
                 c_in = make_divisible((channels if i == 0 else 2 * channels) * scale)
-                blocks.append(RepDepthwiseSeparable(c_in, make_divisible(2 * channels * scale), stride, kernel,
-                                                    split_pw, rep, se, shortcut))
+                blocks.append(
+                    RepDepthwiseSeparable(
+                        c_in, make_divisible(2 * channels * scale), stride, kernel, split_pw, rep, se, shortcut
+                    )
+                )
             self.stages.append(nn.Sequential(*blocks))
         self.avg_pool = nn.AdaptiveAvgPool2D(1)
         self.last_conv = nn.Conv2D(self.stage_channels[-1], class_expand, 1, bias_attr=None if shitu else False)

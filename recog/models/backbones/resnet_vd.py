@@ -47,9 +47,7 @@ class ConvBNLayer(nn.Layer):
     ):
         super().__init__()
         # Parameter-free, so registering it only when used leaves the state dict unchanged.
-        self.avg_pool = (
-            nn.AvgPool2D(kernel_size=2, stride=stride, padding="SAME", ceil_mode=True) if vd_pool else None
-        )
+        self.avg_pool = nn.AvgPool2D(kernel_size=2, stride=stride, padding="SAME", ceil_mode=True) if vd_pool else None
         self.conv = nn.Conv2D(
             in_channels,
             out_channels,

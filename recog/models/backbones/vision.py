@@ -48,9 +48,7 @@ class VisionResNet(_Sequential):
     def __init__(self, depth: int = 50, class_num: int = 1000):
         super().__init__()
         if depth not in RESNET_BLOCKS:
-            raise ValueError(
-                f"VisionResNet depth must be one of {', '.join(map(str, RESNET_BLOCKS))}; got {depth!r}"
-            )
+            raise ValueError(f"VisionResNet depth must be one of {', '.join(map(str, RESNET_BLOCKS))}; got {depth!r}")
         self.depth = depth
         model = ResNet(RESNET_BLOCKS[depth], depth, num_classes=class_num, with_pool=True)
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "flatten"]

@@ -75,8 +75,17 @@ class Mlp(nn.Layer):
 class Block(nn.Layer):
     """Pre-norm transformer block: ``x + dp(attn(norm1(x)))``, then ``x + dp(mlp(norm2(x)))``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float, epsilon: float):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        epsilon: float,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
         self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop)
@@ -138,8 +147,17 @@ class ViT(nn.Layer):
         pool: ``cls`` or ``mean``, what the ``pool`` layer returns.
     """
 
-    def __init__(self, size: str = "small", patch_size: int = 16, img_size: int = 224, class_num: int = 1000,
-                 drop_path: float = 0.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, pool: str = "cls"):
+    def __init__(
+        self,
+        size: str = "small",
+        patch_size: int = 16,
+        img_size: int = 224,
+        class_num: int = 1000,
+        drop_path: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        pool: str = "cls",
+    ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"ViT size must be one of {', '.join(SIZES)}; got {size!r}")
@@ -156,8 +174,9 @@ class ViT(nn.Layer):
         self.cls_token = self.create_parameter([1, 1, dim], default_initializer=Constant(0.0))
         self.pos_drop = nn.Dropout(drop_rate)
         rates = np.linspace(0.0, drop_path, depth)
-        self.blocks = nn.LayerList([Block(dim, heads, 4.0, True, drop_rate, attn_drop_rate, float(rate), 1e-6)
-                                    for rate in rates])
+        self.blocks = nn.LayerList(
+            [Block(dim, heads, 4.0, True, drop_rate, attn_drop_rate, float(rate), 1e-6) for rate in rates]
+        )
         self.norm = nn.LayerNorm(dim, epsilon=1e-6)
         self.pool = TokenPool(pool)
         self.head = nn.Linear(dim, class_num)

@@ -2,7 +2,6 @@
 ``AdaMargin``."""
 
 import math
-from typing import Optional
 
 import paddle
 import paddle.nn.functional as F
@@ -32,8 +31,15 @@ class AdaMargin(nn.Layer):
 
     eps = 1e-3
 
-    def __init__(self, embedding_size: int, class_num: int, m: float = 0.4, h: float = 0.333, s: float = 64.0,
-                 t_alpha: float = 1.0):
+    def __init__(
+        self,
+        embedding_size: int,
+        class_num: int,
+        m: float = 0.4,
+        h: float = 0.333,
+        s: float = 64.0,
+        t_alpha: float = 1.0,
+    ):
         super().__init__()
         if not 0.0 <= t_alpha <= 1.0:
             raise ValueError(f"AdaMargin t_alpha must be in [0, 1]; got {t_alpha}")
@@ -43,13 +49,14 @@ class AdaMargin(nn.Layer):
         init = paddle.uniform([embedding_size, class_num], min=-1.0, max=1.0)
         norm = paddle.norm(init, p=2, axis=0, keepdim=True)
         init = init / paddle.where(norm > 1e-5, norm, paddle.ones_like(norm))
-        self.kernel = self.create_parameter([embedding_size, class_num],
-                                            default_initializer=nn.initializer.Assign(init))
+        self.kernel = self.create_parameter(
+            [embedding_size, class_num], default_initializer=nn.initializer.Assign(init)
+        )
         self.register_buffer("t", paddle.zeros([1]), persistable=True)  # unused; in PaddleClas's weight files
         self.register_buffer("batch_mean", paddle.full([1], 20.0), persistable=True)
         self.register_buffer("batch_std", paddle.full([1], 100.0), persistable=True)
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def forward(self, features: paddle.Tensor, labels: paddle.Tensor | None = None) -> paddle.Tensor:
         norms = paddle.norm(features, p=2, axis=1, keepdim=True)  # [N, 1]
         cos = paddle.matmul(features / norms, F.normalize(self.kernel, axis=0))
         if labels is None or not self.training:

@@ -18,8 +18,9 @@ class ArcMargin(CosineHead):
     ``cos(theta) > 0``.
     """
 
-    def __init__(self, embedding_size: int, class_num: int, margin: float = 0.2, scale: float = 30.0,
-                 easy_margin: bool = False):
+    def __init__(
+        self, embedding_size: int, class_num: int, margin: float = 0.2, scale: float = 30.0, easy_margin: bool = False
+    ):
         super().__init__(embedding_size, class_num, margin, scale)
         self.easy_margin = easy_margin
 

@@ -1,7 +1,5 @@
 """The shared part of the margin heads: cosine similarity of features to learned class centres."""
 
-from typing import Optional
-
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -24,7 +22,7 @@ class CosineHead(nn.Layer):
             [embedding_size, class_num], default_initializer=nn.initializer.XavierNormal()
         )
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def forward(self, features: paddle.Tensor, labels: paddle.Tensor | None = None) -> paddle.Tensor:
         cos = paddle.matmul(F.normalize(features, axis=1), F.normalize(self.weight, axis=0))
         if labels is None or not self.training:
             return cos

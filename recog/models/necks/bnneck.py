@@ -1,7 +1,5 @@
 """BNNeck: batch normalisation of the embedding ("Bag of Tricks", Luo et al. 2019, arXiv:1903.07071)."""
 
-from typing import Optional
-
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -37,8 +35,14 @@ class FrozenBiasBatchNorm1D(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         normalised = F.batch_norm(
-            x, self._mean, self._variance, weight=None, bias=None, training=self.training,
-            momentum=self.momentum, epsilon=self.epsilon,
+            x,
+            self._mean,
+            self._variance,
+            weight=None,
+            bias=None,
+            training=self.training,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
         )
         return normalised * self.weight + self.bias
 
@@ -64,7 +68,7 @@ class BNNeck(nn.Layer):
     Inputs with more than two dimensions are flattened from axis 1.
     """
 
-    def __init__(self, in_channels: int, embedding_size: Optional[int] = None):
+    def __init__(self, in_channels: int, embedding_size: int | None = None):
         super().__init__()
         self.embedding_size = in_channels if embedding_size is None else int(embedding_size)
         self.fc = nn.Linear(in_channels, self.embedding_size) if self.embedding_size != in_channels else None

@@ -1,7 +1,7 @@
 """FPN neck: multi-scale feature enhancement (Feature Pyramid Networks, Lin et al. 2017,
 arXiv:1612.03144), pooled into one embedding."""
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import paddle
 import paddle.nn.functional as F
@@ -33,8 +33,13 @@ class FPNNeck(nn.Layer):
 
     multi_scale = True  # RecModel feeds it ``backbone.stage_features(images)``
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], embedding_size: int = 512, fpn_channels: int = 256,
-                 num_levels: Optional[int] = None):
+    def __init__(
+        self,
+        in_channels: int | Sequence[int],
+        embedding_size: int = 512,
+        fpn_channels: int = 256,
+        num_levels: int | None = None,
+    ):
         super().__init__()
         in_channels = [int(in_channels)] if isinstance(in_channels, int) else [int(c) for c in in_channels]
         if not in_channels:
@@ -46,17 +51,14 @@ class FPNNeck(nn.Layer):
         self.in_channels = in_channels
         self.embedding_size, self.fpn_channels = embedding_size, fpn_channels
         self.lateral_convs = nn.LayerList([nn.Conv2D(c, fpn_channels, 1) for c in in_channels])
-        self.smooth_convs = nn.LayerList(
-            [nn.Conv2D(fpn_channels, fpn_channels, 3, padding=1) for _ in in_channels]
-        )
+        self.smooth_convs = nn.LayerList([nn.Conv2D(fpn_channels, fpn_channels, 3, padding=1) for _ in in_channels])
         self.fc = nn.Linear(len(in_channels) * fpn_channels, embedding_size)
 
     def forward(self, features: Sequence[paddle.Tensor]) -> paddle.Tensor:
         if isinstance(features, paddle.Tensor) or len(features) != len(self.lateral_convs):
             got = "one tensor" if isinstance(features, paddle.Tensor) else f"{len(features)} maps"
             raise ValueError(
-                f"FPNNeck expects a list of {len(self.lateral_convs)} stage feature maps "
-                f"(finest first), got {got}"
+                f"FPNNeck expects a list of {len(self.lateral_convs)} stage feature maps (finest first), got {got}"
             )
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, features)]
         merged = [None] * len(laterals)
