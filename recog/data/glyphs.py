@@ -1,0 +1,355 @@
+"""An open-set development benchmark generated offline: printed glyphs, one class per character.
+
+Each class is a Unicode character drawn by at least ``MIN_FONTS`` of the fonts matplotlib ships
+(DejaVu Sans / Serif / Mono with their bold and oblique faces, STIX, Computer Modern; not the
+last-resort placeholder font). Its images are those drawings, one per font file: different real
+designs of the same thing, as photos of one product differ, each jittered as a photo would be
+(pose: rotation, scale, shear, shift; stroke width; blur; foreground and background colours;
+sensor noise). Nothing is downloaded: the fonts come with matplotlib, which MLflow installs.
+
+Characters that look alike across scripts (Latin A, Greek Alpha, Cyrillic A) are one class: two
+characters that some font draws (nearly) identically, ``CONFUSABLE_DISTANCE`` apart, are linked,
+and of each linked group only the lowest code point is kept. The remaining characters are shuffled
+(``seed``): the first ``train_classes`` train, the next ``test_classes`` are the unseen test set
+(query == gallery with self-exclusion, the Stanford Online Products protocol); the rest are unused.
+
+Files, in the SOP layout (``recog.data.sop``)::
+
+    root/Ebay_train.txt, root/Ebay_test.txt   image_id class_id super_class_id path
+                                             (class_id: the code point; super_class_id: its 256-block)
+    root/images/<code point, hex>/<font>.png  RGB, image_size x image_size
+    root/glyphs.json                         what was generated: parameters, versions, counts, the
+                                             look-alike groups (the first of each is the class)
+
+The folder is written whole or not at all (``recog.utils.atomic.replacing_dir``) and regenerated
+when ``glyphs.json`` does not match the parameters. The output is deterministic for a given
+matplotlib (its fonts) and FreeType, both recorded in ``glyphs.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from recog.data.sop import HEADER, load_sop
+from recog.data.splits import RetrievalSplits
+from recog.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # of the generator: a change to what it draws bumps it (and regenerates)
+MIN_FONTS = 8  # drawings (font files) a character needs to be a class
+CONFUSABLE_DISTANCE = 0.01  # relative squared distance of two plain drawings in one font
+RENDER_SIZE = 64  # canvas of the drawing and its jitter; downsampled to image_size
+EM_PIXELS = 44  # font size on that canvas
+BASELINE = 0.75  # of the canvas height, from the top
+MANIFEST = "glyphs.json"
+LIST_FILES = ("Ebay_train.txt", "Ebay_test.txt")
+# Computer Modern's files map TeX positions, not Unicode, outside letters and digits; cmex10 and
+# cmsy10 draw other symbols even there.
+COMPUTER_MODERN = ("cmr10", "cmb10", "cmss10", "cmti10", "cmtt10", "cmmi10")
+ALPHANUMERIC = frozenset(map(ord, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"))
+EXCLUDED_FONTS = ("LastResort",)
+
+
+@dataclass(frozen=True)
+class Font:
+    """One font file: ``name`` (its file stem) and the FreeType face."""
+
+    name: str
+    face: object
+
+    def draws(self, code: int) -> bool:
+        if self.name.startswith("cm"):
+            return self.name in COMPUTER_MODERN and code in ALPHANUMERIC
+        category = unicodedata.category(chr(code))
+        # not control, format, private use, separators or combining marks (drawn on nothing)
+        return category[0] not in "CZ" and category not in ("Mn", "Me")
+
+
+def load_fonts() -> list[Font]:
+    """matplotlib's TrueType fonts but the placeholder, sorted by file name."""
+    import matplotlib
+    from matplotlib import ft2font
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = []
+    for path in sorted(folder.glob("*.ttf")):
+        if not path.stem.startswith(EXCLUDED_FONTS):
+            fonts.append(Font(path.stem, ft2font.FT2Font(str(path))))
+    if not fonts:
+        raise DataError(f"no TrueType fonts under {folder}: the glyph benchmark draws with matplotlib's fonts")
+    return fonts
+
+
+def draw(font: Font, code: int) -> np.ndarray | None:
+    """``[RENDER_SIZE, RENDER_SIZE] uint8`` coverage (255: ink) of one character, its baseline at
+    ``BASELINE`` and its advance box centred (so position tells '.' from '·', '▌' from '▐');
+    None when the font draws nothing. Glyphs larger than the canvas are shrunk to fit, centred."""
+    face = font.face
+    face.clear()
+    face.set_size(EM_PIXELS, 72)
+    face.set_text(chr(code), 0.0)
+    face.draw_glyphs_to_bitmap(antialiased=True)
+    ink = np.asarray(face.get_image(), dtype=np.float32) / 255.0
+    if ink.size == 0 or ink.max() <= 0:
+        return None
+    height, width = ink.shape
+    advance = face.load_char(code).horiAdvance / 64.0
+    top = round(BASELINE * RENDER_SIZE - (height - face.get_descent() / 64.0))
+    left = round((RENDER_SIZE - advance) / 2 + face.get_bitmap_offset()[0] / 64.0)
+    if height > RENDER_SIZE - 2 or width > RENDER_SIZE - 2:
+        scale = (RENDER_SIZE - 2) / max(height, width)
+        ink = cv2.resize(
+            ink, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        )
+        height, width = ink.shape
+        top, left = (RENDER_SIZE - height) // 2, (RENDER_SIZE - width) // 2
+    top = min(max(top, 0), RENDER_SIZE - height)
+    left = min(max(left, 0), RENDER_SIZE - width)
+    canvas = np.zeros((RENDER_SIZE, RENDER_SIZE), np.uint8)
+    canvas[top : top + height, left : left + width] = np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
+    return canvas
+
+
+def coverage(fonts: list[Font]) -> dict[int, list[str]]:
+    """code point -> names of the fonts that draw it, for the characters at least ``MIN_FONTS`` fonts
+    map (a font that maps a character but draws nothing is dropped later, in ``catalogue``)."""
+    cover: dict[int, list[str]] = {}
+    for font in fonts:
+        for code, glyph in font.face.get_charmap().items():
+            if glyph != 0 and font.draws(code):
+                cover.setdefault(code, []).append(font.name)
+    return {code: names for code, names in sorted(cover.items()) if len(names) >= MIN_FONTS}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The benchmark's classes: ``fonts_of`` code point -> the fonts that draw it (``MIN_FONTS`` or
+    more, look-alikes removed), and the look-alike ``groups`` (the first of each kept)."""
+
+    fonts_of: dict[int, list[str]]
+    groups: list[list[int]]
+
+
+@functools.lru_cache(maxsize=2)
+def catalogue(image_size: int) -> Catalogue:
+    """Every character's plain drawings are compared once per process (about 15 s of CPU); only
+    the lists are kept, the drawings are made again for the classes written."""
+    fonts = {font.name: font for font in load_fonts()}
+    drawings = {}
+    for code, names in coverage(list(fonts.values())).items():
+        drawn = {name: image for name in names if (image := draw(fonts[name], code)) is not None}
+        if len(drawn) >= MIN_FONTS:
+            drawings[code] = drawn
+    groups = confusable_groups(drawings, image_size)
+    left_out = {code for group in groups for code in group[1:]}
+    fonts_of = {code: sorted(drawn) for code, drawn in drawings.items() if code not in left_out}
+    return Catalogue(fonts_of, groups)
+
+
+def confusable_groups(drawings: dict[int, dict[str, np.ndarray]], image_size: int) -> list[list[int]]:
+    """Groups (sorted code points, two or more) of characters some font draws alike: within a
+    font, ``|a - b|^2 / max(|a|^2, |b|^2) < CONFUSABLE_DISTANCE`` at ``image_size``; linked
+    transitively."""
+    by_font: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for code, drawn in drawings.items():
+        for name, image in drawn.items():
+            small = cv2.resize(image.astype(np.float32) / 255.0, (image_size, image_size), interpolation=cv2.INTER_AREA)
+            by_font.setdefault(name, []).append((code, small.reshape(-1)))
+    parent = {code: code for code in drawings}
+
+    def root(code: int) -> int:
+        while parent[code] != code:
+            parent[code] = parent[parent[code]]
+            code = parent[code]
+        return code
+
+    for entries in by_font.values():
+        codes = [code for code, _ in entries]
+        vectors = np.stack([vector for _, vector in entries])
+        norms = (vectors**2).sum(1)
+        distance = norms[:, None] + norms[None, :] - 2 * vectors @ vectors.T
+        distance /= np.maximum(np.maximum(norms[:, None], norms[None, :]), 1e-12)
+        for i, j in zip(*np.nonzero(np.triu(distance < CONFUSABLE_DISTANCE, k=1))):
+            a, b = root(codes[i]), root(codes[j])
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for code in drawings:
+        groups.setdefault(root(code), []).append(code)
+    return sorted(sorted(group) for group in groups.values() if len(group) > 1)
+
+
+def jitter(drawing: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A photo-like ``[image_size, image_size, 3] uint8`` RGB image of one drawing: stroke width,
+    pose (rotation +-15 deg, scale 0.75-1.1, shear, shift), blur, random colours with enough
+    contrast, then sensor noise."""
+    coverage = drawing.astype(np.float32) / 255.0
+    stroke = int(rng.integers(-1, 3))  # erode 1 px, keep, dilate 1 or 2 px (at RENDER_SIZE)
+    if stroke:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(stroke) + 1,) * 2)
+        changed = cv2.dilate(coverage, kernel) if stroke > 0 else cv2.erode(coverage, kernel)
+        if changed.sum() >= 0.4 * coverage.sum():  # erosion must not erase thin strokes
+            coverage = changed
+    angle, scale = rng.uniform(-15, 15), rng.uniform(0.75, 1.1)
+    shear, shift = rng.uniform(-0.25, 0.25), rng.uniform(-6, 6, size=2)
+    centre = RENDER_SIZE / 2
+    matrix = cv2.getRotationMatrix2D((centre, centre), angle, scale)
+    matrix = matrix @ np.array([[1, shear, -shear * centre], [0, 1, 0], [0, 0, 1]], np.float64)
+    matrix[:, 2] += shift
+    coverage = cv2.warpAffine(coverage, matrix, (RENDER_SIZE, RENDER_SIZE), flags=cv2.INTER_LINEAR)
+    sigma = rng.uniform(0, 1.5)
+    if sigma > 0.3:
+        coverage = cv2.GaussianBlur(coverage, (0, 0), sigma)
+    background, foreground = _colours(rng)
+    image = background + coverage[..., None] * (foreground - background)
+    image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    image = image + rng.normal(0.0, rng.uniform(0, 0.06), size=image.shape)
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Background and foreground RGB in [0, 1] whose luminances differ by at least 0.35."""
+    luminance = np.array([0.299, 0.587, 0.114])
+    background = rng.uniform(0, 1, size=3)
+    while True:
+        foreground = rng.uniform(0, 1, size=3)
+        if abs(float((foreground - background) @ luminance)) >= 0.35:
+            return background.astype(np.float32), foreground.astype(np.float32)
+
+
+def generation_parameters(image_size: int, seed: int, train_classes: int, test_classes: int) -> dict:
+    """What the generated folder depends on (compared with ``glyphs.json`` to reuse it)."""
+    import matplotlib
+    from matplotlib import ft2font
+
+    return {
+        "version": VERSION,
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "train_classes": int(train_classes),
+        "test_classes": int(test_classes),
+        "min_fonts": MIN_FONTS,
+        "confusable_distance": CONFUSABLE_DISTANCE,
+        "matplotlib": matplotlib.__version__,
+        "freetype": ft2font.__freetype_version__,
+    }
+
+
+def _manifest_matches(root: Path, parameters: dict) -> bool:
+    try:
+        saved = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(saved, dict)
+        and saved.get("parameters") == parameters
+        and all((root / name).is_file() for name in LIST_FILES)
+    )
+
+
+def write_glyphs(
+    root, image_size: int = 32, seed: int = 0, train_classes: int = 1000, test_classes: int = 1000
+) -> dict:
+    """Generate the benchmark under ``root`` unless ``glyphs.json`` there already matches; returns
+    the manifest (parameters, counts, the left-out confusable characters)."""
+    from tqdm import tqdm
+
+    from recog.utils import atomic
+
+    root = Path(root)
+    if image_size < 8 or image_size > RENDER_SIZE:
+        raise DataError(f"glyph image_size must be between 8 and {RENDER_SIZE}, got {image_size}")
+    if train_classes < 1 or test_classes < 1:
+        raise DataError(
+            f"the glyph benchmark needs train_classes and test_classes >= 1, got {train_classes}, {test_classes}"
+        )
+    parameters = generation_parameters(image_size, seed, train_classes, test_classes)
+    if _manifest_matches(root, parameters):
+        return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    if root.exists() and not root.is_dir():
+        raise DataError(f"dataset.root={root} is a file, not a folder for the glyph benchmark")
+    if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file():
+        raise DataError(
+            f"dataset.root={root} holds files that are not a glyph benchmark (no {MANIFEST}): "
+            "choose an empty or new folder"
+        )
+    log.info("writing the glyph benchmark under %s (once; about a minute)", root)
+    found = catalogue(image_size)
+    codes = sorted(found.fonts_of)
+    if train_classes + test_classes > len(codes):
+        raise DataError(
+            f"the glyph benchmark has {len(codes)} classes here (characters {MIN_FONTS}+ fonts draw, look-alikes "
+            f"merged): train_classes + test_classes = {train_classes + test_classes} is too many"
+        )
+    order = np.random.default_rng(seed).permutation(len(codes))
+    splits = {
+        LIST_FILES[0]: sorted(codes[i] for i in order[:train_classes]),
+        LIST_FILES[1]: sorted(codes[i] for i in order[train_classes : train_classes + test_classes]),
+    }
+    fonts = load_fonts()
+    by_name = {font.name: font for font in fonts}
+    font_index = {font.name: i for i, font in enumerate(fonts)}
+    total = sum(len(found.fonts_of[code]) for split_codes in splits.values() for code in split_codes)
+    counts = {}
+    try:
+        with atomic.replacing_dir(root, "the glyph benchmark") as tmp:
+            with tqdm(total=total, desc="glyph images", unit="img", dynamic_ncols=True) as bar:
+                image_id = 0
+                for list_name, split_codes in splits.items():
+                    rows = [" ".join(HEADER)]
+                    distinct = 0
+                    for code in split_codes:
+                        folder = tmp / "images" / f"{code:04x}"
+                        folder.mkdir(parents=True)
+                        drawings = {name: draw(by_name[name], code) for name in found.fonts_of[code]}
+                        distinct += len({drawing.tobytes() for drawing in drawings.values()})
+                        for name, drawing in drawings.items():
+                            rng = np.random.default_rng([seed, code, font_index[name]])
+                            image = jitter(drawing, image_size, rng)
+                            ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                            if not ok:
+                                raise DataError(f"cannot encode the glyph image of U+{code:04X} in {name}")
+                            atomic.write_file(folder / f"{name}.png", png.tobytes())
+                            image_id += 1
+                            rows.append(f"{image_id} {code} {code // 256} images/{code:04x}/{name}.png")
+                            bar.update(1)
+                    atomic.write_file(tmp / list_name, "\n".join(rows) + "\n")
+                    counts[list_name] = {
+                        "classes": len(split_codes),
+                        "images": len(rows) - 1,
+                        "distinct_designs": distinct,
+                    }
+            manifest = {
+                "parameters": parameters,
+                "counts": dict(counts, available_classes=len(codes)),
+                "fonts": [font.name for font in fonts],
+                "look_alike_groups": [[f"U+{c:04X}" for c in group] for group in found.groups],
+            }
+            atomic.write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise DataError(f"cannot write the glyph benchmark under {root}: {error}") from None
+    return manifest
+
+
+def load_glyphs(
+    root: str,
+    image_size: int = 32,
+    seed: int = 0,
+    train_classes: int = 1000,
+    test_classes: int = 1000,
+    mirror_invariant: bool = False,
+) -> RetrievalSplits:
+    """Generate the glyph benchmark under ``root`` once (no download), then load it as SOP.
+    Glyphs are not mirror invariant (a mirrored 'b' is a 'd')."""
+    write_glyphs(root, image_size=image_size, seed=seed, train_classes=train_classes, test_classes=test_classes)
+    return load_sop(os.fspath(root), mirror_invariant=mirror_invariant)

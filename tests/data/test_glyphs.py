@@ -1,0 +1,103 @@
+"""The glyph benchmark: drawings keep what tells characters apart, look-alikes become one class,
+jitter is a pure function of its seed, and the written folder is an SOP dataset of unseen test classes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from recog.data import glyphs
+from recog.data.sop import read_sop_file
+from recog.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def fonts():
+    return {font.name: font for font in glyphs.load_fonts()}
+
+
+def test_the_placeholder_font_is_left_out_and_every_family_is_in(fonts):
+    assert not any(name.startswith("LastResort") for name in fonts)
+    assert {"DejaVuSans", "DejaVuSerif-Bold", "DejaVuSansMono-Oblique", "STIXGeneral", "cmr10"} <= set(fonts)
+
+
+def test_drawings_keep_the_baseline_and_the_horizontal_position(fonts):
+    sans = fonts["DejaVuSans"]
+    period, middle_dot = glyphs.draw(sans, ord(".")), glyphs.draw(sans, 0xB7)
+    assert period.dtype == np.uint8 and period.shape == (glyphs.RENDER_SIZE,) * 2
+    rows = lambda image: np.nonzero(image.max(axis=1))[0]  # noqa: E731
+    assert rows(period).min() > rows(middle_dot).max()  # '.' sits on the baseline, '·' above it
+    left_half, right_half = glyphs.draw(sans, 0x258C), glyphs.draw(sans, 0x2590)
+    columns = lambda image: np.nonzero(image.max(axis=0))[0]  # noqa: E731
+    assert columns(left_half).mean() < glyphs.RENDER_SIZE / 2 < columns(right_half).mean()
+
+
+def test_look_alikes_across_scripts_are_one_group(fonts):
+    codes = [ord("A"), 0x391, 0x410, ord("B"), ord("b")]  # Latin A, Greek Alpha, Cyrillic A
+    drawings = {
+        code: {name: glyphs.draw(fonts[name], code) for name in ("DejaVuSans", "DejaVuSerif")} for code in codes
+    }
+    assert glyphs.confusable_groups(drawings, 32) == [[ord("A"), 0x391, 0x410]]
+
+
+def test_jitter_is_a_pure_function_of_its_seed(fonts):
+    drawing = glyphs.draw(fonts["DejaVuSerif"], ord("g"))
+    first = glyphs.jitter(drawing, 32, np.random.default_rng([0, 103, 4]))
+    again = glyphs.jitter(drawing, 32, np.random.default_rng([0, 103, 4]))
+    other = glyphs.jitter(drawing, 32, np.random.default_rng([1, 103, 4]))
+    assert first.dtype == np.uint8 and first.shape == (32, 32, 3)
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+@pytest.fixture(scope="module")
+def small_benchmark(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glyphs") / "glyphs"
+    manifest = glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5)
+    return root, manifest
+
+
+@pytest.mark.slow
+def test_the_folder_is_an_sop_dataset_of_unseen_classes(small_benchmark):
+    root, manifest = small_benchmark
+    assert manifest["counts"]["Ebay_train.txt"]["classes"] == 6 and manifest["counts"]["Ebay_test.txt"]["classes"] == 5
+    assert manifest["counts"]["available_classes"] >= 2000  # at least 1,000 train + 1,000 test classes possible
+    splits = glyphs.load_glyphs(str(root), image_size=16, seed=3, train_classes=6, test_classes=5)
+    train, test = {s.label for s in splits.train}, {s.label for s in splits.query}
+    assert len(train) == 6 and len(test) == 5 and not train & test and splits.gallery is None
+    for samples in (splits.train, splits.query):
+        per_class = {}
+        for sample in samples:
+            per_class[sample.label] = per_class.get(sample.label, 0) + 1
+        assert min(per_class.values()) >= glyphs.MIN_FONTS
+    assert not splits.mirror_invariant
+    left_out = {int(code[2:], 16) for group in manifest["look_alike_groups"] for code in group[1:]}
+    assert 0x391 in left_out and 0x410 in left_out and not left_out & (train | test)
+
+
+@pytest.mark.slow
+def test_a_matching_folder_is_reused_and_a_foreign_one_refused(small_benchmark, tmp_path):
+    root, _ = small_benchmark
+    stamp = os.stat(root / "Ebay_train.txt").st_mtime_ns
+    glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5)
+    assert os.stat(root / "Ebay_train.txt").st_mtime_ns == stamp
+    assert read_sop_file(str(root / "Ebay_test.txt"), str(root))
+    assert json.loads((root / glyphs.MANIFEST).read_text())["parameters"]["seed"] == 3
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a glyph benchmark"):
+        glyphs.write_glyphs(foreign, image_size=16, train_classes=2, test_classes=2)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        glyphs.write_glyphs(a_file, image_size=16, train_classes=2, test_classes=2)
+
+
+def test_impossible_sizes_are_refused_before_any_work(tmp_path):
+    with pytest.raises(DataError, match="image_size"):
+        glyphs.write_glyphs(tmp_path / "g", image_size=4)
+    with pytest.raises(DataError, match="train_classes"):
+        glyphs.write_glyphs(tmp_path / "g", train_classes=0)
+    assert not (tmp_path / "g").exists()
