@@ -4,6 +4,9 @@ A loss config's terms are ``loss.<term>: {weight, input, fn: {_target_, ...}}``:
 the term reads (``logits``, ``features`` or ``backbone``), its weight, and one of these under
 ``fn``; ``recog.losses.weighted.WeightedLoss`` sums them. A new loss is its file plus
 ``conf/loss/<name>.yaml`` (see CONTRIBUTING.md); exporting it here is a convenience, not a must.
+
+With several data-parallel processes a term gets the global batch (every process's rows, see
+``WeightedLoss``), unless its class declares ``per_sample = True`` (CE, center loss).
 """
 
 from recog.losses.center import CenterLoss

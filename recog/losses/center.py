@@ -21,6 +21,8 @@ class CenterLoss(nn.Layer):
         feat_dim: feature dimension D.
     """
 
+    per_sample = True  # a mean of per-row terms: each rank computes it on its own rows (see WeightedLoss)
+
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
         if num_classes < 1 or feat_dim < 1:

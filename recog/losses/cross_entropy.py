@@ -15,6 +15,8 @@ class CELoss(nn.Layer):
         epsilon: label-smoothing factor in (0, 1), or None for plain cross entropy.
     """
 
+    per_sample = True  # a mean of per-row terms: each rank computes it on its own rows (see WeightedLoss)
+
     def __init__(self, epsilon: float | None = None):
         super().__init__()
         if epsilon is not None and not 0.0 < epsilon < 1.0:

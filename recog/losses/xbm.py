@@ -23,6 +23,8 @@ class XBM(nn.Layer):
     Before training step ``start_iteration`` (counted from 0 over training-mode calls) the
     memory is neither read nor filled. In eval mode only ``L(batch, batch)`` is returned and the
     memory is left alone. The memory lives in non-persistable buffers: it is not checkpointed.
+    In data-parallel training XBM gets the global batch (see ``WeightedLoss``): every rank's memory
+    holds the features of all ranks, as one process's would.
 
     The wrapped loss must compare anchors with references:
     ``forward(inputs, labels, ref_inputs=None, ref_labels=None)`` where, without references, the

@@ -4,13 +4,19 @@ import json
 import time
 
 import numpy as np
+import paddle
 import pytest
 from dist_helpers import TINY, WORKER, launch, max_difference, weights, worker_logs
+from safetensors.numpy import save_file
 
 import recog
 from recog.api import load_splits
+from recog.data import build_transform
+from recog.data.loader import build_eval_loader
+from recog.distributed import parallel
 from recog.evaluation import Evaluator, extract_features
 from recog.stages import evaluate, train
+from recog.training.compile import BATCH_NORMS
 from recog.utils import checkpoint
 from recog.utils.runtime import seed_everything
 
@@ -18,54 +24,108 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # each te
 
 # Why this config: DataParallel averages the ranks' gradients, and CE is a mean over the batch, so
 # with equal per-rank batches one DDP step equals one step on the concatenated batch - as long as
-# nothing else depends on the batch split. BatchNorm would normalise each rank's half with its own
-# batch statistics: trainer.freeze_bn=true keeps BN in eval mode (running statistics). Dropout
-# draws per-rank masks: off. Triplet losses mine within a batch: CE only. Random flips stay on:
-# they are seeded by the sample's place in the global batch, not by the process. Momentum: an update
-# linear in the gradient, so rounding differences stay rounding-sized (Adam divides by |g| ~ eps).
+# nothing else depends on the batch split. The terms that relate samples (triplets, SupCon, XBM)
+# see the global batch gathered from all ranks. BatchNorm would normalise each rank's half with its
+# own batch statistics: trainer.freeze_bn=true keeps BN in eval mode (running statistics). Dropout
+# draws per-rank masks: off. Random flips stay on: they are seeded by the sample's place in the
+# global batch, not by the process. Momentum: an update linear in the gradient, so rounding
+# differences stay rounding-sized (Adam divides by |g| ~ eps).
 EQUIVALENT = TINY + [
-    "loss=ce",
     "head=fc",
     "optimizer=momentum",
     "backbone.dropout_prob=0.0",
     "trainer.freeze_bn=true",
-    "optimizer.lr=0.1",
+    "optimizer.lr=3e-4",
     "scheduler.warmup_epochs=0",
     "trainer.epochs=1",
     "trainer.steps_per_epoch=3",
     "trainer.log_every=1",
     "mlflow.enabled=false",
 ]
+LOSSES = ["ce", "triplet_v2", "triplet_angular", "supcon", "xbm"]  # CE per rank; the others on the global batch
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, image_lists):
+def _backbone_with_data_statistics(cfg, path):
+    """The initial backbone (seed ``cfg.seed``, as training builds it) with its BatchNorm running
+    statistics measured on 64 training images, saved as ``backbone.pretrained`` weights.
+
+    Frozen BatchNorm keeps the running statistics, and those of a fresh PP-LCNet (mean 0, variance
+    1) let each hardswish layer shrink the activations about 4-fold: its features are ~1e-9 and the
+    gradients of losses that normalise them ~1e9. Measured statistics keep the features O(1)."""
+    seed_everything(cfg.seed)
+    backbone = recog.build_model(cfg, class_num=5).backbone
+    for layer in backbone.sublayers():
+        if isinstance(layer, BATCH_NORMS):
+            layer._momentum = 0.0  # running statistics := this batch's
+    transform = build_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std, train=False, hflip=False)
+    images, _ = next(iter(build_eval_loader(load_splits(cfg).train[:64], transform, batch_size=64, num_workers=0)))
+    backbone.train()
+    with paddle.no_grad():
+        backbone(images)
+    save_file({name: value.numpy() for name, value in backbone.state_dict().items()}, str(path))
+    return path
+
+
+def _logged_values(monkeypatch) -> list[dict]:
+    """What ``parallel.mean_across_ranks`` returns from now on: the values the tracker logs."""
+    logged, mean_across_ranks = [], parallel.mean_across_ranks
+
+    def recording(values):
+        logged.append(mean_across_ranks(values))
+        return logged[-1]
+
+    monkeypatch.setattr(parallel, "mean_across_ranks", recording)
+    return logged
+
+
+def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, image_lists, monkeypatch):
     out = tmp_path / "ddp"
     overrides = EQUIVALENT + image_lists + [f"paths.output_root={tmp_path}"]
+    backbone = _backbone_with_data_statistics(recog.compose(overrides), tmp_path / "backbone.safetensors")
+    overrides.append(f"backbone.pretrained={backbone}")
     started = time.perf_counter()
-    result = launch(2, [WORKER, "train", out, *overrides], tmp_path / "launch")
+    result = launch(2, [WORKER, "train", out, ",".join(LOSSES), *overrides], tmp_path / "launch", timeout=600)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stdout[-3000:] + worker_logs(tmp_path / "launch")
-    rank0, rank1 = weights(out / "rank0" / "checkpoints" / "last"), weights(out / "rank1" / "checkpoints" / "last")
-    assert max_difference(rank0, rank1) == 0.0  # the replicas never drift apart
+
+    # global_batch.gather with 3 rows on rank 0 and 5 on rank 1: padded, gathered, trimmed; gradient only
+    # into the own rows, times 2
+    for rank in (0, 1):
+        gathered = np.load(out / f"gather_rank{rank}.npz")
+        np.testing.assert_array_equal(
+            gathered["rows"], np.concatenate([np.arange(12.0).reshape(3, 4), np.arange(20.0).reshape(5, 4) + 100])
+        )
+        np.testing.assert_array_equal(gathered["labels"], [[10]] * 3 + [[11]] * 5)
+        own = slice(0, 3) if rank == 0 else slice(3, 8)
+        np.testing.assert_array_equal(gathered["grad"], 2 * np.arange(32.0).reshape(8, 4)[own])
 
     # One process, batch 16: PKBatchSampler draws the same 4 classes x 4 images per step that the
     # two ranks split between them (rank 0 the first 2 classes, rank 1 the next 2).
-    single_cfg = recog.compose(overrides + ["data.batch_size=16"])
-    train.run(single_cfg, tmp_path / "single")
-    single = weights(tmp_path / "single" / "checkpoints" / "last")
-    difference = max_difference(rank0, single)
-    assert difference < 1e-5
-
     seed_everything(0)  # the initial weights: training must have moved them far beyond the tolerance
-    initial = {k: v.numpy() for k, v in recog.build_model(single_cfg, class_num=5).state_dict().items()}
-    assert max_difference(initial, single) > 1e-2
-    state = checkpoint.load_state(out / "rank0" / "checkpoints" / "last")
+    initial = {k: v.numpy() for k, v in recog.build_model(recog.compose(overrides), class_num=5).state_dict().items()}
+    report = []
+    for loss in LOSSES:
+        rank0 = weights(out / loss / "rank0" / "checkpoints" / "last")
+        assert max_difference(rank0, weights(out / loss / "rank1" / "checkpoints" / "last")) == 0.0  # no drift
+        logged = _logged_values(monkeypatch)
+        train.run(recog.compose([*overrides, f"loss={loss}", "data.batch_size=16"]), tmp_path / "single" / loss)
+        single = weights(tmp_path / "single" / loss / "checkpoints" / "last")
+        difference, moved = max_difference(rank0, single), max_difference(initial, single)
+        assert difference < 1e-5, loss
+        assert moved > 5e-3, loss
+        # the loss values logged by the 2-process run are the single process's, step by step
+        ddp_logged = json.loads((out / loss / "rank0" / "logged.json").read_text())
+        assert len(ddp_logged) == len(logged) == 3
+        for ours, theirs in zip(ddp_logged, logged):
+            assert {k: ours[k] for k in theirs if k != "images_per_sec"} == pytest.approx(
+                {k: v for k, v in theirs.items() if k != "images_per_sec"}, rel=1e-5
+            ), loss
+        assert logged[0][loss] > 1e-2, loss  # a term that trains (a vanishing one would equal trivially)
+        report.append(f"{loss} {difference:.2g} (moved {moved:.2g})")
+    state = checkpoint.load_state(out / "ce" / "rank0" / "checkpoints" / "last")
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert state["rng"][0]["paddle"] != state["rng"][1]["paddle"]  # ranks draw their own dropout masks
-    print(
-        f"\nmax |DDP - single| = {difference:.3g} (max |trained - initial| {max_difference(initial, single):.3g}); "
-        f"launch of 2 processes {elapsed:.1f} s"
-    )
+    print(f"\nmax |DDP - single|: {', '.join(report)}; launch of 2 processes {elapsed:.1f} s")
 
 
 def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_thread):
