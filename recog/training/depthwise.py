@@ -18,9 +18,10 @@ Paddle's kernel, which is faster there.
 
 ``auto`` (the default) turns it on for CPU training and off on GPUs (cuDNN's kernels are fast).
 It changes no parameter or name: checkpoints, exports and PaddleClas weights are unaffected. Only
-the dygraph training step uses it: evaluation (also the evals during training, so that their metrics
-equal ``stage=eval``'s exactly) and traced programs (``trainer.compile``, the eval predictor, an
-export) keep Paddle's kernel.
+training steps use it, and always in dygraph: under ``trainer.compile`` (SOT programs) the routing
+check is a graph break at each routed layer, and the product runs in dygraph between the program's
+pieces. Evaluation (also the evals during training, so that their metrics equal ``stage=eval``'s
+exactly) and programs traced whole (the eval predictor, an export) keep Paddle's kernel.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ class DepthwiseMatmulConv2D(paddle.nn.Conv2D):
 
 @paddle.jit.not_to_static
 def _takes_matmul(layer: paddle.nn.Conv2D, x) -> bool:
-    # Training steps only: evaluation (also during training) and traced programs (trainer.compile, the eval
+    # Training steps only, in dygraph: evaluation (also during training) and programs traced whole (the eval
     # predictor, exports) keep Paddle's kernel, so eval features equal stage=eval's and an export's exactly.
+    # Under SOT (trainer.compile) this not_to_static call is a graph break: the product runs in dygraph.
     if not layer.training or not paddle.in_dynamic_mode():
         return False
     _, _, height, width = x.shape

@@ -71,7 +71,10 @@ def test_only_plain_depthwise_convolutions_are_routed():
     assert not eligible(paddle.nn.Conv2D(8, 8, 3, padding="SAME", groups=8))
 
 
-def test_evaluation_large_maps_and_traced_programs_keep_paddles_kernel(monkeypatch):
+def test_evaluation_large_maps_and_whole_programs_keep_paddles_kernel(monkeypatch):
+    """The matrix product runs in dygraph training steps on small maps, also inside trainer.compile's
+    SOT programs (the routing check is a graph break there, the product runs in dygraph); evaluation,
+    large maps and programs traced whole (exports, the eval predictor) keep Paddle's kernel."""
     layer = paddle.nn.Conv2D(4, 4, 3, padding=1, groups=4)
     assert use_depthwise_matmul(layer) == 1
     calls = []
@@ -91,11 +94,15 @@ def test_evaluation_large_maps_and_traced_programs_keep_paddles_kernel(monkeypat
     side = int(round(MAX_CELLS**0.25)) + 1  # (side^2)^2 > MAX_CELLS: Paddle's kernel
     layer(paddle.rand([1, 4, side, side]))
     assert len(calls) == 1
+    compiled_step = paddle.jit.to_static(layer.forward, full_graph=False)  # as trainer.compile builds it
+    for _ in range(2):
+        compiled_step(paddle.rand([2, 4, 8, 8]))
+    assert len(calls) == 3  # at every call, not once while tracing
     static = paddle.jit.to_static(
         layer, input_spec=[paddle.static.InputSpec([None, 4, 8, 8], "float32")], full_graph=True
     )
     static(paddle.rand([2, 4, 8, 8]))
-    assert len(calls) == 1  # the program was built with conv2d
+    assert len(calls) == 3  # the program was built with conv2d
 
 
 class _RecordingMomentum(paddle.optimizer.Momentum):
