@@ -118,11 +118,10 @@ class TrainerConfig:
     skip_nonfinite: bool = False
     # The eval metric that picks best_model/ (higher is better): recall_at_K, precision_at_K, mAP, mINP
     monitor: str = "recall_at_1"
-    # Faster training steps (recog/training/compile.py), each auto | true | false. compile: forward +
-    # loss (+ backward) as paddle.jit.to_static programs; onednn: oneDNN kernels in them (CPU);
-    # channels_last: PIR's NHWC layout pass (GPU with amp, compiled). auto: dygraph, no faster mode was measured.
+    # The training step's strategy (recog/training/strategy.py), each auto | true | false. compile: forward +
+    # loss (+ backward) as paddle.jit.to_static programs; channels_last: PIR's NHWC layout pass (GPU with
+    # amp, compiled). auto: dygraph, no faster mode was measured.
     compile: str = "auto"
-    onednn: str = "auto"
     channels_last: str = "auto"
     fused_finite_check: bool = True  # one kernel checks all gradients for NaN / Inf (false: one per tensor)
     # Depthwise convolutions on small maps as one batched matrix product (recog/training/depthwise.py),

@@ -21,13 +21,14 @@ import paddle.distributed as dist
 import recog
 from recog import evaluation
 from recog.stages import evaluate, train
-from recog.training import loop, resume
+from recog.training import resume
+from recog.training.callbacks import checkpoints
 
 
 def main(mode: str, out: Path, overrides):
     cfg = recog.compose(overrides)
     if mode == "train":
-        for module in (train, loop, resume):
+        for module in (resume, checkpoints):
             module.is_main_process = lambda: True
         train.run(cfg, out / f"rank{dist.get_rank()}")
         return
