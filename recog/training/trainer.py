@@ -65,8 +65,10 @@ class Trainer:
         self.log_every, self.freeze_bn = max(1, int(trainer.log_every)), bool(trainer.freeze_bn)
 
     def call(self, hook: str, *args) -> None:
+        """``hook`` of every callback that has one (overrides ``Callback``'s), in list order."""
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            if _overrides(callback, hook):
+                getattr(callback, hook)(self, *args)
 
     def fit(self, state: dict) -> dict:
         """Epochs ``state["epoch"]`` .. ``trainer.epochs - 1`` (from ``state["step_in_epoch"]`` in the
@@ -150,9 +152,7 @@ class Trainer:
         (complete)."""
         if self.runner.skipped:
             log.warning("%d training step(s) skipped for a non-finite loss or gradient", self.runner.skipped)
-        for callback in self.callbacks:
-            if type(callback).on_fit_end is Callback.on_fit_end:
-                continue  # nothing to do at the end
+        for callback in [c for c in self.callbacks if _overrides(c, "on_fit_end")]:
             if self.stop is not None and self.stop.requested:
                 raise self.interrupted(state, after_training=True)
             callback.on_fit_end(self, state)
@@ -189,6 +189,10 @@ class Trainer:
             f"{self.checkpoints.last}; continue with: {resume_command(self.run_dir)}",
             signum,
         )
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
 
 
 def resume_command(run_dir: Path, world: int | None = None) -> str:
