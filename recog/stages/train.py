@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 # What a training run does at the loop's fixed points, in this order (a new one: one class, one line here).
 CALLBACKS: tuple[type[Callback], ...] = (
+    MlflowLogging,  # metrics (an eval's first, before anything acts on them)
     KeepBestModel,  # best_model/, metrics.json, retrieval.png
     SaveCheckpoint,  # checkpoints/last, config.yaml
-    MlflowLogging,  # metrics, artifacts
     BadImageReport,  # bad_images.tsv
     ExportAfterTraining,  # export/ and the run's MLflow Model
     StopOnSignal,  # SIGTERM / SIGINT, after the checkpoint of an epoch end
