@@ -39,9 +39,11 @@ class TrainingInterrupted(RecogError):
     """Training stopped on SIGTERM / SIGINT after saving a checkpoint to resume from.
 
     ``run.py`` exits with ``exit_code`` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT).
+    ``complete``: the signal came after the run's work was done (its MLflow run is FINISHED, not KILLED).
     """
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, complete: bool = False):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+        self.complete = complete

@@ -2,15 +2,13 @@
 
 The ``optimizer`` config names a factory below and the base rate ``lr`` (which recog reads, not the
 factory); the ``scheduler`` config names a schedule factory, built from that rate.
-``build_optimizer`` joins them: the schedule is stepped every iteration.
+``recog.builders.build_optimizer`` joins them: the schedule is stepped every iteration.
 """
 
 from collections.abc import Sequence
 
 import paddle
 from paddle.optimizer import lr as schedules
-
-from recog.config.build import build_component
 
 
 def warmup_cosine(
@@ -88,16 +86,3 @@ def adamw(
 def _decay_exempt(param) -> bool:
     regularizer = getattr(param, "regularizer", None)
     return isinstance(regularizer, paddle.regularizer.L2Decay) and float(regularizer._coeff) == 0.0
-
-
-def build_optimizer(cfg, parameters, steps_per_epoch: int):
-    """Returns ``(optimizer, schedule)`` from ``cfg.optimizer``, ``cfg.scheduler`` and ``cfg.trainer``."""
-    schedule = build_component(
-        "scheduler", cfg.scheduler, base_lr=cfg.optimizer.lr, epochs=cfg.trainer.epochs, steps_per_epoch=steps_per_epoch
-    )
-    clip = cfg.trainer.grad_clip
-    grad_clip = paddle.nn.ClipGradByGlobalNorm(clip) if clip else None
-    optimizer = build_component(
-        "optimizer", cfg.optimizer, parameters=parameters, learning_rate=schedule, grad_clip=grad_clip
-    )
-    return optimizer, schedule

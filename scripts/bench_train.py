@@ -13,8 +13,8 @@ default; PP-LCNet, FC neck, ArcMargin head, CE with 0.1 smoothing and AdamW are 
 
 Without ``--against`` it prints images/s of the data pipeline alone (the training loader: decode +
 augment + batch), of the training step alone on batches in memory (``StepRunner``: forward, loss,
-backward, finite check, optimizer; dygraph, compiled, and compiled with oneDNN where the device
-allows it), of the training loop (both, as ``stage=train`` runs them, in the default mode), which
+backward, finite check, optimizer; dygraph with and without ``trainer.depthwise_matmul``, and
+compiled), of the training loop (both, as ``stage=train`` runs them, in the default mode), which
 bounds training, and the seconds an epoch spends on eval (``trainer.eval_every``) and on writing
 ``checkpoints/last``.
 
@@ -26,8 +26,7 @@ recog's weights into it so both compute the same function, and alternates timed 
   both sides use recog's loss terms, which follow PaddleClas's formulas);
 - recog bare step: the same on recog's model;
 - recog's ``StepRunner`` in each mode (dygraph with ``trainer.depthwise_matmul`` off and on,
-  ``trainer.compile``; ``trainer.onednn`` with ``--with-onednn``: Paddle 3.3.1 can kill the process
-  with SIGSEGV while translating it), the default marked.
+  ``trainer.compile``), the default marked.
 
 First every contender runs the same 3 batches from the same weights (dropout reseeded per step),
 and the step-3 losses must agree (``--loss-rtol``; a mismatch is printed, and the exit code is 1 when
@@ -76,12 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=2e-3,
         help="--against: relative tolerance of the step-3 losses (default 2e-3)",
-    )
-    parser.add_argument(
-        "--with-onednn",
-        action="store_true",
-        help="CPU: also time trainer.onednn (the backbone "
-        "compiled with oneDNN), which Paddle 3.3.1 can crash with SIGSEGV",
     )
     parser.add_argument(
         "--wheel", type=Path, default=None, help="the PaddleClas wheel (default: .venv/oracles/paddleclas-2.6.0-*.whl)"
@@ -191,14 +184,13 @@ def main(argv=None) -> int:
     import paddle
 
     import recog  # first: sets OMP_NUM_THREADS to all cores (unless set) before Paddle is imported
-    from recog.api import build_loss, build_model, load_splits
+    from recog.api import build_loss, build_model, build_optimizer, load_splits
     from recog.data import build_train_loader, build_transform, set_loader_epoch
     from recog.data.loader import dataset_options, to_device
     from recog.errors import RecogError
-    from recog.optim import build_optimizer
-    from recog.training.compile import configure_step, resolve_step_mode
     from recog.training.depthwise import resolve_depthwise_matmul
     from recog.training.step import StepRunner, TrainNet
+    from recog.training.strategy import configure_step, resolve_step_mode
     from recog.utils.runtime import seed_everything, select_device
 
     try:
@@ -233,7 +225,7 @@ def main(argv=None) -> int:
 
     reference, _ = new_model()
 
-    def runner_for(compile_: str, onednn: str, depthwise: str = "auto"):
+    def runner_for(compile_: str, depthwise: str = "auto"):
         """A StepRunner in one mode: (runner, optimizer, schedule, label, model, loss_fn)."""
         model, loss_fn = new_model()
         copy_weights(reference, model)
@@ -242,21 +234,17 @@ def main(argv=None) -> int:
             TrainNet(model, loss_fn), optimizer, schedule, skip_nonfinite=True
         )  # a NaN must not end the benchmark
         trainer = cfg.trainer.copy()
-        trainer.compile, trainer.onednn, trainer.depthwise_matmul = compile_, onednn, depthwise
-        mode = configure_step(runner, trainer)
-        return runner, optimizer, schedule, describe(mode, trainer), model, loss_fn
+        trainer.compile, trainer.depthwise_matmul = compile_, depthwise
+        strategy = configure_step(runner, trainer)
+        return runner, optimizer, schedule, describe(strategy.mode, trainer), model, loss_fn
 
     def describe(mode, trainer) -> str:
         matmul = not mode.compile and resolve_depthwise_matmul(trainer, device_kind)
         return mode.describe() + (", depthwise as matmul" if matmul else "")
 
     default_mode = describe(resolve_step_mode(cfg.trainer, device_kind), cfg.trainer)
-    # (trainer.compile, trainer.onednn, trainer.depthwise_matmul)
-    modes = [("false", "false", "false"), ("false", "false", "true")]
-    if device_kind == "cpu":
-        modes += [("true", "false", "auto")] + ([("true", "true", "auto")] if args.with_onednn else [])
-    else:
-        modes += [("true", "auto", "auto")]
+    # (trainer.compile, trainer.depthwise_matmul)
+    modes = [("false", "false"), ("false", "true"), ("true", "auto")]
     batch = int(data.batch_size)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     print(
@@ -313,8 +301,8 @@ def main(argv=None) -> int:
 
     step_rates = {}
     default_runner = None
-    for compile_, onednn, depthwise in modes:
-        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn, depthwise)
+    for compile_, depthwise in modes:
+        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, depthwise)
         position = [0]
 
         def step_alone(runner=runner, position=position):
@@ -328,7 +316,7 @@ def main(argv=None) -> int:
         if mode == default_mode:
             default_runner = (runner, optimizer, schedule, model, loss_fn)
     if default_runner is None:
-        default_runner = runner_for(cfg.trainer.compile, cfg.trainer.onednn, cfg.trainer.depthwise_matmul)
+        default_runner = runner_for(cfg.trainer.compile, cfg.trainer.depthwise_matmul)
         default_runner = (default_runner[0], default_runner[1], default_runner[2], default_runner[4], default_runner[5])
     runner, optimizer, schedule, model, loss_fn = default_runner
 
@@ -441,8 +429,8 @@ def against_paddleclas(
     contenders["recog model, bare step"] = bare(ours, our_loss)
     default_name = None
     keep = []  # runners hold their layers
-    for compile_, onednn, depthwise in modes:
-        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, onednn, depthwise)
+    for compile_, depthwise in modes:
+        runner, optimizer, schedule, mode, model, loss_fn = runner_for(compile_, depthwise)
         keep.append(runner)
         name = f"recog StepRunner, {mode}"
         if mode == default_mode:

@@ -1,4 +1,4 @@
-"""Issue 13 defect 14: build_model says what is missing instead of silently reading (writing) a dataset."""
+"""build_model says what is missing instead of silently reading (writing) a dataset."""
 
 import logging
 

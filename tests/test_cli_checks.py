@@ -1,4 +1,4 @@
-"""run.py's checks before Hydra starts (issue 13 defects 10, 11, 12): one message, exit 2, no run folder."""
+"""run.py's checks before Hydra starts: one message, exit 2, no run folder."""
 
 import subprocess
 from pathlib import Path

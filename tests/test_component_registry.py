@@ -11,10 +11,9 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.api import build_loss, build_model, compose
+from recog.api import build_loss, build_model, build_optimizer, compose
 from recog.config import check_overrides
 from recog.errors import ConfigError
-from recog.optim import build_optimizer
 from recog.registry import CONF_DIR, GROUPS, config_dirs, load_registry
 
 SMALL = ["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=16"]

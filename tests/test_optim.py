@@ -10,9 +10,9 @@ import numpy as np
 import paddle
 import pytest
 
-from recog.api import compose
+from recog.api import build_optimizer, compose
 from recog.models.backbones.pplcnet import ConvBNLayer
-from recog.optim import build_optimizer, multi_step, warmup_cosine
+from recog.optim import multi_step, warmup_cosine
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track global mean")
 

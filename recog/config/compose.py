@@ -1,7 +1,4 @@
-"""Compose the config tree outside ``run.py`` and turn composition errors into plain messages.
-
-(Over 300 lines: most of it is ``check_values``, the one place every range recog enforces is listed.)
-"""
+"""Compose the config tree outside ``run.py`` and turn composition errors into plain messages."""
 
 import dataclasses
 import itertools
@@ -126,12 +123,6 @@ def check_overrides(args: list[str]) -> DictConfig | None:
     return cfg
 
 
-# Ranges the schema's types cannot express; a value outside them would fail deep inside a stage.
-SEED_RANGE = (0, 2**32 - 1)  # numpy's global seed
-MAX_IMAGE_SIZE = 8192
-_AT_LEAST_ONE = ("image_size", "batch_size", "samples_per_class", "eval_batch_size")
-
-
 def check_present(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "") -> None:
     """``ConfigError`` if a key of the schema's fixed sections was deleted (``~data``, ``~trainer.epochs``)."""
     for spec in dataclasses.fields(schema):
@@ -143,59 +134,41 @@ def check_present(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "")
 
 
 def check_values(cfg: DictConfig) -> None:
-    """``ConfigError`` for a value out of range (unset ``???`` values are skipped): ``seed``,
-    ``data.*``, the numbers of ``trainer``, ``eval``, ``export``, ``predict``, ``mlflow`` and
-    ``launcher``, and any component size (``embedding_size``, ``class_num``, ...) that is set."""
-    if not OmegaConf.is_missing(cfg, "seed") and not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
-        raise ConfigError(f"seed must be in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {cfg.seed}")
-    data = cfg.data
-    for key in _AT_LEAST_ONE:
-        if not OmegaConf.is_missing(data, key) and data[key] < 1:
-            raise ConfigError(f"data.{key} must be at least 1, got {data[key]}")
-    if not OmegaConf.is_missing(data, "image_size") and data.image_size > MAX_IMAGE_SIZE:
-        raise ConfigError(f"data.image_size={data.image_size} is over {MAX_IMAGE_SIZE} pixels a side")
-    if not OmegaConf.is_missing(data, "num_workers") and data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {data.num_workers}")
-    for key in ("mean", "std"):
-        if not OmegaConf.is_missing(data, key) and len(data[key]) != 3:
-            raise ConfigError(f"data.{key} needs 3 values (R, G, B), got {list(data[key])}")
-    if not OmegaConf.is_missing(data, "std") and not all(s > 0 for s in data.std):  # also refuses nan
-        raise ConfigError(f"data.std must be positive, got {list(data.std)}")
-    pixels = data.get("max_image_pixels")
-    if pixels is not None and pixels < 1:
-        raise ConfigError(f"data.max_image_pixels must be at least 1, or null for no limit, got {pixels}")
-    for key, low, note in _NUMBER_RANGES:
-        _check_number(cfg, key, low, note)
-    _check_recall_at(cfg)
+    """``ConfigError`` for a value out of range (unset ``???`` values are skipped): every field of
+    recog's own sections with a ``Range`` (recog/config/schema.py), ``launcher.node_rank`` below
+    ``launcher.nnodes``, the ``eval`` post-processing values, and any component size
+    (``embedding_size``, ``class_num``, ...) that is set."""
+    check_ranges(cfg)
     _check_launcher(cfg)
-    _check_mlflow_names(cfg)
     _check_component_sizes(cfg)
     if "eval" in cfg:
         check_eval_values(cfg.eval)
 
 
-# (key path, lowest allowed value, what the value means): checked when set (None / ??? are skipped).
-# A float lowest value is exclusive (tolerance 0 would accept nothing), an int one inclusive.
-_NUMBER_RANGES = (
-    ("trainer.epochs", 1, "epochs to train"),
-    ("trainer.eval_every", 1, "evaluate every N epochs; the last epoch is always evaluated"),
-    ("trainer.log_every", 1, "steps between metric logs"),
-    ("trainer.steps_per_epoch", 1, "a cap on the batches of an epoch; null: all"),
-    ("trainer.grad_clip", 0.0, "the global gradient-norm clip; null: no clipping"),
-    ("eval.predictor_min_megapixels", None, "megapixels"),
-    ("export.opset_version", 7, "the ONNX opset paddle2onnx is asked for"),
-    ("export.tolerance", 0.0, "the largest feature difference the export check allows"),
-    ("export.check_images", 1, "images in the export's self-check"),
-    ("predict.batch_size", 1, "images per predictor batch"),
-    ("predict.top_k", 1, "gallery results per query"),
-    ("predict.picture_queries", 0, "rows of retrieval.png; 0: no picture"),
-    ("mlflow.request_retries", 0, "HTTP retries per MLflow call"),
-    ("mlflow.request_timeout", 1, "seconds per MLflow HTTP request"),
-    ("launcher.nproc_per_node", 1, "processes on this node"),
-    ("launcher.nnodes", 1, "nodes"),
-    ("launcher.node_rank", 0, "this node's rank; null: assigned by the master"),
-)
-# Component arguments (any group, any depth) that count things: at least 1 when set.
+def check_ranges(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "") -> None:
+    """``ConfigError`` for the first field of ``schema`` (and its sections) outside its ``Range``."""
+    for spec in dataclasses.fields(schema):
+        if spec.name not in cfg or OmegaConf.is_missing(cfg, spec.name):
+            continue
+        key = f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(spec.type):
+            if OmegaConf.is_dict(cfg._get_node(spec.name)):
+                check_ranges(cfg[spec.name], spec.type, f"{key}.")
+            continue
+        bounds = spec.metadata.get("range")
+        if bounds is None:
+            continue
+        try:
+            value = cfg[spec.name]
+        except OmegaConfBaseException:  # an interpolation that needs Hydra (${hydra:...}): left to the run
+            continue
+        problem = bounds.problem(key, value)
+        if problem:
+            raise ConfigError(problem)
+
+
+# Component arguments (any group, any depth) that count things: at least 1 when set. Components have
+# no schema of their own (their yaml and constructor are their definition), so their sizes are named here.
 _COMPONENT_COUNTS = (
     "embedding_size",
     "class_num",
@@ -206,38 +179,6 @@ _COMPONENT_COUNTS = (
     "memory_size",
 )
 _COMPONENT_GROUPS = ("backbone", "neck", "head", "loss")
-MLFLOW_MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (MLflow 3)
-MLFLOW_MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores
-
-
-def _check_number(cfg: DictConfig, key: str, low, note: str) -> None:
-    section, name = key.split(".")
-    node = cfg.get(section)
-    if node is None or name not in node or OmegaConf.is_missing(node, name):
-        return
-    value = node[name]
-    if value is None:
-        return
-    if low is None:  # any finite value >= 0
-        if not value >= 0 or value == float("inf"):
-            raise ConfigError(f"{key} must be 0 or more ({note}), got {value}")
-        return
-    if isinstance(low, float):
-        if not (value > low and value != float("inf")):  # also refuses nan
-            raise ConfigError(f"{key} must be above {low:g} ({note}), got {value}")
-    elif value < low:
-        raise ConfigError(f"{key} must be at least {low} ({note}), got {value}")
-
-
-def _check_recall_at(cfg: DictConfig) -> None:
-    if "eval" not in cfg or OmegaConf.is_missing(cfg.eval, "recall_at"):
-        return
-    ks = list(cfg.eval.recall_at)
-    if not ks:
-        raise ConfigError("eval.recall_at needs at least one K, e.g. eval.recall_at=[1,5,10]")
-    bad = [k for k in ks if k < 1]
-    if bad:
-        raise ConfigError(f"eval.recall_at: every K must be at least 1 (Recall@K counts the top K results), got {ks}")
 
 
 def _check_launcher(cfg: DictConfig) -> None:
@@ -246,23 +187,6 @@ def _check_launcher(cfg: DictConfig) -> None:
         return
     if launcher.node_rank is not None and launcher.node_rank >= launcher.nnodes:
         raise ConfigError(f"launcher.node_rank={launcher.node_rank} must be below launcher.nnodes={launcher.nnodes}")
-
-
-def _check_mlflow_names(cfg: DictConfig) -> None:
-    mlflow = cfg.get("mlflow")
-    if mlflow is None:
-        return
-    for key, limit in (("experiment_name", MLFLOW_MAX_EXPERIMENT_NAME), ("run_name", MLFLOW_MAX_RUN_NAME)):
-        if key not in mlflow or OmegaConf.is_missing(mlflow, key) or mlflow[key] is None:
-            continue
-        try:
-            name = str(mlflow[key])
-        except OmegaConfBaseException:  # an interpolation that needs Hydra (${hydra:...}): left to the run
-            continue
-        if key == "experiment_name" and not name.strip():
-            raise ConfigError("mlflow.experiment_name must not be empty")
-        if len(name) > limit:
-            raise ConfigError(f"mlflow.{key} is {len(name)} characters long; MLflow takes at most {limit}")
 
 
 def _check_component_sizes(cfg: DictConfig) -> None:

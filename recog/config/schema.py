@@ -1,18 +1,97 @@
 """Structured configs of recog's own sections (data, trainer, eval, export, predict, mlflow, sweep,
-paths, launcher): their keys, types and defaults live here only, so a misspelt key or a wrongly
-typed value fails at composition.
+paths, launcher): their keys, types, defaults and value ranges live here only, so a misspelt key,
+a wrongly typed value or one out of range fails at composition (the ranges: ``Range``, given with
+``ranged(...)`` beside the field and checked by ``recog.config.compose.check_values``).
 
 The components (backbone, neck, head, loss, dataset, optimizer, scheduler) have no dataclass: each
 is a yaml in ``conf/<group>/`` with a ``_target_``, and its keys are checked against the
 constructor's signature (``recog.config.components``, ``recog.registry``).
 """
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a field accepts beyond its type; null and unset (``???``) values are not checked.
+
+    Numbers: ``low`` / ``high`` inclusive, ``above`` exclusive (NaN and infinities are refused where
+    a bound is given). Lists: ``length`` items exactly or ``nonempty``, and every item within the
+    bounds (``item`` names one in the message, e.g. "K"). Strings: ``nonempty`` (not blank) and at
+    most ``max_length`` characters. ``text`` says the range in words (default: from the bounds),
+    ``note`` what the value means; both appear in the message.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    length: int | None = None
+    nonempty: bool = False
+    max_length: int | None = None
+    item: str = "value"
+    text: str = ""
+    note: str = ""
+
+    def problem(self, key: str, value) -> str | None:
+        """The message for ``key=value`` outside the range, or None."""
+        note = f" ({self.note})" if self.note else ""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if self.nonempty and not value.strip():
+                return f"{key} must not be empty{note}"
+            if self.max_length is not None and len(value) > self.max_length:
+                return f"{key} is {len(value)} characters long; at most {self.max_length} are allowed{note}"
+            return None
+        if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+            values = list(value)
+            if self.nonempty and not values:
+                return f"{key} needs at least one {self.item}{note}"
+            if self.length is not None and len(values) != self.length:
+                return f"{key} needs {self.length} values{note}, got {values}"
+            if any(not self.within(v) for v in values):
+                return f"{key}: every {self.item} must be {self.words()}{note}, got {values}"
+            return None
+        return None if self.within(value) else f"{key} must be {self.words()}{note}, got {value}"
+
+    def within(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return all(bound is None for bound in (self.low, self.high, self.above))
+        return (
+            (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+            and (self.above is None or value > self.above)
+        )
+
+    def words(self) -> str:
+        if self.text:
+            return self.text
+        low, high, above = (f"{b:g}" if isinstance(b, float) else b for b in (self.low, self.high, self.above))
+        if self.low is not None and self.high is not None:
+            return f"in {low}..{high}"
+        if self.low is not None:
+            return f"at least {low}"
+        if self.above is not None:
+            return f"above {above}"
+        return f"at most {high}"
+
+
+def ranged(default=MISSING, *, factory=None, **bounds):
+    """A dataclass field with its ``Range`` (``Range``'s arguments) in the field's metadata."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"range": Range(**bounds)})
+    return field(default=default, metadata={"range": Range(**bounds)})
+
+
+# MLflow's own limits on names
+MLFLOW_MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (MLflow 3)
+MLFLOW_MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores
 
 
 class Stage(str, Enum):
@@ -87,28 +166,29 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    image_size: int = 224
-    batch_size: int = 64
-    samples_per_class: int = 4
-    eval_batch_size: int = 128
-    num_workers: int = 2
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    image_size: int = ranged(224, low=1, high=8192, note="pixels a side")
+    batch_size: int = ranged(64, low=1)
+    samples_per_class: int = ranged(4, low=1)
+    eval_batch_size: int = ranged(128, low=1)
+    num_workers: int = ranged(2, low=0, text="0 (load in the main process) or more")
+    mean: list[float] = ranged(factory=lambda: [0.485, 0.456, 0.406], length=3, note="R, G, B")
+    std: list[float] = ranged(factory=lambda: [0.229, 0.224, 0.225], length=3, above=0.0, note="R, G, B")
     on_bad_image: OnBadImage = OnBadImage.skip
     # Larger images are refused (as bad images) before decoding when the header tells the size
     # (PNG, JPEG, GIF, BMP, WebP, TIFF), else after: decompression bombs. None: OpenCV's own 2**30.
-    max_image_pixels: int | None = 100_000_000
+    max_image_pixels: int | None = ranged(100_000_000, low=1, note="null: no limit")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = ranged(10, low=1, note="epochs to train")
     device: Device = Device.auto
-    eval_every: int = 1  # epochs; the last epoch is always evaluated
-    log_every: int = 10  # steps between metric logs
-    grad_clip: float | None = None  # global-norm clip
-    steps_per_epoch: int | None = None  # cap on batches per epoch (smoke tests); None: all
+    eval_every: int = ranged(1, low=1, note="evaluate every N epochs; the last epoch is always evaluated")
+    log_every: int = ranged(10, low=1, note="steps between metric logs")
+    grad_clip: float | None = ranged(None, above=0.0, note="the global gradient-norm clip; null: no clipping")
+    # A cap on the batches of an epoch (smoke tests); None: all
+    steps_per_epoch: int | None = ranged(None, low=1, note="a cap on the batches of an epoch; null: all")
     amp: AmpLevel | None = None  # mixed precision on the GPU: O1 or O2; None: float32
     amp_dtype: AmpDtype = AmpDtype.float16
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (GPU, >1 process)
@@ -118,11 +198,10 @@ class TrainerConfig:
     skip_nonfinite: bool = False
     # The eval metric that picks best_model/ (higher is better): recall_at_K, precision_at_K, mAP, mINP
     monitor: str = "recall_at_1"
-    # Faster training steps (recog/training/compile.py), each auto | true | false. compile: forward +
-    # loss (+ backward) as paddle.jit.to_static programs; onednn: oneDNN kernels in them (CPU);
-    # channels_last: PIR's NHWC layout pass (GPU with amp, compiled). auto: dygraph, no faster mode was measured.
+    # The training step's strategy (recog/training/strategy.py), each auto | true | false. compile: forward +
+    # loss (+ backward) as paddle.jit.to_static programs; channels_last: PIR's NHWC layout pass (GPU with
+    # amp, compiled). auto: dygraph, no faster mode was measured.
     compile: str = "auto"
-    onednn: str = "auto"
     channels_last: str = "auto"
     fused_finite_check: bool = True  # one kernel checks all gradients for NaN / Inf (false: one per tensor)
     # Depthwise convolutions on small maps as one batched matrix product (recog/training/depthwise.py),
@@ -148,12 +227,14 @@ class Rerank(str, Enum):
 
 @dataclass
 class EvalConfig:
-    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    recall_at: list[int] = ranged(
+        factory=lambda: [1, 5, 10], nonempty=True, low=1, item="K", note="Recall@K counts the top K results"
+    )
     normalize: bool = True  # L2-normalise features: inner product = cosine
     binarize: Binarize | None = None  # rank binary codes by Hamming distance instead
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
-    predictor_min_megapixels: float = 1.0
+    predictor_min_megapixels: float = ranged(1.0, low=0.0, note="megapixels")
     # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
     # during training and by stage=predict's gallery search.
     flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
@@ -172,9 +253,11 @@ class ExportConfig:
 
     output_dir: str | None = None  # None: <model_path>/../export (beside best_model/)
     onnx: bool = False  # also write model.onnx (paddle2onnx), checked with onnxruntime
-    opset_version: int = 13  # ONNX opset requested from paddle2onnx
-    tolerance: float = 1e-4  # max abs feature difference allowed vs the dygraph model
-    check_images: int = 16  # eval-split images in the self-check (random input without a dataset)
+    opset_version: int = ranged(13, low=7, note="the ONNX opset paddle2onnx is asked for")
+    # max abs feature difference allowed vs the dygraph model
+    tolerance: float = ranged(1e-4, above=0.0, note="the largest feature difference the export check allows")
+    # eval-split images in the self-check (random input without a dataset)
+    check_images: int = ranged(16, low=1, note="images in the export's self-check")
     cpu_onednn: OneDNNMode = OneDNNMode.auto  # recorded in preprocess.json; auto probes full, then no_placement
     after_train: bool = True  # stage=train exports best_model/ into <run>/export and logs it as the MLflow Model
 
@@ -197,22 +280,24 @@ class PredictConfig:
     index_dir: str | None = None  # None: <output>/gallery; an existing index is extended
     index: IndexKind = IndexKind.flat
     output_dir: str | None = None  # None: the run directory
-    batch_size: int = 32
-    top_k: int = 5
-    picture_queries: int = 8  # rows of retrieval.png (0: no picture)
+    batch_size: int = ranged(32, low=1, note="images per predictor batch")
+    top_k: int = ranged(5, low=1, note="gallery results per query")
+    picture_queries: int = ranged(8, low=0, note="rows of retrieval.png; 0: no picture")
 
 
 @dataclass
 class MlflowConfig:
     enabled: bool = True
     tracking_uri: str | None = None  # None: sqlite:///<paths.output_root>/mlflow.db
-    experiment_name: str = "recog"
-    run_name: str | None = None  # None: backbone/neck/head/loss; a sweep job's run adds "#<job> <swept values>"
+    experiment_name: str = ranged("recog", nonempty=True, max_length=MLFLOW_MAX_EXPERIMENT_NAME, note="MLflow's limit")
+    # None: backbone/neck/head/loss; a sweep job's run adds "#<job> <swept values>"
+    run_name: str | None = ranged(None, max_length=MLFLOW_MAX_RUN_NAME, note="MLflow's limit")
     # An unreachable store at start: true stops with a message (exit 2); false goes on and keeps
     # the run's MLflow calls in <run dir>/mlflow_pending.jsonl (scripts/replay_mlflow.py).
     required: bool = True
-    request_retries: int = 2  # HTTP retries per call (MLflow's default, 7, stalls for minutes)
-    request_timeout: int = 30  # seconds per HTTP request
+    # HTTP retries per call (MLflow's default, 7, stalls for minutes)
+    request_retries: int = ranged(2, low=0, note="HTTP retries per MLflow call")
+    request_timeout: int = ranged(30, low=1, note="seconds per MLflow HTTP request")
     register_best: bool = False  # register export/ (or best_model/) of the run, of a sweep's best run
     model_name: str = "recog"  # the registered model's name
 
@@ -235,16 +320,19 @@ class LauncherConfig:
     """Data parallelism: ``run.py`` re-runs itself under ``paddle.distributed.launch`` when
     ``nproc_per_node`` or ``nnodes`` is above 1 (see recog/distributed/launch.py)."""
 
-    nproc_per_node: int = 1  # processes (ranks) on this node: one per GPU, or CPU processes
-    nnodes: int = 1  # nodes; above 1 needs master and the same hydra.run.dir on every node
+    # processes (ranks) on this node: one per GPU, or CPU processes
+    nproc_per_node: int = ranged(1, low=1, note="processes on this node")
+    # nodes; above 1 needs master and the same hydra.run.dir on every node
+    nnodes: int = ranged(1, low=1, note="nodes")
     master: str | None = None  # host:port of the rendezvous (paddle.distributed.launch --master)
-    node_rank: int | None = None  # this node's rank (--rank); None: assigned by the master
+    # this node's rank (--rank), below nnodes; None: assigned by the master
+    node_rank: int | None = ranged(None, low=0, note="this node's rank; null: assigned by the master")
 
 
 @dataclass
 class RecogConfig:
     stage: Stage = Stage.train
-    seed: int = 0
+    seed: int = ranged(0, low=0, high=2**32 - 1, note="numpy's global seed")
     model_path: str | None = None  # a best_model/ or checkpoint dir, for eval and export
     resume: bool = False
     backbone: Any = MISSING

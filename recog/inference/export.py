@@ -270,7 +270,11 @@ def choose_onednn_mode(
                 out,
             ]
             try:
-                result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+                # A session of its own: Ctrl-C in the terminal (SIGINT to the foreground process group)
+                # is the parent's to handle, not a crash of the mode probed.
+                result = subprocess.run(
+                    command, capture_output=True, text=True, timeout=900, env=env, start_new_session=True
+                )
             except subprocess.TimeoutExpired:
                 attempts[mode] = "timed out"
                 continue

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from recog.api import build_model, load_splits
+from recog.builders import build_model, load_splits
 from recog.data.bad_images import FILE_NAME as BAD_IMAGES
 from recog.data.bad_images import summarize as summarize_bad_images
 from recog.data.loader import dataset_options
@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     splits = load_splits(cfg)
     tracker = MlflowTracker(cfg, stage="eval")
     tracker.set_tag("recog.world_size", str(world))
-    try:
+    with tracker.run_status():
         with StopRequest() as stop:
             evaluator = Evaluator(
                 splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir)
@@ -72,13 +72,4 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
         if is_main_process() and bad_images.is_file():
             log.warning("%s (left out of the metrics)", summarize_bad_images(bad_images))
             tracker.log_artifact(bad_images)
-    except (KeyboardInterrupt, TrainingInterrupted):
-        with StopRequest():
-            tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-    log.info(tracker.describe())
     return metrics

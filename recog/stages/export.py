@@ -18,8 +18,8 @@ status, or, if the tracking store does not hold that run, of a new run tagged ``
 ``manifest.json`` (size and SHA-256 of every file) is written last; loading verifies it. An
 existing ``output_dir`` is replaced only if it is an earlier recog export holding nothing else.
 
-``stage=train`` runs the same export of its best model at its end (``export_after_training``)
-unless ``export.after_train=false``.
+``stage=train`` runs the same export of its best model at its end (``export_after_training``,
+called by its ``ExportAfterTraining`` callback) unless ``export.after_train=false``.
 Load it with ``recog.inference.ExportedModel``. The folder is written beside ``output_dir`` and
 swapped in whole (``recog.utils.atomic``): a failed, killed or disk-full export leaves the
 previous export as it was (disk full / permission denied: ``StorageError``, exit code 2).
@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from recog.api import build_model, load_splits
+from recog.builders import build_model, load_splits
 from recog.data import ImageDataset, build_transform
 from recog.errors import ConfigError, RecogError
 from recog.inference.export import check_replaceable, export_model
 from recog.tracking import MlflowTracker
+from recog.training.callbacks import Callback
 from recog.utils import checkpoint
 from recog.utils.runtime import is_main_process, seed_everything, select_device
 
@@ -93,6 +94,13 @@ def export_after_training(cfg: DictConfig, run_dir, tracker: MlflowTracker) -> d
     report = export_and_log(cfg, model_path, output_dir, tracker, tracker.run_id)
     log.info("exported the best model to %s (export.after_train=false skips this)", output_dir.resolve())
     return report
+
+
+class ExportAfterTraining(Callback):
+    """The training run's last step: ``export_after_training`` of its best model."""
+
+    def on_fit_end(self, trainer, state):
+        export_after_training(trainer.cfg, trainer.run_dir, trainer.tracker)
 
 
 def export_and_log(

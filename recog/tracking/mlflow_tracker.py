@@ -32,7 +32,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from recog.errors import ConfigError, RecogError
+from recog.errors import ConfigError, RecogError, TrainingInterrupted
 from recog.tracking import sweep_job
 from recog.tracking.local_record import LocalRecord, record_path
 from recog.tracking.naming import default_run_name, training_run_id, training_run_link
@@ -46,6 +46,7 @@ from recog.tracking.store import (
     tracking_uri,
     unreachable_message,
 )
+from recog.utils.interrupt import StopRequest
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,26 @@ class MlflowTracker:
             name=self.model_name,
             alias=None,
         )
+
+    @contextlib.contextmanager
+    def run_status(self) -> Iterator["MlflowTracker"]:
+        """``with tracker.run_status():`` around a stage's work: when the block ends the run is marked
+        FINISHED (and ``describe()`` logged); KILLED on a stop (``TrainingInterrupted``, or
+        ``KeyboardInterrupt`` from a second Ctrl-C), FINISHED if the stop came after the work was
+        complete (``TrainingInterrupted.complete``); FAILED on any other exception, which propagates."""
+        try:
+            yield self
+        except (KeyboardInterrupt, TrainingInterrupted) as error:
+            # The launcher repeats SIGTERM while a rank lives (3 times, 0.2 s apart): without a
+            # StopRequest the default handler would end the process before the status is written.
+            with StopRequest():
+                self.finish("FINISHED" if getattr(error, "complete", False) else "KILLED")
+            raise
+        except BaseException:
+            self.finish("FAILED")
+            raise
+        self.finish()
+        log.info("%s", self.describe())
 
     def describe(self) -> str:
         if not self.enabled:

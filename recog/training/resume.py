@@ -91,7 +91,8 @@ class Checkpoints:
         checkpoint.load_loss_state(path, self.loss_fn)
         checkpoint.load_optimizer_state(path, self.runner.optimizer, self.model, self.loss_fn)
         state.pop("optimizer", None)
-        state.pop("finished", None)
+        if not state.pop("finished", False) and state["epoch"] >= self.cfg.trainer.epochs:
+            state["eval_pending"] = True  # trainer.epochs lowered to the epochs done: end the run there
         saved_world = state.pop("world_size", 1)
         rng = state.pop("rng", None)
         scaler_state = state.pop("grad_scaler", None)
@@ -114,6 +115,23 @@ class Checkpoints:
         if self.runner.scaler is not None and scaler_state:
             self.runner.scaler.load_state_dict(scaler_state)
         return state
+
+
+def check_epochs(run_dir: Path, epochs: int) -> None:
+    """``ConfigError`` when ``trainer.epochs`` ends before the epochs ``run_dir``'s checkpoint has
+    trained (a resumed run continues; it cannot go back). Equal and complete: the run ends there
+    (the last of those epochs is evaluated if it was not, then the run's final steps)."""
+    state = read_state(run_dir / LAST)
+    begun = state["epoch"] + (1 if state["step_in_epoch"] else 0)
+    if epochs < begun:
+        trained = f"{state['epoch']} epoch(s)" + (
+            f" and {state['step_in_epoch']} step(s) of the next" if state["step_in_epoch"] else ""
+        )
+        raise ConfigError(
+            f"resume=true: {run_dir} has trained {trained}, and trainer.epochs={epochs} ends before that: "
+            f"give trainer.epochs={begun} or more, or leave trainer.epochs out to train the epochs the run "
+            "was started with"
+        )
 
 
 def read_state(path: Path) -> dict[str, Any]:

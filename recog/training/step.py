@@ -1,6 +1,7 @@
 """One optimisation step: the model and loss as one layer (``TrainNet``) and ``StepRunner``, which
 owns the optimizer and the LR schedule, runs the step (autocast, loss scaling), its finite check
-and the cross-rank stop agreement.
+and the cross-rank stop agreement. How the forward runs and how the finite check is computed is
+the run's ``StepStrategy`` (recog/training/strategy.py), chosen once.
 
 Host synchronisation: one per step, deliberately (``StepRunner.read_flags``: "non-finite" and
 "stop requested" in one small tensor, max-reduced over the ranks). The losses' own label checks
@@ -15,8 +16,8 @@ import paddle
 from recog.distributed import parallel
 from recog.errors import NonFiniteError
 from recog.losses._pairs import label_checks
-from recog.training.compile import BATCH_NORMS, step_kernels  # speed hook (issue 16)
-from recog.training.finite import all_finite, all_finite_per_tensor  # speed hook (issue 16)
+from recog.training.compile import BATCH_NORMS
+from recog.training.strategy import StepStrategy
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import Amp, autocast
 
@@ -48,6 +49,9 @@ class StepRunner:
 
     The losses check their labels (P x K structure, label range: device read-backs) on the first
     step only: the P x K sampler gives every later batch the same structure.
+
+    ``strategy``: how the forward runs and the finite check is computed (default: the plain dygraph
+    step; ``recog.training.strategy.configure_step`` chooses it from the config).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class StepRunner:
         amp: Amp | None = None,
         stop: StopRequest | None = None,
         skip_nonfinite: bool = False,
+        strategy: StepStrategy | None = None,
     ):
         self.net = net
         self.optimizer = optimizer
@@ -70,17 +75,14 @@ class StepRunner:
         self.stop_agreed = False
         self.labels_checked = False
         self.parameters = [p for p in net.parameters() if not p.stop_gradient]
-        # speed hook (issue 16): what computes the losses (`net`, or a compiled version of it set by
-        # recog.training.compile.configure_step) and which finite check read_flags runs.
-        self.forward = net
-        self.fused_finite_check = True
+        self.strategy = strategy if strategy is not None else StepStrategy(net)
 
     def __call__(self, images, labels, step: int = 0, epoch: int = 0) -> dict[str, paddle.Tensor]:
         """Run global step ``step`` (from 1; for messages) of epoch ``epoch`` (from 0)."""
         optimizer = self.optimizer
-        with step_kernels(self.forward):  # speed hook (issue 16): oneDNN kernels of compiled programs
+        with self.strategy.kernels():
             with label_checks(not self.labels_checked), autocast(self.amp):
-                losses = self.forward(images, labels)  # speed hook (issue 16): was self.net
+                losses = self.strategy.forward(images, labels)
             self.labels_checked = True
             if self.scaler is not None:
                 self.scaler.scale(losses["loss"]).backward()
@@ -119,8 +121,7 @@ class StepRunner:
         float16 loss scaling, overflowing gradients are the scaler's to skip: the loss alone is checked.
         """
         grads = [p.grad for p in self.parameters if p.grad is not None] if self.scaler is None else []
-        # speed hook (issue 16): one kernel over all gradients (recog/training/finite.py)
-        finite = (all_finite if self.fused_finite_check else all_finite_per_tensor)(loss, grads)
+        finite = self.strategy.all_finite(loss, grads)
         stop = self.stop is not None and self.stop.requested
         flags = paddle.stack([(~finite).astype("int32"), paddle.full([], int(stop), dtype="int32")])
         nonfinite, stop_agreed = parallel.max_across_ranks(flags).tolist()

@@ -1,4 +1,4 @@
-"""The ``auto | true | false`` switches of the training step (``trainer.compile``, ``trainer.onednn``, ...)."""
+"""The ``auto | true | false`` switches of the training step (``trainer.compile``, ``trainer.depthwise_matmul``)."""
 
 from recog.errors import ConfigError
 

@@ -1,9 +1,12 @@
-"""Range checks of check_values (issue 13 defect 7 and defect 10's experiment name): refused at compose time."""
+"""Value ranges, declared beside their fields in the schema (recog/config/schema.py): refused at
+compose time with a message naming the key, the range and what the value means."""
+
+import dataclasses
 
 import pytest
 
 import recog
-from recog.config.compose import MLFLOW_MAX_EXPERIMENT_NAME
+from recog.config.schema import MLFLOW_MAX_EXPERIMENT_NAME, DataConfig, Range, RecogConfig
 from recog.errors import ConfigError
 
 
@@ -31,6 +34,15 @@ from recog.errors import ConfigError
         ("launcher.nnodes=0", "launcher.nnodes must be at least 1"),
         ("launcher.node_rank=2", "launcher.node_rank=2 must be below launcher.nnodes=1"),
         ("mlflow.experiment_name=''", "mlflow.experiment_name must not be empty"),
+        ("seed=-1", "seed must be in 0..4294967295 (numpy's global seed), got -1"),
+        ("data.image_size=9000", "data.image_size must be in 1..8192 (pixels a side), got 9000"),
+        ("data.num_workers=-1", "data.num_workers must be 0 (load in the main process) or more, got -1"),
+        ("data.mean=[1,2]", "data.mean needs 3 values (R, G, B), got [1.0, 2.0]"),
+        ("data.std=[0.5,0,0.5]", "data.std: every value must be above 0 (R, G, B), got [0.5, 0.0, 0.5]"),
+        ("data.std=[0.5,nan,0.5]", "data.std: every value must be above 0"),
+        ("data.max_image_pixels=0", "data.max_image_pixels must be at least 1 (null: no limit), got 0"),
+        ("eval.predictor_min_megapixels=inf", "eval.predictor_min_megapixels must be at least 0 (megapixels)"),
+        ("export.opset_version=6", "export.opset_version must be at least 7"),
     ],
 )
 def test_out_of_range_values_are_refused_at_compose_time(override, message):
@@ -58,7 +70,7 @@ def test_in_range_values_compose():
 
 
 def test_long_experiment_name_names_the_real_cause():
-    with pytest.raises(ConfigError, match="mlflow.experiment_name is 10000 characters long; MLflow takes at most 500"):
+    with pytest.raises(ConfigError, match="mlflow.experiment_name is 10000 characters long; at most 500 are allowed"):
         recog.compose(["mlflow.experiment_name=" + "x" * 10000])
     recog.compose(["mlflow.experiment_name=" + "x" * MLFLOW_MAX_EXPERIMENT_NAME])
 
@@ -73,3 +85,26 @@ def test_component_sizes_checked_by_key_path_in_any_option():
     with pytest.raises(ConfigError, match="neck.embedding_size must be an integer of at least 1, got -3"):
         recog.compose(["neck=fpn", "neck.embedding_size=-3"])
     recog.compose(["neck=bnneck"])  # embedding_size null: the backbone's width
+
+
+def test_null_means_unset_and_is_not_checked():
+    cfg = recog.compose(["trainer.grad_clip=null", "data.max_image_pixels=null", "launcher.node_rank=null"])
+    assert cfg.trainer.grad_clip is None and cfg.data.max_image_pixels is None
+
+
+def test_every_range_sits_on_a_field_of_the_schema():
+    """The ranges are the fields' own: each numeric bound of a field of recog's sections is met by its default."""
+
+    def fields(schema, prefix=""):
+        for spec in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(spec.type):
+                yield from fields(spec.type, f"{prefix}{spec.name}.")
+            elif "range" in spec.metadata:
+                yield f"{prefix}{spec.name}", spec
+
+    ranged = dict(fields(RecogConfig))
+    assert {"seed", "data.image_size", "trainer.epochs", "export.tolerance", "launcher.nnodes"} <= set(ranged)
+    assert isinstance(dict(fields(DataConfig))["std"].metadata["range"], Range)
+    for key, spec in ranged.items():
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        assert spec.metadata["range"].problem(key, default) is None, key

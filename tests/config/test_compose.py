@@ -15,12 +15,11 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from recog.api import build_loss, build_model, compose, load_splits
+from recog.api import build_loss, build_model, build_optimizer, compose, load_splits
 from recog.config import check_overrides, require_complete
 from recog.config.compose import CONF_DIR
 from recog.errors import ConfigError, RecogError
 from recog.models.backbones.pplcnet import SCALES
-from recog.optim import build_optimizer
 
 SMALL = ["backbone.scale=0.25", "data.image_size=32"]
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track global mean")

@@ -91,7 +91,7 @@ def _in_thread(fn, timeout=60):
 @pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_short_epochs_keep_persistent_workers_in_step(samples, num_workers):
-    """Issue 13 defect 1: epochs cut by steps_per_epoch end normally (no IndexError at epoch 2)."""
+    """Epochs cut by steps_per_epoch end normally, and the next one starts (no IndexError at epoch 2)."""
     labels = [s.label - 10 for s in samples]
     transform = build_transform(8, MEAN, STD, train=True, hflip=True)
     loader = build_train_loader(
@@ -115,7 +115,7 @@ def test_short_epochs_keep_persistent_workers_in_step(samples, num_workers):
 
 
 def test_an_epoch_left_mid_way_restarts_persistent_workers(samples):
-    """The safety net under defect 1: a loop that breaks out of an epoch does not break the next one."""
+    """A loop that breaks out of an epoch does not break the next one."""
     labels = [s.label - 10 for s in samples]
     transform = build_transform(8, MEAN, STD, train=True, hflip=True)
     loader = build_train_loader(samples, labels, transform, batch_size=6, samples_per_class=3, num_workers=1, seed=0)
@@ -136,7 +136,7 @@ class _Failing(ImageDataset):
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_an_exception_in_the_loader_thread_or_a_worker_ends_the_iteration_with_a_message(samples, num_workers):
-    """Issue 13 defect 3: Paddle's loader thread died and the main thread waited forever."""
+    """A failure in Paddle's loader thread or a worker ends the iteration with a message instead of a hang."""
     from recog.data.loader import GuardedDataLoader
     from recog.errors import DataError
 

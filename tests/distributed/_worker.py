@@ -27,14 +27,15 @@ import recog
 from recog import evaluation
 from recog.distributed import global_batch, parallel
 from recog.stages import evaluate, train
-from recog.training import loop, resume
+from recog.training import resume
+from recog.training.callbacks import checkpoints
 
 
 def main(mode: str, out: Path, overrides):
     if mode == "train":
         losses, overrides = overrides[0].split(","), overrides[1:]
         _unequal_gather(out)
-        for module in (train, loop, resume):
+        for module in (resume, checkpoints):
             module.is_main_process = lambda: True
         for loss in losses:
             run_dir = out / loss / f"rank{dist.get_rank()}"

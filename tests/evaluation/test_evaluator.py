@@ -160,7 +160,7 @@ def test_auto_falls_back_to_dygraph_when_the_predictor_fails_and_predictor_says_
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["dygraph", "predictor"])
 def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, tiny, engine, monkeypatch):
-    """Issue 13 defect 6: Ctrl-C / SIGTERM during an eval waited for the whole eval (11-33 s)."""
+    """Ctrl-C / SIGTERM during an eval stops it after the current batch, not after the whole eval."""
     import signal
 
     from recog.data.dataset import ImageDataset

@@ -355,7 +355,7 @@ def test_disk_full_while_saving_the_gallery_index_keeps_the_previous_index(tmp_p
     assert index.ntotal == 20 and all("gallery_" in path for path in index.paths)
 
 
-# ---------------------------------------------------------------- pictures (issue 13 defect 4)
+# ---------------------------------------------------------------- pictures
 
 
 def test_disk_full_while_writing_the_training_picture_is_a_warning(tmp_path, lists, store, caplog):

@@ -1,4 +1,4 @@
-"""Issue 13 defect 14: one [H, W, 3] array is one image."""
+"""One [H, W, 3] array is one image."""
 
 import numpy as np
 import pytest

@@ -163,7 +163,7 @@ def test_bad_input_is_a_clear_error(tmp_path, export_dir):
         predict.run(_cfg(tmp_path, export_dir), tmp_path / "out")
 
 
-# ---------------------------------------------------------------- issue 13 defects 2 and 9
+# ---------------------------------------------------------------- unlabelled queries, list files
 
 
 def test_unlabelled_queries_with_a_gallery_get_results_and_no_metrics(tmp_path, export_dir):

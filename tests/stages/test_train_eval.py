@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 import recog
 from recog.stages import evaluate, train
-from recog.training.loop import EpochLoop
+from recog.training.trainer import Trainer
 
 TINY = [
     "backbone.scale=0.25",
@@ -94,17 +94,17 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
 @pytest.mark.slow
 def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch, digits):
     overrides = TINY + digits + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
-    real_epoch = EpochLoop.train_epoch
+    real_epoch = Trainer.train_epoch
 
-    def interrupted(self, epoch, *args, **kwargs):
-        if epoch == 1:  # stop in the second epoch, as Ctrl-C would
+    def interrupted(self, state):
+        if state["epoch"] == 1:  # stop in the second epoch, as Ctrl-C would
             raise KeyboardInterrupt
-        return real_epoch(self, epoch, *args, **kwargs)
+        return real_epoch(self, state)
 
-    monkeypatch.setattr(EpochLoop, "train_epoch", interrupted)
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.run(recog.compose(overrides), tmp_path / "runs" / "first")
-    monkeypatch.setattr(EpochLoop, "train_epoch", real_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
     client = _client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "KILLED"

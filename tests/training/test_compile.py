@@ -1,12 +1,8 @@
-"""trainer.compile / trainer.onednn: each mode trains the same function as dygraph (same weights after
-several steps, every trainable tensor gets a gradient), a net to_static cannot convert trains in
-dygraph after one warning naming the layer, and the switches resolve as documented."""
+"""trainer.compile: the compiled step trains the same function as dygraph (same weights after several
+steps, every trainable tensor gets a gradient), a net to_static cannot convert trains in dygraph after
+one warning naming the layer, the switches resolve as documented, and a removed trainer.onednn is refused."""
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -16,8 +12,9 @@ from same_training import assert_same_training
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
-from recog.training.compile import CompiledForward, StepMode, configure_step, resolve_step_mode
+from recog.training.compile import CompiledForward
 from recog.training.step import StepRunner, TrainNet
+from recog.training.strategy import StepMode, StepStrategy, configure_step, resolve_step_mode
 
 STEPS = 4
 BATCH, SIZE = 8, 32
@@ -70,9 +67,7 @@ def _train(cfg, mode: StepMode, batches, extra_layer=None):
     params = [p for p in net.parameters() if not p.stop_gradient]
     optimizer = _RecordingMomentum(params, learning_rate=0.002, momentum=0.9, weight_decay=5e-4)
     schedule = paddle.optimizer.lr.StepDecay(0.002, step_size=1000)
-    runner = StepRunner(net, optimizer, schedule)
-    if mode.compile:
-        runner.forward = CompiledForward(net, mode)
+    runner = StepRunner(net, optimizer, schedule, strategy=StepStrategy(net, mode))
     for i, (images, labels) in enumerate(batches):
         paddle.seed(100 + i)  # the same dropout masks in every mode
         runner(images, labels, step=i + 1)
@@ -81,60 +76,17 @@ def _train(cfg, mode: StepMode, batches, extra_layer=None):
     return [p.numpy() for p in params], stats, runner, optimizer
 
 
-# oneDNN: without dropout (its programs' dropout masks are not dygraph's; see recog/training/compile.py).
-MODES = {
-    "compiled": (StepMode(compile=True), ()),
-    "compiled+onednn": (StepMode(compile=True, onednn=True), ("backbone.dropout_prob=0.0",)),
-}
-
-
 @pytest.mark.slow
 def test_compiled_step_trains_the_same_weights_as_dygraph():
-    _check_mode("compiled")
-
-
-@pytest.mark.slow
-def test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process():
-    """In a process where another training program was compiled first, Paddle 3.3.1 fails to run the
-    oneDNN program (run_program error, then the dygraph fallback): the mode is checked in a process
-    of its own, as a training run has it."""
-    if os.environ.get("RECOG_TEST_CHILD") == "onednn":
-        _check_mode("compiled+onednn")
-        return
-    test = f"{__file__}::test_onednn_step_trains_the_same_weights_as_dygraph_in_a_fresh_process"
-    # Paddle 3.3.1 sometimes kills a process that builds oneDNN training programs with SIGSEGV (the
-    # README's oneDNN notes; why the mode is opt-in): such a death is retried, up to 3 processes in
-    # all. Whatever else ends a child (a wrong weight, an error) fails the test at once.
-    for _ in range(3):
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-            env={**os.environ, "RECOG_TEST_CHILD": "onednn"},
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if result.returncode != -signal.SIGSEGV:
-            break
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
-
-
-def _check_mode(name):
-    mode, overrides = MODES[name]
-    dygraph_lcnet = _train(_cfg(*overrides), StepMode(), _batches())
-    weights, stats, runner, optimizer = _train(_cfg(*overrides), mode, _batches())
-    assert runner.forward.active and runner.forward.compiled_calls == STEPS - 1  # step 1: dygraph (label checks)
+    ref_weights, ref_stats, _, _ = _train(_cfg(), StepMode(), _batches())
+    weights, stats, runner, optimizer = _train(_cfg(), StepMode(compile=True), _batches())
+    compiled = runner.strategy.forward
+    assert compiled.active and compiled.compiled_calls == STEPS - 1  # step 1: dygraph (label checks)
     for step_flags in optimizer.with_gradient:
         assert all(step_flags), f"{step_flags.count(False)} trainable tensors without a gradient"
-    ref_weights, ref_stats, _, _ = dygraph_lcnet
     assert len(weights) == len(ref_weights) > 50
-    assert_same_training(weights, ref_weights, _initial_weights(_cfg(*overrides)))
+    assert_same_training(weights, ref_weights, _initial_weights(_cfg()))
     assert len(stats) == len(ref_stats) > 20
-    if name == "compiled+onednn":
-        # The oneDNN backbone program's BatchNorm running statistics lag dygraph's (e.g. 0.011 vs 0.038
-        # after 4 steps): why the train stage refuses trainer.onednn=true (test below). They differ:
-        assert any(not np.allclose(ours, ref, rtol=1e-3, atol=1e-4) for ours, ref in zip(stats, ref_stats))
-        return
     for ours, ref in zip(stats, ref_stats):  # BatchNorm running statistics follow too
         np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4)
 
@@ -162,7 +114,7 @@ def test_compiled_resnet_vd_trains_the_same_weights_as_dygraph():
     batches = _batches()[:3]
     ref, ref_stats, _, _ = _train(cfg, StepMode(), batches)
     ours, stats, runner, optimizer = _train(cfg, StepMode(compile=True), batches)
-    assert runner.forward.compiled_calls == 2 and all(all(flags) for flags in optimizer.with_gradient)
+    assert runner.strategy.forward.compiled_calls == 2 and all(all(flags) for flags in optimizer.with_gradient)
     assert_same_training(ours, ref, _initial_weights(cfg))
     assert len(stats) == len(ref_stats) > 20
     for a, b in zip(stats, ref_stats):  # BatchNorm running statistics follow too
@@ -195,7 +147,7 @@ def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_lay
     warnings = [r.getMessage() for r in caplog.records if "cannot be converted" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "model.neck (_SecondOrderNeck)" in warnings[0]
-    assert not runner.forward.active and runner.forward.compiled_calls == 0
+    assert not runner.strategy.forward.active and runner.strategy.forward.compiled_calls == 0
     assert len(ours) == len(ref) > 20
     for a, b in zip(ours, ref):  # the failed attempt left no trace: dygraph's weights exactly
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -204,13 +156,9 @@ def test_unconvertible_net_falls_back_to_dygraph_with_one_warning_naming_the_lay
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_the_train_stage_refuses_onednn_training(tmp_path):
-    from recog.stages import train
-
-    cfg = recog.compose(["trainer.onednn=true", f"paths.output_root={tmp_path}"])
-    with pytest.raises(ConfigError, match="trainer.onednn=true is not available for training.*BatchNorm"):
-        train.run(cfg, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+def test_trainer_onednn_is_gone():
+    with pytest.raises(ConfigError, match="onednn"):
+        recog.compose(["trainer.onednn=true"])
 
 
 def test_switches_resolve_as_documented():
@@ -222,25 +170,22 @@ def test_switches_resolve_as_documented():
     assert resolve_step_mode(compiled, "cpu", world_size=2) == StepMode()  # data parallel: dygraph
     assert resolve_step_mode(compiled, "gpu", amp=True) == StepMode(compile=True, channels_last=True)
     assert resolve_step_mode(_cfg("trainer.compile=false").trainer, "cpu") == StepMode()
-    assert resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "cpu") == StepMode(
-        compile=True, onednn=True
-    )
-    with pytest.raises(ConfigError, match="trainer.onednn=true needs trainer.compile"):
-        resolve_step_mode(_cfg("trainer.compile=false", "trainer.onednn=true").trainer, "cpu")
-    with pytest.raises(ConfigError, match="oneDNN CPU kernels"):
-        resolve_step_mode(_cfg("trainer.compile=true", "trainer.onednn=true").trainer, "gpu")
     with pytest.raises(ConfigError, match="channels_last=true is for a GPU"):
         resolve_step_mode(_cfg("trainer.channels_last=true").trainer, "cpu")
     with pytest.raises(ConfigError, match="trainer.compile='fast'"):
         resolve_step_mode(_cfg("trainer.compile=fast").trainer, "cpu")
 
 
-def test_configure_step_sets_the_runner_from_the_config():
+def test_configure_step_chooses_the_runners_strategy_once_from_the_config():
+    from recog.training.strategy import all_finite, all_finite_per_tensor
+
     cfg = _cfg("trainer.compile=true", "trainer.fused_finite_check=false")
     net = TrainNet(build_model(cfg, class_num=5), build_loss(cfg, class_num=5, embedding_size=16))
     runner = StepRunner(net, None, None)  # configure_step reads neither optimizer nor schedule
-    mode = configure_step(runner, cfg.trainer)
-    assert mode.compile and isinstance(runner.forward, CompiledForward) and runner.forward.net is net
-    assert runner.fused_finite_check is False
-    configure_step(runner, _cfg("trainer.compile=false").trainer)
-    assert runner.forward is net and runner.fused_finite_check is True
+    assert runner.strategy.forward is net and runner.strategy.all_finite is all_finite  # the default: dygraph
+    strategy = configure_step(runner, cfg.trainer)
+    assert runner.strategy is strategy and strategy.mode.compile and strategy.describe() == "compiled step"
+    assert isinstance(strategy.forward, CompiledForward) and strategy.forward.net is net
+    assert strategy.all_finite is all_finite_per_tensor
+    strategy = configure_step(runner, _cfg("trainer.compile=false").trainer)
+    assert strategy.forward is net and strategy.all_finite is all_finite and strategy.describe() == "dygraph step"

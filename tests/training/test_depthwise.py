@@ -11,7 +11,6 @@ from same_training import assert_same_training
 import recog
 from recog.api import build_loss, build_model
 from recog.errors import ConfigError
-from recog.training.compile import configure_step
 from recog.training.depthwise import (
     MAX_CELLS,
     DepthwiseMatmulConv2D,
@@ -21,6 +20,7 @@ from recog.training.depthwise import (
     use_depthwise_matmul,
 )
 from recog.training.step import StepRunner, TrainNet
+from recog.training.strategy import configure_step
 
 
 @pytest.mark.parametrize(

@@ -11,14 +11,14 @@ from image_lists import write_image_lists
 import recog
 from recog.errors import ConfigError, RecogError
 from recog.stages import train
-from recog.training.loop import EpochLoop
 from recog.training.resume import checkpoint_problem, find_run_to_resume, read_state
+from recog.training.trainer import Trainer
 from recog.utils import checkpoint, manifest
 
 pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains the interrupted run once
 
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
-# would build another model (the shape mismatch of issue 12) or read another dataset.
+# would build another model (a shape mismatch on loading the weights) or read another dataset.
 FIRST = [
     "backbone.scale=0.25",
     "data.image_size=16",
@@ -44,21 +44,21 @@ def interrupted(tmp_path_factory, lists):
     """An output root with one run stopped (as by Ctrl-C) in its second epoch: checkpoints/last is
     epoch 1's, unfinished."""
     root = tmp_path_factory.mktemp("interrupted")
-    real_epoch = EpochLoop.train_epoch
+    real_epoch = Trainer.train_epoch
 
-    def stop_in_epoch_2(self, epoch, *args, **kwargs):
-        if epoch == 1:
+    def stop_in_epoch_2(self, state):
+        if state["epoch"] == 1:
             raise KeyboardInterrupt
-        return real_epoch(self, epoch, *args, **kwargs)
+        return real_epoch(self, state)
 
-    EpochLoop.train_epoch = stop_in_epoch_2
+    Trainer.train_epoch = stop_in_epoch_2
     try:
         with pytest.raises(KeyboardInterrupt):
             train.run(
                 recog.compose(FIRST + lists + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00"
             )
     finally:
-        EpochLoop.train_epoch = real_epoch
+        Trainer.train_epoch = real_epoch
     return root
 
 
@@ -115,7 +115,7 @@ def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, l
     ],
 )
 def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, field, value, expected):
-    """Issue 13 defect 3's trigger: "epoch": -5 made the loader thread fail and the run hang."""
+    """An edited state.json (e.g. "epoch": -5, on which the loader thread would fail) is refused by name."""
     root, run = _copy(interrupted, tmp_path)
     state_file = run / "checkpoints" / "last" / "state.json"
     state = json.loads(state_file.read_text())
@@ -129,7 +129,7 @@ def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, fi
 
 @pytest.mark.slow
 def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(interrupted, tmp_path, caplog):
-    """Issue 13 defect 8: a damaged checkpoint anywhere under outputs/runs broke resume=true."""
+    """A damaged checkpoint anywhere under outputs/runs does not stop resume=true from finding an intact one."""
     root, good = _copy(interrupted, tmp_path)
     truncated = root / "runs" / "2026-01-02_00-00-00"
     garbage = root / "runs" / "2026-01-03_00-00-00"
@@ -231,3 +231,50 @@ def test_a_null_class_num_on_resume_means_the_one_the_run_filled_in(interrupted,
     assert resumed.head.class_num == 5 and resumed.neck.embedding_size == 32
     with pytest.raises(ConfigError, match=r"head.margin \(saved 0.2, now 0.3\)"):
         resume_config(recog.compose(overrides + ["head.margin=0.3"]), run, overrides + ["head.margin=0.3"])
+
+
+@pytest.fixture(scope="module")
+def two_of_three(tmp_path_factory, lists):
+    """A run of 3 epochs (evaluated after the last only) stopped in its third: 2 epochs trained, no eval yet."""
+    root = tmp_path_factory.mktemp("two_of_three")
+    real_epoch = Trainer.train_epoch
+
+    def stop_in_epoch_3(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, state)
+
+    Trainer.train_epoch = stop_in_epoch_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            overrides = FIRST + lists + ["trainer.epochs=3", "trainer.eval_every=3", "export.after_train=false"]
+            train.run(recog.compose(overrides + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00")
+    finally:
+        Trainer.train_epoch = real_epoch
+    return root
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_before_any_work(two_of_three, tmp_path):
+    root, run = _copy(two_of_three, tmp_path)
+    before = (run / "checkpoints" / "last" / "state.json").read_text()
+    with pytest.raises(ConfigError) as error:
+        train.run(recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=1"]), run)
+    message = str(error.value)
+    assert f"{run} has trained 2 epoch(s), and trainer.epochs=1 ends before that" in message
+    assert "give trainer.epochs=2 or more" in message
+    assert (run / "checkpoints" / "last" / "state.json").read_text() == before
+    assert not (run / "best_model").exists() and not (run / ".recog.lock").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_the_epochs_already_trained_ends_the_run_there(two_of_three, tmp_path):
+    """trainer.epochs lowered to the epochs done: the last of them is evaluated (it was not: eval_every=3),
+    the best model saved and the checkpoint marked finished."""
+    root, run = _copy(two_of_three, tmp_path)
+    assert read_state(run / "checkpoints" / "last")["best"] is None
+    best = train.run(recog.compose([f"paths.output_root={root}", "resume=true", "trainer.epochs=2"]), run)
+    state = read_state(run / "checkpoints" / "last")
+    assert state["finished"] is True and state["epoch"] == 2 and state["step"] == 4  # nothing more trained
+    assert best["epoch"] == 2 and state["best"] == best
+    assert (run / "best_model" / "model.safetensors").is_file()
+    assert json.loads((run / "metrics.json").read_text()) == best

@@ -1,4 +1,4 @@
-"""One training per run dir (issue 13 defect 5): a second training refuses, naming the first; a stale
+"""One training per run dir: a second training refuses, naming the first; a stale
 lock is taken over; the lock goes at the end of the run, also after an error."""
 
 import json
@@ -77,12 +77,12 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released_at_the_end(tmp_p
 
 
 def test_the_lock_is_released_when_the_run_fails(tmp_path, lists, monkeypatch):
-    from recog.training.loop import EpochLoop
+    from recog.training.trainer import Trainer
 
     def fail(*args, **kwargs):
         raise RuntimeError("a failure inside the training")
 
-    monkeypatch.setattr(EpochLoop, "fit", fail)
+    monkeypatch.setattr(Trainer, "fit", fail)
     with pytest.raises(RuntimeError, match="a failure inside"):
         train.run(recog.compose(TINY + lists + [f"paths.output_root={tmp_path}"]), tmp_path / "run")
     assert (tmp_path / "run").is_dir() and not (tmp_path / "run" / LOCK_FILE).exists()

@@ -13,9 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
-from recog.api import build_loss, build_model, compose
+from recog.api import build_loss, build_model, build_optimizer, compose
 from recog.errors import RecogError
-from recog.optim import build_optimizer
 from recog.utils import checkpoint
 from recog.utils.checkpoint import load_model_weights, load_optimizer_state, save_checkpoint
 

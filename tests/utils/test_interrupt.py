@@ -15,8 +15,8 @@ from recog.utils.interrupt import StopRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The main thread blocks for good in Paddle's loader (its thread died: issue 13 defect 3, before the
-# loader guard), so only the watchdog can act on SIGTERM.
+# The main thread blocks for good in Paddle's loader (as when its thread dies without the loader
+# guard), so only the watchdog can act on SIGTERM.
 BLOCKED = textwrap.dedent("""
     import sys, numpy as np
     import recog, paddle

@@ -1,12 +1,13 @@
-"""The fused non-finite check: the same answer as one isfinite per tensor, gradients left untouched."""
+"""The step strategy's finite check: the fused check gives the same answer as one isfinite per tensor
+and leaves the gradients untouched; the runner uses the one its strategy names."""
 
 import numpy as np
 import paddle
 import pytest
 
 import recog  # noqa: F401
-from recog.training.finite import all_finite, all_finite_per_tensor
 from recog.training.step import StepRunner
+from recog.training.strategy import StepStrategy, all_finite, all_finite_per_tensor
 
 
 def _grads(rng, dtypes=("float32",)):
@@ -45,8 +46,8 @@ def test_fused_check_sees_a_non_finite_loss_with_finite_gradients():
 @pytest.mark.parametrize("fused", [True, False])
 def test_step_runner_flags_a_nan_gradient_with_either_check(fused):
     layer = paddle.nn.Linear(3, 2)
-    runner = StepRunner(layer, None, None)  # read_flags uses neither optimizer nor schedule
-    runner.fused_finite_check = fused
+    strategy = StepStrategy(layer, fused_finite_check=fused)
+    runner = StepRunner(layer, None, None, strategy=strategy)  # read_flags uses neither optimizer nor schedule
     loss = (layer(paddle.ones([4, 3])) ** 2).sum()
     loss.backward()
     assert runner.read_flags(loss) == (False, False)
