@@ -15,12 +15,21 @@ Both are ``GuardedDataLoader``s, which make two of Paddle's loader failure modes
   next epoch starts fresh ones. The training loader's epochs are cut to
   ``trainer.steps_per_epoch`` by the batch sampler itself (``KeyedBatches(steps=)``), so a short
   epoch still ends normally and keeps its workers.
+
+Workers die with the process that started them (``_DieWithParent``: on Linux the kernel sends
+them SIGKILL when it ends, ``PR_SET_PDEATHSIG``; everywhere a thread in each worker exits it within
+a second of its parent changing), so a trainer killed with SIGKILL leaves no workers behind; and
+``data.num_workers`` is at most ``max_workers()`` (four per usable core, at least 8): each worker
+is a copy of the process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -35,7 +44,7 @@ from recog.data.dataset import ImageDataset
 from recog.data.sampler import PKBatchSampler
 from recog.data.splits import Sample
 from recog.data.transforms import Transform
-from recog.errors import DataError
+from recog.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,26 @@ class KeyedBatches:
                 return
             first = step * s.batch_size * s.world_size + s.rank * s.batch_size
             yield [(index, s.epoch, first + j) for j, index in enumerate(batch)]
+
+
+def max_workers() -> int:
+    """The most loader workers a process may start: four per core it may use, at least 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(8, 4 * cores)
+
+
+def check_num_workers(num_workers: int) -> None:
+    """``ConfigError`` for more loader workers than ``max_workers()`` (each is a copy of the process:
+    100 000 of them fork until memory runs out)."""
+    if num_workers > max_workers():
+        raise ConfigError(
+            f"data.num_workers={num_workers} is more loader processes than this machine can use: at most "
+            f"{max_workers()} here (4 per core, at least 8); each is a copy of the training process. "
+            "2-8 usually keep a GPU busy"
+        )
 
 
 def dataset_options(data_cfg, run_dir=None) -> dict[str, Any]:
@@ -103,6 +132,7 @@ def build_train_loader(
     ``ImageDataset`` arguments (``dataset_options``). ``steps_per_epoch``: at most that many
     batches per epoch (``len(loader)``), the first ones of the full epoch's order.
     """
+    check_num_workers(num_workers)
     dataset = ImageDataset(samples, transform, labels=labels, seed=seed, **(options or {}))
     sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed, rank=rank, world_size=world_size)
     return GuardedDataLoader(
@@ -124,6 +154,7 @@ def build_eval_loader(
     """Batches ``[images [B, 3, S, S] float32, labels [B] int64]`` (original labels) in
     ``samples`` order; the last batch may be smaller. Host tensors. ``options``: as for
     ``build_train_loader``."""
+    check_num_workers(num_workers)
     return GuardedDataLoader(
         ImageDataset(samples, transform, **(options or {})),
         batch_size=batch_size,
@@ -156,7 +187,12 @@ def set_loader_epoch(loader: paddle.io.DataLoader, epoch: int, start: int = 0) -
 class GuardedDataLoader(paddle.io.DataLoader):
     """``paddle.io.DataLoader`` whose iteration ends with ``DataError`` when its thread or a worker
     fails (instead of hanging or "Blocking queue is killed"), and which starts fresh workers after
-    an iteration left mid-way (instead of ``IndexError: pop from empty list``)."""
+    an iteration left mid-way (instead of ``IndexError: pop from empty list``). Its workers die with
+    this process (``_DieWithParent``)."""
+
+    def __init__(self, *args, **kwargs):
+        self._die_with_parent = _DieWithParent(kwargs.pop("worker_init_fn", None))
+        super().__init__(*args, worker_init_fn=self._die_with_parent, **kwargs)
 
     def __iter__(self) -> Iterator:
         if (
@@ -168,6 +204,9 @@ class GuardedDataLoader(paddle.io.DataLoader):
             self._iterator._try_shutdown_all(1)
             self._iterator = None
         self._finished = False
+        # Workers start now, forked by this thread: the kernel's parent-death signal follows the thread.
+        self._die_with_parent.forked_by_main_thread = threading.current_thread() is threading.main_thread()
+        self._die_with_parent.parent = os.getpid()
         _install_hook()
         try:
             iterator = super().__iter__()  # starts the thread (and workers), which prefetch batches
@@ -197,6 +236,43 @@ class GuardedDataLoader(paddle.io.DataLoader):
                     ) from raised
                 raise _data_error(raised, "in the data loader") from raised
             yield batch
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class _DieWithParent:
+    """A loader's ``worker_init_fn``: the worker ends when the process that started it does, then
+    calls ``init_fn`` (the caller's own, if any).
+
+    Paddle's workers check their parent only between batches, and one blocked writing a batch
+    nobody reads lives on for minutes. On Linux the worker asks for SIGKILL when the thread that
+    forked it ends (``PR_SET_PDEATHSIG``; only when that thread is the main one, whose end is the
+    process's); everywhere a daemon thread exits the worker within a second of its parent changing.
+    """
+
+    def __init__(self, init_fn=None):
+        self.init_fn = init_fn
+        self.parent = os.getpid()
+        self.forked_by_main_thread = True
+
+    def __call__(self, worker_id: int) -> None:
+        if sys.platform.startswith("linux") and self.forked_by_main_thread:
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            except (OSError, AttributeError):  # no prctl here: the thread below still watches
+                pass
+        if os.getppid() != self.parent:  # the parent ended before the watch began
+            os._exit(1)
+        threading.Thread(target=_exit_with_parent, args=(self.parent,), name="recog-parent-watch", daemon=True).start()
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # not sys.exit: a worker blocked on its queue would wait for a reader that is gone
 
 
 # Iterator -> the exception its loader thread died of; the threads' hook records it.
