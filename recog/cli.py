@@ -210,9 +210,13 @@ def given_dir(overrides: list[str], key: str) -> str | None:
 
 def check_named_run_dir(cfg: DictConfig, run_dir: str | None) -> None:
     """``stage=train`` into a run dir the command names: ``ConfigError`` if a live training holds
-    it, or with ``resume=true`` if it holds no checkpoint (checked again by the stage)."""
+    it, or with ``resume=true`` if it holds no checkpoint (checked again by the stage). Not in a
+    rank ``paddle.distributed.launch`` started: the command that started it checked, and rank 0
+    may already hold the lock."""
+    from recog.distributed.launch import under_launcher
+
     stage = OmegaConf.select(cfg, "stage")
-    if getattr(stage, "value", stage) != "train" or not run_dir or "${" in run_dir:
+    if getattr(stage, "value", stage) != "train" or not run_dir or "${" in run_dir or under_launcher():
         return
     from recog.training.resume import LAST, no_checkpoint_message
     from recog.training.run_lock import RunLock

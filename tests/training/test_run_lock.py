@@ -127,3 +127,14 @@ def test_a_locked_run_dir_is_refused_before_its_hydra_files_are_rewritten(tmp_pa
     assert f"is in use by another training: PID {other_process}" in result.stderr
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == saved
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", LOCK_FILE]  # no run.log either
+
+
+def test_a_rank_of_the_launcher_does_not_check_the_lock_rank_0_holds(tmp_path, lists, other_process, monkeypatch):
+    """Every rank runs run.py's checks: rank 1 must not take rank 0's lock for another training's."""
+    from recog.cli import precheck
+
+    run_dir = tmp_path / "run"
+    _lock(run_dir, other_process)  # rank 0, training
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    precheck(TINY + lists + [f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}"])
