@@ -16,20 +16,17 @@ Both are ``GuardedDataLoader``s, which make two of Paddle's loader failure modes
   ``trainer.steps_per_epoch`` by the batch sampler itself (``KeyedBatches(steps=)``), so a short
   epoch still ends normally and keeps its workers.
 
-Workers die with the process that started them (``_DieWithParent``: on Linux the kernel sends
-them SIGKILL when it ends, ``PR_SET_PDEATHSIG``; everywhere a thread in each worker exits it within
-a second of its parent changing), so a trainer killed with SIGKILL leaves no workers behind; and
+Workers die with the process that started them (``_DieWithParent``: a thread in each worker
+removes the worker's shared-memory batches and exits it within half a second of its parent
+ending), so a trainer killed with SIGKILL leaves no workers behind; and
 ``data.num_workers`` is at most ``max_workers()`` (four per usable core, at least 8): each worker
 is a copy of the process.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 import traceback
@@ -204,9 +201,7 @@ class GuardedDataLoader(paddle.io.DataLoader):
             self._iterator._try_shutdown_all(1)
             self._iterator = None
         self._finished = False
-        # Workers start now, forked by this thread: the kernel's parent-death signal follows the thread.
-        self._die_with_parent.forked_by_main_thread = threading.current_thread() is threading.main_thread()
-        self._die_with_parent.parent = os.getpid()
+        self._die_with_parent.parent = os.getpid()  # the workers start now, as children of this process
         _install_hook()
         try:
             iterator = super().__iter__()  # starts the thread (and workers), which prefetch batches
@@ -238,32 +233,23 @@ class GuardedDataLoader(paddle.io.DataLoader):
             yield batch
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
 class _DieWithParent:
     """A loader's ``worker_init_fn``: the worker ends when the process that started it does, then
     calls ``init_fn`` (the caller's own, if any).
 
     Paddle's workers check their parent only between batches, and one blocked writing a batch
-    nobody reads lives on for minutes. On Linux the worker asks for SIGKILL when the thread that
-    forked it ends (``PR_SET_PDEATHSIG``; only when that thread is the main one, whose end is the
-    process's); everywhere a daemon thread exits the worker within a second of its parent changing.
+    nobody reads lives on for minutes. A daemon thread in the worker watches the parent instead;
+    when it is gone it removes the worker's shared-memory files (a kill by the kernel's parent-death
+    signal would leave them in /dev/shm) and exits the worker.
     """
 
     def __init__(self, init_fn=None):
         self.init_fn = init_fn
         self.parent = os.getpid()
-        self.forked_by_main_thread = True
 
     def __call__(self, worker_id: int) -> None:
-        if sys.platform.startswith("linux") and self.forked_by_main_thread:
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            except (OSError, AttributeError):  # no prctl here: the thread below still watches
-                pass
         if os.getppid() != self.parent:  # the parent ended before the watch began
-            os._exit(1)
+            _exit_worker()
         threading.Thread(target=_exit_with_parent, args=(self.parent,), name="recog-parent-watch", daemon=True).start()
         if self.init_fn is not None:
             self.init_fn(worker_id)
@@ -272,6 +258,16 @@ class _DieWithParent:
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
+    _exit_worker()
+
+
+def _exit_worker() -> None:
+    try:
+        from paddle.io.multiprocess_utils import _cleanup_mmap
+
+        _cleanup_mmap()  # the batches this worker put in shared memory, which nobody will read now
+    except Exception:  # noqa: BLE001 - a Paddle without it: exit all the same
+        pass
     os._exit(1)  # not sys.exit: a worker blocked on its queue would wait for a reader that is gone
 
 
