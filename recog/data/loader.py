@@ -17,8 +17,8 @@ Both are ``GuardedDataLoader``s, which make two of Paddle's loader failure modes
   epoch still ends normally and keeps its workers.
 
 Workers die with the process that started them (``_DieWithParent``: a thread in each worker
-removes the worker's shared-memory batches and exits it within half a second of its parent
-ending), so a trainer killed with SIGKILL leaves no workers behind; and
+removes the shared-memory files the worker still holds and exits it within half a second of its
+parent ending), so a trainer killed with SIGKILL leaves no workers behind; and
 ``data.num_workers`` is at most ``max_workers()`` (four per usable core, at least 8): each worker
 is a copy of the process.
 """
@@ -239,8 +239,9 @@ class _DieWithParent:
 
     Paddle's workers check their parent only between batches, and one blocked writing a batch
     nobody reads lives on for minutes. A daemon thread in the worker watches the parent instead;
-    when it is gone it removes the worker's shared-memory files (a kill by the kernel's parent-death
-    signal would leave them in /dev/shm) and exits the worker.
+    when it is gone it removes the shared-memory files the worker still holds (a kill by the
+    kernel's parent-death signal would leave them in /dev/shm) and exits the worker. Batches already
+    handed to the killed parent stay in /dev/shm: that process can no longer remove them.
     """
 
     def __init__(self, init_fn=None):
