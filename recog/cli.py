@@ -10,9 +10,13 @@ for ``--cfg`` / ``--info`` alike:
 and for a run only (nothing is created before these pass):
 
 * checks the stage's preconditions (``stage=eval`` needs ``model_path``, ...);
-* checks that the run folder (``hydra.run.dir``, or ``hydra.sweep.dir`` with ``-m``) and
+* checks that the run folder (``hydra.run.dir``, or ``hydra.sweep.dir`` with ``-m``; not empty) and
   ``paths.output_root`` can be created, by creating and removing a probe folder in the nearest
-  existing parent.
+  existing parent, and that their names fit the file system (``recog.utils.paths``);
+* for ``stage=train`` into a named run dir: that no live training holds its lock, and with
+  ``resume=true`` that it holds a checkpoint (Hydra would otherwise rewrite its ``.hydra/``
+  before the stage could refuse);
+* that a SQLite ``mlflow.tracking_uri`` can be written (MLflow would retry for minutes).
 
 ``--help``, ``--hydra-help``, ``--version``, ``--shell-completion`` and other config files
 (``-cn`` / ``-cp`` / ``-cd``) are left to Hydra.
@@ -23,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
@@ -33,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from recog.config.compose import CONF_DIR, check_overrides, compose
 from recog.config.schema import RecogConfig
 from recog.errors import ConfigError
+from recog.utils.paths import check_writable
 
 HELP_RESOLVER = "recog_help"
 _LEFT_TO_HYDRA = (
@@ -68,6 +72,12 @@ def precheck(argv: list[str]) -> DictConfig | None:
     if not any(key in ("stage", "model_path") or key.startswith("predict.") for key in swept):
         check_stage_ready(cfg)  # a swept stage input is checked by each job
     check_output_dirs(cfg, overrides, multirun=bool(args.multirun))
+    if not args.multirun:
+        check_named_run_dir(cfg, given_dir(overrides, "hydra.run.dir"))
+    if not any(key.startswith("mlflow.") for key in swept):
+        from recog.tracking.store import check_local_store
+
+        check_local_store(cfg)
     return cfg
 
 
@@ -133,6 +143,10 @@ def check_stage_ready(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model_path={cfg.model_path} does not exist or is not a directory: point it at a run's best_model/"
         )
+    if stage in ("train", "eval"):
+        from recog.data.loader import check_num_workers
+
+        check_num_workers(cfg.data.num_workers)
     if stage == "train":
         check_loss_inputs(cfg)
     if stage == "predict":
@@ -166,48 +180,51 @@ def check_loss_inputs(cfg: DictConfig) -> None:
 def check_output_dirs(cfg: DictConfig, overrides: list[str], multirun: bool) -> None:
     """``ConfigError`` unless ``paths.output_root`` and the run (or sweep) folder can be created."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = None
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.get_key_element().lstrip("+~") == key and not override.is_sweep_override():
-            given = str(override.value())
+    given = given_dir(overrides, key)
+    if given is not None and not given.strip():
+        raise ConfigError(
+            f"{key} is empty: it would make the current folder the run folder; name a folder "
+            f"({key}=outputs/{'multirun' if multirun else 'runs'}/my_run), or leave {key} out for a new dated one"
+        )
     output_root = str(cfg.paths.output_root)
     run_dir = given if given is not None else os.path.join(output_root, "multirun" if multirun else "runs")
     check_writable(output_root, "paths.output_root")
     check_writable(_literal_prefix(run_dir), key if given is not None else "the run folder")
 
 
-def check_writable(path: str, what: str) -> None:
-    """``ConfigError`` unless a folder can be created at or under ``path`` (created later, by the run)."""
-    if not path:
-        return
-    target = Path(path).expanduser()
-    parent = target if target.is_dir() else _nearest_existing(target)
-    if parent is None:
-        return
-    if not parent.is_dir():
-        raise ConfigError(f"{what}={path} cannot be created: {parent} is a file, not a folder")
-    try:
-        probe = tempfile.mkdtemp(prefix=".recog-write-check-", dir=parent)
-        os.rmdir(probe)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ConfigError(
-            f"{what}={path} is not writable: cannot create a folder in {parent} ({reason}); "
-            "choose a writable location (e.g. paths.output_root=<dir> or hydra.run.dir=<dir>)"
-        ) from None
-
-
-def _nearest_existing(path: Path) -> Path | None:
-    for candidate in [path, *path.parents]:
-        if candidate.exists() or candidate.is_symlink():
-            return candidate
-    return None
-
-
 def _literal_prefix(path: str) -> str:
     """The part of ``path`` before its first interpolation (``outputs/runs/${now:...}`` -> ``outputs/runs``)."""
     cut = path.find("${")
     return path if cut < 0 else os.path.dirname(path[:cut]) if not path[:cut].endswith("/") else path[:cut]
+
+
+def given_dir(overrides: list[str], key: str) -> str | None:
+    """The value the command line gives ``key`` (``hydra.run.dir`` / ``hydra.sweep.dir``), None if none."""
+    given = None
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.get_key_element().lstrip("+~") == key and not override.is_sweep_override():
+            value = override.value()
+            given = "" if value is None else str(value)
+    return given
+
+
+def check_named_run_dir(cfg: DictConfig, run_dir: str | None) -> None:
+    """``stage=train`` into a run dir the command names: ``ConfigError`` if a live training holds
+    it, or with ``resume=true`` if it holds no checkpoint (checked again by the stage). Not in a
+    rank ``paddle.distributed.launch`` started: the command that started it checked, and rank 0
+    may already hold the lock."""
+    from recog.distributed.launch import under_launcher
+
+    stage = OmegaConf.select(cfg, "stage")
+    if getattr(stage, "value", stage) != "train" or not run_dir or "${" in run_dir or under_launcher():
+        return
+    from recog.training.resume import LAST, no_checkpoint_message
+    from recog.training.run_lock import RunLock
+    from recog.utils import checkpoint
+
+    RunLock(run_dir).check_free()
+    if cfg.resume and not checkpoint.has_checkpoint(Path(run_dir) / LAST):
+        raise ConfigError(no_checkpoint_message(run_dir))
 
 
 def remove_untouched_run_dir(run_dir) -> bool:

@@ -147,3 +147,75 @@ def test_training_a_loss_on_logits_without_a_head_is_refused_before_the_run(tmp_
             f"paths.output_root={tmp_path}",
         ]
     )  # no training: no loss needed
+
+
+@pytest.mark.parametrize("argv", [["hydra.run.dir="], ["-m", "hydra.sweep.dir=", "seed=1,2"]])
+def test_an_empty_run_dir_is_refused_not_the_current_folder(argv, tmp_path):
+    """hydra.run.dir= trained into the current folder."""
+    with pytest.raises(ConfigError, match=r"hydra\.(run|sweep)\.dir is empty: it would make the current folder"):
+        precheck(argv + [f"paths.output_root={tmp_path}"])
+
+
+def test_a_run_dir_name_too_long_for_the_file_system_is_one_message(tmp_path):
+    """A 300-character run dir was an OSError traceback (File name too long)."""
+    with pytest.raises(ConfigError, match=r"hydra.run.dir: the name 'xxx.*' is 300 bytes long; .* at most 223"):
+        precheck([f"hydra.run.dir={tmp_path / ('x' * 300)}", f"paths.output_root={tmp_path}"])
+    precheck([f"hydra.run.dir={tmp_path / ('x' * 200)}", f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="predict.output_dir: the name"):
+        precheck(_predict(tmp_path) + [f"predict.output_dir={tmp_path / ('y' * 300)}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "in"]
+
+
+def _predict(tmp_path):
+    (tmp_path / "export").mkdir(exist_ok=True)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return [
+        "stage=predict",
+        f"predict.model_dir={tmp_path / 'export'}",
+        f"predict.input={tmp_path / 'in'}",
+        f"paths.output_root={tmp_path}",
+    ]
+
+
+def test_an_unwritable_predict_output_dir_is_one_message(tmp_path):
+    """predict.output_dir on a read-only file system was an OSError traceback."""
+    from recog.api import compose
+    from recog.stages.predict import check_ready
+
+    with pytest.raises(ConfigError, match="predict.output_dir=/proc/recog/out is not writable"):
+        precheck(_predict(tmp_path) + ["predict.output_dir=/proc/recog/out"])
+    with pytest.raises(ConfigError, match="predict.output_dir=/proc/recog/out is not writable"):  # the stage itself
+        check_ready(compose(_predict(tmp_path) + ["predict.output_dir=/proc/recog/out"]))
+
+
+@pytest.mark.parametrize("required", ["true", "false"])
+def test_an_unwritable_sqlite_store_is_one_message_at_once(tmp_path, required):
+    """MLflow retried a read-only SQLite file for 105 s, then raised a traceback, also with mlflow.required=false."""
+    from recog.api import compose
+    from recog.tracking import check_reachable
+
+    argv = ["mlflow.tracking_uri=sqlite:////proc/recog/m.db", f"mlflow.required={required}"]
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri's folder=/proc/recog is not writable"):
+        precheck(argv + [f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri's folder=/proc/recog is not writable"):
+        check_reachable(compose(argv + [f"paths.output_root={tmp_path}"]))  # what every stage checks first
+    (tmp_path / "db").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a SQLite file"):
+        precheck([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'db'}", f"paths.output_root={tmp_path}"])
+    precheck([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'new' / 'm.db'}", f"paths.output_root={tmp_path}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
+def test_more_loader_workers_than_the_machine_can_use_are_refused(tmp_path):
+    """data.num_workers=100000 forked until the machine ran out of memory (840 orphans)."""
+    from recog.data import build_eval_loader
+    from recog.data.loader import max_workers
+
+    with pytest.raises(ConfigError, match=rf"data.num_workers=100000 .* at most {max_workers()} here"):
+        precheck(["data.num_workers=100000", f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.num_workers=100000"):
+        precheck(["stage=eval", f"model_path={tmp_path}", "data.num_workers=100000", f"paths.output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.num_workers=100000"):  # the loaders check it too (the Python API)
+        build_eval_loader([], None, batch_size=1, num_workers=100000)
+    precheck([f"data.num_workers={max_workers()}", f"paths.output_root={tmp_path}"])
+    assert max_workers() >= 8

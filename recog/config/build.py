@@ -38,4 +38,10 @@ def build(what: str, node, **kwargs):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError, AssertionError)):  # Paddle validates with assert
             raise ConfigError(f"{what} ({target}): {cause}") from None
+        if isinstance(cause, MemoryError):  # e.g. embedding_size=1000000000: Paddle cannot allocate the weights
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else "out of memory"
+            raise ConfigError(
+                f"{what} ({target}) needs more memory than this machine can give ({reason}): check its sizes "
+                f"({', '.join(f'{k}={v}' for k, v in node.items() if isinstance(v, int) and not isinstance(v, bool))})"
+            ) from None
         raise

@@ -1,8 +1,10 @@
 """Safe loading of a saved config (a model folder's ``config.yaml``): nothing it names is run.
 
 A saved config comes from elsewhere (a shared folder, a download, the MLflow registry). Before
-anything is imported or called, ``load_saved_config`` parses it as plain YAML (no tags, no
-interpolation) and refuses, with one ``ConfigError`` naming the file, the key and the value:
+anything is imported or called, ``load_saved_config`` parses it as plain YAML (``read_plain_yaml``:
+at most 1 MiB, nesting at most 64 levels, no anchors or aliases, only strings, numbers, booleans,
+null, lists and mappings with string or integer keys: a timestamp, ``!!set``, ``!!binary`` or a
+null key is refused) and refuses, with one ``ConfigError`` naming the file, the key and the value:
 
 - any ``_target_`` that is not a registered component of its own group at its own position
   (``backbone``, ``neck``, ``head``, ``loss.<term>.fn``, ``dataset``, ``optimizer``,
@@ -10,7 +12,11 @@ interpolation) and refuses, with one ``ConfigError`` naming the file, the key an
   as holding a component, e.g. XBM's ``loss``, and then only a registered one of that group);
 - Hydra's and OmegaConf's special keys: ``_args_``, ``_partial_``, ``_call_``, ``_recursive_``,
   ``_convert_`` (any ``_name_`` key but ``_target_``);
-- any ``${...}`` (interpolations and resolvers such as ``${oc.env:HOME}``) anywhere.
+- any ``${...}`` (interpolations and resolvers such as ``${oc.env:HOME}``) anywhere;
+- a head without its class count (``head.class_num: null``): recog saves the count it trained
+  with, and loading never reads a dataset to count classes (which could write the digits there);
+- a component size (``embedding_size``, ``class_num``, ...) that is not a whole number in
+  1..2^31-1 (Paddle's index range).
 
 The registry is ``recog.registry.load_registry``: the yaml files of ``conf/`` and of the
 ``hydra.searchpath`` in use, so a component added the documented way loads. The only way around
@@ -48,17 +54,11 @@ def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Seq
     is cleared: a saved model's weights come from its own safetensors, not from a path it names.
     """
     file = Path(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the saved config {file}: {error}") from None
-    try:
-        tree = yaml.safe_load(text)  # plain data only: a python/* tag is a YAMLError here
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file} is not a valid saved config: {str(error).splitlines()[0]}") from None
+    tree = read_plain_yaml(file)
     if not isinstance(tree, dict):
         raise ConfigError(f"{file} is not a saved recog config: expected a mapping, got {type(tree).__name__}")
     check_plain(tree, file)
+    check_saved_sizes(tree, file)
     tree = upgrade_layout(tree)
     registry = load_registry(active_searchpath() if searchpath is None else searchpath)
     check_targets(tree, file, registry, trusted_targets)
@@ -71,6 +71,111 @@ def load_saved_config(file, trusted_targets: Iterable[str] = (), searchpath: Seq
     if isinstance(tree.get("backbone"), dict) and tree["backbone"].get("pretrained"):
         tree["backbone"]["pretrained"] = None
     return OmegaConf.create(tree)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a saved config is a few KB
+MAX_DEPTH = 64  # recog's configs nest about 5 levels
+MAX_SIZE = 2**31 - 1  # Paddle's int32 shapes
+SIZE_KEYS = ("embedding_size", "class_num", "num_classes", "feat_dim", "fpn_channels", "num_levels", "memory_size")
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases (a "billion laughs" file expands
+    exponentially; recog never writes them) and with a nesting limit (deep nesting exhausts the
+    recursive composer)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                f"line {event.start_mark.line + 1} uses a YAML anchor or alias (&, *), which a saved "
+                "config may not (recog never writes them; they can expand a small file without bound)"
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _Refused(f"line {event.start_mark.line + 1} nests deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _Refused(Exception):
+    """A saved config's YAML is outside what ``read_plain_yaml`` takes."""
+
+
+def read_plain_yaml(file) -> Any:
+    """The plain data of a YAML file from elsewhere (module docstring): ``ConfigError`` naming the
+    file and why otherwise, never anything bigger than the file suggests."""
+    file = Path(file)
+    try:
+        with open(file, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the saved config {file}: {error}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file} is over {MAX_CONFIG_BYTES // 1024} KiB: not a saved recog config (a few KB)")
+    try:
+        tree = yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader: a python/* tag is a YAMLError
+    except _Refused as refused:
+        raise ConfigError(f"{file} is refused: {refused}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file} is not a valid saved config: {str(error).splitlines()[0]}") from None
+    _check_plain_types(tree, file, "")
+    return tree
+
+
+def _check_plain_types(node: Any, file, key: str) -> None:
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if isinstance(name, bool) or not isinstance(name, (str, int)):
+                raise ConfigError(
+                    f"{file}: the key {_shown(name)}{f' under {key}' if key else ''} is refused: a saved config's "
+                    "keys are strings (or whole numbers)"
+                )
+            _check_plain_types(value, file, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_plain_types(value, file, f"{key}[{i}]")
+    elif node is not None and not isinstance(node, (str, int, float, bool)):
+        raise ConfigError(
+            f"{file}: {key or 'the document'}={_shown(node)} is refused: a saved config holds only strings, "
+            f"numbers, booleans, null, lists and mappings (YAML made a {type(node).__name__} of it; quote it if "
+            "it is text)"
+        )
+
+
+def check_saved_sizes(tree: dict, file) -> None:
+    """``ConfigError`` for a head whose ``class_num`` is null (loading never counts a dataset's
+    classes) or a component size outside 1..``MAX_SIZE``."""
+    head = tree.get("head")
+    if isinstance(head, dict) and "class_num" in head and head["class_num"] is None:
+        raise ConfigError(
+            f"{file}: head.class_num is null; recog saves the class count the head was trained with, so "
+            "this file was edited. Loading never reads the dataset to count classes: set head.class_num to "
+            "the count the weights were trained with"
+        )
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for name, value in node.items():
+                where = f"{key}.{name}"
+                if name in SIZE_KEYS and value is not None and not isinstance(value, (dict, list)):
+                    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+                        raise ConfigError(
+                            f"{file}: {where}={_shown(value)} is refused: a size must be a whole number in "
+                            f"1..{MAX_SIZE}"
+                        )
+                walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{key}[{i}]")
+
+    for group in ("backbone", "neck", "head", "loss"):
+        walk(tree.get(group), group)
 
 
 def check_plain(tree: Any, file, key: str = "") -> None:

@@ -5,6 +5,10 @@ Files: ``root/images/<digit>/<index>.png`` (8x8 grayscale uint8) and ``root/Ebay
 ``root/Ebay_test.txt``. For the predict stage the test split is also written as two generic lists
 (``path label``): ``gallery_list.txt`` (every other test image) and ``query_list.txt`` (the rest).
 Digits are not mirror invariant, hence ``mirror_invariant=False``.
+
+The files are written only into a new or empty folder, or one recog wrote the digits into before
+(``MARKER``, written first): a ``dataset.root`` holding anything else (a user's own SOP folder, say)
+is a ``DataError``, never overwritten.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from recog.errors import DataError
 TRAIN_DIGITS = range(0, 5)
 LIST_FILES = ("Ebay_train.txt", "Ebay_test.txt")
 PREDICT_LISTS = ("gallery_list.txt", "query_list.txt")
+MARKER = ".recog-digits"  # this folder is recog's digits: the writer may (re)write its files
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -79,6 +84,7 @@ def write_digits(root: str) -> None:
     """Write the digits under ``root`` unless already complete; list files are written last."""
     if _is_complete(root):
         return
+    claim_folder(root)
     digit_images, targets = read_digits()
     images = np.rint(digit_images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     rows = {name: [" ".join(HEADER)] for name in LIST_FILES}
@@ -97,6 +103,28 @@ def write_digits(root: str) -> None:
         rows[PREDICT_LISTS[1]] = [f"{rel} {digit}" for _, digit, _, rel in test[1::2]]
         for name, lines in rows.items():
             _write_atomic(os.path.join(root, name), ("\n".join(lines) + "\n").encode())
+    except OSError as e:
+        raise DataError(f"cannot write the digits dataset under {root}: {e}") from None
+
+
+def claim_folder(root: str) -> None:
+    """Create ``root`` with ``MARKER`` (or check it is new, empty or marked): ``DataError`` for a
+    folder holding anything else, which the digits' files must not overwrite."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"dataset root {root} is a file, not a folder: the digits are written into a folder")
+    try:
+        # .tmp-*: a file being written by another process claiming the folder at the same moment
+        entries = {e for e in os.listdir(root) if not e.startswith(".tmp-")} if os.path.isdir(root) else set()
+        if entries and MARKER not in entries:
+            shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+            raise DataError(
+                f"dataset root {root} holds files recog did not write ({shown}): the digits are written only "
+                "into a new or empty folder (or one they were written into before), never over other files. "
+                "Choose another dataset.root, or paths.output_root for the default one"
+            )
+        os.makedirs(root, exist_ok=True)
+        if MARKER not in entries:
+            _write_atomic(os.path.join(root, MARKER), b"recog wrote the digits dataset here\n")
     except OSError as e:
         raise DataError(f"cannot write the digits dataset under {root}: {e}") from None
 

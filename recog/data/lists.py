@@ -79,12 +79,22 @@ def parse_label(text: str, what: str = "label") -> tuple[int | None, str | None]
     return int(text), None
 
 
+def missing_reason(path: str, kind: str) -> str:
+    """Why ``path`` is not the ``kind`` (``folder`` / ``file``) expected: "does not exist", or what it is."""
+    if not os.path.lexists(path):
+        return "does not exist"
+    if os.path.islink(path) and not os.path.exists(path):
+        return "is a broken symbolic link"
+    found = "a folder" if os.path.isdir(path) else "a file" if os.path.isfile(path) else "not a regular file"
+    return f"is {found}, not a {kind}"
+
+
 def read_lines(path: str, what: str) -> list[str]:
     """The lines of a UTF-8 text file (a byte-order mark is ignored), split at newlines only, so
     line numbers match an editor's; DataError naming ``path`` if it cannot be read, and the
     numbers of the lines that are not UTF-8 if some are not."""
     if not os.path.isfile(path):
-        raise DataError(f"{what} {path} does not exist")
+        raise DataError(f"{what} {path} {missing_reason(path, 'file')}")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -212,7 +222,7 @@ def load_lists(
     The problems of all the lists are reported together.
     """
     if not os.path.isdir(root):
-        raise DataError(f"dataset root {root} does not exist")
+        raise DataError(f"dataset root {root} {missing_reason(root, 'folder')}")
     splits, found = {}, ListProblems(os.path.abspath(root))
     for name, list_file in (("train", train_list), ("query", query_list), ("gallery", gallery_list)):
         if list_file is None:

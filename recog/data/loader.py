@@ -15,6 +15,12 @@ Both are ``GuardedDataLoader``s, which make two of Paddle's loader failure modes
   next epoch starts fresh ones. The training loader's epochs are cut to
   ``trainer.steps_per_epoch`` by the batch sampler itself (``KeyedBatches(steps=)``), so a short
   epoch still ends normally and keeps its workers.
+
+Workers die with the process that started them (``_DieWithParent``: a thread in each worker
+removes the shared-memory files the worker still holds and exits it within half a second of its
+parent ending), so a trainer killed with SIGKILL leaves no workers behind; and
+``data.num_workers`` is at most ``max_workers()`` (four per usable core, at least 8): each worker
+is a copy of the process.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from recog.data.dataset import ImageDataset
 from recog.data.sampler import PKBatchSampler
 from recog.data.splits import Sample
 from recog.data.transforms import Transform
-from recog.errors import DataError
+from recog.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,26 @@ class KeyedBatches:
                 return
             first = step * s.batch_size * s.world_size + s.rank * s.batch_size
             yield [(index, s.epoch, first + j) for j, index in enumerate(batch)]
+
+
+def max_workers() -> int:
+    """The most loader workers a process may start: four per core it may use, at least 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(8, 4 * cores)
+
+
+def check_num_workers(num_workers: int) -> None:
+    """``ConfigError`` for more loader workers than ``max_workers()`` (each is a copy of the process:
+    100 000 of them fork until memory runs out)."""
+    if num_workers > max_workers():
+        raise ConfigError(
+            f"data.num_workers={num_workers} is more loader processes than this machine can use: at most "
+            f"{max_workers()} here (4 per core, at least 8); each is a copy of the training process. "
+            "2-8 usually keep a GPU busy"
+        )
 
 
 def dataset_options(data_cfg, run_dir=None) -> dict[str, Any]:
@@ -103,6 +129,7 @@ def build_train_loader(
     ``ImageDataset`` arguments (``dataset_options``). ``steps_per_epoch``: at most that many
     batches per epoch (``len(loader)``), the first ones of the full epoch's order.
     """
+    check_num_workers(num_workers)
     dataset = ImageDataset(samples, transform, labels=labels, seed=seed, **(options or {}))
     sampler = PKBatchSampler(labels, batch_size, samples_per_class, seed=seed, rank=rank, world_size=world_size)
     return GuardedDataLoader(
@@ -124,6 +151,7 @@ def build_eval_loader(
     """Batches ``[images [B, 3, S, S] float32, labels [B] int64]`` (original labels) in
     ``samples`` order; the last batch may be smaller. Host tensors. ``options``: as for
     ``build_train_loader``."""
+    check_num_workers(num_workers)
     return GuardedDataLoader(
         ImageDataset(samples, transform, **(options or {})),
         batch_size=batch_size,
@@ -156,7 +184,12 @@ def set_loader_epoch(loader: paddle.io.DataLoader, epoch: int, start: int = 0) -
 class GuardedDataLoader(paddle.io.DataLoader):
     """``paddle.io.DataLoader`` whose iteration ends with ``DataError`` when its thread or a worker
     fails (instead of hanging or "Blocking queue is killed"), and which starts fresh workers after
-    an iteration left mid-way (instead of ``IndexError: pop from empty list``)."""
+    an iteration left mid-way (instead of ``IndexError: pop from empty list``). Its workers die with
+    this process (``_DieWithParent``)."""
+
+    def __init__(self, *args, **kwargs):
+        self._die_with_parent = _DieWithParent(kwargs.pop("worker_init_fn", None))
+        super().__init__(*args, worker_init_fn=self._die_with_parent, **kwargs)
 
     def __iter__(self) -> Iterator:
         if (
@@ -168,6 +201,7 @@ class GuardedDataLoader(paddle.io.DataLoader):
             self._iterator._try_shutdown_all(1)
             self._iterator = None
         self._finished = False
+        self._die_with_parent.parent = os.getpid()  # the workers start now, as children of this process
         _install_hook()
         try:
             iterator = super().__iter__()  # starts the thread (and workers), which prefetch batches
@@ -197,6 +231,45 @@ class GuardedDataLoader(paddle.io.DataLoader):
                     ) from raised
                 raise _data_error(raised, "in the data loader") from raised
             yield batch
+
+
+class _DieWithParent:
+    """A loader's ``worker_init_fn``: the worker ends when the process that started it does, then
+    calls ``init_fn`` (the caller's own, if any).
+
+    Paddle's workers check their parent only between batches, and one blocked writing a batch
+    nobody reads lives on for minutes. A daemon thread in the worker watches the parent instead;
+    when it is gone it removes the shared-memory files the worker still holds (a kill by the
+    kernel's parent-death signal would leave them in /dev/shm) and exits the worker. Batches already
+    handed to the killed parent stay in /dev/shm: that process can no longer remove them.
+    """
+
+    def __init__(self, init_fn=None):
+        self.init_fn = init_fn
+        self.parent = os.getpid()
+
+    def __call__(self, worker_id: int) -> None:
+        if os.getppid() != self.parent:  # the parent ended before the watch began
+            _exit_worker()
+        threading.Thread(target=_exit_with_parent, args=(self.parent,), name="recog-parent-watch", daemon=True).start()
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _exit_worker()
+
+
+def _exit_worker() -> None:
+    try:
+        from paddle.io.multiprocess_utils import _cleanup_mmap
+
+        _cleanup_mmap()  # the batches this worker put in shared memory, which nobody will read now
+    except Exception:  # noqa: BLE001 - a Paddle without it: exit all the same
+        pass
+    os._exit(1)  # not sys.exit: a worker blocked on its queue would wait for a reader that is gone
 
 
 # Iterator -> the exception its loader thread died of; the threads' hook records it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from recog.data.lists import EntryChecker, ListProblems, Problem, parse_label, read_lines, short
+from recog.data.lists import EntryChecker, ListProblems, Problem, missing_reason, parse_label, read_lines, short
 from recog.data.splits import RetrievalSplits, Sample
 from recog.errors import DataError
 
@@ -67,11 +67,11 @@ def load_sop(
 
     The problems of both files are reported together."""
     if not os.path.isdir(root):
-        raise DataError(f"dataset root {root} does not exist; expected {_EXPECTED}")
+        raise DataError(f"dataset root {root} {missing_reason(root, 'folder')}; expected {_EXPECTED}")
     paths = [os.path.join(root, name) for name in (train_file, test_file)]
     for path in paths:
         if not os.path.isfile(path):
-            raise DataError(f"{path} does not exist; expected {_EXPECTED}")
+            raise DataError(f"{path} {missing_reason(path, 'file')}; expected {_EXPECTED}")
     splits, found = [], ListProblems(os.path.abspath(root))
     for path in paths:
         samples, problems = parse_sop_file(path, root)

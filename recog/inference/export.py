@@ -412,27 +412,31 @@ def check_replaceable(output_dir: Path) -> None:
         return
     if manifest.MANIFEST_FILE in entries:
         try:
-            found = manifest.read_manifest(output_dir, MANIFEST_KIND, "export")
+            found = manifest.read_manifest(output_dir, MANIFEST_KIND, "export", check_unlisted=False)
         except RecogError as error:
             raise ConfigError(refuse.format(f"its {manifest.MANIFEST_FILE} is not an export's: {error}")) from None
-        others = manifest.unlisted_files(output_dir, found)
-        others += [p.name for p in output_dir.iterdir() if p.is_dir() and not any(p.iterdir())]
+        others = manifest.unlisted_files(output_dir, found)  # also folders and symbolic links
         if others:
             raise ConfigError(
                 refuse.format(f"it holds files its {manifest.MANIFEST_FILE} does not list: {', '.join(others[:5])}")
             )
         return
-    others = [name for name in entries if name not in EXPORT_FILES or not (output_dir / name).is_file()]
+    others = [name for name in entries if name not in EXPORT_FILES or not _is_plain_file(output_dir / name)]
     if others:
         raise ConfigError(
             refuse.format(f"no {manifest.MANIFEST_FILE}, and files an export does not write: {', '.join(others[:5])}")
         )
     try:
-        legacy = json.loads((output_dir / PREPROCESS_FILE).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        legacy = manifest.read_json(output_dir / PREPROCESS_FILE, "export")
+    except RecogError:
         legacy = None
     if not (isinstance(legacy, dict) and legacy.get("format") == FORMAT):
         raise ConfigError(refuse.format(f"no {manifest.MANIFEST_FILE}, and no {PREPROCESS_FILE} of format {FORMAT}"))
+
+
+def _is_plain_file(path: Path) -> bool:
+    """A regular file, not a symbolic link (replacing the folder must not remove a user's link)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -65,6 +65,8 @@ PREPROCESS_FIELDS = {
     "mlflow_run_id": (str, None),
 }
 BINARIZE_METHODS = ("sign", "round")
+MAX_IMAGE_SIZE = 8192  # as data.image_size (recog.config.compose)
+MEAN_BOUND, STD_RANGE = 1e3, (1e-3, 1e3)  # per RGB channel, on pixels scaled to 0..1
 
 EXPORT_CONTENTS = (
     f"an export directory (written by `python run.py stage=export model_path=<run>/best_model`) "
@@ -95,10 +97,7 @@ def load_preprocess(model_dir: str | Path, verify: bool = True) -> dict[str, Any
     else:
         manifest.check_file(model_dir, PREPROCESS_FILE, MANIFEST_KIND, "export")
     path = model_dir / PREPROCESS_FILE
-    try:
-        preprocess = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise IntegrityError(f"cannot read {path}: {error}; export the model again") from None
+    preprocess = manifest.read_json(path, "export")
     required = ("format", "image_size", "mean", "std", "feature_dim", "normalize")
     absent = [key for key in required if key not in preprocess] if isinstance(preprocess, dict) else list(required)
     if absent:
@@ -128,16 +127,22 @@ def _check_values(path: Path, preprocess: dict[str, Any]) -> None:
             f"{path}: {key} must be {expected}, got {json.dumps(preprocess.get(key))[:80]}; export the model again"
         )
 
-    if preprocess["image_size"] < 1:
-        raise bad("image_size", "a positive integer")
-    if preprocess["feature_dim"] < 1:
+    if not 1 <= preprocess["image_size"] <= MAX_IMAGE_SIZE:
+        raise bad("image_size", f"a whole number in 1..{MAX_IMAGE_SIZE} (pixels a side)")
+    shape = (preprocess.get("input") or {}).get("shape") if isinstance(preprocess.get("input"), dict) else None
+    if shape is not None and (not isinstance(shape, list) or shape[2:] != [preprocess["image_size"]] * 2):
+        raise bad("input", f"an input of shape [-1, 3, {preprocess['image_size']}, {preprocess['image_size']}]")
+    if not 1 <= preprocess["feature_dim"] <= 2**31 - 1:
         raise bad("feature_dim", "a positive integer")
     for key in ("mean", "std"):
         values = preprocess[key]
         if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise bad(key, "a list of 3 numbers (R, G, B)")
-    if not all(v > 0 for v in preprocess["std"]):
-        raise bad("std", "3 positive numbers")
+    # Pixels are scaled to [0, 1] first: (x - mean) / std stays finite in float32 within these bounds.
+    if not all(-MEAN_BOUND <= v <= MEAN_BOUND for v in preprocess["mean"]):  # also refuses nan
+        raise bad("mean", f"3 finite numbers in -{MEAN_BOUND:g}..{MEAN_BOUND:g} (pixels scaled to 0..1)")
+    if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in preprocess["std"]):
+        raise bad("std", f"3 numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} (pixels scaled to 0..1)")
     if preprocess.get("binarize") not in (None, *BINARIZE_METHODS):
         raise bad("binarize", f"null or one of {', '.join(BINARIZE_METHODS)}")
     onednn = (preprocess.get("runtime") or {}).get("cpu_onednn", ONEDNN_MODES[0])
@@ -299,6 +304,13 @@ class ExportedModel:
             features = np.zeros((0, self.feature_dim), np.float32)
         else:
             features = self._graph.run(images)
+            finite = np.isfinite(features).all(axis=1)
+            if not finite.all():  # never NaN features passed on as results
+                raise DataError(
+                    f"the model {self.model_dir} gave NaN or Inf features for {int((~finite).sum())} of "
+                    f"{len(features)} images: the input is not finite or not preprocessed (preprocess_image), "
+                    "or the model's weights are damaged; export the model again"
+                )
         method = self.binarize if binarize is None or binarize else None
         if binarize and not method:
             raise ValueError(f"{self.model_dir} records no binarisation method (eval.binarize was not set)")

@@ -51,6 +51,7 @@ from recog.postprocess.settings import PostProcess
 from recog.search import GalleryIndex, save_retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
+from recog.utils.paths import check_writable
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def check_ready(cfg: DictConfig) -> None:
     for key in ("input", "gallery"):
         if p[key] and not Path(p[key]).exists():
             raise ConfigError(f"predict.{key}={p[key]} is neither a folder nor a list file")
+    if p.output_dir:
+        check_writable(str(p.output_dir), "predict.output_dir", "choose a writable predict.output_dir")
 
 
 def extract(

@@ -63,9 +63,34 @@ def unreachable_message(uri: str, error: Exception) -> str:
     )
 
 
+def check_local_store(cfg: DictConfig) -> None:
+    """``ConfigError`` when ``mlflow.tracking_uri`` is a SQLite file that cannot be written (a
+    read-only folder, a file in the way): MLflow would retry for about two minutes, then fail.
+    A local file will not come back like a server, so ``mlflow.required=false`` does not skip this."""
+    uri = cfg.mlflow.tracking_uri
+    if not cfg.mlflow.enabled or not uri or not str(uri).startswith("sqlite:///"):
+        return
+    from recog.utils.paths import check_writable
+
+    database = Path(str(uri)[len("sqlite:///") :].split("?", 1)[0])
+    if not str(database) or str(database) == ":memory:":
+        return
+    if database.is_dir():
+        raise ConfigError(
+            f"mlflow.tracking_uri={uri} is a folder, not a SQLite file: name a file, e.g. sqlite:///{database}/mlflow.db"
+        )
+    hint = "name a SQLite file in a writable folder, or leave mlflow.tracking_uri unset (<paths.output_root>/mlflow.db)"
+    check_writable(str(database.parent), "mlflow.tracking_uri's folder", hint)
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        raise ConfigError(f"mlflow.tracking_uri={uri}: {database} cannot be written (read-only); {hint}")
+
+
 def check_reachable(cfg: DictConfig) -> None:
     """Fail fast, before a stage does any work, when ``mlflow.required`` and the tracking server
-    (an http(s) URI) does not answer; ``ConfigError`` says what to do."""
+    (an http(s) URI) does not answer, or (required or not) when a SQLite store cannot be written
+    (``check_local_store``); ``ConfigError`` says what to do."""
+    if is_main_process():
+        check_local_store(cfg)
     if not (cfg.mlflow.enabled and cfg.mlflow.required and is_main_process()):
         return
     uri = tracking_uri(cfg)

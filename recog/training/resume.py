@@ -18,6 +18,7 @@ The config a resumed run uses is ``recog.training.resume_config``'s.
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,32 @@ def _state_problems(state: dict) -> list[str]:
     for key in ("grad_scaler", "optimizer"):
         if state.get(key) is not None and not isinstance(state[key], dict):
             problems.append(f"'{key}' must be an object, got {_short(state[key])}")
+    if isinstance(state.get("optimizer"), dict) and "LR_Scheduler" in state["optimizer"]:
+        problems += _schedule_problems(state["optimizer"]["LR_Scheduler"], "optimizer.LR_Scheduler")
     return problems
+
+
+def _schedule_problems(node, key: str) -> list[str]:
+    """The learning-rate schedule's state (Paddle's ``LRScheduler.state_dict``, nested for a warm-up):
+    an object of numbers and such objects, ``last_epoch`` a whole number, ``last_lr`` a number."""
+    if not isinstance(node, dict):
+        return [f"'{key}' must be an object, got {_short(node)}"]
+    problems = []
+    for name, value in node.items():
+        where = f"{key}.{name}"
+        if isinstance(value, dict):
+            problems += _schedule_problems(value, where)
+        elif name == "last_epoch" and not _is_int(value):
+            problems.append(f"'{where}' must be a whole number, got {_short(value)}")
+        elif not _is_number(value) and not (
+            name != "last_lr" and (value is None or (isinstance(value, list) and all(map(_is_number, value))))
+        ):
+            problems.append(f"'{where}' must be a number, got {_short(value)}")
+    return problems
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _short(value) -> str:
@@ -199,8 +225,9 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` cannot be resumed (damaged state.json, config.yaml or weights), or None.
+def checkpoint_problem(path: Path, trusted_targets: Iterable[str] = ()) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed (damaged state.json, config.yaml or weights), or None
+    (``trusted_targets``: as for ``checkpoint.load_config``).
 
     Cheap: reads state.json and config.yaml, and the safetensors header of the weights (whose
     offsets must fit in the file: a truncated file fails).
@@ -211,7 +238,7 @@ def checkpoint_problem(path: Path) -> str | None:
     except RecogError as error:
         return str(error)
     try:
-        checkpoint.load_config(path)  # the checked reader: a hostile config is a problem too
+        checkpoint.load_config(path, trusted_targets)  # the checked reader: a hostile config is a problem too
     except RecogError as error:
         return str(error)
     except Exception as error:  # OSError, a YAML error of any kind
@@ -243,20 +270,30 @@ def _safetensors_problem(file: Path) -> str | None:
     return None
 
 
-def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
-    """The run dir whose ``checkpoints/last`` to continue: this one if it has one (e.g.
-    ``hydra.run.dir=<old run>``; a damaged one is an error), else the newest unfinished run under
-    ``paths.output_root/runs`` whose checkpoint is intact (damaged ones are skipped with a warning)."""
+def find_run_to_resume(cfg: DictConfig, run_dir: Path, named: bool | None = None) -> Path:
+    """The run dir whose ``checkpoints/last`` to continue.
+
+    A run dir the command names (``hydra.run.dir=<run>``: ``named``, by default read from the
+    Hydra job's overrides) is that run: its checkpoint, or a ``ConfigError`` saying it has none (a
+    damaged one is an error too). Otherwise this run dir if it holds a checkpoint, else the newest
+    unfinished run under ``paths.output_root/runs`` whose checkpoint is intact (damaged ones are
+    skipped with a warning). ``cfg.trusted_targets`` are trusted in the saved configs, as when the
+    run was trained."""
+    trusted = list(cfg.get("trusted_targets") or ())
+    if named is None:
+        named = run_dir_named()
     if checkpoint.has_checkpoint(run_dir / LAST):
-        problem = checkpoint_problem(run_dir / LAST)
+        problem = checkpoint_problem(run_dir / LAST, trusted)
         if problem:
             raise RecogError(f"cannot resume {run_dir}: {problem}")
         return run_dir
+    if named:
+        raise ConfigError(no_checkpoint_message(run_dir))
     root = Path(cfg.paths.output_root) / "runs"
     candidates = {p.parents[2] for p in root.glob(f"*/{LAST}/{checkpoint.STATE_FILE}")}
     candidates |= {p.parents[2] for p in root.glob(f"*/checkpoints/.last.old/{checkpoint.STATE_FILE}")}
     for candidate in sorted(candidates, reverse=True):
-        problem = checkpoint_problem(candidate / LAST)
+        problem = checkpoint_problem(candidate / LAST, trusted)
         if problem:
             log.warning("resume: skipping %s, its checkpoint is damaged: %s", candidate, problem)
             continue
@@ -266,3 +303,22 @@ def find_run_to_resume(cfg: DictConfig, run_dir: Path) -> Path:
         f"resume=true but no unfinished run with a {LAST} checkpoint was found under "
         f"{root}; pass hydra.run.dir=<run dir> to pick one"
     )
+
+
+def no_checkpoint_message(run_dir) -> str:
+    return (
+        f"resume=true hydra.run.dir={run_dir}: that run dir holds no checkpoint to resume ({Path(run_dir) / LAST} "
+        "is missing). Name the run dir of the run to continue, drop hydra.run.dir to continue the newest "
+        "unfinished run under paths.output_root/runs, or drop resume=true to start a new run there"
+    )
+
+
+def run_dir_named() -> bool:
+    """Whether the running Hydra job's command line sets ``hydra.run.dir`` (False outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.hydra
+    except (ValueError, ImportError):  # not a Hydra job: the Python API
+        return False
+    return any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in overrides)

@@ -27,6 +27,7 @@ RESUMABLE = (
     "resume",
     "stage",
     "model_path",
+    "trusted_targets",  # what this command trusts to load the saved config (never taken from it)
 )
 # Filled in by the run when null (head.class_num follows the dataset): null on resume means the saved value.
 FILLED_BY_THE_RUN = ("head.class_num",)
@@ -65,7 +66,7 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = 
     """The config of the resumed run: the one saved in ``run_dir``'s checkpoint, with the values of
     ``RESUMABLE`` keys this command set (``given_keys``). A set key of another kind whose value differs
     from the saved run's is a ``ConfigError`` listing them all."""
-    saved = checkpoint.load_config(run_dir / LAST)
+    saved = checkpoint.load_config(run_dir / LAST, trusted_targets=list(cfg.get("trusted_targets") or ()))
     current, before = _flat(cfg), _flat(saved)
     given = given_keys(cfg, overrides)
     missing = object()

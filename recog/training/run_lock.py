@@ -55,17 +55,7 @@ class RunLock:
                 if holder is None and not self.path.exists():
                     continue
             if holder is not None and self._alive(holder):
-                raise ConfigError(
-                    f"{self.path.parent} is in use by another {holder.get('what', 'run')}: PID {holder.get('pid')} on "
-                    f"{holder.get('host')} (since {holder.get('started', '?')}; lock file {self.path}). Two trainings "
-                    "in one run dir overwrite each other's checkpoints: wait for it, stop it, or use another "
-                    "hydra.run.dir"
-                    + (
-                        " (if that process is gone, delete the lock file)"
-                        if holder.get("host") != self.owner["host"]
-                        else ""
-                    )
-                )
+                raise ConfigError(self._in_use(holder))
             log.warning(
                 "taking over the stale lock %s of %s",
                 self.path,
@@ -75,6 +65,22 @@ class RunLock:
             )
             self._remove_if_unchanged(holder)
         raise ConfigError(f"could not take the lock {self.path}: another process keeps replacing it")
+
+    def check_free(self) -> None:
+        """``ConfigError`` (as ``acquire``'s) if a live process holds the lock; takes nothing: ``run.py``
+        checks this before Hydra writes the run dir's ``.hydra/``."""
+        holder = self._read()
+        if holder is not None and self._alive(holder):
+            raise ConfigError(self._in_use(holder))
+
+    def _in_use(self, holder: dict) -> str:
+        return (
+            f"{self.path.parent} is in use by another {holder.get('what', 'run')}: PID {holder.get('pid')} on "
+            f"{holder.get('host')} (since {holder.get('started', '?')}; lock file {self.path}). Two trainings "
+            "in one run dir overwrite each other's checkpoints: wait for it, stop it, or use another "
+            "hydra.run.dir"
+            + (" (if that process is gone, delete the lock file)" if holder.get("host") != self.owner["host"] else "")
+        )
 
     def release(self) -> None:
         """Remove the lock if it is still ours."""
@@ -104,7 +110,7 @@ class RunLock:
     def _read(self) -> dict | None:
         try:
             holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return holder if isinstance(holder, dict) else None
 

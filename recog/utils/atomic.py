@@ -23,7 +23,10 @@ A process killed at any moment (SIGKILL, power cut) leaves one of these states:
 ``readable_dir`` picks the directory to read (``<name>``, else ``.<name>.old``) without changing
 anything; the next ``replacing_dir`` of the same target first puts ``.old`` back (if ``<name>``
 is missing) or removes it, and removes the temp directories of processes that are gone. A temp
-directory is never read.
+directory is never read. Recovery touches only what recog wrote: a ``.old`` must hold a manifest
+of recog's listing every file in it (``is_recog_folder``: checkpoints, exports and gallery indexes
+have one), a temp directory must carry the exact temp name; a user's folder called ``.out.old`` is
+neither read, adopted nor removed.
 
 Failures: an ``OSError`` while writing (disk full, permission denied, read-only file system, ...)
 removes the temporary files and raises ``StorageError`` naming the target and the OS reason; the
@@ -33,7 +36,9 @@ previous version is untouched. Other exceptions pass through, after the same cle
 import ctypes
 import errno
 import functools
+import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -139,24 +144,63 @@ def readable_dir(path) -> Path:
     a process killed mid-swap; ``path`` itself when neither exists. Changes nothing on disk."""
     path = Path(path)
     old = _old_path(path)
-    return old if not path.exists() and old.is_dir() else path
+    return old if not path.exists() and is_recog_folder(old) else path
 
 
 def recover_dir(path) -> None:
     """Tidy what a killed writer of ``path`` left: put a complete ``.old`` back when ``path`` is
-    missing, else remove it; remove temp directories of processes that no longer run."""
+    missing, else remove it; remove temp directories of processes that no longer run.
+
+    Only what recog wrote is touched: a ``.old`` must be a folder recog writes (``is_recog_folder``),
+    a temp directory must carry the exact ``.<name>.tmp-<pid>-<tag>`` name; anything else of that
+    name (a user's folder) is left alone."""
     path = Path(path)
     old = _old_path(path)
-    if old.exists():
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
+    if old.exists() and is_recog_folder(old):
+        if path.exists() or path.is_symlink():
+            _remove_whole(old, path)
         else:
             os.replace(old, path)
     prefix = f".{path.name}{_TMP}"
     if path.parent.is_dir():
         for entry in os.scandir(path.parent):
-            if entry.name.startswith(prefix) and not _writer_alive(entry.name[len(prefix) :]):
+            suffix = entry.name[len(prefix) :]
+            if (
+                entry.name.startswith(prefix)
+                and _TEMP_SUFFIX.fullmatch(suffix)
+                and entry.is_dir(follow_symlinks=False)
+                and not _writer_alive(suffix)
+            ):
                 _remove(Path(entry.path))
+
+
+# The manifests of the folders recog swaps in whole: checkpoints and exports (recog.utils.manifest),
+# gallery indexes (recog.search.store); "files" or "index_file" name what else the folder holds.
+_RECOG_FORMATS = ("recog-manifest", "recog.gallery_index")
+_TEMP_SUFFIX = re.compile(r"\d+-[0-9a-f]{6}")
+
+
+def is_recog_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder recog writes: a ``manifest.json`` of one of recog's formats, and
+    nothing but regular files it lists (no symbolic link, no folder). A folder whose removal was cut
+    short by a kill still qualifies (fewer files); a user's folder of the same name does not."""
+    path = Path(path)
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        with open(path / "manifest.json", "rb") as handle:
+            data = json.loads(handle.read(1 << 20))
+        if not isinstance(data, dict) or data.get("format") not in _RECOG_FORMATS:
+            return False
+        listed = set(data.get("files") or ()) if isinstance(data.get("files"), dict) else {data.get("index_file")}
+        for entry in os.scandir(path):
+            if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                return False
+            if entry.name != "manifest.json" and entry.name not in listed:
+                return False
+    except (OSError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def preallocate(path, what: str = "scratch file") -> None:
@@ -208,7 +252,7 @@ def _swap_in(new: Path, target: Path) -> None:
     old = _old_path(target)
     had_target = target.exists()
     if had_target:
-        os.replace(target, old)
+        os.replace(target, old)  # fails on a user's non-empty .old: it is not replaced
     try:
         os.replace(new, target)
     except OSError:
@@ -216,7 +260,8 @@ def _swap_in(new: Path, target: Path) -> None:
             os.replace(old, target)
         raise
     _fsync_dir(target.parent)
-    _remove(old)
+    if had_target:  # the previous version: ours, renamed a moment ago
+        _remove_whole(old, target)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -285,6 +330,18 @@ def _writer_alive(suffix: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _remove_whole(path: Path, target: Path) -> None:
+    """Remove ``path`` (a folder of ours beside ``target``) after renaming it to a temp name of
+    ``target``'s, so that a removal cut short leaves a temp directory (tidied by the next
+    ``recover_dir``), never a half-empty ``.old``."""
+    doomed = _temp_path(target)
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path
+    _remove(doomed)
 
 
 def _remove(path: Path) -> None:

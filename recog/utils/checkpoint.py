@@ -122,13 +122,7 @@ def load_state(path, required=STATE_REQUIRED) -> dict[str, Any]:
     directory = atomic.readable_dir(path)
     manifest.check_file(directory, STATE_FILE, KIND, WHAT)
     file = directory / STATE_FILE
-    try:
-        state = json.loads(file.read_text())
-    except (UnicodeDecodeError, ValueError) as error:
-        raise IntegrityError(
-            f"{file} is not valid JSON ({error}): the checkpoint is damaged; copy it again from "
-            "where it came from, or use another checkpoint"
-        ) from None
+    state = manifest.read_json(file, WHAT)
     manifest.check_fields(file, state, STATE_FIELDS, required=required)
     return state
 
@@ -167,12 +161,19 @@ def load_optimizer_state(
         # LinearWarmup stores its inner schedule under an extra key, which Paddle's base class
         # reports as unused before LinearWarmup restores it: a false alarm.
         warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
-        optimizer.set_state_dict(
-            {
-                **load_state(path, required=("optimizer",))["optimizer"],
-                **{k: paddle.to_tensor(v) for k, v in tensors.items()},
-            }
-        )
+        try:
+            optimizer.set_state_dict(
+                {
+                    **load_state(path, required=("optimizer",))["optimizer"],
+                    **{k: paddle.to_tensor(v) for k, v in tensors.items()},
+                }
+            )
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:  # a hand-edited state
+            raise IntegrityError(
+                f"{directory / STATE_FILE}: its optimizer state does not fit this run's optimizer "
+                f"({type(error).__name__}: {error}); the checkpoint is damaged or was edited; "
+                "resume another run or start a new one"
+            ) from None
 
 
 def _load_tensors(file: Path) -> dict[str, np.ndarray]:

@@ -10,13 +10,20 @@ It is written last, into the temp directory that ``recog.utils.atomic.replacing_
 whole, so a folder with a manifest is complete as its writer left it. Readers call
 ``check_file`` for each file they use (or ``verify`` for the whole folder): a missing, truncated
 or altered file is an ``IntegrityError`` naming the file and what to do, before its bytes are
-parsed. A folder without ``manifest.json`` (written by recog before manifests existed) still
-loads, with one warning per folder.
+parsed. Reading the manifest also checks that the folder holds nothing it does not list (a file,
+folder or symbolic link added afterwards is an ``IntegrityError``). A folder without
+``manifest.json`` (written by recog before manifests existed) still loads, with one warning per
+folder.
+
+``read_json`` is the JSON reader for every file of these folders: at most ``MAX_JSON_BYTES``, nested
+at most ``MAX_JSON_DEPTH`` levels, or an ``IntegrityError`` (never a ``RecursionError``).
 """
 
 import hashlib
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,8 @@ MANIFEST_FILE = "manifest.json"
 FORMAT, FORMAT_VERSION = "recog-manifest", 1
 KINDS = ("checkpoint", "export")
 _WARNED_LEGACY: set = set()
+MAX_JSON_BYTES = 64 << 20  # state.json with the RNG states of many processes is well below
+MAX_JSON_DEPTH = 64  # recog's JSON files nest a few levels
 
 
 class IntegrityError(RecogError):
@@ -76,11 +85,12 @@ def write_manifest(directory, kind: str) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(directory, kind: str, what: str) -> dict[str, Any] | None:
+def read_manifest(directory, kind: str, what: str, check_unlisted: bool = True) -> dict[str, Any] | None:
     """The checked ``manifest.json`` of ``directory``; None (after one warning) when there is none.
 
     ``what`` names the folder in messages (e.g. "checkpoint", "export"). Every field is
-    type-checked: a malformed manifest is an ``IntegrityError`` saying so.
+    type-checked: a malformed manifest is an ``IntegrityError`` saying so; so is anything in the
+    folder it does not list (``unlisted_files``), unless not ``check_unlisted``.
     """
     directory = Path(directory)
     path = directory / MANIFEST_FILE
@@ -96,10 +106,7 @@ def read_manifest(directory, kind: str, what: str) -> dict[str, Any] | None:
             )
         return None
     fix = _fix(what)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise IntegrityError(f"{path} is not valid JSON ({error}): the {what} is damaged; {fix}") from None
+    manifest = read_json(path, what)
     check_fields(
         path,
         manifest,
@@ -122,7 +129,49 @@ def read_manifest(directory, kind: str, what: str) -> dict[str, Any] | None:
         check_fields(Path(where), entry, {"size": int, "sha256": str}, required=("size", "sha256"))
         if name.startswith("/") or ".." in Path(name).parts:
             raise IntegrityError(f"{where}: a file outside the folder; {fix}")
+    if check_unlisted:
+        extra = unlisted_files(directory, manifest)
+        if extra:
+            raise IntegrityError(
+                f"{directory / extra[0]} is not listed in {path}: it was added after the {what} was written; "
+                f"remove it, or {fix}"
+            )
     return manifest
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """The JSON value of ``path``; ``IntegrityError`` naming it if it cannot be read, is not JSON, is
+    over ``MAX_JSON_BYTES`` or nests deeper than ``MAX_JSON_DEPTH`` levels."""
+    path = Path(path)
+    fix = _fix(what)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise IntegrityError(f"{path} is over {MAX_JSON_BYTES >> 20} MiB: not a file recog wrote; {fix}")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise IntegrityError(f"{path} is not valid JSON ({error}): the {what} is damaged; {fix}") from None
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise IntegrityError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels: not a file recog wrote; {fix}")
+    return data
+
+
+def json_depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:  # deeper is refused anyway
+                stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def check_file(
@@ -181,14 +230,7 @@ def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> dic
     folder holds no other file; returns the manifest, None for a legacy folder (``required`` still
     checked)."""
     directory = Path(directory)
-    manifest = read_manifest(directory, kind, what)
-    if manifest is not None:
-        extra = unlisted_files(directory, manifest)
-        if extra:
-            raise IntegrityError(
-                f"{directory / extra[0]} is not listed in {directory / MANIFEST_FILE}: it was added "
-                f"after the {what} was written; remove it, or {_fix(what)}"
-            )
+    manifest = read_manifest(directory, kind, what)  # also: nothing in the folder that it does not list
     names = list(dict.fromkeys([*(manifest["files"] if manifest else ()), *required]))
     for name in names:
         check_file(directory, name, kind, what, manifest=manifest, required=name in required or manifest is not None)
@@ -196,13 +238,26 @@ def verify(directory, kind: str, what: str, required: Iterable[str] = ()) -> dic
 
 
 def unlisted_files(directory, manifest: dict[str, Any]) -> list:
-    """Files under ``directory`` that its manifest does not list (the manifest itself excepted)."""
+    """What ``directory`` holds beyond its manifest's files (and the manifest), as relative names:
+    unlisted files, symbolic links (listed or not: recog writes none), other special files, and
+    folders with no listed file below them. Symbolic links are not followed."""
     directory = Path(directory)
-    return sorted(
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file() and p.relative_to(directory).as_posix() not in manifest["files"] and p.name != MANIFEST_FILE
-    )
+    listed = set(manifest["files"]) | {MANIFEST_FILE}
+    holders = {parent.as_posix() for name in listed for parent in Path(name).parents}  # folders of listed files
+    found = []
+    for top, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = Path(top) / name
+            rel = path.relative_to(directory).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                found.append(rel)
+            elif stat.S_ISDIR(mode) and rel not in holders:
+                found.append(rel + "/")
+            elif stat.S_ISREG(mode) and rel not in listed:
+                found.append(rel)
+        dirs[:] = [d for d in dirs if (Path(top) / d).relative_to(directory).as_posix() in holders]
+    return sorted(found)
 
 
 def check_fields(path: Path, data: Any, types: dict[str, Any], required: Iterable[str] = ()) -> None:

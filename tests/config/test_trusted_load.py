@@ -393,3 +393,65 @@ def test_saved_arguments_are_checked_against_the_constructor(saved, tmp_path):
     assert (
         str(evil / checkpoint.CONFIG_FILE) in message and "'scael'" in message and "valid keys in backbone" in message
     )
+
+
+# ---- YAML that is valid but not plain data, or expands without bound ------------------------------
+_LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)  # 3 KB that expands to 9^10 strings
+RAW_HOSTILE = [
+    ("a date", lambda text: text.replace("seed: 0", "seed: 2001-12-14"), "seed=datetime.date(2001, 12, 14)"),
+    ("!!set", lambda text: text + "extra: !!set {a, b}\n", "extra="),
+    ("!!binary", lambda text: text + "extra: !!binary aGVsbG8=\n", "extra=b'hello'"),
+    ("a null key", lambda text: text + "~: 1\n", "the key None is refused"),
+    ("20,000-deep nesting", lambda text: text + "deep: " + "[" * 20000 + "]" * 20000 + "\n", "deeper than 64 levels"),
+    ("a self-referencing anchor", lambda text: text + "loop: &x [*x]\n", "uses a YAML anchor or alias"),
+    ("billion laughs", lambda text: text + _LAUGHS, "uses a YAML anchor or alias"),
+    ("over 1 MiB", lambda text: text + "#" * (1 << 20) + "\n", "is over 1024 KiB"),
+    (
+        "a 512 GB embedding",
+        lambda text: text.replace("embedding_size: 8", "embedding_size: 100000000000"),
+        "neck.embedding_size=100000000000 is refused: a size must be a whole number in 1..2147483647",
+    ),
+    ("no class count", lambda text: text.replace("class_num: 3", "class_num: null"), "head.class_num is null"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [c[1:] for c in RAW_HOSTILE], ids=[c[0] for c in RAW_HOSTILE])
+def test_yaml_beyond_plain_data_is_a_message_not_a_traceback(saved, tmp_path, edit, message):
+    """The probe's saved configs: tracebacks (a date, !!set, a null key, deep nesting, a self-referencing
+    anchor, a 512 GB allocation) or minutes of growing memory (nested anchors)."""
+    folder, _ = saved
+    evil = tmp_path / "model"
+    evil.mkdir()
+    for name in (checkpoint.MODEL_FILE, checkpoint.STATE_FILE, checkpoint.CONFIG_FILE):
+        (evil / name).write_bytes((folder / name).read_bytes())
+    config = evil / checkpoint.CONFIG_FILE
+    config.write_text(edit(config.read_text()))
+    with pytest.raises(ConfigError) as error:
+        load_model(evil)
+    assert str(config) in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_loading_a_model_never_writes_where_its_config_points(saved, tmp_path):
+    """A best_model whose config.yaml had head.class_num null and dataset.root=<a user's folder> made
+    load_model (and stage=eval) count classes by writing the digits there, over the user's SOP lists."""
+    folder, tree = saved
+    users = tmp_path / "users_sop"
+    users.mkdir()
+    for name in ("Ebay_train.txt", "Ebay_test.txt"):
+        (users / name).write_text(f"the user's {name}\n")
+    tree = yaml.safe_load(yaml.safe_dump(tree))
+    tree["head"]["class_num"] = None
+    tree["dataset"] = {"_target_": "recog.data.digits.load_digits", "root": str(users)}
+    evil = tmp_path / "model"
+    evil.mkdir()
+    for name in (checkpoint.MODEL_FILE, checkpoint.STATE_FILE):
+        (evil / name).write_bytes((folder / name).read_bytes())
+    (evil / checkpoint.CONFIG_FILE).write_text(yaml.safe_dump(tree))
+    cfg = compose(["stage=eval", f"model_path={evil}", f"paths.output_root={tmp_path / 'out'}", "mlflow.enabled=false"])
+    for load in (lambda: load_model(evil), lambda: evaluate.run(cfg, tmp_path / "run")):
+        with pytest.raises(ConfigError, match="head.class_num is null; .*Loading never reads the dataset"):
+            load()
+    assert sorted(p.name for p in users.iterdir()) == ["Ebay_test.txt", "Ebay_train.txt"]
+    assert (users / "Ebay_train.txt").read_text() == "the user's Ebay_train.txt\n"

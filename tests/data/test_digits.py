@@ -52,3 +52,21 @@ def test_read_digits_equals_scikit_learns_loader():
     assert images.shape == (1797, 8, 8) and targets.dtype == np.int64
     np.testing.assert_array_equal(images, expected.images)
     np.testing.assert_array_equal(targets, expected.target)
+
+
+def test_digits_are_never_written_over_a_users_folder(tmp_path):
+    """A dataset.root holding a user's SOP lists got the digits' Ebay_train.txt / Ebay_test.txt over them."""
+    import pytest
+
+    from recog.errors import DataError
+
+    users = tmp_path / "sop"
+    users.mkdir()
+    (users / "Ebay_train.txt").write_text("the user's list\n")
+    with pytest.raises(DataError, match=r"dataset root .*sop holds files recog did not write \(Ebay_train.txt\)"):
+        load_digits(str(users))
+    assert [p.name for p in users.iterdir()] == ["Ebay_train.txt"]
+    assert (users / "Ebay_train.txt").read_text() == "the user's list\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="dataset root .*file is a file, not a folder"):
+        load_digits(str(tmp_path / "file"))

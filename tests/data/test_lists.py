@@ -128,6 +128,9 @@ def test_load_lists(tmp_path):
 def test_load_lists_reports_the_problems_of_all_lists_together(tmp_path):
     with pytest.raises(DataError, match="dataset root .*missing does not exist"):
         load_lists(str(tmp_path / "missing"), "train.txt", "query.txt")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match="dataset root .*a_file is a file, not a folder"):
+        load_lists(str(tmp_path / "a_file"), "train.txt", "query.txt")
     _images(tmp_path, "a.png")
     _write(tmp_path / "train.txt", "a.png 0\ngone.png 0\n")
     _write(tmp_path / "query.txt", "")

@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import cv2
 import numpy as np
 import paddle
@@ -160,3 +166,69 @@ def test_an_exception_in_the_batch_sampler_ends_the_iteration_with_a_message(sam
     outcome, value = _in_thread(lambda: list(loader))
     assert outcome == "raised" and isinstance(value, DataError), (outcome, value)
     assert "in the loader thread" in str(value) and "negative" in str(value)
+
+
+_WORKERS_THEN_SLEEP = """
+import multiprocessing, sys, time
+import numpy as np
+import paddle
+from recog.data.loader import GuardedDataLoader
+
+
+class Zeros(paddle.io.Dataset):
+    def __len__(self):
+        return 10000
+
+    def __getitem__(self, i):
+        return np.zeros((3, 64, 64), np.float32), np.int64(i)
+
+
+loader = GuardedDataLoader(Zeros(), batch_size=64, num_workers=2, places=paddle.CPUPlace())
+next(iter(loader))  # the workers now fill their queues, which nobody reads once this process is gone
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_loader_workers_end_with_a_killed_process():
+    """SIGKILL of a trainer left its loader workers alive for minutes (blocked writing batches)."""
+    process = subprocess.Popen([sys.executable, "-c", _WORKERS_THEN_SLEEP], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        assert len(workers) == 2 and all(map(_running, workers))
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 20  # the watch thread: within half a second
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+def test_a_users_worker_init_fn_still_runs_after_the_parent_watch(samples, tmp_path):
+    from recog.data.loader import GuardedDataLoader
+
+    transform = build_transform(8, MEAN, STD, train=False, hflip=False)
+    loader = GuardedDataLoader(
+        ImageDataset(samples[:4], transform),
+        batch_size=2,
+        num_workers=1,
+        worker_init_fn=lambda worker: (tmp_path / f"worker_{worker}_ran").write_text(str(os.getpid())),
+        places=paddle.CPUPlace(),
+    )
+    assert len(list(loader)) == 2
+    ran = tmp_path / "worker_0_ran"
+    assert ran.is_file() and int(ran.read_text()) != os.getpid()  # in the worker process

@@ -72,6 +72,9 @@ def test_problems_of_both_files_are_reported_together(tmp_path):
 def test_missing_root_and_files_explain_the_layout(tmp_path):
     with pytest.raises(DataError, match="does not exist; expected the Stanford Online Products"):
         load_sop(str(tmp_path / "nowhere"))
+    (tmp_path / "a_file").write_text("x")  # said "does not exist"
+    with pytest.raises(DataError, match="a_file is a file, not a folder; expected the Stanford Online Products"):
+        load_sop(str(tmp_path / "a_file"))
     (tmp_path / "Ebay_train.txt").write_text(HEADER)
     with pytest.raises(DataError, match="Ebay_test.txt does not exist; expected .*ROOT/Ebay_train"):
         load_sop(str(tmp_path))

@@ -98,7 +98,13 @@ def test_an_export_without_a_manifest_loads_with_a_warning(copy, exported, caplo
         ({"image_size": "32"}, "image_size must be an integer, got str"),
         ({"normalize": 1}, "normalize must be true/false, got int"),
         ({"mean": [0.5, 0.5]}, r"mean must be a list of 3 numbers"),
-        ({"std": [0.5, 0, 0.5]}, "std must be 3 positive numbers"),
+        ({"std": [0.5, 0, 0.5]}, r"std must be 3 numbers in 0.001..1000"),
+        # the probe's values: a 30 GB resize, NaN features from NaN / Inf means or a tiny std
+        ({"image_size": 100000}, r"image_size must be a whole number in 1..8192"),
+        ({"input": {"shape": [-1, 3, 64, 64]}}, r"input must be an input of shape \[-1, 3, 32, 32\]"),
+        ({"mean": [float("nan"), 0.5, 0.5]}, r"mean must be 3 finite numbers in -1000..1000 .*got \[NaN"),
+        ({"mean": [float("inf"), 0.5, 0.5]}, r"mean must be 3 finite numbers .*got \[Infinity"),
+        ({"std": [1e-45, 0.2, 0.2]}, r"std must be 3 numbers in 0.001..1000 .*got \[1e-45"),
         ({"feature_dim": 0}, "feature_dim must be a positive integer"),
         ({"binarize": "maybe"}, "binarize must be null or one of sign, round"),
         ({"runtime": {"cpu_onednn": "turbo"}}, "runtime.cpu_onednn must be one of full, no_placement, off"),
@@ -117,3 +123,32 @@ def test_a_file_added_to_an_export_is_refused(copy):
     (copy / "model.onnx").write_bytes(b"not from the export")
     with pytest.raises(IntegrityError, match="model.onnx is not listed in"):
         ExportedModel(copy, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "add, name",
+    [
+        (lambda d: (d / "sub" / "deeper").mkdir(parents=True), "sub"),
+        (lambda d: (d / "link").symlink_to(d.parent), "link"),
+        (lambda d: (d / "dangling").symlink_to(d / "nowhere"), "dangling"),
+    ],
+)
+def test_a_folder_or_link_added_to_an_export_is_refused(copy, add, name):
+    add(copy)
+    with pytest.raises(IntegrityError, match=f"{name} is not listed in"):
+        load_preprocess(copy)
+
+
+def test_a_deeply_nested_preprocess_json_is_a_message(copy):
+    (copy / "manifest.json").unlink()
+    (copy / "preprocess.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(IntegrityError, match="preprocess.json nests deeper than 64 levels"):
+        load_preprocess(copy)
+
+
+def test_nan_features_are_an_error_not_a_result(exported):
+    model = ExportedModel(exported[0], device="cpu")
+    images = IMAGES.copy()
+    images[1, 0, 0, 0] = np.nan
+    with pytest.raises(RecogError, match="gave NaN or Inf features for 1 of 2 images"):
+        model.predict(images)

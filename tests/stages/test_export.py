@@ -379,6 +379,41 @@ def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_p
     assert (out / "my_gallery.index").read_bytes() == b"user data"
 
 
+def _fake_export(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "inference.json").write_text("{}")
+    (folder / "preprocess.json").write_text('{"format": "recog-export"}')
+    recog.utils.manifest.write_manifest(folder, "export")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "add, shown",
+    [
+        (lambda d: (d / "sub" / "deeper").mkdir(parents=True), "sub/"),  # a nested (empty) folder of the user's
+        (lambda d: (d / "link").symlink_to(d.parent), "link"),  # a link to a folder
+        (lambda d: (d / "inference.json").unlink() or (d / "inference.json").symlink_to(d / "x"), "inference.json"),
+        (lambda d: (d / "dangling").symlink_to(d / "nowhere"), "dangling"),
+    ],
+)
+def test_an_export_holding_folders_or_links_it_did_not_write_is_not_replaced(tmp_path, add, shown):
+    out = _fake_export(tmp_path / "out")
+    export_lib.check_replaceable(out)  # as written: replaceable
+    add(out)
+    with pytest.raises(ConfigError, match=f"does not list: {shown}"):
+        export_lib.check_replaceable(out)
+
+
+def test_a_legacy_export_holding_a_link_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "mine.json").write_text("the user's")
+    (out / "preprocess.json").write_text('{"format": "recog-export"}')
+    (out / "inference.json").symlink_to(tmp_path / "mine.json")
+    with pytest.raises(ConfigError, match="files an export does not write: inference.json"):
+        export_lib.check_replaceable(out)
+
+
 @pytest.mark.slow
 def test_model_path_without_weights_is_a_config_error(tmp_path):
     model_path, _, _ = _untrained_best_model(tmp_path)

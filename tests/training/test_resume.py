@@ -112,6 +112,8 @@ def test_repeating_the_original_overrides_still_resumes(interrupted, tmp_path, l
         ("best", [1], "best must be an object or null, got list"),
         ("finished", "no", "finished must be true/false, got str"),
         ("rng", [{}, {}], "'rng' must hold one RNG state per process"),
+        ("optimizer", {"LR_Scheduler": "zzz"}, "'optimizer.LR_Scheduler' must be an object, got 'zzz'"),
+        ("optimizer", {"LR_Scheduler": {"last_epoch": 1.5}}, "'optimizer.LR_Scheduler.last_epoch' must be a whole"),
     ],
 )
 def test_a_bad_state_json_field_is_a_message_naming_it(interrupted, tmp_path, field, value, expected):
@@ -278,3 +280,69 @@ def test_resume_with_the_epochs_already_trained_ends_the_run_there(two_of_three,
     assert best["epoch"] == 2 and state["best"] == best
     assert (run / "best_model" / "model.safetensors").is_file()
     assert json.loads((run / "metrics.json").read_text()) == best
+
+
+def test_a_named_run_dir_without_a_checkpoint_is_not_swapped_for_another_run(interrupted, tmp_path):
+    """resume=true hydra.run.dir=D, D without a checkpoint, resumed the newest unfinished run under
+    outputs/runs and overwrote its best model: naming a run dir means that run."""
+    from recog.cli import precheck
+    from recog.utils import manifest as manifests
+
+    root, other = _copy(interrupted, tmp_path)
+    before = manifests.sha256_of(other / "checkpoints" / "last" / "model.safetensors")
+    named = tmp_path / "named"
+    cfg = recog.compose([f"paths.output_root={root}", "resume=true"])
+    with pytest.raises(ConfigError, match=rf"hydra.run.dir={named}: that run dir holds no checkpoint to resume"):
+        find_run_to_resume(cfg, named, named=True)
+    with pytest.raises(ConfigError, match="holds no checkpoint to resume"):  # run.py: before Hydra writes D
+        precheck([f"paths.output_root={root}", "resume=true", f"hydra.run.dir={named}", "mlflow.enabled=false"])
+    assert not named.exists()
+    assert find_run_to_resume(cfg, named, named=False) == other  # not named: the newest unfinished run
+    assert manifests.sha256_of(other / "checkpoints" / "last" / "model.safetensors") == before
+
+
+def test_the_hydra_job_says_whether_the_run_dir_was_named(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from recog.training.resume import run_dir_named
+
+    assert run_dir_named() is False  # the Python API: no Hydra job
+    for overrides, named in (([f"hydra.run.dir={tmp_path}", "hydra.mode=RUN"], True), (["hydra.mode=RUN"], False)):
+        job = OmegaConf.create({"overrides": {"hydra": overrides}})  # what HydraConfig.get() holds in a run.py job
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda job=job: job))
+        assert run_dir_named() is named
+
+
+USER_NECK = """
+from recog.models.necks.fc import FCNeck
+
+
+class UserNeck(FCNeck):
+    pass
+"""
+
+
+def test_a_run_trained_with_trusted_targets_resumes_with_them(interrupted, tmp_path, monkeypatch):
+    """The hint asked for trusted_targets=[...] although the command gave it: resume now passes it on
+    to every reader of the saved config (the search for the run, its check, the resumed config)."""
+    from recog.training.resume_config import resume_config
+    from recog.utils import manifest as manifests
+
+    root, run = _copy(interrupted, tmp_path)
+    module = f"user_neck_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(USER_NECK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    last = run / "checkpoints" / "last"
+    config = last / "config.yaml"
+    config.write_text(config.read_text().replace("recog.models.necks.FCNeck", f"{module}.UserNeck"))
+    manifests.write_manifest(last, "checkpoint")  # as if trained with neck._target_=<module>.UserNeck
+    with pytest.raises(RecogError, match=rf"trusted_targets=\[{module}.UserNeck\]"):
+        find_run_to_resume(recog.compose([f"paths.output_root={root}", "resume=true"]), run)
+    overrides = [f"paths.output_root={root}", "resume=true", f"trusted_targets=[{module}.UserNeck]"]
+    cfg = recog.compose(overrides)
+    assert find_run_to_resume(cfg, run) == run
+    assert find_run_to_resume(cfg, root / "runs" / "new", named=False) == run
+    resumed = resume_config(cfg, run, overrides)  # trusted_targets is not a change of the run
+    assert resumed.neck._target_ == f"{module}.UserNeck" and list(resumed.trusted_targets) == [f"{module}.UserNeck"]
+    assert type(recog.build_model(resumed).neck).__name__ == "UserNeck"

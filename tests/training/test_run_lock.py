@@ -98,3 +98,43 @@ def test_the_lock_is_exclusive_and_holds_host_and_pid(tmp_path, other_process):
     with pytest.raises(ConfigError, match="on another-host .*delete the lock file"):
         RunLock(tmp_path).acquire()
     assert not list(tmp_path.glob(f"{LOCK_FILE}.tmp-*"))  # no temp files left
+
+
+@pytest.mark.slow
+def test_a_locked_run_dir_is_refused_before_its_hydra_files_are_rewritten(tmp_path, lists, other_process):
+    """Hydra rewrote the run's .hydra/config.yaml and overrides.yaml before the stage checked the lock:
+    run.py checks it first (recog.cli.precheck), so a refused training changes nothing there."""
+    from pathlib import Path
+
+    import warm_python
+
+    from recog.cli import precheck
+
+    run_dir = tmp_path / "run"
+    _lock(run_dir, other_process)
+    (run_dir / ".hydra").mkdir()
+    saved = {name: f"the first run's {name}" for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
+    for name, text in saved.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    argv = TINY + lists + [f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}", "seed=5"]
+    with pytest.raises(ConfigError, match=rf"{run_dir} is in use by another training: PID {other_process}"):
+        precheck(argv)
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [warm_python.python(), str(root / "run.py"), *argv], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"is in use by another training: PID {other_process}" in result.stderr
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == saved
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", LOCK_FILE]  # no run.log either
+
+
+def test_a_rank_of_the_launcher_does_not_check_the_lock_rank_0_holds(tmp_path, lists, other_process, monkeypatch):
+    """Every rank runs run.py's checks: rank 1 must not take rank 0's lock for another training's."""
+    from recog.cli import precheck
+
+    run_dir = tmp_path / "run"
+    _lock(run_dir, other_process)  # rank 0, training
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    precheck(TINY + lists + [f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}"])

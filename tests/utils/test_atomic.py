@@ -1,5 +1,6 @@
 """recog.utils.atomic: files and directories replaced whole, failures that keep the previous version."""
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from recog.errors import RecogError
-from recog.utils import atomic
+from recog.utils import atomic, manifest
 
 
 def _tree(path):
@@ -145,6 +146,7 @@ def test_killed_between_the_fallback_renames_reads_and_recovers_old(tmp_path):
     old, unfinished = tmp_path / ".last.old", tmp_path / ".last.tmp-999999999-abcdef"
     old.mkdir()
     (old / "state.json").write_text('{"epoch": 3}')
+    manifest.write_manifest(old, "checkpoint")  # what makes it recog's (every folder recog swaps in has one)
     unfinished.mkdir()
     (unfinished / "state.json").write_text('{"epo')  # cut off mid-write
     assert atomic.readable_dir(target) == old and os.listdir(tmp_path) != ["last"]  # read-only so far
@@ -153,6 +155,57 @@ def test_killed_between_the_fallback_renames_reads_and_recovers_old(tmp_path):
         assert not old.exists() and not unfinished.exists()  # pid 999999999 does not run
         _fill(tmp, **{"state.json": '{"epoch": 4}'})
     assert atomic.readable_dir(target) == target and os.listdir(tmp_path) == ["last"]
+
+
+@pytest.mark.parametrize("target_exists", [False, True])
+def test_recovery_leaves_a_users_folder_named_like_ours_alone(tmp_path, target_exists):
+    """A user's ``.out.old`` (no recog manifest) is neither read, adopted nor removed; nor is a
+    folder whose name only starts like a temp directory's."""
+    target = tmp_path / "out"
+    if target_exists:
+        with atomic.replacing_dir(target) as tmp:
+            _fill(tmp, a="1")
+            manifest.write_manifest(tmp, "export")
+    users = [tmp_path / ".out.old", tmp_path / ".out.tmp-notes", tmp_path / ".out.tmp-999999999-abcdef-mine"]
+    for folder in users:
+        folder.mkdir()
+        (folder / "mine.txt").write_text("the user's")
+    forged = tmp_path / ".out.old" / "manifest.json"  # a recog manifest that does not list the user's file
+    forged.write_text('{"format": "recog-manifest", "files": {}}')
+    assert atomic.readable_dir(target) == target
+    monkeypatched = atomic._exchange
+    try:
+        atomic._exchange = lambda a, b: False  # the two-rename fallback, which uses .out.old itself
+        with pytest.raises(atomic.StorageError) if target_exists else contextlib.nullcontext():
+            with atomic.replacing_dir(target, what="export") as tmp:
+                _fill(tmp, a="2")
+    finally:
+        atomic._exchange = monkeypatched
+    for folder in users:
+        assert (folder / "mine.txt").read_text() == "the user's"
+    if not target_exists:
+        assert _tree(target) == {"a": b"2"}
+    else:
+        assert (target / "a").read_text() == "1"  # refused, the previous export unchanged
+
+
+def test_an_interrupted_removal_of_old_is_tidied_by_the_next_save(tmp_path, monkeypatch):
+    """The previous version is renamed to a temp name before it is removed: a kill during the
+    removal leaves a temp directory of a gone process, which the next save removes."""
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "last"
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="1")
+    monkeypatch.setattr(atomic, "_remove", lambda path: None)  # killed before the removal finished
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="2")
+    left = [name for name in os.listdir(tmp_path) if name != "last"]
+    assert len(left) == 1 and left[0].startswith(".last.tmp-") and not (tmp_path / ".last.old").exists()
+    monkeypatch.undo()
+    os.rename(tmp_path / left[0], tmp_path / ".last.tmp-999999999-abcdef")  # its writer is gone
+    with atomic.replacing_dir(target) as tmp:
+        _fill(tmp, a="3")
+    assert os.listdir(tmp_path) == ["last"] and _tree(target) == {"a": b"3"}
 
 
 def test_a_live_writers_temp_directory_is_left_alone(tmp_path):

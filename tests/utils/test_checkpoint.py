@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 
 from recog.api import build_loss, build_model, build_optimizer, compose
 from recog.errors import RecogError
-from recog.utils import checkpoint
+from recog.builders.training import build_optimizer
+from recog.utils import checkpoint, manifest
 from recog.utils.checkpoint import load_model_weights, load_optimizer_state, save_checkpoint
 
 pytestmark = [
@@ -379,6 +380,46 @@ def test_a_file_added_after_saving_or_a_bad_manifest_is_refused(tmp_path):
     (path / "manifest.json").write_text("[]")
     with pytest.raises(checkpoint.IntegrityError, match="must hold a JSON object"):
         checkpoint.load_state(path)
+
+
+@pytest.mark.parametrize(
+    "add, name",
+    [
+        (lambda d: (d / "extra.py").write_text("print('not from recog')"), "extra.py"),
+        (lambda d: (d / "notes").mkdir(), "notes"),
+        (lambda d: (d / "link").symlink_to(d / "model.safetensors"), "link"),
+    ],
+)
+def test_anything_added_to_a_checkpoint_is_detected_by_every_loader(tmp_path, add, name):
+    """As for an export: each reader checks the folder holds nothing its manifest does not list."""
+    path, cfg, _, _ = _saved(tmp_path)
+    add(path)
+    for load in (checkpoint.load_state, checkpoint.load_config, lambda p: load_model_weights(p, _model(cfg, 2))):
+        with pytest.raises(checkpoint.IntegrityError, match=f"{name} is not listed in .*manifest.json: it was added"):
+            load(path)
+
+
+def test_a_deeply_nested_manifest_or_state_is_a_message(tmp_path):
+    path, _, _, _ = _saved(tmp_path)
+    (path / "manifest.json").write_text("[" * 100000 + "]" * 100000)  # the probe's 100,000-deep manifest
+    with pytest.raises(checkpoint.IntegrityError, match="manifest.json nests deeper than 64 levels"):
+        checkpoint.load_state(path)
+    (path / "manifest.json").unlink()
+    (path / "state.json").write_text('{"epoch": ' + "[" * 70 + "]" * 70 + "}")
+    with pytest.raises(checkpoint.IntegrityError, match="state.json nests deeper than 64 levels"):
+        checkpoint.load_state(path)
+
+
+def test_an_optimizer_state_that_does_not_fit_is_a_message(tmp_path):
+    path, cfg, _, _ = _saved(tmp_path)
+    state = json.loads((path / "state.json").read_text())
+    state["optimizer"] = {"LR_Scheduler": {"last_epoch": 1, "last_lr": "zzz"}}
+    (path / "state.json").write_text(json.dumps(state))
+    manifest.write_manifest(path, "checkpoint")  # edited, with a matching manifest
+    model = _model(cfg, 2)
+    optimizer = build_optimizer(cfg, model.parameters(), 4)[0]
+    with pytest.raises(checkpoint.IntegrityError, match="state.json: its optimizer state does not fit"):
+        load_optimizer_state(path, optimizer, model)
 
 
 def test_a_checkpoint_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
