@@ -15,7 +15,6 @@ from safetensors.numpy import load_file
 
 from recog.api import build_loss, build_model, build_optimizer, compose
 from recog.errors import RecogError
-from recog.builders.training import build_optimizer
 from recog.utils import checkpoint, manifest
 from recog.utils.checkpoint import load_model_weights, load_optimizer_state, save_checkpoint
 
