@@ -96,10 +96,10 @@ test-fast: install
 
 # The MLflow UI on the embedded store, bound to this machine only unless HOST says otherwise
 # (HOST=0.0.0.0 serves every network interface: anyone who can reach the port sees and edits the runs).
+# Prints the URL of the newest experiment's runs in the model-training view (recog/tracking/ui.py).
 HOST ?= 127.0.0.1
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db \
-		--host $(HOST) --port $(PORT) --workers 1
+	$(BIN)/python -m recog.tracking.ui --output-root $(OUTPUTS) --host $(HOST) --port $(PORT)
 
 clean-outputs:
 	rm -rf $(OUTPUTS)

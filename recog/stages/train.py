@@ -164,7 +164,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> dict[s
             tracker.log_artifact(run_dir / "metrics.json")
             if (run_dir / "retrieval.png").is_file():  # a picture that could not be written was a warning
                 tracker.log_artifact(run_dir / "retrieval.png")
-            tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
+            tracker.log_best(state["best"], step=state["step"])  # recall_at_1 etc. read as the best model's
         if runner.skip_nonfinite:
             tracker.log_metrics({"skipped_steps": runner.skipped}, step=state["step"])
             if runner.skipped:
