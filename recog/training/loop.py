@@ -23,7 +23,7 @@ from recog.metrics import format_metrics_table
 from recog.training.prefetch import prefetch_to_device  # speed hook (issue 16)
 from recog.training.resume import Checkpoints
 from recog.training.step import StepRunner, freeze_batch_norm
-from recog.utils.runtime import is_main_process
+from recog.utils.runtime import is_main_process, python_command
 
 log = logging.getLogger(__name__)
 
@@ -158,4 +158,4 @@ def resume_command(run_dir: Path, world: int | None = None) -> str:
     """The command that continues the run in ``run_dir`` (its saved config does the rest)."""
     world = parallel.world_size() if world is None else world
     launcher = f" launcher.nproc_per_node={world}" if world > 1 else ""
-    return f"python run.py resume=true hydra.run.dir={run_dir}{launcher}"
+    return f"{python_command()} run.py resume=true hydra.run.dir={run_dir}{launcher}"

@@ -18,6 +18,7 @@ from recog.tracking import MlflowTracker
 from recog.training.loop import EpochLoop
 from recog.training.step import StepRunner, TrainNet
 from recog.utils.interrupt import StopRequest
+from recog.utils.runtime import python_command
 
 STEPS = 4
 READ_BACKS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
@@ -197,7 +198,8 @@ def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval
     assert len(seen) == 1  # the eval (5 batches of query) stopped after the batch the signal came in
     assert stopped.value.signum == signal.SIGINT and stopped.value.exit_code == 130
     message = str(stopped.value)
-    assert "the eval after epoch 1" in message and f"python run.py resume=true hydra.run.dir={run_dir}" in message
+    assert "the eval after epoch 1" in message
+    assert f"{python_command()} run.py resume=true hydra.run.dir={run_dir}" in message
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
     assert state["epoch"] == 1 and state["step"] == 2 and state["eval_pending"] is True and state["finished"] is False
     assert not (run_dir / "best_model").exists()
