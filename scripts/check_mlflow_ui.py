@@ -13,7 +13,8 @@ profile, as a first visit) and checks:
 2. the monitored metric's column is in view, beside run names that are not cut;
 3. the table shows each training run's best model's value of the metric (not its last epoch's);
 4. a training run's page lists the monitored metric first, with the best model's value;
-5. the compare view of the experiment's training runs plots the monitored metric by default.
+5. selecting the training runs and pressing Compare opens a parallel-coordinates plot of the monitored
+   metric (MLflow plots the first metric the runs share).
 
 `--fresh` first trains two tiny runs (and evaluates one) into a temporary output root. Screenshots
 go to `--shots` (default `<output root>/ui_check/`). Prints one line per check; exit 1 if any failed.
@@ -54,7 +55,7 @@ def parse_args(argv):
     parser.add_argument("--fresh", action="store_true", help="train two tiny runs into a temporary output root")
     parser.add_argument("--shots", help="folder for the screenshots (default: <output root>/ui_check)")
     parser.add_argument("--port", type=int, default=5123)
-    parser.add_argument("--wait", type=float, default=8.0, help="seconds a page may take to render")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds a page may take to render")
     return parser.parse_args(argv)
 
 
@@ -103,14 +104,29 @@ def browser(profile: Path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def visit(driver, url: str, shot: Path, wait: float) -> str:
-    """Load ``url``, let it render, save ``shot``; returns the page's text."""
+def visit(driver, url: str, shot: Path, wait: float, ready: str) -> str:
+    """Load ``url``, wait (at most ``wait`` s) until it is ``ready`` (see ``settle``), save ``shot``;
+    returns the page's text."""
     driver.get("about:blank")  # a hash-only change would not reload the app
     driver.get(url)
-    time.sleep(wait)
+    settle(driver, wait, ready)
     shot.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(shot))
     return driver.find_element("tag name", "body").text
+
+
+def settle(driver, wait: float, ready: str) -> None:
+    """Wait until the page shows ``ready``: ``css:<selector>`` matches, or its text holds ``ready``."""
+
+    def shown() -> bool:
+        if ready.startswith("css:"):
+            return bool(driver.find_elements("css selector", ready[4:]))
+        return ready in driver.find_element("tag name", "body").text
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not shown():
+        time.sleep(0.5)
+    time.sleep(2)  # the rest of the page (cells, charts) after the first of it
 
 
 def number(text: str) -> float | None:
@@ -135,7 +151,10 @@ def main(argv=None) -> int:
     experiment = landing_experiment(client)
     monitor = landing_monitor(client, experiment.experiment_id)
     trained = client.search_runs([experiment.experiment_id], "tags.`recog.stage` = 'train'", max_results=50)
-    best = {run.info.run_id: run.data.metrics.get(monitor) for run in trained}
+    best = {}  # the best eval of each training run (higher is better), from its per-epoch history
+    for run in trained:
+        history = [m.value for m in client.get_metric_history(run.info.run_id, monitor) if not math.isnan(m.value)]
+        best[run.info.run_id] = max(history) if history else None
     results: list[tuple[str, bool, str]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -147,9 +166,10 @@ def main(argv=None) -> int:
     try:
         driver = browser(Path(tempfile.mkdtemp(prefix="chromium-profile-")))
         try:
-            visit(driver, f"{base}/#/experiments/{experiment.experiment_id}", shots / "0-plain-url.png", args.wait)
+            plain = f"{base}/#/experiments/{experiment.experiment_id}"
+            visit(driver, plain, shots / "0-plain-url.png", args.wait, ready="Traces")
             print(f"info  without recog's URL the UI opens {driver.current_url.split('#')[1]}", flush=True)
-            text = visit(driver, url, shots / "1-make-ui-landing.png", args.wait)
+            text = visit(driver, url, shots / "1-make-ui-landing.png", args.wait, ready="css:.ag-row [col-id] a")
             where = driver.current_url.split("#")[1]
             check(
                 "model-training runs view",
@@ -188,7 +208,7 @@ def main(argv=None) -> int:
             run = max(trained, key=lambda r: r.info.start_time)
             history = [m.value for m in client.get_metric_history(run.info.run_id, monitor) if not math.isnan(m.value)]
             driver.find_element("css selector", f'.ag-row[row-id="{run.info.run_id}"] a').click()  # as a user would
-            time.sleep(args.wait)
+            settle(driver, args.wait, "Metrics (")
             driver.execute_script(
                 "const m = Array.from(document.querySelectorAll('h1,h2,h3,h4,span,div'))"
                 ".find(e => /^Metrics \\(\\d+\\)$/.test(e.innerText)); if (m) m.scrollIntoView();"
@@ -203,15 +223,22 @@ def main(argv=None) -> int:
                 len(first) == 2 and first[0] == monitor and abs(number(first[1]) - best[run.info.run_id]) < 1e-4,
                 f"first metric {first}; best model {best[run.info.run_id]}; per-epoch history {history}",
             )
-            ids = json.dumps([r.info.run_id for r in trained], separators=(",", ":"))
-            text = visit(
-                driver,
-                f'{base}/#/compare-runs?runs={ids}&experiments=["{experiment.experiment_id}"]',
-                shots / "3-compare-runs.png",
-                args.wait,
-            )
+            visit(driver, url, shots / "1-make-ui-landing.png", args.wait, ready="css:.ag-row [col-id] a")
+            for run in trained[:4]:  # select the training runs, then press Compare, as a user would
+                box = f'.ag-row[row-id="{run.info.run_id}"] .ag-checkbox-input'
+                driver.execute_script("arguments[0].click()", driver.find_element("css selector", box))
+                time.sleep(0.5)
+            (button,) = [b for b in driver.find_elements("css selector", "button") if b.text.strip() == "Compare"]
+            driver.execute_script("arguments[0].click()", button)
+            settle(driver, args.wait, "Clear All")
+            driver.save_screenshot(str(shots / "3-compare-runs.png"))
+            text = driver.find_element("tag name", "body").text
             chosen = text.split("Metrics:", 1)[-1].split("Clear All", 1)[0].split()
-            check("compare view plots the monitored metric", chosen[:1] == [monitor], f"its Metrics box: {chosen}")
+            check(
+                "compare view plots the monitored metric",
+                "/compare-runs" in driver.current_url and chosen[:1] == [monitor],
+                f"Compare of {min(len(trained), 4)} training runs: its parallel plot's Metrics box holds {chosen}",
+            )
         finally:
             driver.quit()
     finally:
