@@ -13,8 +13,8 @@ profile, as a first visit) and checks:
 2. the monitored metric's column is in view, beside run names that are not cut;
 3. the table shows each training run's best model's value of the metric (not its last epoch's);
 4. a training run's page lists the monitored metric first, with the best model's value;
-5. selecting the training runs and pressing Compare opens a parallel-coordinates plot of the monitored
-   metric (MLflow plots the first metric the runs share).
+5. selecting runs (the training runs first, at least two) and pressing Compare opens a
+   parallel-coordinates plot of the monitored metric (MLflow plots the first metric the runs share).
 
 `--fresh` first trains two tiny runs (and evaluates one) into a temporary output root. Screenshots
 go to `--shots` (default `<output root>/ui_check/`). Prints one line per check; exit 1 if any failed.
@@ -224,8 +224,11 @@ def main(argv=None) -> int:
                 f"first metric {first}; best model {best[run.info.run_id]}; per-epoch history {history}",
             )
             visit(driver, url, shots / "1-make-ui-landing.png", args.wait, ready="css:.ag-row [col-id] a")
-            for run in trained[:4]:  # select the training runs, then press Compare, as a user would
-                box = f'.ag-row[row-id="{run.info.run_id}"] .ag-checkbox-input'
+            # Select runs (the training runs first; Compare needs two), then press Compare, as a user would.
+            chosen_runs = [r.info.run_id for r in trained] + [k for k in rows if k not in best]
+            chosen_runs = chosen_runs[:4]
+            for run_id in chosen_runs:
+                box = f'.ag-row[row-id="{run_id}"] .ag-checkbox-input'
                 driver.execute_script("arguments[0].click()", driver.find_element("css selector", box))
                 time.sleep(0.5)
             (button,) = [b for b in driver.find_elements("css selector", "button") if b.text.strip() == "Compare"]
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
             check(
                 "compare view plots the monitored metric",
                 "/compare-runs" in driver.current_url and chosen[:1] == [monitor],
-                f"Compare of {min(len(trained), 4)} training runs: its parallel plot's Metrics box holds {chosen}",
+                f"Compare of {len(chosen_runs)} runs: its parallel plot's Metrics box holds {chosen[:8]}",
             )
         finally:
             driver.quit()

@@ -8,17 +8,24 @@ the model on its own query and gallery lists, not on the default digits. The com
 * ``dataset.KEY=VALUE`` alone: the saved dataset with those keys changed (e.g. another ``root``
   holding the same lists); a key the saved dataset does not have is an error.
 
+The embedded digits are generated, the same everywhere: a saved digits dataset whose root does not
+hold them (a model from another machine) is read under this command's ``paths.output_root``.
+
 Without a command line (the Python API) a dataset key whose value differs from the config composed
 without overrides counts as given (as for ``resume=true``, recog/training/resume_config.py).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from recog.data.digits import LIST_FILES
 from recog.data.splits import RetrievalSplits
 from recog.errors import ConfigError
 from recog.training.resume_config import given_keys
+
+DIGITS = "recog.data.digits.load_digits"  # generated, not read from a user's folder
 
 
 @dataclass
@@ -38,6 +45,12 @@ def choose_dataset(cfg: DictConfig, trained_cfg: DictConfig, model_path, overrid
     if group:
         return EvalDataset(cfg, "the command's (dataset=... given)")
     chosen = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    moved = ""
+    if chosen._target_ == DIGITS and "root" not in leaves and not _holds_digits(chosen.get("root")):
+        # Generated data, the same everywhere: read (or write) them under this run's output root,
+        # never into a folder a model from elsewhere names.
+        chosen.root = str(Path(str(OmegaConf.select(cfg, "paths.output_root"))) / "data" / "digits")
+        moved = f", the digits read under paths.output_root (its saved root {saved.get('root')} holds none)"
     for key in leaves:
         if key not in chosen:
             raise ConfigError(
@@ -50,7 +63,11 @@ def choose_dataset(cfg: DictConfig, trained_cfg: DictConfig, model_path, overrid
     with open_dict(out):
         out.dataset = chosen
     changed = f", with {', '.join(f'dataset.{k}' for k in leaves)} from the command" if leaves else ""
-    return EvalDataset(out, f"the model's (saved in {model_path}/config.yaml){changed}")
+    return EvalDataset(out, f"the model's (saved in {model_path}/config.yaml){changed}{moved}")
+
+
+def _holds_digits(root) -> bool:
+    return bool(root) and all((Path(str(root)) / name).is_file() for name in LIST_FILES)
 
 
 def describe(dataset: DictConfig, splits: RetrievalSplits) -> str:

@@ -116,3 +116,18 @@ def test_describe_says_query_equals_gallery():
         {"_target_": "recog.data.sop.load_sop", "root": "/sop", "train_file": "t", "test_file": "e"}
     )
     assert describe(node, splits) == "recog.data.sop.load_sop, root /sop, test_file=e: 2 query images, query == gallery"
+
+
+def test_saved_digits_elsewhere_are_read_under_this_output_root(tmp_path):
+    """The digits are generated: a model from another machine names a digits folder that is not here,
+    and eval must not write them there."""
+    digits = {"_target_": "recog.data.digits.load_digits", "root": "/home/someone/outputs/data/digits"}
+    cfg = recog.compose([f"paths.output_root={tmp_path}"])
+    chosen = choose_dataset(cfg, saved(dict(digits, mirror_invariant=False)), "/m", overrides=[])
+    assert chosen.cfg.dataset.root == str(tmp_path / "data" / "digits")
+    assert "its saved root /home/someone/outputs/data/digits holds none" in chosen.source
+    for name in ("Ebay_train.txt", "Ebay_test.txt"):  # digits that are there are read where they are
+        (tmp_path / "here" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "here" / name).write_text("image_id class_id super_class_id path\n")
+    here = dict(digits, root=str(tmp_path / "here"))
+    assert choose_dataset(cfg, saved(here), "/m", overrides=[]).cfg.dataset.root == str(tmp_path / "here")
