@@ -6,7 +6,9 @@ A run is named by its stage and what differs (``train pplcnet x1.0 arcmargin 14:
 training run's name>``), logs its dataset as an MLflow dataset input (recog/tracking/datasets.py)
 and, once the run has an export, the export as its MLflow Model ``model``
 (recog/tracking/mlflow_model.py). Eval, export and predict runs link to the training run whose
-model they used: tag ``recog.train_run_id`` and a link in the run's description.
+model they used: tag ``recog.train_run_id`` and a link in the run's description. A training run's
+headline is its monitored metric (``trainer.monitor``): logged first, and at the end again with the
+best model's value (``log_best``), which is the value MLflow shows.
 
 When the tracking store cannot be reached:
 
