@@ -82,15 +82,17 @@ def start_ui(root: Path, port: int) -> tuple[subprocess.Popen, str]:
         server.kill()
         raise SystemExit(f"`{' '.join(command)}` printed {first!r}, not the UI's URL")
     url = first.removeprefix("MLflow UI: ")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a minute or more on a busy 2-core machine
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return server, url
         except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"`{' '.join(command)}` exited with {server.returncode}") from None
             time.sleep(0.5)
     server.kill()
-    raise SystemExit(f"the MLflow UI on port {port} did not answer within 60 s")
+    raise SystemExit(f"the MLflow UI on port {port} did not answer within 180 s")
 
 
 def browser(profile: Path):
