@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
     server, url = start_ui(root, args.port)
     base = url.split("/#/")[0]
     try:
-        driver = browser(Path(tempfile.mkdtemp(prefix="chromium-profile-")))
+        profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))  # a first visit: nothing remembered
+        driver = browser(profile)
         try:
             plain = f"{base}/#/experiments/{experiment.experiment_id}"
             visit(driver, plain, shots / "0-plain-url.png", args.wait, ready="Traces")
@@ -246,6 +248,7 @@ def main(argv=None) -> int:
             )
         finally:
             driver.quit()
+            shutil.rmtree(profile, ignore_errors=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
