@@ -34,13 +34,16 @@ $(VENV)/.installed: pyproject.toml
 
 # The whole main job on the embedded digits, into one run folder: train, evaluate the best
 # model, export it, extract features of the query images and search them in a gallery.
+# Its runs go to the MLflow experiment digits_demo (the recipe itself names none: your data trained
+# with experiment=digits_demo goes to mlflow.experiment_name, default recog).
 DIGITS := $(OUTPUTS)/data/digits
+DEMO := experiment=digits_demo mlflow.experiment_name=digits_demo
 demo: install
 	@run=$(OUTPUTS)/runs/demo_$$(date +%Y-%m-%d_%H-%M-%S); set -e; \
-	$(BIN)/python run.py stage=train experiment=digits_demo hydra.run.dir=$$run $(ARGS); \
-	$(BIN)/python run.py stage=eval experiment=digits_demo model_path=$$run/best_model hydra.run.dir=$$run/eval $(ARGS); \
-	$(BIN)/python run.py stage=export experiment=digits_demo model_path=$$run/best_model hydra.run.dir=$$run/logs/export $(ARGS); \
-	$(BIN)/python run.py stage=predict experiment=digits_demo predict.model_dir=$$run/export \
+	$(BIN)/python run.py stage=train $(DEMO) hydra.run.dir=$$run $(ARGS); \
+	$(BIN)/python run.py stage=eval $(DEMO) model_path=$$run/best_model hydra.run.dir=$$run/eval $(ARGS); \
+	$(BIN)/python run.py stage=export $(DEMO) model_path=$$run/best_model hydra.run.dir=$$run/logs/export $(ARGS); \
+	$(BIN)/python run.py stage=predict $(DEMO) predict.model_dir=$$run/export \
 		predict.input=$(DIGITS)/query_list.txt predict.gallery=$(DIGITS)/gallery_list.txt hydra.run.dir=$$run/predict $(ARGS); \
 	$(BIN)/python scripts/demo_summary.py $$run; \
 	$(BIN)/python scripts/demo_summary.py --served-model $$run
@@ -96,10 +99,10 @@ test-fast: install
 
 # The MLflow UI on the embedded store, bound to this machine only unless HOST says otherwise
 # (HOST=0.0.0.0 serves every network interface: anyone who can reach the port sees and edits the runs).
+# Prints the URL of the newest experiment's runs in the model-training view (recog/tracking/ui.py).
 HOST ?= 127.0.0.1
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db \
-		--host $(HOST) --port $(PORT) --workers 1
+	$(BIN)/python -m recog.tracking.ui --output-root $(OUTPUTS) --host $(HOST) --port $(PORT)
 
 clean-outputs:
 	rm -rf $(OUTPUTS)

@@ -90,15 +90,15 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
         head, margin = dict(item.split("=") for item in tags["recog.overrides"].split()).values()
         assert params["head._target_"] == HEADS[head] and params["head.margin"] == margin  # the job's values
         assert child.info.run_name.endswith(tags["recog.overrides"])
-        assert 0.0 <= child.data.metrics["best_recall_at_1"] <= 1.0 and "best_mAP" in child.data.metrics
+        assert 0.0 <= child.data.metrics["recall_at_1"] <= 1.0 and "best_epoch" in child.data.metrics
         assert (out / "sweep" / tags["recog.sweep_job"] / "best_model" / "model.safetensors").is_file()
         combos.add((head, margin))
     assert combos == {(h, m) for h in HEADS for m in ("0.1", "0.2")}
 
     # The parent names the best child (the first to reach the best Recall@1) and its values.
-    best = max(children, key=lambda c: (c.data.metrics["best_recall_at_1"], -c.info.start_time))
+    best = max(children, key=lambda c: (c.data.metrics["recall_at_1"], -c.info.start_time))
     assert parent.data.tags["recog.best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best_recall_at_1"] == pytest.approx(best.data.metrics["best_recall_at_1"])
+    assert parent.data.metrics["best_recall_at_1"] == pytest.approx(best.data.metrics["recall_at_1"])
     assert parent.data.params["best.head.margin"] == best.data.params["head.margin"]
     assert HEADS[parent.data.params["best.head"]] == best.data.params["head._target_"]
     assert (out / "sweep" / "comparison.png").is_file()
@@ -112,7 +112,7 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
     result, out = grid_sweep
     assert result.returncode == 0, result.stderr
     parent, children = parent_and_children(store(out))
-    png = tmp_path / "compare.png"
+    png = out / f"comparison_{parent.info.run_id[:8]}.png"  # the default the README names for --sweep
     shown = subprocess.run(
         [
             warm_python.python(),
@@ -121,8 +121,6 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
             str(out),
             "--sweep",
             parent.info.run_id,
-            "--output",
-            str(png),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -136,13 +134,13 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
     rows = [line.split() for line in lines[header + 2 : header + 6]]
     assert [row[0] for row in rows] == ["1", "2", "3", "4"]
     recall = [float(row[columns.index("Recall@1") + 2]) for row in rows]  # run names hold two words
-    by_name = {c.info.run_name.split()[0]: c.data.metrics["best_recall_at_1"] for c in children}
+    by_name = {c.info.run_name.split()[0]: c.data.metrics["recall_at_1"] for c in children}
     assert recall == sorted(recall, reverse=True)
     assert recall == pytest.approx([by_name[row[1]] for row in rows], abs=1e-4)
     picture = cv2.imread(str(png))
     assert picture is not None and picture.shape[0] > 100 and picture.shape[1] > 300
     artifacts = {a.path for a in store(out).list_artifacts(parent.info.run_id, "comparison")}
-    assert "comparison/compare.png" in artifacts
+    assert f"comparison/{png.name}" in artifacts
 
 
 @pytest.mark.slow
@@ -164,7 +162,7 @@ def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path):
     for key, value in found.best_params.items():
         assert parent.data.params[f"best.{key}"] == str(value)
     assert parent.data.metrics["best_recall_at_1"] == pytest.approx(found.best_value)
-    assert found.best_value == pytest.approx(max(c.data.metrics["best_recall_at_1"] for c in children))
+    assert found.best_value == pytest.approx(max(c.data.metrics["recall_at_1"] for c in children))
     best = next(c for c in children if c.info.run_id == parent.data.tags["recog.best_run_id"])
     assert float(best.data.params["head.margin"]) == pytest.approx(found.best_params["head.margin"])
     sampled = {child.data.params["head.margin"] for child in children}
@@ -265,7 +263,7 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
     by_job = {child.data.tags["recog.overrides"]: child for child in children}
     failed, finished = by_job["dataset.train_list=missing.txt"], by_job["dataset.train_list=train.txt"]
     assert failed.info.status == "FAILED" and "missing.txt" in failed.data.tags["recog.error"]
-    assert finished.info.status == "FINISHED" and "best_recall_at_1" in finished.data.metrics
+    assert finished.info.status == "FINISHED" and "best_epoch" in finished.data.metrics
     assert (out / "sweep" / "1" / "best_model" / "model.safetensors").is_file()
     assert parent.info.status == "FAILED" and parent.data.tags["recog.failed_jobs"] == "1"
     assert parent.data.tags["recog.best_run_id"] == finished.info.run_id

@@ -299,6 +299,9 @@ class MlflowConfig:
     request_retries: int = ranged(2, low=0, note="HTTP retries per MLflow call")
     request_timeout: int = ranged(30, low=1, note="seconds per MLflow HTTP request")
     register_best: bool = False  # register export/ (or best_model/) of the run, of a sweep's best run
+    # Copy best_model/ and export/ into the run's artifacts (for the default model 2 x 33 MB beside the
+    # MLflow Model's own copy of the export); false: the MLflow Model and the small files only.
+    log_model_files: bool = True
     model_name: str = "recog"  # the registered model's name
 
 

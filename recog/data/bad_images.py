@@ -3,7 +3,8 @@
 Lines are appended by whichever process met the image (DataLoader workers included), each with
 a single ``write`` on a file opened with ``O_APPEND``, so lines from concurrent processes do not
 interleave. Each process writes a path once per file; a path can still appear once per process
-(e.g. per DataLoader worker): ``read_bad_images`` returns each path once. Tabs, newlines and
+(e.g. per DataLoader worker): ``read_bad_images`` returns each path once, and ``summarize`` (at
+the end of a stage) rewrites the file with each path once. Tabs, newlines and
 backslashes in paths and reasons are escaped as ``\\t``, ``\\n``, ``\\r`` and ``\\\\``.
 """
 
@@ -80,6 +81,20 @@ def read_bad_images(record: str | Path) -> dict[str, str]:
 
 
 def summarize(record: str | Path) -> str | None:
-    """One line for the end of a run, e.g. "2 bad image(s) skipped, listed in <record>"; None if none."""
-    count = len(read_bad_images(record))
-    return f"{count} bad image(s) skipped, listed in {record}" if count else None
+    """One line for the end of a run, e.g. "2 bad image(s) skipped, listed in <record>"; None if none.
+
+    Called once the loaders are done: a record listing an image more than once (once per process
+    that met it) is rewritten with each image once, so that the file and the count agree."""
+    found = read_bad_images(record)
+    if not found:
+        return None
+    lines = Path(record).read_text(encoding="utf-8").count("\n") - 1  # minus the header
+    if lines > len(found):
+        from recog.utils import atomic
+
+        text = HEADER + "\n" + "".join(f"{_escape(path)}\t{_escape(reason)}\n" for path, reason in found.items())
+        try:
+            atomic.write_bytes(Path(record), text.encode("utf-8", "backslashreplace"), "the bad-images record")
+        except (OSError, atomic.StorageError) as error:  # never the end of a run: the count below is right either way
+            log.warning("cannot rewrite %s with each image once: %s", record, error)
+    return f"{len(found)} bad image(s) skipped, listed in {record}"

@@ -99,6 +99,16 @@ class _WeightUnpickler(pickle.Unpickler):
             raise _RefusedGlobal(f"{module}.{name}") from None
 
 
+# What PaddleClas 2.6's own model code downloads from (its MODEL_URLS); recog never downloads.
+WHERE_PADDLECLAS_PUBLISHES = (
+    "PaddleClas publishes its ImageNet weights as <Model>_pretrained.pdparams, e.g. "
+    "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/PPLCNet_x2_5_pretrained.pdparams "
+    "(also PPLCNet_x0_25 ... PPLCNet_x2_5, PPLCNetV2_base, ResNet50_vd; each model's file is listed in "
+    "PaddleClas's ImageNet model zoo docs): download the file yourself and pass its path "
+    "(backbone.pretrained=PATH), recog downloads nothing"
+)
+
+
 def load_pretrained(model: nn.Layer, path) -> dict[str, list[str]]:
     """Copy the tensors of a weight file into ``model``'s parameters and buffers, by name.
 
@@ -127,7 +137,7 @@ def load_pretrained(model: nn.Layer, path) -> dict[str, list[str]]:
         hint = ""
         if not path.suffix and path.with_name(path.name + ".pdparams").is_file():
             hint = f" (did you mean {path.name}.pdparams?)"
-        raise RecogError(f"pretrained weights not found: {path}{hint}")
+        raise RecogError(f"pretrained weights not found: {path}{hint}. {WHERE_PADDLECLAS_PUBLISHES}")
     suffix = path.suffix.lower()
     if suffix == ".pdparams":
         weights, skipped = _read_pdparams(path)

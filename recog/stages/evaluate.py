@@ -1,7 +1,9 @@
 """Eval stage: features for query and gallery, then Recall@K and mAP.
 
 ``python run.py stage=eval model_path=<run>/best_model``. The model is rebuilt from the config
-saved beside its weights; the dataset and the eval settings come from the current config.
+saved beside its weights, and evaluated on the dataset saved there too unless the command names
+another (recog/stages/eval_dataset.py); the log and the MLflow run (tag ``recog.eval_dataset``,
+the ``dataset.*`` params, the dataset input) say which. The eval settings come from the current config.
 Feature extraction and the metrics are ``recog.evaluation``'s (data parallel with
 ``launcher.nproc_per_node=N``: each rank extracts its shard, the metrics equal a single
 process's). Rank 0 writes ``metrics.json`` and logs to MLflow.
@@ -24,7 +26,10 @@ from recog.distributed import parallel
 from recog.errors import ConfigError, TrainingInterrupted
 from recog.evaluation import EvalInterrupted, Evaluator, write_metrics
 from recog.metrics import format_metrics_table
+from recog.stages.eval_dataset import choose_dataset
+from recog.stages.eval_dataset import describe as describe_dataset
 from recog.tracking import MlflowTracker
+from recog.training.resume_config import command_line_overrides
 from recog.utils import checkpoint
 from recog.utils.interrupt import StopRequest
 from recog.utils.precision import amp_settings
@@ -49,9 +54,14 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     trained_cfg = checkpoint.load_config(model_path, trusted_targets=cfg.trusted_targets)
     model = build_model(trained_cfg)
     checkpoint.load_model_weights(model_path, model)
+    chosen = choose_dataset(cfg, trained_cfg, model_path, command_line_overrides())
+    cfg = chosen.cfg
     splits = load_splits(cfg)
+    evaluated = f"{describe_dataset(cfg.dataset, splits)}; the dataset is {chosen.source}"
+    log.info("evaluating %s on %s", model_path, evaluated)
     tracker = MlflowTracker(cfg, stage="eval")
     tracker.set_tag("recog.world_size", str(world))
+    tracker.set_tag("recog.eval_dataset", evaluated)
     with tracker.run_status():
         with StopRequest() as stop:
             evaluator = Evaluator(

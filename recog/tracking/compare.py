@@ -1,11 +1,13 @@
 """Side-by-side comparison of MLflow runs: a text table sorted by a metric, and a PNG plot.
 
 A training run logs every eval's metrics (``recall_at_1``, ``mAP``, ...) and at the end the best
-eval's as ``best_<name>`` (``best_epoch``: the epoch of that eval); the comparison reads the
-``best_`` value where a run has one, else the last logged value (eval-stage runs).
+eval's again under the same names (``best_epoch``: the epoch of that eval), so a run's latest value
+is its best model's; runs of older recog logged them as ``best_<name>``, which is read where present.
+A metric without a value yet (NaN: a training run before its first eval) counts as absent.
 """
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +37,9 @@ class RunSummary:
 
 def summarize(run) -> RunSummary:
     """A ``RunSummary`` of an ``mlflow.entities.Run``."""
-    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("best_")}
-    metrics.update({k[len("best_") :]: v for k, v in run.data.metrics.items() if k.startswith("best_")})
+    logged = {k: v for k, v in run.data.metrics.items() if not math.isnan(v)}
+    metrics = {k: v for k, v in logged.items() if not k.startswith("best_")}
+    metrics.update({k[len("best_") :]: v for k, v in logged.items() if k.startswith("best_")})
     return RunSummary(
         run.info.run_id,
         run.info.run_name or run.info.run_id[:8],

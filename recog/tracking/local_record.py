@@ -4,7 +4,7 @@
 
     {"op": "start", "tracking_uri": "http://...", "run_id": "abc..." | null, "error": "..."}
     {"op": "create_run", "experiment_name": ..., "run_name": ..., "tags": {...}, "start_time": ms,
-     "artifact_location": null | "file:///..."}     (only when the run could not be created)
+     "artifact_location": null | "file:///...", "monitor": "recall_at_1"}  (only when the run could not be created)
     {"op": "log_batch", "params": {k: v}, "metrics": [[key, value, timestamp ms, step], ...]}
     {"op": "set_tag", "key": ..., "value": ...}
     {"op": "log_artifact", "path": "/abs/file/or/dir", "artifact_path": null | "best_model"}
@@ -112,11 +112,11 @@ def _create_run(client, call: dict[str, Any]) -> str:
         experiment_id = experiment.experiment_id
     else:
         from recog.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+        from recog.tracking.ui import VIEW_TAG, view_tag_value
 
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_tag_value(call.get("monitor") or "recall_at_1")}
         experiment_id = client.create_experiment(
-            call["experiment_name"],
-            artifact_location=call.get("artifact_location"),
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            call["experiment_name"], artifact_location=call.get("artifact_location"), tags=tags
         )
     run = client.create_run(
         experiment_id, start_time=call.get("start_time"), tags=call.get("tags") or {}, run_name=call.get("run_name")

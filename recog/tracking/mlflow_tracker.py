@@ -6,7 +6,9 @@ A run is named by its stage and what differs (``train pplcnet x1.0 arcmargin 14:
 training run's name>``), logs its dataset as an MLflow dataset input (recog/tracking/datasets.py)
 and, once the run has an export, the export as its MLflow Model ``model``
 (recog/tracking/mlflow_model.py). Eval, export and predict runs link to the training run whose
-model they used: tag ``recog.train_run_id`` and a link in the run's description.
+model they used: tag ``recog.train_run_id`` and a link in the run's description. A training run's
+headline is its monitored metric (``trainer.monitor``): logged first, and at the end again with the
+best model's value (``log_best``), which is the value MLflow shows.
 
 When the tracking store cannot be reached:
 
@@ -25,6 +27,7 @@ Store settings (URI, request retries and timeout, the experiment) live in recog/
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +130,8 @@ class MlflowTracker:
         self.logged_artifacts: list[str] = []  # artifact paths logged at the top level, e.g. best_model
         self.logged_model = False  # whether log_model logged the run's MLflow Model
         self.stage = stage
+        self.monitor = str(OmegaConf.select(cfg, "trainer.monitor", default="recall_at_1"))
+        self.log_model_files = bool(OmegaConf.select(cfg, "mlflow.log_model_files", default=True))
         if not self.enabled:
             return
         from mlflow.tracking import MlflowClient  # slow import: only where a run is logged
@@ -159,9 +164,8 @@ class MlflowTracker:
         start_time = _now_ms()
 
         def create():
-            run = self.client.create_run(
-                experiment_id(self.client, cfg, self.uri), start_time=start_time, tags=tags, run_name=name
-            )
+            experiment = experiment_id(self.client, cfg, self.uri, update_view=stage == "train")
+            run = self.client.create_run(experiment, start_time=start_time, tags=tags, run_name=name)
             self.run_id = run.info.run_id
 
         self._at_start(
@@ -173,12 +177,15 @@ class MlflowTracker:
             tags=tags,
             start_time=start_time,
             artifact_location=artifact_location(cfg, self.uri),
+            monitor=self.monitor,
         )
         started = _STARTED.get()
         if started is not None:
             started.append(self.run_id)
         self.log_params(flatten_config(cfg))
         self._log_dataset(cfg, stage)
+        if stage == "train":  # no value yet; makes it the run's first metric (see log_metrics)
+            self.log_metrics({self.monitor: math.nan}, step=0)
 
     def _find_run(self, run_id: str | None):
         """The run ``run_id`` in this store, or None (not given, deleted, or not there)."""
@@ -255,24 +262,39 @@ class MlflowTracker:
         self._send(send, "log_batch", params=params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """``metrics`` at ``step``, the monitored metric first: MLflow lists a run's metrics in the order
+        they were first logged, and its compare view plots the first metric the runs share."""
         if not self.active or not metrics:
             return
         from mlflow.entities import Metric
 
         now = _now_ms()
-        rows = [[k, float(v), now, int(step)] for k, v in metrics.items()]
+        rows = [[k, float(v), now, int(step)] for k, v in sorted(metrics.items(), key=lambda kv: kv[0] != self.monitor)]
         self._send(
             lambda: self.client.log_batch(self.run_id, metrics=[Metric(*row) for row in rows]),
             "log_batch",
             metrics=rows,
         )
 
+    def log_best(self, best: dict[str, float], step: int) -> None:
+        """The best model's eval metrics (``best``: a ``state["best"]`` with its ``epoch``) as the run's
+        headline: under their own names one step after ``step`` (the last one trained), so that the
+        value MLflow shows for ``recall_at_1`` (its latest) is the best model's, and the earlier points
+        stay the per-epoch history; plus ``best_epoch``. (MLflow's Keras autologging does the same for
+        the weights ``EarlyStopping`` restores.)"""
+        headline = {k: v for k, v in best.items() if k != "epoch"}
+        headline["best_epoch"] = best["epoch"]
+        self.log_metrics(headline, step=step + 1)
+
     def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        """A file, or a folder (``best_model/``, ``export/``: skipped with ``mlflow.log_model_files=false``)."""
         if not self.active:
             return
         path = Path(path).resolve()
         if not path.exists():  # a bug of the caller, not a tracking failure to record
             raise FileNotFoundError(f"no such artifact to log: {path}")
+        if path.is_dir() and not self.log_model_files:  # best_model/, export/: kept in the run dir
+            return
         if path.is_dir():
             destination = artifact_path or path.name
             self._send(

@@ -7,16 +7,17 @@ HTTP stores are tried ``mlflow.request_retries`` extra times with ``mlflow.reque
 seconds per request (MLflow's own defaults, 7 retries and 120 s, stall a run for minutes), unless
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are exported.
 
-Experiments are created with the tag ``mlflow.experimentKind=custom_model_development``, which
-MLflow 3's UI reads to open an experiment in its model-training view (runs, metrics, models)
-rather than the GenAI view (traces); an existing experiment without the tag gets it.
+Experiments are created with the tag ``mlflow.experimentKind=custom_model_development`` (the kind
+MLflow 3 records for model training; an existing experiment without it gets it) and recog's view of
+the runs table (``recog.tracking.ui``: the tag that ``make ui``'s URL loads, sorted by and showing
+the monitored metric).
 """
 
 import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recog.errors import ConfigError
 from recog.utils.runtime import is_main_process
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _RETRIES_ENV, _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 _EXPORTED = {name for name in (_RETRIES_ENV, _TIMEOUT_ENV) if name in os.environ}
-# The experiment tag MLflow 3's UI reads to choose the experiment's view (its JS bundle: "mlflow.experimentKind").
+# The kind of experiment, as MLflow 3 records it (the UI's landing view is chosen by the URL: recog.tracking.ui).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -111,17 +112,23 @@ def short_error(error: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def experiment_id(client, cfg: DictConfig, uri: str) -> str:
+def experiment_id(client, cfg: DictConfig, uri: str, update_view: bool = False) -> str:
     """``mlflow.experiment_name``'s id, creating the experiment (artifacts beside an embedded store)
-    tagged for MLflow 3's model-training view (``EXPERIMENT_KIND_TAG``)."""
+    with its kind (``EXPERIMENT_KIND_TAG``) and recog's runs view for ``trainer.monitor``. An existing
+    experiment gets what it lacks; ``update_view`` (a training run) also sets the view to this run's
+    monitor."""
+    from recog.tracking.ui import VIEW_TAG, view_tag_value
+
     name = cfg.mlflow.experiment_name
+    view = view_tag_value(str(OmegaConf.select(cfg, "trainer.monitor", default="recall_at_1")))
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(
-            name, artifact_location=artifact_location(cfg, uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-        )
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view}
+        return client.create_experiment(name, artifact_location=artifact_location(cfg, uri), tags=tags)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before recog tagged it, or by someone else
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if VIEW_TAG not in experiment.tags or (update_view and experiment.tags[VIEW_TAG] != view):
+        client.set_experiment_tag(experiment.experiment_id, VIEW_TAG, view)
     return experiment.experiment_id
 
 

@@ -124,7 +124,7 @@ class SweepParent:
         if params:
             tags["recog.search_space"] = json.dumps({str(k): str(v) for k, v in params.items()})
         try:
-            experiment = experiment_id(client, config, uri)
+            experiment = experiment_id(client, config, uri, update_view=True)
             run = client.create_run(experiment, tags=tags, run_name=config.mlflow.run_name or f"sweep {sweep_dir.name}")
         except tracking_errors() as error:
             if config.mlflow.required:

@@ -28,7 +28,7 @@ from recog.evaluation import EvalInterrupted
 from recog.metrics import format_metrics_table
 from recog.training.callbacks.base import Callback
 from recog.training.step import StepRunner, freeze_batch_norm
-from recog.utils.runtime import is_main_process
+from recog.utils.runtime import is_main_process, python_command
 
 log = logging.getLogger(__name__)
 
@@ -199,4 +199,4 @@ def resume_command(run_dir: Path, world: int | None = None) -> str:
     """The command that continues the run in ``run_dir`` (its saved config does the rest)."""
     world = parallel.world_size() if world is None else world
     launcher = f" launcher.nproc_per_node={world}" if world > 1 else ""
-    return f"python run.py resume=true hydra.run.dir={run_dir}{launcher}"
+    return f"{python_command()} run.py resume=true hydra.run.dir={run_dir}{launcher}"

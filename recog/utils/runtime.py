@@ -138,3 +138,21 @@ def divide_threads_among_jobs(config) -> None:
     threads = max(1, cores // jobs)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     log.info("joblib launcher: %d parallel job(s), OMP_NUM_THREADS=%d each", jobs, threads)
+
+
+def python_command() -> str:
+    """How a shell calls this interpreter, for the commands recog prints: ``python`` when that is the
+    one ``PATH`` finds (e.g. its virtual environment is active), else its path (``.venv/bin/python``,
+    relative to the working directory when below it)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    executable = Path(os.path.abspath(sys.executable))  # not resolved: a venv's python is a symlink
+    found = shutil.which("python")
+    if found and Path(os.path.abspath(found)).parent == executable.parent:
+        return "python"
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)

@@ -403,7 +403,9 @@ def test_command_line_wins_over_experiment(output_root):
     assert (
         demo.backbone.scale == 0.5 and demo.backbone.stop_layer == "blocks5" and set(demo.loss) == {"ce", "triplet_v2"}
     )
-    assert demo.mlflow.experiment_name == "digits_demo"
+    # the recipe names no experiment: your own data trained with it goes where mlflow.experiment_name says
+    assert demo.mlflow.experiment_name == "recog"
+    assert compose(["experiment=digits_demo", "mlflow.experiment_name=logos"]).mlflow.experiment_name == "logos"
 
 
 def test_digits_root_follows_output_root(tmp_path):

@@ -53,3 +53,17 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
     assert len(lines) == 4 * 200
     assert all(line.count("\t") == 1 and line.endswith("x" * 100) for line in lines)
     assert sorted(read_bad_images(record)) == [f"/data/{i:03d}.png" for i in range(200)]
+
+
+def test_summary_leaves_each_image_once_in_the_record(tmp_path):
+    """Two processes (e.g. loader workers) that met the same image each list it: the count said one
+    image while the file had two lines. The summary at the end of a stage rewrites the file."""
+    record = str(tmp_path / "bad_images.tsv")
+    for _ in range(2):
+        bad_images._recorded.clear()  # what another process's memory would be
+        record_bad_image(record, "/data/a.png", "cannot decode", "left out")
+    record_bad_image(record, "/data/b.png", "empty", "left out")
+    assert (tmp_path / "bad_images.tsv").read_text().count("/data/a.png") == 2
+    assert summarize(record) == f"2 bad image(s) skipped, listed in {record}"
+    assert (tmp_path / "bad_images.tsv").read_text() == f"{HEADER}\n/data/a.png\tcannot decode\n/data/b.png\tempty\n"
+    assert summarize(record) == f"2 bad image(s) skipped, listed in {record}"  # nothing left to rewrite

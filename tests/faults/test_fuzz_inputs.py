@@ -427,7 +427,9 @@ def _ui_command(*make_args):
     result = subprocess.run(["make", "-n", "ui", *make_args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     commands = result.stdout.replace("\\\n", " ").splitlines()  # join continued lines
-    (line,) = [line for line in commands if "mlflow ui" in line or "mlflow server" in line]
+    # the command that starts the UI: mlflow itself, or recog.tracking.ui, which prints the URL and passes
+    # --host and --port on to mlflow ui (tests/tracking/test_ui.py)
+    (line,) = [line for line in commands if any(s in line for s in ("mlflow ui", "mlflow server", "recog.tracking.ui"))]
     return line
 
 

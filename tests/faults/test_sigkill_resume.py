@@ -9,6 +9,7 @@ each resume continues it.
 """
 
 import json
+import math
 import os
 import random
 import re
@@ -111,10 +112,15 @@ def _history(client: MlflowClient, run_id: str) -> dict:
     """``{metric: {step: value}}`` of a run; a step logged again by a resume keeps its last value."""
     keys = client.get_run(run_id).data.metrics
     return {
-        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        key: {m.step: _comparable(m.value) for m in client.get_metric_history(run_id, key)}
         for key in keys
         if key not in TIMING_METRICS
     }
+
+
+def _comparable(value: float):
+    """NaN (the monitored metric's "no value yet" at step 0) as a string, which equals itself."""
+    return "nan" if math.isnan(value) else value
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -217,5 +223,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     )
     assert history == _history(reference_client, reference_mlflow.info.run_id)
     assert set(history["loss"]) == set(range(1, EPOCHS * STEPS + 1))  # every step
-    assert set(history["recall_at_1"]) == {epoch * STEPS for epoch in range(1, EPOCHS + 1)}  # every epoch's eval
+    # no value yet at step 0, every epoch's eval, and the best model's once more after the last step
+    evals = {epoch * STEPS for epoch in range(1, EPOCHS + 1)}
+    assert set(history["recall_at_1"]) == {0, *evals, EPOCHS * STEPS + 1}
     print(f"\nSIGKILL {'; '.join(kills)}; resumed == uninterrupted bit for bit")

@@ -7,6 +7,7 @@ with EACCES for one output's temp directory.
 """
 
 import errno
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,10 +106,15 @@ def leftovers(path: Path) -> list:
 def history(client: MlflowClient, run_id: str) -> dict:
     """``{metric: {step: value}}``; a step logged again by a resume keeps its last value."""
     return {
-        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        key: {m.step: _comparable(m.value) for m in client.get_metric_history(run_id, key)}
         for key in client.get_run(run_id).data.metrics
         if key not in TIMING_METRICS
     }
+
+
+def _comparable(value: float):
+    """NaN (the monitored metric's "no value yet" at step 0) as a string, which equals itself."""
+    return "nan" if math.isnan(value) else value
 
 
 def upto(metrics: dict, step: int) -> dict:

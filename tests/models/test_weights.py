@@ -163,8 +163,11 @@ def test_shape_mismatch_names_tensor_and_shapes_and_loads_nothing(tmp_path):
 
 
 def test_bad_paths(tmp_path):
-    with pytest.raises(RecogError, match="not found"):
+    with pytest.raises(RecogError, match="not found") as missing:
         load_pretrained(Net(), tmp_path / "nope.pdparams")
+    # where PaddleClas publishes its weights, since recog downloads nothing
+    assert "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/" in str(missing.value)
+    assert "download the file yourself" in str(missing.value)
     (tmp_path / "model.pdparams").write_bytes(b"")
     with pytest.raises(RecogError, match="did you mean model.pdparams"):
         load_pretrained(Net(), tmp_path / "model")

@@ -200,8 +200,10 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
             proc.kill()
     output = log.read_text(errors="replace")
     assert code == 143, output[-2000:]
-    command = re.search(r"continue with: (python run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
-    assert command == f"python run.py resume=true hydra.run.dir={run_dir}"
+    command = re.search(r"continue with: (\S+ run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
+    python, rest = command.split(" ", 1)
+    assert rest == f"run.py resume=true hydra.run.dir={run_dir}"
+    assert python == "python" or os.access(root / python, os.X_OK)  # the interpreter that ran it: no venv to activate
 
     changed = subprocess.run(
         [warm_python.python(), *command.split()[1:], "data.image_size=32"],

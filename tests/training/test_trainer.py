@@ -22,6 +22,7 @@ from recog.training.resume import Checkpoints, new_state
 from recog.training.step import StepRunner, TrainNet
 from recog.training.trainer import Trainer
 from recog.utils.interrupt import StopRequest
+from recog.utils.runtime import python_command
 
 STEPS = 4
 READ_BACKS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
@@ -249,7 +250,8 @@ def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval
     assert len(seen) == 1  # the eval (5 batches of query) stopped after the batch the signal came in
     assert stopped.value.signum == signal.SIGINT and stopped.value.exit_code == 130
     message = str(stopped.value)
-    assert "the eval after epoch 1" in message and f"python run.py resume=true hydra.run.dir={run_dir}" in message
+    assert "the eval after epoch 1" in message
+    assert f"{python_command()} run.py resume=true hydra.run.dir={run_dir}" in message
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
     assert state["epoch"] == 1 and state["step"] == 2 and state["eval_pending"] is True and state["finished"] is False
     assert not (run_dir / "best_model").exists()
@@ -400,7 +402,7 @@ def test_a_signal_during_the_final_logging_stops_there_and_resume_finishes_the_r
     message = str(stopped.value)
     assert stopped.value.exit_code == 143 and not stopped.value.complete
     assert message.startswith("stopped by SIGTERM after training: training is complete")
-    assert message.endswith(f"finish them with: python run.py resume=true hydra.run.dir={run_dir}")
+    assert message.endswith(f"finish them with: {python_command()} run.py resume=true hydra.run.dir={run_dir}")
     assert [hook for hook, _ in recorder.calls][-2:] == ["on_epoch_end", "on_exception"]  # its on_fit_end: skipped
     assert not (run_dir / ".recog.lock").exists() and _status(run_dir, tracking[1]) == "KILLED"
 

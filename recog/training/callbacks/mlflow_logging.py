@@ -13,7 +13,9 @@ class MlflowLogging(Callback):
     - after each eval: its metrics (``recall_at_K``, ``precision_at_K``, ``mAP``, ``mINP``) at the
       global step, before anything else acts on them (a failure to save the best model then leaves
       them logged);
-    - at the end: the best eval's metrics as ``best_<name>`` (``best_epoch`` included) and
+    - at the end: the best eval's metrics again under their own names, one step after the last, so
+      that the value MLflow shows for each (its latest) is the best model's while the earlier points
+      stay the per-epoch history, plus ``best_epoch`` (``MlflowTracker.log_best``); and
       ``skipped_steps`` (with ``trainer.skip_nonfinite``), at the last step.
 
     The files a run writes are logged as artifacts by the callbacks that write them (``best_model/``,
@@ -33,6 +35,6 @@ class MlflowLogging(Callback):
 
     def on_fit_end(self, trainer, state):
         if state["best"] is not None:
-            trainer.tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
+            trainer.tracker.log_best(state["best"], step=state["step"])
         if trainer.runner.skip_nonfinite:
             trainer.tracker.log_metrics({"skipped_steps": trainer.runner.skipped}, step=state["step"])
