@@ -70,7 +70,8 @@ def main(argv=None) -> int:
 
     import recog  # noqa: F401  first: sets OMP_NUM_THREADS to all cores (unless set)
     from recog.metrics import retrieval_metrics
-    from recog.metrics.retrieval import _query_stats, positive_ranks
+    from recog.metrics._ranking import positive_ranks
+    from recog.metrics.ranks import query_stats as _query_stats
 
     if args.n < 14 or not 0 < args.argsort_queries <= args.n or args.repeat < 1:
         raise SystemExit("need --n >= 14, 0 < --argsort-queries <= --n and --repeat >= 1")
@@ -191,7 +192,7 @@ def argsort_metrics(features, labels, num_queries: int, kind: str):
     import numpy as np
 
     from recog.metrics._ranking import _SCORE_CHUNK, _score_rows, _single_threaded_blas, _thread_count
-    from recog.metrics.retrieval import _query_stats
+    from recog.metrics.ranks import query_stats as _query_stats
 
     def block(start: int) -> list:
         stop = min(start + _SCORE_CHUNK, num_queries)

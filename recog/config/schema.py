@@ -2,7 +2,7 @@
 paths, launcher): their keys, types and defaults live here only, so a misspelt key or a wrongly
 typed value fails at composition.
 
-The components (backbone, neck, head, loss, dataset, optimizer, scheduler) have no dataclass: each
+The components (backbone, neck, head, loss, dataset, optimizer, scheduler, postprocess) have no dataclass: each
 is a yaml in ``conf/<group>/`` with a ``_target_``, and its keys are checked against the
 constructor's signature (``recog.config.components``, ``recog.registry``).
 """
@@ -140,12 +140,6 @@ class EvalEngine(str, Enum):
     predictor = "predictor"
 
 
-class Rerank(str, Enum):
-    """Re-ranking of each query's top candidates: ``k_reciprocal`` (Zhong et al. 2017)."""
-
-    k_reciprocal = "k_reciprocal"
-
-
 @dataclass
 class EvalConfig:
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
@@ -154,16 +148,7 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
-    # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
-    # during training and by stage=predict's gallery search.
-    flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
-    query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
-    qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
-    rerank: Rerank | None = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
-    rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
-    rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
-    rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
-    rerank_top_k: int = 100  # candidates re-ranked per query; the rest keep their order
+    # Post-processing (flip, query expansion, re-ranking) is the postprocess group: postprocess=flip, ...
 
 
 @dataclass
@@ -254,6 +239,7 @@ class RecogConfig:
     dataset: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
+    postprocess: Any = None  # named post-processing steps (conf/postprocess/); none: {}
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,8 +1,8 @@
 """Evaluation shared by the stages: features of the eval splits (``Evaluator``, ``extract_features``),
-the metric names, model selection by ``trainer.monitor`` and ``metrics.json``."""
+model selection by ``trainer.monitor`` and ``metrics.json``."""
 
 from recog.evaluation.evaluator import EvalInterrupted, Evaluator, extract_features
-from recog.evaluation.results import check_monitor, is_better, metric_names, score, write_metrics
+from recog.evaluation.results import check_monitor, is_better, score, write_metrics
 
 __all__ = [
     "EvalInterrupted",
@@ -10,7 +10,6 @@ __all__ = [
     "check_monitor",
     "extract_features",
     "is_better",
-    "metric_names",
     "score",
     "write_metrics",
 ]

@@ -55,7 +55,12 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     try:
         with StopRequest() as stop:
             evaluator = Evaluator(
-                splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir)
+                splits,
+                trained_cfg.data,
+                cfg.eval,
+                amp=amp,
+                options=dataset_options(cfg.data, run_dir),
+                postprocess=cfg.postprocess,
             )
             evaluator.stop = stop
             try:

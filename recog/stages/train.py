@@ -128,7 +128,7 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> dict[s
         paddle.seed(cfg.seed + rank)  # same weights everywhere, but each rank its own dropout masks
     runner = StepRunner(net, optimizer, schedule, amp, skip_nonfinite=cfg.trainer.skip_nonfinite)
     step_mode = configure_step(runner, cfg.trainer, world, amp is not None)  # speed hook (issue 16)
-    evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp, options=options)
+    evaluator = Evaluator(splits, cfg.data, cfg.eval, amp=amp, options=options, postprocess=cfg.postprocess)
     checkpoints = Checkpoints(run_dir, model, loss_fn, cfg, runner, world)
     state = new_state()
     if cfg.resume:
