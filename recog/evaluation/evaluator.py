@@ -40,7 +40,8 @@ from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
 
-PICTURE_K = 5  # results per query in the pictures (retrieval.png)
+PICTURE_K = 5  # results per query in the pictures
+RETRIEVAL_PICTURE, WORST_PICTURE = "retrieval.png", "worst_queries.png"  # the first queries; lowest AP
 
 
 class EvalInterrupted(Exception):
@@ -58,7 +59,7 @@ class Evaluator:
     Each call ranks the gallery once (``recog.metrics.rank``), between the post-processing's
     ``expand`` and ``rerank`` (``postprocess``: a ``Pipeline`` or the ``postprocess`` config node),
     and keeps the ``RetrievalResults`` in ``results``: the metrics and the pictures
-    (``save_picture``) read it.
+    (``save_pictures``: the first queries, and the worst, those of lowest AP) read it.
 
     ``stop`` (a ``recog.utils.interrupt.StopRequest``, set by the stage that owns the signal
     handlers): once it is requested, extraction stops after the current batch on every rank (each
@@ -213,14 +214,39 @@ class Evaluator:
             log.info("eval features: Paddle Inference predictor (oneDNN mode %s)", self.predictor.onednn)
         return True
 
-    def save_picture(self, path, queries: int = 8, k: int = PICTURE_K) -> Path | None:
-        """PNG grid of the first queries and their top-k results in the latest call's ranking
-        (post-processed as the metrics are; None, after a warning, when it cannot be written: a
-        picture never ends a run)."""
-        rows = self.results.select(np.arange(min(queries, len(self.results)))).top(k)
+    def save_picture(self, path, queries: int = 8, k: int = PICTURE_K, worst: bool = False) -> Path | None:
+        """PNG grid of queries and their top-k results in the latest call's ranking (post-processed
+        as the metrics are): the first ``queries`` queries, or with ``worst`` those of lowest AP
+        (captioned with it; queries without a positive are not among them). None, after a warning
+        or a log line, when there is nothing to draw or it cannot be written: a picture never ends
+        a run."""
+        if worst:
+            rows = self.results.worst(queries)
+            if not len(rows):
+                log.info("no query has a positive: no picture of the worst queries")
+                return None
+        else:
+            rows = np.arange(min(queries, len(self.results)))
+        shown = self.results.select(rows).top(k)
+        captions = [f"AP {ap:.2f}" for ap in shown.average_precision()] if worst else None
         return save_retrieval_grid(
-            rows.query_paths, rows.to_dicts(), path, k=k, query_labels=rows.query_labels.tolist()
+            shown.query_paths,
+            shown.to_dicts(),
+            path,
+            k=k,
+            query_labels=shown.query_labels.tolist(),
+            query_captions=captions,
         )
+
+    def save_pictures(self, directory) -> list[Path]:
+        """The latest call's pictures in ``directory``: ``retrieval.png`` (the first queries) and
+        ``worst_queries.png`` (the queries of lowest AP); returns those written."""
+        directory = Path(directory)
+        written = [
+            self.save_picture(directory / RETRIEVAL_PICTURE),
+            self.save_picture(directory / WORST_PICTURE, worst=True),
+        ]
+        return [path for path in written if path is not None]
 
 
 def extract_features(
