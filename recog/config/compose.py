@@ -19,6 +19,7 @@ from recog import registry
 from recog.config.components import check_components
 from recog.config.schema import RecogConfig, register_schemas
 from recog.errors import ConfigError
+from recog.metrics.pairs import check_target_fmr
 from recog.postprocess import legacy
 from recog.postprocess.base import check_postprocess
 
@@ -175,6 +176,8 @@ def check_values(cfg: DictConfig) -> None:
     _check_launcher(cfg)
     _check_mlflow_names(cfg)
     _check_component_sizes(cfg)
+    if "eval" in cfg and not OmegaConf.is_missing(cfg.eval, "target_fmr"):
+        check_target_fmr(cfg.eval.target_fmr)
 
 
 # (key path, lowest allowed value, what the value means): checked when set (None / ??? are skipped).

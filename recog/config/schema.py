@@ -148,6 +148,9 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = 1.0
+    # The decision threshold each eval calibrates (and an export carries) accepts this fraction of
+    # different-class pairs (the false-match rate); at most 0.01
+    target_fmr: float = 1e-3
     # Post-processing (flip, query expansion, re-ranking) is the postprocess group: postprocess=flip, ...
 
 
@@ -162,6 +165,9 @@ class ExportConfig:
     check_images: int = 16  # eval-split images in the self-check (random input without a dataset)
     cpu_onednn: OneDNNMode = OneDNNMode.auto  # recorded in preprocess.json; auto probes full, then no_placement
     after_train: bool = True  # stage=train exports best_model/ into <run>/export and logs it as the MLflow Model
+    # threshold.json to ship (a file, or a stage=eval run dir holding one); None: the threshold of the
+    # best model's own eval (best_model/state.json), if it has one
+    threshold: str | None = None
 
 
 class IndexKind(str, Enum):

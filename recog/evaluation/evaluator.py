@@ -31,17 +31,17 @@ from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.data.loader import to_device
 from recog.distributed import parallel
 from recog.errors import ConfigError
+from recog.evaluation import report
+from recog.evaluation.calibration import MAX_TARGET_FMR, check_target_fmr, threshold_from_metrics
+from recog.evaluation.report import PICTURE_K
 from recog.inference.eval_predictor import EvalPredictor
+from recog.inference.threshold import Threshold
 from recog.metrics import RetrievalResults, binarize, rank
 from recog.postprocess import Pipeline, build_postprocess
-from recog.search import save_retrieval_grid
 from recog.utils.precision import Amp, autocast
 from recog.utils.runtime import is_main_process
 
 log = logging.getLogger(__name__)
-
-PICTURE_K = 5  # results per query in the pictures
-RETRIEVAL_PICTURE, WORST_PICTURE = "retrieval.png", "worst_queries.png"  # the first queries; lowest AP
 
 
 class EvalInterrupted(Exception):
@@ -59,7 +59,10 @@ class Evaluator:
     Each call ranks the gallery once (``recog.metrics.rank``), between the post-processing's
     ``expand`` and ``rerank`` (``postprocess``: a ``Pipeline`` or the ``postprocess`` config node),
     and keeps the ``RetrievalResults`` in ``results``: the metrics and the pictures
-    (``save_pictures``: the first queries, and the worst, those of lowest AP) read it.
+    (``save_report``: the first queries, the worst, those of lowest AP, and the pair scores) read it.
+    The ranking also collects the scores of all positive and negative pairs, from which each call
+    calibrates the decision threshold at ``eval.target_fmr`` (``recog.evaluation.calibration``):
+    its metrics join the ranking metrics, and the ``Threshold`` is kept in ``threshold``.
 
     ``stop`` (a ``recog.utils.interrupt.StopRequest``, set by the stage that owns the signal
     handlers): once it is requested, extraction stops after the current batch on every rank (each
@@ -99,6 +102,8 @@ class Evaluator:
         self.last_kept = None  # (query, gallery) indices into the splits of the rows of ``last``
         self.results: RetrievalResults | None = None  # the latest call's ranking
         self.recall_at = tuple(eval_cfg.recall_at)
+        self.target_fmr = check_target_fmr(eval_cfg.target_fmr)
+        self.threshold: Threshold | None = None  # calibrated by the latest call
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
@@ -157,22 +162,25 @@ class Evaluator:
             self.engine_used,
         )
         self.results = self.rank(query, query_labels, gallery, gallery_labels)
-        return self.results.metrics(self.recall_at)
+        metrics = self.results.metrics(self.recall_at)
+        metrics.update(self.results.pairs.summary(self.target_fmr))
+        self.threshold = threshold_from_metrics(metrics, self.target_fmr, binary=bool(self.binarize))
+        return metrics
 
     def rank(self, query, query_labels, gallery=None, gallery_labels=None) -> RetrievalResults:
         """The post-processed ranking of the gallery (None: the queries) for the queries, with the
         splits' paths of the latest call's rows; binary codes (``eval.binarize``) by Hamming distance."""
         query_kept, gallery_kept = self.last_kept
-        paths = {
+        options = {
             "query_paths": [self.splits.query[i].path for i in query_kept],
             "gallery_paths": None if gallery is None else [self.splits.gallery[i].path for i in gallery_kept],
+            "k": PICTURE_K,
+            "pairs": MAX_TARGET_FMR,  # the pair scores, exact for thresholds up to this FMR
         }
         if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
             codes = binarize(gallery, self.binarize) if gallery is not None else None
-            return rank(
-                binarize(query, self.binarize), query_labels, codes, gallery_labels, k=PICTURE_K, binary=True, **paths
-            )
-        return self.post.rank(query, query_labels, gallery, gallery_labels, k=PICTURE_K, **paths)
+            return rank(binarize(query, self.binarize), query_labels, codes, gallery_labels, binary=True, **options)
+        return self.post.rank(query, query_labels, gallery, gallery_labels, **options)
 
     def _stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -215,38 +223,14 @@ class Evaluator:
         return True
 
     def save_picture(self, path, queries: int = 8, k: int = PICTURE_K, worst: bool = False) -> Path | None:
-        """PNG grid of queries and their top-k results in the latest call's ranking (post-processed
-        as the metrics are): the first ``queries`` queries, or with ``worst`` those of lowest AP
-        (captioned with it; queries without a positive are not among them). None, after a warning
-        or a log line, when there is nothing to draw or it cannot be written: a picture never ends
-        a run."""
-        if worst:
-            rows = self.results.worst(queries)
-            if not len(rows):
-                log.info("no query has a positive: no picture of the worst queries")
-                return None
-        else:
-            rows = np.arange(min(queries, len(self.results)))
-        shown = self.results.select(rows).top(k)
-        captions = [f"AP {ap:.2f}" for ap in shown.average_precision()] if worst else None
-        return save_retrieval_grid(
-            shown.query_paths,
-            shown.to_dicts(),
-            path,
-            k=k,
-            query_labels=shown.query_labels.tolist(),
-            query_captions=captions,
-        )
+        """The latest call's picture of the first queries, or with ``worst`` of the queries of lowest
+        AP (``recog.evaluation.report.save_picture``)."""
+        return report.save_picture(self.results, path, queries, k, worst)
 
-    def save_pictures(self, directory) -> list[Path]:
-        """The latest call's pictures in ``directory``: ``retrieval.png`` (the first queries) and
-        ``worst_queries.png`` (the queries of lowest AP); returns those written."""
-        directory = Path(directory)
-        written = [
-            self.save_picture(directory / RETRIEVAL_PICTURE),
-            self.save_picture(directory / WORST_PICTURE, worst=True),
-        ]
-        return [path for path in written if path is not None]
+    def save_report(self, directory) -> list[Path]:
+        """The latest call's report in ``directory`` (``REPORT_FILES``: the pictures of the first and
+        of the worst queries, the pair scores' picture, ``threshold.json``); the files written."""
+        return report.save_report(self.results, self.threshold, directory)
 
 
 def extract_features(

@@ -3,8 +3,8 @@ the metrics off it (``recog.metrics.ranks``, where their names are defined)."""
 
 from recog.metrics.binary import binarize, pack_bits, unpack_bits
 from recog.metrics.ranks import metric_names
-from recog.metrics.results import RetrievalResults, rank
-from recog.metrics.retrieval import format_metrics_table, hamming_metrics, retrieval_metrics
+from recog.metrics.results import RetrievalResults
+from recog.metrics.retrieval import format_metrics_table, hamming_metrics, rank, retrieval_metrics
 
 __all__ = [
     "RetrievalResults",

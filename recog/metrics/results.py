@@ -1,7 +1,7 @@
 """Retrieval results as one object: what a ranking of the gallery gave every query.
 
-``rank`` ranks the gallery once for every query (``recog.metrics._ranking``: blocked, threaded,
-exact) and returns a ``RetrievalResults``; everything downstream reads that object: the metrics
+``recog.metrics.rank`` ranks the gallery once for every query (``recog.metrics._ranking``: blocked,
+threaded, exact) and returns a ``RetrievalResults``; everything downstream reads that object: the metrics
 (functions of the positives' ranks, ``recog.metrics.ranks``), the pictures of results, the rows
 of ``results.json``, and the post-processing that re-orders it (``recog.postprocess``).
 
@@ -20,12 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from recog.metrics._ranking import positive_ranks
-from recog.metrics._topk import top_k_rows
-from recog.metrics.binary import check_bits, signed_codes
+from recog.metrics.pairs import PairScores
 from recog.metrics.ranks import query_stats, summarize
-
-EMPTY_DISTANCE = 2**31 - 1  # the Hamming distance of an empty place
 
 
 @dataclass(frozen=True)
@@ -45,6 +41,7 @@ class RetrievalResults:
     positive_ranks: np.ndarray | None = None
     exclude_self: bool = False  # query i was gallery item i, left out of its ranking
     distances: np.ndarray | None = None  # [Q, k] re-ranking distances (ascending), nan where not re-ranked
+    pairs: PairScores | None = None  # the score distributions of all positive and negative pairs
 
     def __post_init__(self):
         count = len(self.indices)
@@ -112,6 +109,7 @@ class RetrievalResults:
             positive_ptr=ptr,
             positive_ranks=ranks,
             distances=None if self.distances is None else self.distances[rows],
+            pairs=None,  # they describe all the queries
         )
 
     def top(self, k: int) -> RetrievalResults:
@@ -158,107 +156,6 @@ class RetrievalResults:
     def _need_labels(self, what: str) -> None:
         if not self.labelled:
             raise ValueError(f"{what} need labels on the queries and the gallery; these results have none")
-
-
-def rank(
-    query_features,
-    query_labels=None,
-    gallery_features=None,
-    gallery_labels=None,
-    *,
-    k: int = 0,
-    binary: bool = False,
-    block_size: int = 1024,
-    query_paths=None,
-    gallery_paths=None,
-) -> RetrievalResults:
-    """Rank the gallery for every query, once.
-
-    Args:
-        query_features: [N, D] float features, or with ``binary`` 0/1 bits (bool or integers).
-        query_labels: [N] labels, or None (then no positives: no metrics).
-        gallery_features, gallery_labels: [M, D] and [M] (labels may be None); gallery None:
-            query == gallery, each query's own entry left out (labels then the queries').
-        k: top places kept per query (0: none, for metrics alone).
-        binary: rank 0/1 bit codes by Hamming distance.
-        block_size: queries per block of work (results do not depend on it; see
-            ``recog.metrics.retrieval_metrics`` for memory).
-        query_paths, gallery_paths: image paths carried along for pictures and JSON rows.
-
-    Raises:
-        ValueError: malformed inputs (shapes, non-finite features, labels that cannot be compared).
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    block_size = check_block_size(block_size)
-    queries, q_labels = check_set(query_features, query_labels, "query", binary)
-    self_match = gallery_features is None
-    if self_match:
-        if gallery_labels is not None:
-            raise ValueError("gallery labels without gallery features: give both, or neither (query == gallery)")
-        gallery, g_labels, gallery_paths = None, q_labels, query_paths
-    else:
-        gallery, g_labels = check_set(gallery_features, gallery_labels, "gallery", binary)
-        if gallery.shape[1] != queries.shape[1]:
-            what = "code lengths" if binary else "feature sizes"
-            raise ValueError(f"query and gallery {what} differ: {queries.shape[1]} vs {gallery.shape[1]}")
-    labelled = q_labels is not None and g_labels is not None
-    on_chunk = (lambda scores, ptr, cols: top_k_rows(scores, k)) if k else None
-    ptrs, ranks, tops = [np.zeros(1, np.int64)], [], []
-    for _, ptr, block_ranks, *extra in positive_ranks(
-        queries, q_labels if labelled else None, gallery, g_labels if labelled else None, block_size, on_chunk
-    ):
-        ptrs.append(ptr[1:] + ptrs[-1][-1])
-        ranks.append(block_ranks)
-        if extra:
-            tops.extend(extra[0])
-    n = len(queries)
-    if tops:
-        indices = np.concatenate([t[0] for t in tops])
-        scores = np.concatenate([t[1] for t in tops])
-    else:
-        indices, scores = np.zeros((n, 0), np.int64), np.zeros((n, 0), queries.dtype)
-    if binary:  # inner products of +-1 codes are D - 2 * Hamming distance
-        empty = indices < 0
-        scores = ((queries.shape[1] - np.where(empty, 0, scores)) / 2).astype(np.int32)
-        scores[empty] = EMPTY_DISTANCE
-    return RetrievalResults(
-        scores,
-        indices,
-        binary,
-        gallery_paths=check_paths(gallery_paths, len(queries if gallery is None else gallery)),
-        gallery_labels=g_labels,
-        query_paths=query_paths,
-        query_labels=q_labels,
-        positive_ptr=np.concatenate(ptrs) if labelled else None,
-        positive_ranks=(np.concatenate(ranks) if ranks else np.zeros(0, np.int64)) if labelled else None,
-        exclude_self=self_match,
-    )
-
-
-def check_set(features, labels, name: str, binary: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features as a C-contiguous float array (float32 at least; +-1 codes for ``binary`` bits) and
-    labels as an array (or None); ``ValueError`` naming the problem otherwise."""
-    if binary:
-        features = signed_codes(check_bits(features, f"{name} codes"))
-    features = np.asarray(features)
-    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-        raise ValueError(f"{name} features must be a float [N, D] array, got {features.dtype} {features.shape}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(features),):
-            raise ValueError(f"{name} labels must have shape ({len(features)},), got {labels.shape}")
-    if not np.isfinite(features).all():
-        raise ValueError(f"{name} features contain inf or nan")
-    if name == "query" and len(features) == 0:
-        raise ValueError("there are no queries")
-    return np.ascontiguousarray(features, dtype=np.result_type(features, np.float32)), labels
-
-
-def check_block_size(block_size: int) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    return int(block_size)
 
 
 def check_labels(labels, count: int, name: str = "gallery") -> np.ndarray | None:

@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from recog.metrics.results import RetrievalResults, rank
+from recog.metrics.results import RetrievalResults
+from recog.metrics.retrieval import rank
 
 Predict = Callable[[np.ndarray], np.ndarray]  # images [N, C, H, W] -> features [N, D]
 

@@ -4,9 +4,11 @@
 saved beside its weights; the dataset and the eval settings come from the current config.
 Feature extraction and the metrics are ``recog.evaluation``'s (data parallel with
 ``launcher.nproc_per_node=N``: each rank extracts its shard, the metrics equal a single
-process's). Rank 0 writes ``metrics.json``, ``retrieval.png`` (the first queries' top results) and
-``worst_queries.png`` (those of the queries of lowest AP), post-processed as the metrics are, and
-logs them to MLflow.
+process's). Rank 0 writes ``metrics.json``, ``retrieval.png`` (the first queries' top results),
+``worst_queries.png`` (those of the queries of lowest AP), post-processed as the metrics are,
+``pair_scores.png`` (the pair-score histograms and DET curve) and ``threshold.json`` (the decision
+threshold at ``eval.target_fmr``, which ``stage=export export.threshold=<this run dir>`` ships),
+and logs them to MLflow.
 
 SIGINT / SIGTERM stop the extraction after the current batch (nothing is written, the MLflow run
 is marked KILLED; ``run.py`` exits 130 / 143).
@@ -73,7 +75,7 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
         pictures = []
         if is_main_process():
             write_metrics(metrics, run_dir / "metrics.json")
-            pictures = evaluator.save_pictures(run_dir)  # retrieval.png, worst_queries.png
+            pictures = evaluator.save_report(run_dir)  # pictures and threshold.json
         log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
         tracker.log_metrics(metrics, step=0)
         for artifact in (run_dir / "metrics.json", *pictures):

@@ -8,6 +8,8 @@ Writes into the run directory::
     metrics.json        the best model's metrics
     retrieval.png       the best model's top-5 results for the first eval queries
     worst_queries.png   the same for the eval queries of lowest AP
+    pair_scores.png     the best model's pair-score histograms and DET curve
+    threshold.json      its decision threshold at eval.target_fmr (the export carries it)
     config.yaml         the run's resolved config, at the end
     .recog.lock         while training: host and PID of the process (one training per run dir)
 
@@ -44,7 +46,7 @@ from recog.data.bad_images import summarize as summarize_bad_images
 from recog.data.loader import dataset_options
 from recog.distributed import parallel
 from recog.errors import ConfigError, TrainingInterrupted
-from recog.evaluation import RETRIEVAL_PICTURE, WORST_PICTURE, Evaluator, check_monitor, score
+from recog.evaluation import REPORT_FILES, Evaluator, check_monitor, score
 from recog.optim import build_optimizer
 from recog.stages.export import export_after_training
 from recog.tracking import MlflowTracker
@@ -163,9 +165,9 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int, world: int, amp) -> dict[s
         if state["best"] is not None:
             tracker.log_artifact(run_dir / BEST)
             tracker.log_artifact(run_dir / "metrics.json")
-            for picture in (RETRIEVAL_PICTURE, WORST_PICTURE):  # one that could not be written was a warning
-                if (run_dir / picture).is_file():
-                    tracker.log_artifact(run_dir / picture)
+            for name in REPORT_FILES:  # a picture that could not be written was a warning
+                if (run_dir / name).is_file():
+                    tracker.log_artifact(run_dir / name)
             tracker.log_metrics({f"best_{k}": v for k, v in state["best"].items()}, step=state["step"])
         if runner.skip_nonfinite:
             tracker.log_metrics({"skipped_steps": runner.skipped}, step=state["step"])

@@ -70,7 +70,7 @@ class EpochLoop:
 
     def evaluate(self, state: dict, evaluator: Evaluator, checkpoints: Checkpoints) -> None:
         """Eval after ``state["epoch"]`` epochs; a new best (by ``monitor``) is saved to ``best_model/``
-        with ``metrics.json`` and the eval's pictures (``Evaluator.save_pictures``). Stopped by a
+        with ``metrics.json`` and the eval's report (``Evaluator.save_report``). Stopped by a
         signal: ``checkpoints/last`` with ``eval_pending``, then ``TrainingInterrupted``."""
         evaluator.stop = self.runner.stop
         try:
@@ -85,7 +85,7 @@ class EpochLoop:
             checkpoints.save_best(state)
             if is_main_process():
                 write_metrics(state["best"], checkpoints.run_dir / "metrics.json")
-                evaluator.save_pictures(checkpoints.run_dir)
+                evaluator.save_report(checkpoints.run_dir)
 
     def train_epoch(self, epoch: int, step: int, start: int = 0) -> int:
         """Batches ``start .. steps - 1`` of the epoch (after ``set_loader_epoch(loader, epoch, start)``);

@@ -6,7 +6,7 @@ import threadpoolctl
 
 from recog.metrics import _ranking as R  # the ranking engine (monkeypatched below)
 from recog.metrics import ranks as RK  # the metrics of the positives' ranks
-from recog.metrics import results as RS  # the ranking's input checks
+from recog.metrics import retrieval as RS  # the ranking's input checks
 from recog.metrics import retrieval_metrics
 
 KS = [1, 2, 5, 10]

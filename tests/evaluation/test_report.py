@@ -1,5 +1,6 @@
-"""The eval's pictures: retrieval.png (the first queries) and worst_queries.png (the queries of
-lowest AP) read the eval's own, post-processed RetrievalResults; the eval stage logs both."""
+"""The eval's report: retrieval.png (the first queries) and worst_queries.png (the queries of lowest
+AP) read the eval's own, post-processed RetrievalResults; the threshold calibrated from all pair
+scores (threshold.json, pair_scores.png, the threshold metrics)."""
 
 import cv2
 import numpy as np
@@ -8,9 +9,11 @@ import pytest
 
 import recog
 from recog.api import load_splits
-from recog.evaluation import RETRIEVAL_PICTURE, WORST_PICTURE, Evaluator
-from recog.evaluation import evaluator as evaluator_module
+from recog.evaluation import PAIR_SCORES_PICTURE, RETRIEVAL_PICTURE, WORST_PICTURE, Evaluator
+from recog.evaluation import report as report_module
+from recog.inference import threshold
 from recog.metrics import rank
+from recog.metrics.pairs import threshold_metric_names
 from recog.search import picture
 
 TINY = ["backbone.scale=0.25", "data.image_size=16", "data.num_workers=0", "eval.engine=dygraph"]
@@ -53,9 +56,9 @@ def test_the_pictures_show_the_post_processed_ranking_of_the_first_and_the_worst
 ):
     evaluator, metrics = evaluated
     results = evaluator.results
-    assert results.metrics(evaluator.recall_at) == metrics  # the metrics read the same object
-    written = evaluator.save_pictures(tmp_path)
-    assert written == [tmp_path / RETRIEVAL_PICTURE, tmp_path / WORST_PICTURE]
+    assert results.metrics(evaluator.recall_at).items() <= metrics.items()  # the metrics read the same object
+    written = evaluator.save_report(tmp_path)
+    assert written[:2] == [tmp_path / RETRIEVAL_PICTURE, tmp_path / WORST_PICTURE]
     assert _frames(written[0], 8) == _expected_frames(results, range(8))
     worst = results.worst(8)
     assert _frames(written[1], 8) == _expected_frames(results, worst)
@@ -63,8 +66,8 @@ def test_the_pictures_show_the_post_processed_ranking_of_the_first_and_the_worst
     assert ap[worst].max() <= np.nanmin(np.delete(ap, worst))  # no query outside the picture has a lower AP
 
     drawn = []  # the rows handed to the grid: the re-ranked order, not the plain one
-    monkeypatch.setattr(evaluator_module, "save_retrieval_grid", lambda paths, rows, *a, **kw: drawn.append(rows))
-    evaluator.save_pictures(tmp_path / "again")
+    monkeypatch.setattr(report_module, "save_retrieval_grid", lambda paths, rows, *a, **kw: drawn.append(rows))
+    evaluator.save_report(tmp_path / "again")
     query, query_labels, _, _ = evaluator.last
     plain = rank(query, query_labels, k=5)
     shown = [[r["index"] for r in row["results"]] for row in drawn[1]]
@@ -88,3 +91,24 @@ def test_query_captions_go_on_the_query_tiles(tmp_path):
     assert (plain[:, :TILE] != captioned[:, :TILE]).any() and (plain[:, TILE:] == captioned[:, TILE:]).all()
     with pytest.raises(ValueError, match="1 query paths but 2 query captions"):
         picture.retrieval_grid(["x"], rows, tmp_path / "x.png", query_captions=["a", "b"])
+
+
+def test_the_threshold_is_calibrated_on_all_pairs_of_the_eval(evaluated, tmp_path):
+    evaluator, metrics = evaluated
+    assert set(threshold_metric_names()) <= set(metrics)
+    query, labels, _, _ = evaluator.last
+    scores = query @ query.T
+    pairs = ~np.eye(len(query), dtype=bool)
+    same = labels[:, None] == labels[None, :]
+    negatives, positives = scores[pairs & ~same], scores[pairs & same]
+    assert metrics["negative_pairs"] == len(negatives) and metrics["positive_pairs"] == len(positives)
+    t = metrics["threshold"]
+    # Up to the float rounding of this product (the ranking's own is exact: tests/metrics/test_pairs.py).
+    assert metrics["threshold_fmr"] == pytest.approx((negatives >= t).mean(), abs=3 / len(negatives))
+    assert metrics["threshold_fmr"] <= 1e-3 < (negatives >= np.sort(negatives)[-int(1e-3 * len(negatives)) - 1]).mean()
+    assert metrics["threshold_fnmr"] == pytest.approx((positives < t).mean(), abs=3 / len(positives))
+    written = evaluator.save_report(tmp_path)
+    assert written[2:] == [tmp_path / PAIR_SCORES_PICTURE, tmp_path / threshold.FILE_NAME]
+    assert threshold.load(tmp_path) == evaluator.threshold
+    assert evaluator.threshold.score == t and evaluator.threshold.target_fmr == 1e-3
+    assert cv2.imread(str(tmp_path / PAIR_SCORES_PICTURE)).shape[:2] == (378, 990)
