@@ -51,6 +51,7 @@ def _expected_frames(results, rows, k=5):
     return [["g" if labels[j] == results.query_labels[q] else "r" for j in results.indices[q, :k]] for q in rows]
 
 
+@pytest.mark.slow
 def test_the_pictures_show_the_post_processed_ranking_of_the_first_and_the_worst_queries(
     evaluated, tmp_path, monkeypatch
 ):
@@ -93,6 +94,7 @@ def test_query_captions_go_on_the_query_tiles(tmp_path):
         picture.retrieval_grid(["x"], rows, tmp_path / "x.png", query_captions=["a", "b"])
 
 
+@pytest.mark.slow
 def test_the_threshold_is_calibrated_on_all_pairs_of_the_eval(evaluated, tmp_path):
     evaluator, metrics = evaluated
     assert set(threshold_metric_names()) <= set(metrics)

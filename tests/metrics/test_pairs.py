@@ -99,6 +99,7 @@ def test_summary_names_the_metrics_and_the_det_curve_is_monotone():
         found.threshold_at(0.05)
 
 
+@pytest.mark.slow
 def test_the_target_fmr_is_checked_at_composition():
     assert recog.compose([]).eval.target_fmr == 1e-3
     for bad in ("0", "0.05", "-1e-3"):

@@ -102,6 +102,7 @@ def test_rerank_keeps_the_places_after_its_candidates_and_their_positives_ranks(
     np.testing.assert_array_equal(results.positive_ranks[after], plain.positive_ranks[after])
 
 
+@pytest.mark.slow
 def test_the_postprocess_group_builds_its_options_and_refuses_bad_values():
     assert build_postprocess(recog.compose([]).postprocess).steps == {}
     built = build_postprocess(recog.compose(["postprocess=[flip,qe_k_reciprocal]"]).postprocess)
@@ -121,6 +122,7 @@ def test_the_postprocess_group_builds_its_options_and_refuses_bad_values():
         recog.compose(["eval.flip=true"])
 
 
+@pytest.mark.slow
 def test_the_old_flat_eval_keys_map_to_the_same_steps():
     old = {
         "eval": {"recall_at": [1], "flip": True, "query_expansion": 4, "qe_alpha": 2.0, "rerank": "k_reciprocal"},
@@ -145,6 +147,7 @@ def test_the_old_flat_eval_keys_map_to_the_same_steps():
     assert legacy.upgrade({"eval": {"flip": False, "query_expansion": 0}})["postprocess"] == {}
 
 
+@pytest.mark.slow
 def test_a_saved_config_with_the_old_eval_keys_loads_with_the_same_steps(tmp_path):
     from omegaconf import OmegaConf
 

@@ -66,6 +66,7 @@ def test_the_export_carries_the_best_models_threshold_under_its_manifest(best_mo
         manifest.check_file(out, threshold.FILE_NAME, MANIFEST_KIND, "export")  # an edited threshold is caught
 
 
+@pytest.mark.slow
 def test_only_the_model_the_eval_measured_carries_its_threshold(best_model, tmp_path):
     root, path, calibrated = best_model
     cfg = recog.compose(TINY + [f"paths.output_root={root}"])
@@ -79,6 +80,7 @@ def test_only_the_model_the_eval_measured_carries_its_threshold(best_model, tmp_
     assert export.export_threshold(cfg, mid_epoch, trained_cfg) is None
 
 
+@pytest.mark.slow
 def test_export_threshold_names_the_eval_whose_threshold_to_ship(best_model, tmp_path):
     root, path, _ = best_model
     trained_cfg = checkpoint.load_config(path)
