@@ -1,6 +1,6 @@
 """The component registry: what recog builds from config, read from the config tree's yaml files.
 
-A component (backbone, neck, head, loss, dataset, optimizer, scheduler) is registered by one yaml,
+A component (backbone, neck, head, loss, dataset, optimizer, scheduler, postprocess) is registered by one yaml,
 ``conf/<group>/<name>.yaml`` or ``<dir>/<group>/<name>.yaml`` of a ``hydra.searchpath`` entry, that
 names its ``_target_``. Nothing is registered in Python: the registry is read from the yaml text,
 without importing anything, so that safe loading of a saved config (``recog.config.trusted``) can
@@ -31,6 +31,7 @@ class Group:
     ``supplied``: constructor arguments recog passes (never set in the config).
     ``filled``: arguments that, left null, recog fills in (training classes, feature width).
     ``terms``: the node maps term names to ``{weight, input, fn: {_target_, ...}}`` (the loss).
+    ``steps``: the node maps step names to components ``{_target_, ...}`` (post-processing).
     """
 
     name: str
@@ -38,6 +39,7 @@ class Group:
     supplied: tuple[str, ...] = ()
     filled: tuple[str, ...] = ()
     terms: bool = False
+    steps: bool = False
 
 
 GROUPS: dict[str, Group] = {
@@ -53,13 +55,16 @@ GROUPS: dict[str, Group] = {
     "dataset": Group("dataset"),
     "optimizer": Group("optimizer", wiring={"lr": float}, supplied=("parameters", "learning_rate", "grad_clip")),
     "scheduler": Group("scheduler", supplied=("base_lr", "epochs", "steps_per_epoch")),
+    "postprocess": Group("postprocess", steps=True),
 }
 TERM_FN = "fn"  # loss.<term>.fn: the loss function's own node
 
 
 def component_nodes(tree: Mapping) -> Iterator[tuple[str, str, Any]]:
     """``(key, group, node)`` of every component node in a config tree (a dict or DictConfig):
-    ``backbone``, ..., and ``loss.<term>.fn`` for each loss term. Null nodes (``neck: null``) are skipped."""
+    ``backbone``, ..., ``loss.<term>.fn`` for each loss term and ``postprocess.<step>`` for each
+    step. Null nodes (``neck: null``) are skipped, and so are a steps group's non-mapping values (a
+    yaml's ``defaults`` list)."""
     for group in GROUPS.values():
         node = tree.get(group.name) if hasattr(tree, "get") else None
         if node is None or not hasattr(node, "get"):
@@ -69,6 +74,10 @@ def component_nodes(tree: Mapping) -> Iterator[tuple[str, str, Any]]:
                 fn = term_node.get(TERM_FN) if hasattr(term_node, "get") else None
                 if fn is not None:
                     yield f"{group.name}.{term}.{TERM_FN}", group.name, fn
+        elif group.steps:
+            for step, step_node in node.items():
+                if hasattr(step_node, "get"):
+                    yield f"{group.name}.{step}", group.name, step_node
         else:
             yield group.name, group.name, node
 

@@ -18,6 +18,7 @@ def read(path: Path) -> dict:
 def main(run: Path) -> None:
     best, evaluated = read(run / "metrics.json"), read(run / "eval" / "metrics.json")
     report, predicted = read(run / "export" / "export_report.json"), read(run / "predict" / "metrics.json")
+    threshold = read(run / "export" / "threshold.json")
     run_id = read(run / "best_model" / "state.json").get("mlflow_run_id")
     lines = [
         "",
@@ -28,6 +29,11 @@ def main(run: Path) -> None:
         "  export    max |dygraph - Paddle Inference| = "
         + ", ".join(f"{v:.1e} ({k})" for k, v in report.get("max_abs_diff", {}).items())
         + f"  tolerance {report.get('tolerance', '?')}",
+        f"  threshold {threshold.get('score', float('nan')):.4f} at FMR {threshold.get('target_fmr', '?')} "
+        f"(FNMR {threshold.get('fnmr') or float('nan'):.4f}), in the export; the eval's FNMR at FMR "
+        + ", ".join(
+            f"{k[len('fnmr_at_fmr_') :]}: {v:.4f}" for k, v in evaluated.items() if k.startswith("fnmr_at_fmr_")
+        ),
         f"  predict   {predicted.get('num_queries', '?')} query images searched in the gallery index: "
         f"Recall@1 {predicted.get('recall_at_1', float('nan')):.4f}  mAP {predicted.get('mAP', float('nan')):.4f}",
         f"  pictures  {run / 'retrieval.png'} (eval), {run / 'predict' / 'retrieval.png'} (gallery search)",

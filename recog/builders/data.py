@@ -48,4 +48,11 @@ def build_evaluator(
     """The ``Evaluator`` of ``splits`` with ``cfg.eval``; ``data_cfg``: the trained model's ``data``
     section (image size, normalisation; default ``cfg.data``). Bad images go to ``run_dir``'s record."""
     options = dataset_options(cfg.data, run_dir)
-    return Evaluator(splits, data_cfg if data_cfg is not None else cfg.data, cfg.eval, amp=amp, options=options)
+    return Evaluator(
+        splits,
+        data_cfg if data_cfg is not None else cfg.data,
+        cfg.eval,
+        amp=amp,
+        options=options,
+        postprocess=cfg.get("postprocess"),
+    )

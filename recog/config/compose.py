@@ -16,6 +16,9 @@ from recog import registry
 from recog.config.components import check_components
 from recog.config.schema import RecogConfig, register_schemas
 from recog.errors import ConfigError
+from recog.metrics.pairs import check_target_fmr
+from recog.postprocess import legacy
+from recog.postprocess.base import check_postprocess
 
 CONF_DIR = registry.CONF_DIR
 MAX_SWEEP_VALUES_CHECKED = 20  # each value is one composition (~0.2 s)
@@ -25,9 +28,11 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     """The same config tree ``python run.py OVERRIDES`` sees (without the ``hydra`` node).
 
     Raises ``ConfigError`` naming the bad key or option and the valid choices, an interpolation
-    that does not resolve, a value out of range (``check_values``), or a component argument its
-    constructor would refuse (``recog.config.components``). ``hydra.searchpath=[DIR]`` adds DIR's
-    ``<group>/<name>.yaml`` files, as in a run; it is remembered for ``recog.utils.checkpoint.load_config``.
+    that does not resolve, a value out of range (``check_values``), a component argument its
+    constructor would refuse (``recog.config.components``), or post-processing steps that do not
+    build or do not fit ``eval.binarize`` (``recog.postprocess.base.check_postprocess``).
+    ``hydra.searchpath=[DIR]`` adds DIR's ``<group>/<name>.yaml`` files, as in a run; it is
+    remembered for ``recog.utils.checkpoint.load_config``.
     """
     overrides = list(overrides)
     cfg, hydra_cfg = _compose(overrides)
@@ -37,6 +42,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     check_interpolations(cfg)
     check_values(cfg)
     check_components(cfg, registry.load_registry(searchpath), trusted=cfg.trusted_targets)
+    check_postprocess(cfg)
     return cfg
 
 
@@ -141,8 +147,8 @@ def check_values(cfg: DictConfig) -> None:
     check_ranges(cfg)
     _check_launcher(cfg)
     _check_component_sizes(cfg)
-    if "eval" in cfg:
-        check_eval_values(cfg.eval)
+    if "eval" in cfg and not OmegaConf.is_missing(cfg.eval, "target_fmr"):
+        check_target_fmr(cfg.eval.target_fmr)
 
 
 def check_ranges(cfg: DictConfig, schema: type = RecogConfig, prefix: str = "") -> None:
@@ -178,7 +184,6 @@ _COMPONENT_COUNTS = (
     "num_levels",
     "memory_size",
 )
-_COMPONENT_GROUPS = ("backbone", "neck", "head", "loss")
 
 
 def _check_launcher(cfg: DictConfig) -> None:
@@ -212,33 +217,9 @@ def _check_component_sizes(cfg: DictConfig) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{path}.{key} must be an integer of at least 1, got {value!r}")
 
-    for group in _COMPONENT_GROUPS:
+    for group in registry.GROUPS:
         if group in cfg and not OmegaConf.is_missing(cfg, group) and OmegaConf.is_config(cfg._get_node(group)):
             walk(cfg[group], group)
-
-
-def check_eval_values(evaluation: DictConfig) -> None:
-    """``ConfigError`` for an ``eval.*`` post-processing value out of range."""
-
-    def value(key):
-        return None if OmegaConf.is_missing(evaluation, key) else evaluation.get(key)
-
-    if (value("query_expansion") or 0) < 0:
-        raise ConfigError(
-            f"eval.query_expansion must be 0 (off) or a number of neighbours, got {value('query_expansion')}"
-        )
-    if (value("qe_alpha") or 0.0) < 0 or value("qe_alpha") != value("qe_alpha"):
-        raise ConfigError(f"eval.qe_alpha must be 0 (average QE) or positive, got {value('qe_alpha')}")
-    for key in ("rerank_k1", "rerank_k2", "rerank_top_k"):
-        if value(key) is not None and value(key) < 1:
-            raise ConfigError(f"eval.{key} must be at least 1, got {value(key)}")
-    lam = value("rerank_lambda")
-    if lam is not None and not 0.0 <= lam <= 1.0:  # also refuses nan
-        raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {lam}")
-    if value("binarize") and (value("query_expansion") or value("rerank")):
-        raise ConfigError(
-            "eval.query_expansion and eval.rerank work on real features; they cannot be combined with eval.binarize"
-        )
 
 
 def check_interpolations(cfg: DictConfig) -> None:
@@ -294,6 +275,9 @@ def _explain(error: Exception) -> str:
     message = str(error).split("\n")[0]
     if isinstance(cause, ValidationError):
         return f"{message}: {_first_line(cause)} ({_full_key(cause)})"
+    moved = legacy.hint(_full_key(cause))
+    if moved:
+        return f"{message} {moved}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "object_type", None) is not None:
         node = cause.object_type
         valid = (

@@ -3,7 +3,7 @@ paths, launcher): their keys, types, defaults and value ranges live here only, s
 a wrongly typed value or one out of range fails at composition (the ranges: ``Range``, given with
 ``ranged(...)`` beside the field and checked by ``recog.config.compose.check_values``).
 
-The components (backbone, neck, head, loss, dataset, optimizer, scheduler) have no dataclass: each
+The components (backbone, neck, head, loss, dataset, optimizer, scheduler, postprocess) have no dataclass: each
 is a yaml in ``conf/<group>/`` with a ``_target_``, and its keys are checked against the
 constructor's signature (``recog.config.components``, ``recog.registry``).
 """
@@ -219,12 +219,6 @@ class EvalEngine(str, Enum):
     predictor = "predictor"
 
 
-class Rerank(str, Enum):
-    """Re-ranking of each query's top candidates: ``k_reciprocal`` (Zhong et al. 2017)."""
-
-    k_reciprocal = "k_reciprocal"
-
-
 @dataclass
 class EvalConfig:
     recall_at: list[int] = ranged(
@@ -235,16 +229,10 @@ class EvalConfig:
     engine: EvalEngine = EvalEngine.auto
     # engine=auto: eval sets (per process) of fewer megapixels (images x data.image_size^2) stay on dygraph
     predictor_min_megapixels: float = ranged(1.0, low=0.0, note="megapixels")
-    # Retrieval post-processing (recog.postprocess), all off by default; also used by every eval
-    # during training and by stage=predict's gallery search.
-    flip: bool = False  # features of each image and of its mirror, averaged (flip test-time augmentation)
-    query_expansion: int = 0  # K: each query expanded with its top K gallery neighbours; 0: off
-    qe_alpha: float = 0.0  # 0: average QE; > 0: alpha QE, neighbour i weighted by max(cos_i, 0) ** qe_alpha
-    rerank: Rerank | None = None  # k_reciprocal: re-rank each query's top rerank_top_k candidates
-    rerank_k1: int = 20  # k-reciprocal neighbourhood size (Zhong et al.'s k1)
-    rerank_k2: int = 6  # neighbours whose sets are averaged (local query expansion, k2)
-    rerank_lambda: float = 0.3  # weight of the original distance in the final one (lambda)
-    rerank_top_k: int = 100  # candidates re-ranked per query; the rest keep their order
+    # The decision threshold each eval calibrates (and an export carries) accepts this fraction of
+    # different-class pairs (the false-match rate); at most 0.01
+    target_fmr: float = 1e-3
+    # Post-processing (flip, query expansion, re-ranking) is the postprocess group: postprocess=flip, ...
 
 
 @dataclass
@@ -260,6 +248,9 @@ class ExportConfig:
     check_images: int = ranged(16, low=1, note="images in the export's self-check")
     cpu_onednn: OneDNNMode = OneDNNMode.auto  # recorded in preprocess.json; auto probes full, then no_placement
     after_train: bool = True  # stage=train exports best_model/ into <run>/export and logs it as the MLflow Model
+    # threshold.json to ship (a file, or a stage=eval run dir holding one); None: the threshold of the
+    # best model's own eval (best_model/state.json), if it has one
+    threshold: str | None = None
 
 
 class IndexKind(str, Enum):
@@ -345,6 +336,7 @@ class RecogConfig:
     dataset: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
+    postprocess: Any = None  # named post-processing steps (conf/postprocess/); none: {}
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -24,7 +24,8 @@ the check is ``trusted_targets=[pkg.Class,...]`` on the command line (or the API
 the targets named there are accepted too; the saved file's own ``trusted_targets`` is ignored.
 
 Configs saved by older recog (components with per-component schemas: loss terms with their
-arguments beside ``weight`` / ``input``, the schedule under ``lr``) are converted when read.
+arguments beside ``weight`` / ``input``, the schedule under ``lr``, post-processing as flat
+``eval.*`` keys) are converted when read.
 """
 
 import re
@@ -37,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recog.config.components import check_components
 from recog.errors import ConfigError
+from recog.postprocess import legacy as legacy_postprocess
 from recog.registry import GROUPS, TERM_FN, Registry, active_searchpath, component_nodes, load_registry
 
 SPECIAL_KEY = re.compile(r"^_\w+_$")  # _target_, _args_, _partial_, _recursive_, _convert_, _call_, ...
@@ -250,10 +252,12 @@ def _walk(node, file, registry, trusted, allowed, key):
 def upgrade_layout(tree: dict) -> dict:
     """A config saved by older recog, in the current layout (a current one is returned as it is).
 
-    Old: ``lr: {_target_: schedule}``, ``loss.<term>: {_target_, weight, input, <arguments>}``.
-    New: ``scheduler: {...}``, ``loss.<term>: {weight, input, fn: {_target_, <arguments>}}``.
+    Old: ``lr: {_target_: schedule}``, ``loss.<term>: {_target_, weight, input, <arguments>}``,
+    ``eval.flip`` / ``query_expansion`` / ``rerank`` ... (``recog.postprocess.legacy``).
+    New: ``scheduler: {...}``, ``loss.<term>: {weight, input, fn: {_target_, <arguments>}}``,
+    ``postprocess: {<step>: {_target_, <arguments>}}``.
     """
-    tree = dict(tree)
+    tree = legacy_postprocess.upgrade(dict(tree))  # eval.flip / query_expansion / rerank -> postprocess
     if "scheduler" not in tree and isinstance(tree.get("lr"), dict):
         tree["scheduler"] = tree.pop("lr")
     loss = tree.get("loss")

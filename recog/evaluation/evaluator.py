@@ -30,10 +30,14 @@ from tqdm import tqdm
 from recog.data import RetrievalSplits, build_eval_loader, build_transform
 from recog.data.loader import to_device
 from recog.distributed import parallel
+from recog.errors import ConfigError
+from recog.evaluation import report
+from recog.evaluation.calibration import MAX_TARGET_FMR, check_target_fmr, threshold_from_metrics
+from recog.evaluation.report import PICTURE_K
 from recog.inference.eval_predictor import EvalPredictor
-from recog.metrics import binarize, hamming_metrics
-from recog.postprocess.settings import PostProcess
-from recog.search import GalleryIndex, save_retrieval_grid
+from recog.inference.threshold import Threshold
+from recog.metrics import RetrievalResults, binarize, rank
+from recog.postprocess import Pipeline, build_postprocess
 from recog.utils.precision import Amp, autocast
 from recog.utils.runtime import is_main_process
 
@@ -52,6 +56,14 @@ class Evaluator:
     and ``gallery`` load this rank's shard, and ``__call__`` (a collective: every rank calls it)
     gathers the features first.
 
+    Each call ranks the gallery once (``recog.metrics.rank``), between the post-processing's
+    ``expand`` and ``rerank`` (``postprocess``: a ``Pipeline`` or the ``postprocess`` config node),
+    and keeps the ``RetrievalResults`` in ``results``: the metrics and the pictures
+    (``save_report``: the first queries, the worst, those of lowest AP, and the pair scores) read it.
+    The ranking also collects the scores of all positive and negative pairs, from which each call
+    calibrates the decision threshold at ``eval.target_fmr`` (``recog.evaluation.calibration``):
+    its metrics join the ranking metrics, and the ``Threshold`` is kept in ``threshold``.
+
     ``stop`` (a ``recog.utils.interrupt.StopRequest``, set by the stage that owns the signal
     handlers): once it is requested, extraction stops after the current batch on every rank (each
     rank still reaches the same gathers) and ``__call__`` raises ``EvalInterrupted``: Ctrl-C or
@@ -65,9 +77,11 @@ class Evaluator:
         eval_cfg: DictConfig,
         amp: Amp | None = None,
         options: dict[str, Any] | None = None,
+        postprocess=None,
     ):
         """``data_cfg``: the trained model's (image size, normalisation); ``options``: the eval
-        loaders' dataset arguments (``recog.data.loader.dataset_options``)."""
+        loaders' dataset arguments (``recog.data.loader.dataset_options``); ``postprocess``: the
+        post-processing (a ``Pipeline``, or a ``postprocess`` config node; None: none)."""
         transform = build_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False, hflip=False)
         rank, world = parallel.rank(), parallel.world_size()
 
@@ -86,14 +100,19 @@ class Evaluator:
         self.gallery = loader(splits.gallery) if splits.gallery is not None else None
         self.last = None  # (query, query_labels, gallery, gallery_labels) of the latest call
         self.last_kept = None  # (query, gallery) indices into the splits of the rows of ``last``
+        self.results: RetrievalResults | None = None  # the latest call's ranking
         self.recall_at = tuple(eval_cfg.recall_at)
+        self.target_fmr = check_target_fmr(eval_cfg.target_fmr)
+        self.threshold: Threshold | None = None  # calibrated by the latest call
         self.binarize = getattr(eval_cfg.binarize, "value", eval_cfg.binarize)
         # Codes come from the raw activations: normalising would move them across round's 0.5.
         self.normalize = eval_cfg.normalize and not self.binarize
-        self.post = PostProcess.from_config(eval_cfg)  # eval.flip / query_expansion / rerank
-        if self.post.flip and not getattr(splits, "mirror_invariant", True):
+        self.post = postprocess if isinstance(postprocess, Pipeline) else build_postprocess(postprocess)
+        if self.binarize and self.post.real_only:
+            raise ConfigError(f"postprocess ({self.post.describe()}) needs real features, not eval.binarize codes")
+        if self.post.extracts and not getattr(splits, "mirror_invariant", True):
             log.warning(
-                "eval.flip=true on a dataset that is not mirror-invariant: a mirrored image may not "
+                "postprocess=flip on a dataset that is not mirror-invariant: a mirrored image may not "
                 "look like its class (digits, text), and the averaged features can be worse"
             )
         self.amp = amp
@@ -142,11 +161,26 @@ class Evaluator:
             time.perf_counter() - started,
             self.engine_used,
         )
+        self.results = self.rank(query, query_labels, gallery, gallery_labels)
+        metrics = self.results.metrics(self.recall_at)
+        metrics.update(self.results.pairs.summary(self.target_fmr))
+        self.threshold = threshold_from_metrics(metrics, self.target_fmr, binary=bool(self.binarize))
+        return metrics
+
+    def rank(self, query, query_labels, gallery=None, gallery_labels=None) -> RetrievalResults:
+        """The post-processed ranking of the gallery (None: the queries) for the queries, with the
+        splits' paths of the latest call's rows; binary codes (``eval.binarize``) by Hamming distance."""
+        query_kept, gallery_kept = self.last_kept
+        options = {
+            "query_paths": [self.splits.query[i].path for i in query_kept],
+            "gallery_paths": None if gallery is None else [self.splits.gallery[i].path for i in gallery_kept],
+            "k": PICTURE_K,
+            "pairs": MAX_TARGET_FMR,  # the pair scores, exact for thresholds up to this FMR
+        }
         if self.binarize:  # Hamming ranking of binary codes; ties: lower gallery index first
-            query = binarize(query, self.binarize)
-            gallery = binarize(gallery, self.binarize) if gallery is not None else None
-            return hamming_metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
-        return self.post.metrics(query, query_labels, gallery, gallery_labels, recall_at=self.recall_at)
+            codes = binarize(gallery, self.binarize) if gallery is not None else None
+            return rank(binarize(query, self.binarize), query_labels, codes, gallery_labels, binary=True, **options)
+        return self.post.rank(query, query_labels, gallery, gallery_labels, **options)
 
     def _stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -188,26 +222,15 @@ class Evaluator:
             log.info("eval features: Paddle Inference predictor (oneDNN mode %s)", self.predictor.onednn)
         return True
 
-    def save_picture(self, path, queries: int = 8, k: int = 5) -> Path | None:
-        """PNG grid of the first queries and their top-k results from the latest call's features
-        (None, after a warning, when it cannot be written: a picture never ends a run)."""
-        query, query_labels, gallery, gallery_labels = self.last
-        query_kept, gallery_kept = self.last_kept
-        n = min(queries, len(query))
-        query_paths = [self.splits.query[i].path for i in query_kept]
-        if gallery is None:  # query == gallery: a query's own image is not a result
-            index = GalleryIndex.build(query, labels=query_labels.tolist(), paths=query_paths)
-            results = index.results(query[:n], k + 1, query_paths[:n], query_labels[:n].tolist())
-            for i, row in enumerate(results):
-                row["results"] = [r for r in row["results"] if r["index"] != i][:k]
-                for rank, r in enumerate(row["results"], 1):
-                    r["rank"] = rank
-        else:
-            index = GalleryIndex.build(
-                gallery, labels=gallery_labels.tolist(), paths=[self.splits.gallery[i].path for i in gallery_kept]
-            )
-            results = index.results(query[:n], k, query_paths[:n], query_labels[:n].tolist())
-        return save_retrieval_grid(query_paths[:n], results, path, k=k, query_labels=query_labels[:n].tolist())
+    def save_picture(self, path, queries: int = 8, k: int = PICTURE_K, worst: bool = False) -> Path | None:
+        """The latest call's picture of the first queries, or with ``worst`` of the queries of lowest
+        AP (``recog.evaluation.report.save_picture``)."""
+        return report.save_picture(self.results, path, queries, k, worst)
+
+    def save_report(self, directory) -> list[Path]:
+        """The latest call's report in ``directory`` (``REPORT_FILES``: the pictures of the first and
+        of the worst queries, the pair scores' picture, ``threshold.json``); the files written."""
+        return report.save_report(self.results, self.threshold, directory)
 
 
 def extract_features(
@@ -219,7 +242,7 @@ def extract_features(
     predictor: EvalPredictor | None = None,
     kept: list[np.ndarray] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    post: PostProcess | None = None,
+    post: Pipeline | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, D] float32, labels [N] int64)`` in loader order, in eval mode
     (``[0, 0]`` and ``[0]`` for an empty loader, e.g. a rank's empty shard).
@@ -229,9 +252,10 @@ def extract_features(
     with ``model``'s weights, normalising as ``normalize`` says) it computes the features instead
     of the dygraph model. ``should_stop``, checked before each batch: True ends the extraction
     early (the rows so far are returned; the caller decides what a partial result means).
-    ``post`` (``eval.flip``): the features of each image and of its mirror, averaged.
+    ``post``: the post-processing, whose ``features_of`` may change the features (``postprocess=flip``:
+    the mean of each image's and its mirror's).
     """
-    post = post or PostProcess()
+    post = post or Pipeline()
 
     def forward(images: paddle.Tensor) -> np.ndarray:
         if predictor is not None:

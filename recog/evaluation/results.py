@@ -1,5 +1,5 @@
-"""What an eval returns and how runs use it: the metric names, the monitored metric that picks the
-best model (``trainer.monitor``, higher is better) and ``metrics.json``."""
+"""What an eval returns and how runs use it: the monitored metric that picks the best model
+(``trainer.monitor``, one of ``recog.metrics.metric_names``, higher is better) and ``metrics.json``."""
 
 import json
 import math
@@ -9,19 +9,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from recog.errors import ConfigError
+from recog.metrics.ranks import metric_names
 from recog.utils import atomic
 
 
-def metric_names(eval_cfg: DictConfig) -> list[str]:
-    """The metrics an eval returns: recall_at_K and precision_at_K for K in ``eval.recall_at``, mAP, mINP."""
-    ks = list(eval_cfg.recall_at)
-    return [f"recall_at_{k}" for k in ks] + [f"precision_at_{k}" for k in ks] + ["mAP", "mINP"]
-
-
 def check_monitor(cfg: DictConfig) -> str:
-    """``trainer.monitor``, or ``ConfigError`` listing the valid names when no eval returns it."""
+    """``trainer.monitor``, or ``ConfigError`` listing the valid names (``recog.metrics.metric_names``)
+    when no eval returns it."""
     monitor = str(cfg.trainer.monitor)
-    names = metric_names(cfg.eval)
+    names = metric_names(cfg.eval.recall_at)
     if monitor not in names:
         raise ConfigError(
             f"trainer.monitor={monitor} is not an eval metric; choose one of {', '.join(names)} "

@@ -37,6 +37,7 @@ import paddle
 from paddle import nn
 
 from recog.errors import ConfigError, RecogError
+from recog.inference import threshold as threshold_file
 from recog.inference.predictor import (
     FORMAT,
     FORMAT_VERSION,
@@ -49,6 +50,7 @@ from recog.inference.predictor import (
     REPORT_FILE,
     ExportedModel,
 )
+from recog.inference.threshold import Threshold
 from recog.models.rec_model import RecModel
 from recog.utils import atomic, manifest
 
@@ -115,6 +117,7 @@ def export_model(
     device: str = "cpu",
     cpu_onednn: str = "auto",
     extra: dict[str, Any] | None = None,
+    threshold: Threshold | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (built from ``trained_cfg``) into ``output_dir`` and check it; returns the report.
 
@@ -125,6 +128,8 @@ def export_model(
     it missed. An existing ``output_dir`` is replaced only if it is an earlier export (or empty).
     ``cpu_onednn``: the oneDNN mode recorded for the CPU predictor (``ONEDNN_MODES``), or ``auto``
     for the fastest one that works here (``choose_onednn_mode``: a child process per mode tried).
+    ``threshold``: the decision threshold the export carries (``threshold.json``, in the manifest;
+    ``recog.inference.threshold``), or None for none.
     """
     cpu_onednn = getattr(cpu_onednn, "value", cpu_onednn)
     if cpu_onednn != "auto" and cpu_onednn not in ONEDNN_MODES:
@@ -153,6 +158,8 @@ def export_model(
             )
         preprocess = _preprocess_record(trained_cfg, settings, int(reference.shape[1]), model_path, onnx)
         _write_json(tmp / PREPROCESS_FILE, preprocess)
+        if threshold is not None:
+            threshold_file.save(tmp, threshold)
         report: dict[str, Any] = {
             "tolerance": float(tolerance),
             "check_input": {
@@ -163,6 +170,7 @@ def export_model(
             "device": device,
             "versions": _versions(onnx),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "threshold": None if threshold is None else threshold.to_dict(),
             **(extra or {}),
         }
         if onnx:
@@ -387,7 +395,15 @@ def _versions(onnx: bool) -> dict[str, str]:
     return versions
 
 
-EXPORT_FILES = (MODEL_FILE, PARAMS_FILE, PREPROCESS_FILE, REPORT_FILE, ONNX_FILE, manifest.MANIFEST_FILE)
+EXPORT_FILES = (
+    MODEL_FILE,
+    PARAMS_FILE,
+    PREPROCESS_FILE,
+    REPORT_FILE,
+    ONNX_FILE,
+    threshold_file.FILE_NAME,
+    manifest.MANIFEST_FILE,
+)
 
 
 def check_replaceable(output_dir: Path) -> None:

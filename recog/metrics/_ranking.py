@@ -29,8 +29,9 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +56,21 @@ def positive_ranks(
     gallery: np.ndarray | None = None,
     gallery_labels: np.ndarray | None = None,
     block_size: int = 1024,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    on_chunk: Callable[[np.ndarray, np.ndarray, np.ndarray], Any] | None = None,
+) -> Iterator[tuple]:
     """The 0-based ranks of every query's positives, one block of queries at a time.
 
-    queries: [N, D] float32/float64 (finite, validated by the caller); query_labels: [N];
-    gallery, gallery_labels: [M, D] and [M], or both None for query == gallery (own entry
-    removed). Yields ``(start, ptr, ranks)`` per block of queries ``start .. start + len(ptr) - 2``:
-    query ``start + i`` has the ranks ``ranks[ptr[i]:ptr[i + 1]]``, ascending (CSR layout).
-    While it runs, BLAS is limited to one thread process-wide (threadpoolctl).
+    queries: [N, D] float32/float64 (finite, validated by the caller); query_labels: [N], or None
+    (no positives); gallery, gallery_labels: [M, D] and [M], or both None for query == gallery
+    (own entry removed). Yields ``(start, ptr, ranks)`` per block of queries ``start .. start +
+    len(ptr) - 2``: query ``start + i`` has the ranks ``ranks[ptr[i]:ptr[i + 1]]``, ascending (CSR
+    layout). While it runs, BLAS is limited to one thread process-wide (threadpoolctl).
+
+    ``on_chunk(scores, ptr, cols)``, if given, runs in the worker thread on every chunk of rows
+    once its positives are ranked: ``scores`` [B, M] its similarities (own entries -inf; a buffer
+    reused afterwards: copy what is kept; the function may overwrite it), ``ptr`` / ``cols`` its
+    positives' gallery indices (CSR). Each block then yields a 4th item, the list of the
+    function's results for its chunks, in order.
     """
     self_match = gallery is None
     if self_match:
@@ -71,11 +79,12 @@ def positive_ranks(
         dtype = np.result_type(queries, gallery)
         queries, gallery = queries.astype(dtype, copy=False), gallery.astype(dtype, copy=False)
     n, m = len(queries), len(gallery)
+    labelled = query_labels is not None and gallery_labels is not None
     try:
-        by_label = np.argsort(gallery_labels, kind="stable")
+        by_label = np.argsort(gallery_labels, kind="stable") if labelled else None
     except TypeError as err:
         raise ValueError(f"gallery labels cannot be sorted: {err}") from None
-    sorted_labels = gallery_labels[by_label]
+    sorted_labels = gallery_labels[by_label] if labelled else None
     # |q . g| <= D * max|q| * max|g| bounds every partial sum of the product: below the largest
     # float, no similarity can overflow and checking each block is not needed.
     bound = queries.shape[1] * _max_abs(queries) * _max_abs(gallery)
@@ -90,7 +99,10 @@ def positive_ranks(
             scores = _score_rows(queries, gallery, lo, hi, out=buffers.scores[: hi - lo])
         if check_finite and not np.isfinite(scores).all():
             raise ValueError("similarities are not all finite (the features are too large)")
-        ptr, cols = _positive_lists(query_labels[lo:hi], sorted_labels, by_label, lo if self_match else None)
+        if labelled:
+            ptr, cols = _positive_lists(query_labels[lo:hi], sorted_labels, by_label, lo if self_match else None)
+        else:
+            ptr, cols = np.zeros(hi - lo + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if self_match:
             own = np.arange(hi - lo)
             # Scores are finite, so a -inf own entry is ranked last and shifts no other rank, and
@@ -100,7 +112,9 @@ def positive_ranks(
         for a in range(0, hi - lo, _RANK_GROUP):
             z = min(a + _RANK_GROUP, hi - lo)
             ranks[ptr[a] : ptr[z]] = _rank_positives(scores[a:z], ptr[a : z + 1] - ptr[a], cols[ptr[a] : ptr[z]])
-        return ptr, ranks
+        if on_chunk is None:
+            return ptr, ranks
+        return ptr, ranks, on_chunk(scores, ptr, cols)
 
     # Parallel threads each multiply and rank a chunk of rows, with single-threaded BLAS: every
     # core does both kinds of work, and no BLAS thread spins idle while NumPy ranks.
@@ -114,8 +128,9 @@ def positive_ranks(
         done = stack.enter_context(contextlib.closing(_in_order(pool, rank_rows, units, 2 * threads)))
         for (start, _), cuts in zip(blocks, chunks):
             parts = [next(done) for _ in cuts[1:]]
-            counts = np.concatenate([np.diff(ptr) for ptr, _ in parts])
-            yield start, np.concatenate([[0], np.cumsum(counts)]), np.concatenate([ranks for _, ranks in parts])
+            counts = np.concatenate([np.diff(part[0]) for part in parts])
+            block = start, np.concatenate([[0], np.cumsum(counts)]), np.concatenate([part[1] for part in parts])
+            yield block if on_chunk is None else (*block, [part[2] for part in parts])
 
 
 def _chunk_cuts(start: int, stop: int) -> list[int]:

@@ -1,20 +1,18 @@
 """Binary codes for hashing retrieval: binarisation, bit packing and Hamming-ranking metrics.
 
 Codes are bit arrays ``[N, D]`` with values 0/1 (``uint8`` from ``binarize``, or bool / any
-integer type). ``pack_bits`` stores them 8 to a byte for disk or memory; the metrics take the
-unpacked bits (``unpack_bits(packed, D)`` first).
+integer type). ``pack_bits`` stores them 8 to a byte for disk or memory; the metrics
+(``recog.metrics.hamming_metrics``, ``recog.metrics.rank(binary=True)``) take the unpacked bits
+(``unpack_bits(packed, D)`` first).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 
 import numpy as np
 
-from recog.metrics.retrieval import retrieval_metrics
-
-__all__ = ["binarize", "pack_bits", "unpack_bits", "hamming_metrics"]
+__all__ = ["binarize", "check_bits", "pack_bits", "signed_codes", "unpack_bits"]
 
 # Inner products of +-1 vectors are integers; float32 represents them (and every partial sum of
 # the BLAS product) exactly up to 2**24 bits per code.
@@ -51,7 +49,7 @@ def binarize(features, method: str = "sign") -> np.ndarray:
 
 def pack_bits(bits) -> np.ndarray:
     """``[N, D]`` 0/1 bits -> ``[N, ceil(D / 8)] uint8``, most significant bit first (np.packbits)."""
-    return np.packbits(_check_bits(bits, "bits"), axis=1)
+    return np.packbits(check_bits(bits, "bits"), axis=1)
 
 
 def unpack_bits(packed, num_bits: int) -> np.ndarray:
@@ -64,40 +62,7 @@ def unpack_bits(packed, num_bits: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=num_bits)
 
 
-def hamming_metrics(
-    query_codes,
-    query_labels,
-    gallery_codes=None,
-    gallery_labels=None,
-    recall_at: Iterable[int] = (1, 5, 10),
-    block_size: int = 1024,
-) -> dict[str, float | int]:
-    """Recall@K, mAP and mINP of ranking the gallery by Hamming distance to each query.
-
-    Same keys, conventions and errors as ``recog.metrics.retrieval_metrics``: the ranking is
-    by Hamming distance ascending, equal distances ordered by gallery index (lower first); with
-    no gallery (query set == gallery) each query's own entry is removed; queries without a
-    positive are left out of the averages and counted in ``num_queries_without_positive``.
-
-    Args:
-        query_codes: [N, D] bits (0/1; bool or any integer dtype), e.g. from ``binarize``.
-        query_labels: [N] labels.
-        gallery_codes, gallery_labels: [M, D] and [M], or both None.
-        recall_at, block_size: as for ``retrieval_metrics``.
-
-    Implementation: with bits mapped to +-1, the inner product is ``D - 2 * hamming``, a
-    strictly decreasing function of the distance and an exact integer in floating point, so
-    ``retrieval_metrics`` on the +-1 codes gives exactly the Hamming ranking and its tie order.
-    Memory is 4 bytes per bit of the codes (8 beyond 2**24 bits).
-    """
-    queries = _signed(_check_bits(query_codes, "query codes"))
-    gallery = None if gallery_codes is None else _signed(_check_bits(gallery_codes, "gallery codes"))
-    if gallery is not None and gallery.shape[1] != queries.shape[1]:
-        raise ValueError(f"query and gallery code lengths differ: {queries.shape[1]} vs {gallery.shape[1]} bits")
-    return retrieval_metrics(queries, query_labels, gallery, gallery_labels, recall_at=recall_at, block_size=block_size)
-
-
-def _check_bits(bits, name: str) -> np.ndarray:
+def check_bits(bits, name: str) -> np.ndarray:
     bits = np.asarray(bits)
     if bits.ndim != 2 or not (bits.dtype == np.bool_ or np.issubdtype(bits.dtype, np.integer)):
         raise ValueError(f"{name} must be a bool or integer [N, D] array of 0/1, got {bits.dtype} {bits.shape}")
@@ -106,6 +71,8 @@ def _check_bits(bits, name: str) -> np.ndarray:
     return bits.astype(np.uint8, copy=False)
 
 
-def _signed(bits: np.ndarray) -> np.ndarray:
+def signed_codes(bits: np.ndarray) -> np.ndarray:
+    """0/1 bits [N, D] -> +-1 codes [N, D] float32 (float64 beyond 2**24 bits): their inner product
+    is ``D - 2 * Hamming distance``, an exact integer."""
     dtype = np.float32 if bits.shape[1] <= _FLOAT32_EXACT_BITS else np.float64
     return bits.astype(dtype) * 2 - 1

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from recog.postprocess.base import PostProcessor
+
 
 def hflip_images(images):
     """Mirror ``[N, C, H, W]`` images left-right (a NumPy array or a Paddle tensor, same type back)."""
@@ -25,3 +27,15 @@ def average_flipped(features, flipped_features, normalize: bool = True) -> np.nd
         norms = np.linalg.norm(mean, axis=1, keepdims=True)
         mean = mean / np.maximum(norms, np.float32(1e-12))
     return mean
+
+
+class Flip(PostProcessor):
+    """Flip test-time augmentation (``postprocess=flip``): each image's features are the mean of its
+    own and its mirror image's, L2-normalised again when the model's features are. For data that
+    look the same mirrored (not digits or text); extraction costs twice as much."""
+
+    extracts = True
+    real_only = True  # a code's bits cannot be averaged
+
+    def features_of(self, predict, images, normalize: bool) -> np.ndarray:
+        return average_flipped(predict(images), predict(hflip_images(images)), normalize=normalize)

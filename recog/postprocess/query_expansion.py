@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recog.postprocess.base import PostProcessor
 from recog.postprocess.knn import _as_float32, knn
 
 
@@ -34,3 +35,23 @@ def query_expansion(queries, gallery=None, k: int = 5, alpha: float = 0.0, block
         norms = np.linalg.norm(expanded, axis=1, keepdims=True)
         out[start:stop] = expanded / np.maximum(norms, np.float32(1e-12))
     return out
+
+
+class QueryExpansion(PostProcessor):
+    """Query expansion before the ranking (``postprocess=query_expansion``): each query becomes itself
+    plus its top ``k`` gallery neighbours, normalised; ``alpha`` 0: average QE, > 0: alpha QE
+    (``query_expansion``). With query == gallery the one set is expanded, and a query is not its
+    own neighbour."""
+
+    expands = True
+    real_only = True
+
+    def __init__(self, k: int = 5, alpha: float = 0.0):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (neighbours a query is expanded with) must be an integer of at least 1, got {k!r}")
+        if not alpha >= 0 or alpha == float("inf"):  # also refuses nan
+            raise ValueError(f"alpha must be 0 (average QE) or a positive number (alpha QE), got {alpha!r}")
+        self.k, self.alpha = k, float(alpha)
+
+    def expand(self, queries, gallery):
+        return query_expansion(queries, gallery, k=self.k, alpha=self.alpha), gallery

@@ -55,47 +55,92 @@ def k_reciprocal_rerank(
         gallery: ``[Ng, D]``; None: the queries are the gallery (each query's own entry is left
             out of its ranking, as in ``recog.metrics.retrieval_metrics``).
         k1, k2, lambda_value: the paper's parameters (module docstring); its defaults.
-        top_k: candidates re-ranked per query; None: the whole gallery.
+        top_k: candidates re-ranked per query (the nearest by ``d``); None: the whole gallery.
         block_size: queries per block of work (memory, not results).
 
     Returns:
         ``(indices [Nq, K] int64, distances [Nq, K] float32)``: gallery indices in the new order
         and their ``d*``, ascending (ties keep the original order); ``K = min(top_k, gallery size)``.
     """
-    if k1 < 1 or k2 < 1:
-        raise ValueError(f"k-reciprocal re-ranking needs k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    q = _as_float32(queries, "queries")
-    self_match = gallery is None
-    if self_match:
-        points, offset, n_gallery = q, 0, len(q) - 1
-    else:
-        g = _as_float32(gallery, "gallery")
-        if g.shape[1] != q.shape[1]:
-            raise ValueError(f"query and gallery feature sizes differ: {q.shape[1]} vs {g.shape[1]}")
-        points, offset, n_gallery = np.concatenate([q, g]), len(q), len(g)
-    if n_gallery < 1 or len(points) < 2:
-        raise ValueError("k-reciprocal re-ranking needs at least two points and a non-empty gallery")
+    q, g, points, k1, k2 = _points(queries, gallery, k1, k2, lambda_value)
+    n_gallery = len(q) - 1 if g is None else len(g)
     k = n_gallery if top_k is None else min(top_k, n_gallery)
-
-    k1 = min(k1, len(points) - 1)
-    k2 = min(k2, len(points))
     started = time.perf_counter()
-    if self_match:  # one search serves the neighbour graph and the candidates
+    if g is None:  # one search serves the neighbour graph and the candidates
         neighbours, dist = _neighbour_lists(points, max(k1 + 1, k2, k + 1))  # [n, K] self first
         cand, cand_dist = neighbours[:, 1 : k + 1], dist[:, 1 : k + 1]
         cand_points = cand
     else:
         neighbours, _ = _neighbour_lists(points, max(k1 + 1, k2))
         cand, cand_dist = knn(q, g, k, metric="l2")
-        cand_points = cand + offset
+        cand_points = cand + len(q)
+    order, final = _order(points, len(q), neighbours, cand_points, cand_dist, k1, k2, lambda_value, block_size, started)
+    return np.take_along_axis(cand, order, axis=1), final
+
+
+def rerank_candidates(
+    queries,
+    gallery,
+    candidates: np.ndarray,
+    candidate_scores: np.ndarray | None = None,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    block_size: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k-reciprocal order of given candidates (e.g. each query's top K of a first ranking).
+
+    ``queries`` / ``gallery`` as for ``k_reciprocal_rerank``; ``candidates``: ``[Nq, K]`` distinct
+    gallery indices per query (never the query itself when ``gallery`` is None);
+    ``candidate_scores``: their inner products with the query (then ``d`` follows from them and
+    the norms without another product), or None. Returns ``(order [Nq, K] int64, distances [Nq,
+    K] float32)``: ``candidates[q, order[q]]`` is query q's new order, ``distances`` its ``d*``,
+    ascending (ties keep the candidates' order).
+    """
+    q, g, points, k1, k2 = _points(queries, gallery, k1, k2, lambda_value)
+    cand = np.asarray(candidates, dtype=np.int64)
+    n_gallery = len(points) - (0 if g is None else len(q))
+    if cand.ndim != 2 or len(cand) != len(q) or (cand.size and not (0 <= cand.min() and cand.max() < n_gallery)):
+        raise ValueError(f"candidates must be [{len(q)}, K] gallery indices below {n_gallery}, got shape {cand.shape}")
+    started = time.perf_counter()
+    neighbours, _ = _neighbour_lists(points, max(k1 + 1, k2))
+    cand_points = cand if g is None else cand + len(q)
+    norms = np.einsum("ij,ij->i", points, points)
+    if candidate_scores is None:
+        candidate_scores = np.stack([points[cand_points[i]] @ q[i] for i in range(len(q))]) if cand.size else cand
+    cand_dist = norms[: len(q), None] + norms[cand_points] - 2.0 * np.asarray(candidate_scores, np.float32)
+    return _order(points, len(q), neighbours, cand_points, cand_dist, k1, k2, lambda_value, block_size, started)
+
+
+def _points(queries, gallery, k1: int, k2: int, lambda_value: float):
+    """Checked ``(queries, gallery or None, points, k1, k2)``: the point set P is the queries and the
+    gallery (or the queries alone when they are the gallery); k1 and k2 capped at its size."""
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k-reciprocal re-ranking needs k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    q = _as_float32(queries, "queries")
+    if gallery is None:
+        g, points, n_gallery = None, q, len(q) - 1
+    else:
+        g = _as_float32(gallery, "gallery")
+        if g.shape[1] != q.shape[1]:
+            raise ValueError(f"query and gallery feature sizes differ: {q.shape[1]} vs {g.shape[1]}")
+        points, n_gallery = np.concatenate([q, g]), len(g)
+    if n_gallery < 1 or len(points) < 2:
+        raise ValueError("k-reciprocal re-ranking needs at least two points and a non-empty gallery")
+    return q, g, points, min(k1, len(points) - 1), min(k2, len(points))
+
+
+def _order(points, n_queries, neighbours, cand_points, cand_dist, k1, k2, lambda_value, block_size, started):
+    """``(order, d* ascending)`` of each query's candidate points (``cand_points`` [Nq, K], their
+    squared distances ``cand_dist``), from the neighbour lists of all points."""
     cand_dist = np.maximum(cand_dist, 0.0)
     log.info(
         "re-ranking %d queries: neighbour search over %d points in %.1f s",
-        len(q),
+        n_queries,
         len(points),
         time.perf_counter() - started,
     )
@@ -111,15 +156,15 @@ def k_reciprocal_rerank(
         weights.nnz / len(points),
         time.perf_counter() - started,
     )
-    jaccard = _jaccard_distances(weights, cand_points, len(q), block_size)
+    jaccard = _jaccard_distances(weights, cand_points, n_queries, block_size)
     log.info(
         "re-ranking: Jaccard distances of %d candidates per query at %.1f s",
-        cand.shape[1],
+        cand_points.shape[1],
         time.perf_counter() - started,
     )
     final = ((1.0 - lambda_value) * jaccard + lambda_value * cand_dist).astype(np.float32)
     order = np.argsort(final, axis=1, kind="stable")
-    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(final, order, axis=1)
+    return order, np.take_along_axis(final, order, axis=1)
 
 
 def _neighbour_lists(points: np.ndarray, k: int):

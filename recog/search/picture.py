@@ -7,7 +7,8 @@ inside its tile. The border of a result's tile is ``GREEN`` when its label equal
 ``RED`` when it differs, and white (no frame) when either label is unknown. The query tile has
 no frame; its right border carries a dark vertical separator (``SEPARATOR``). Images that cannot
 be decoded (or have no path) become a grey tile with a dark X; places past a query's results
-stay white. With ``text`` the rank and score (or "query") are written at the bottom of a tile.
+stay white. With ``text`` the rank and score (or "query", or the query's caption) are written at
+the bottom of a tile.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def retrieval_grid(
     *,
     border: int = 4,
     text: bool = True,
+    query_captions: Sequence[str] | None = None,
 ) -> str:
     """Write the grid of the queries' top-k results to ``out_png``; returns that path (str).
 
@@ -65,6 +67,7 @@ def retrieval_grid(
             (when it is a dict); a None label means unknown (no frames on that row).
         border: frame width in pixels (>= 1); a tile is ``thumb + 2 * border`` pixels square.
         text: write the rank and score (or "query") at the bottom of each tile.
+        query_captions: Q captions of the query tiles instead of "query" (e.g. the query's AP).
     """
     k, thumb, border = _positive(k, "k"), _positive(thumb, "thumb"), _positive(border, "border")
     query_paths = list(query_paths)
@@ -77,6 +80,8 @@ def retrieval_grid(
         query_labels = list(query_labels)
         if len(query_labels) != len(query_paths):
             raise ValueError(f"{len(query_paths)} query paths but {len(query_labels)} query labels")
+    if query_captions is not None and len(query_captions) != len(query_paths):
+        raise ValueError(f"{len(query_paths)} query paths but {len(query_captions)} query captions")
 
     tile = thumb + 2 * border
     canvas = np.full((len(query_paths) * tile, (k + 1) * tile, 3), BACKGROUND, dtype=np.uint8)
@@ -94,7 +99,7 @@ def retrieval_grid(
         separator_width = max(1, (border + 1) // 2)
         canvas[top : top + tile, tile - separator_width : tile] = SEPARATOR
         if show_text:
-            _label(canvas, top, 0, thumb, border, "query")
+            _label(canvas, top, 0, thumb, border, "query" if query_captions is None else str(query_captions[row]))
         for col, item in enumerate(items[:k], start=1):
             if not isinstance(item, Mapping):
                 raise ValueError(f"a result must be a dict with a 'path', got {type(item).__name__}")

@@ -6,7 +6,11 @@ another (recog/stages/eval_dataset.py); the log and the MLflow run (tag ``recog.
 the ``dataset.*`` params, the dataset input) say which. The eval settings come from the current config.
 Feature extraction and the metrics are ``recog.evaluation``'s (data parallel with
 ``launcher.nproc_per_node=N``: each rank extracts its shard, the metrics equal a single
-process's). Rank 0 writes ``metrics.json`` and logs to MLflow.
+process's). Rank 0 writes ``metrics.json``, ``retrieval.png`` (the first queries' top results),
+``worst_queries.png`` (those of the queries of lowest AP), post-processed as the metrics are,
+``pair_scores.png`` (the pair-score histograms and DET curve) and ``threshold.json`` (the decision
+threshold at ``eval.target_fmr``, which ``stage=export export.threshold=<this run dir>`` ships),
+and logs them to MLflow.
 
 SIGINT / SIGTERM stop the extraction after the current batch (nothing is written, the MLflow run
 is marked KILLED; ``run.py`` exits 130 / 143).
@@ -65,7 +69,12 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
     with tracker.run_status():
         with StopRequest() as stop:
             evaluator = Evaluator(
-                splits, trained_cfg.data, cfg.eval, amp=amp, options=dataset_options(cfg.data, run_dir)
+                splits,
+                trained_cfg.data,
+                cfg.eval,
+                amp=amp,
+                options=dataset_options(cfg.data, run_dir),
+                postprocess=cfg.postprocess,
             )
             evaluator.stop = stop
             try:
@@ -73,11 +82,14 @@ def run(cfg: DictConfig, run_dir) -> dict[str, float]:
             except EvalInterrupted as error:
                 signum = stop.signum or signal.SIGTERM
                 raise TrainingInterrupted(f"{error}; nothing was written", signum) from None
+        pictures = []
         if is_main_process():
             write_metrics(metrics, run_dir / "metrics.json")
+            pictures = evaluator.save_report(run_dir)  # pictures and threshold.json
         log.info("metrics of %s\n%s", model_path, format_metrics_table(metrics))
         tracker.log_metrics(metrics, step=0)
-        tracker.log_artifact(run_dir / "metrics.json")
+        for artifact in (run_dir / "metrics.json", *pictures):
+            tracker.log_artifact(artifact)
         bad_images = Path(run_dir) / BAD_IMAGES
         if is_main_process() and bad_images.is_file():
             log.warning("%s (left out of the metrics)", summarize_bad_images(bad_images))

@@ -7,6 +7,7 @@ into ``<run>/export`` (``export.output_dir``)::
     inference.json, inference.pdiparams   images [N, 3, H, W] float32 -> features [N, D] float32
     preprocess.json                       image size, mean/std, RGB, NCHW, normalize, binarize, ...
     export_report.json                    the self-check: max |dygraph - exported| per runtime
+    threshold.json                        the decision threshold (``export_threshold``), if any
     model.onnx                            with export.onnx=true
 
 The export is checked on up to ``export.check_images`` images of the configured dataset's eval
@@ -39,7 +40,11 @@ from omegaconf import DictConfig
 from recog.builders import build_model, load_splits
 from recog.data import ImageDataset, build_transform
 from recog.errors import ConfigError, RecogError
+from recog.evaluation.calibration import threshold_from_metrics
+from recog.inference import threshold as threshold_file
 from recog.inference.export import check_replaceable, export_model
+from recog.inference.threshold import Threshold
+from recog.postprocess import build_postprocess
 from recog.tracking import MlflowTracker
 from recog.training.callbacks import Callback
 from recog.utils import checkpoint
@@ -116,6 +121,7 @@ def export_and_log(
     checkpoint.load_model_weights(model_path, model)
     model.eval()
     images, source = check_batch(cfg, trained_cfg)
+    threshold = export_threshold(cfg, model_path, trained_cfg)
     report = export_model(
         model,
         trained_cfg,
@@ -129,6 +135,7 @@ def export_and_log(
         device=device,
         cpu_onednn=export_cfg.cpu_onednn,
         extra={"mlflow_run_id": tracker.run_id, "train_run_id": train_run_id},
+        threshold=threshold,
     )
     tracker.log_artifact(output_dir, "export")
     tracker.set_tag("recog.export_dir", str(output_dir.resolve()))
@@ -136,6 +143,41 @@ def export_and_log(
     if not tracker.keep_status and tracker.stage == "export":  # a run of its own: the check numbers too
         tracker.log_metrics({f"export_max_abs_diff_{k}": v for k, v in report["max_abs_diff"].items()}, step=0)
     return dict(report, feature_dim=int(model.embedding_size))
+
+
+def export_threshold(cfg: DictConfig, model_path: Path, trained_cfg: DictConfig) -> Threshold | None:
+    """The decision threshold the export carries: ``export.threshold`` (a ``threshold.json``, or the
+    folder holding one, e.g. a ``stage=eval`` run) when set; otherwise the one the best model's own
+    evaluation calibrated (its metrics in ``state.json``), when ``model_path`` holds the model of that
+    evaluation (a ``best_model/``, or a checkpoint written at the end of the best epoch); else None."""
+    given = cfg.export.get("threshold")
+    if given:
+        path = Path(given)
+        folder = path.parent if path.name == threshold_file.FILE_NAME else path
+        found = threshold_file.load(folder)
+        if found is None:
+            raise ConfigError(f"export.threshold={given}: no {threshold_file.FILE_NAME} there (stage=eval writes one)")
+        log.info("export threshold from %s: %s", given, found)
+        return found
+    state = checkpoint.load_state(model_path, required=()) if (model_path / checkpoint.STATE_FILE).is_file() else {}
+    best = state.get("best") or {}
+    if best.get("epoch") != state.get("epoch") or state.get("step_in_epoch"):
+        log.info("no threshold in the export: %s is not the model its state's best eval measured", model_path)
+        return None
+    evaluation = trained_cfg.get("eval") or {}
+    target_fmr = evaluation.get("target_fmr")
+    found = None if target_fmr is None else threshold_from_metrics(best, target_fmr, bool(evaluation.get("binarize")))
+    if found is None:
+        log.info("no threshold in the export: the best model's eval calibrated none")
+        return None
+    if build_postprocess(trained_cfg.get("postprocess")).changes_scores:
+        log.warning(
+            "the exported threshold was calibrated on post-processed scores (postprocess: flip or query "
+            "expansion), which a search with the exported model does not compute: calibrate one with "
+            "stage=eval postprocess=none and export with export.threshold=<that run dir>"
+        )
+    log.info("export threshold of the best model's eval (epoch %s): %s", best.get("epoch"), found)
+    return found
 
 
 def check_options(export_cfg) -> None:

@@ -16,14 +16,17 @@
     retrieval.png     the first queries and their top-k results, right ones framed green (a
                       picture that cannot be written is a warning, not the end of the run)
 
-Post-processing, the same ``eval.*`` settings as ``stage=eval``: ``eval.flip=true`` averages the
-features of each image (input and gallery) and of its mirror; ``eval.query_expansion=K``
-(``eval.qe_alpha``) expands each query with its top K gallery items before the search;
-``eval.rerank=k_reciprocal`` re-orders each query's top ``max(predict.top_k, eval.rerank_top_k)``
-results by the k-reciprocal distance (its ``rerank_distance`` in results.json, ascending; ``score``
-stays the inner product). features.npy holds the (flip-averaged) features, not the expanded
-queries. A reused gallery index keeps the features it was built with: index a gallery again
-(another ``predict.index_dir``) after changing ``eval.flip``.
+The search ranks the gallery once, exactly, over the vectors the index stores (whatever
+``predict.index``'s kind: that is the kind of the saved index), with ``recog.metrics.rank``:
+results.json, metrics.json and retrieval.png read the same ``RetrievalResults``.
+
+Post-processing, the same ``postprocess`` group as ``stage=eval``: ``postprocess=flip`` averages the
+features of each image (input and gallery) and of its mirror; ``query_expansion`` expands each
+query with its top K gallery items before the ranking; ``k_reciprocal`` re-orders each query's top
+``max(predict.top_k, top_k)`` places by the k-reciprocal distance (its ``rerank_distance`` in
+results.json, ascending; ``score`` stays the inner product). features.npy holds the
+(flip-averaged) features, not the expanded queries. A reused gallery index keeps the features it
+was built with: index a gallery again (another ``predict.index_dir``) after changing the flip.
 
 Extraction streams: memory is bounded by the batch, not by the number of images. Every file
 (and the gallery index, a directory) is written to a temp name and renamed into place
@@ -46,8 +49,8 @@ from recog.data.transforms import decode_image
 from recog.errors import ConfigError, DataError
 from recog.evaluation.results import write_metrics
 from recog.inference import ExportedModel, preprocess_image
-from recog.metrics import format_metrics_table, pack_bits
-from recog.postprocess.settings import PostProcess
+from recog.metrics import RetrievalResults, format_metrics_table, pack_bits, rank, unpack_bits
+from recog.postprocess import Pipeline, build_postprocess
 from recog.search import GalleryIndex, save_retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
@@ -139,10 +142,10 @@ def check_ready(cfg: DictConfig) -> None:
 
 
 def extract(
-    model: ExportedModel, items: list[Item], out_file: Path, batch_size: int, desc: str, post: PostProcess | None = None
+    model: ExportedModel, items: list[Item], out_file: Path, batch_size: int, desc: str, post: Pipeline | None = None
 ) -> tuple[np.ndarray, list[Item], list[str]]:
-    """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy); with ``post.flip``
-    the mean of the features of each image and of its mirror.
+    """Features (or packed codes) of ``items`` streamed into ``out_file`` (.npy), through the
+    post-processing's ``features_of`` (``postprocess=flip``: the mean of each image's and its mirror's).
 
     Returns ``(rows, kept items, failed lines)``; ``rows`` is the file memory-mapped read-only.
     """
@@ -153,7 +156,7 @@ def extract(
     rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), width))
     try:
         atomic.preallocate(tmp)  # disk full: a clear error now, not SIGBUS while filling the memmap
-        rows, kept, failed, count = _extract_into(rows, model, items, batch_size, desc, method, post or PostProcess())
+        rows, kept, failed, count = _extract_into(rows, model, items, batch_size, desc, method, post or Pipeline())
         rows.flush()
         del rows
         # Drop the rows of skipped images: streamed in chunks (np.save), so memory stays bounded.
@@ -167,7 +170,7 @@ def extract(
 
 
 def _extract_into(
-    rows: np.ndarray, model: ExportedModel, items: list[Item], batch_size: int, desc: str, method, post: PostProcess
+    rows: np.ndarray, model: ExportedModel, items: list[Item], batch_size: int, desc: str, method, post: Pipeline
 ) -> tuple[np.ndarray, list[Item], list[str], int]:
     """Decode, preprocess and predict ``items`` batch by batch into ``rows`` (skipped images leave
     no row); returns ``(rows, kept items, failed lines, rows filled)``."""
@@ -208,44 +211,29 @@ def write_manifest(items: list[Item], path: Path) -> None:
     atomic.write_text(path, "".join(f"{i.path}\t{'' if i.label is None else i.label}\n" for i in items), "manifest")
 
 
-def check_postprocess(model: ExportedModel, post: PostProcess) -> None:
-    """``ConfigError`` when ``eval.flip`` / ``query_expansion`` / ``rerank`` meet a binarizing export."""
-    if model.preprocess.get("binarize") and (post.flip or post.reorders):
+def check_postprocess(model: ExportedModel, post: Pipeline) -> None:
+    """``ConfigError`` when a post-processing step that needs real features meets a binarizing export."""
+    if model.preprocess.get("binarize") and post.real_only:
         raise ConfigError(
-            "eval.flip, eval.query_expansion and eval.rerank work on real features; "
+            f"postprocess ({post.describe()}) works on real features; "
             "the export in predict.model_dir outputs binary codes"
         )
 
 
-def search_results(index: GalleryIndex, queries: np.ndarray, post: PostProcess, k: int, paths, labels) -> list[dict]:
-    """``index.results`` (the top ``k`` per query) after the query expansion and re-ranking ``post``
-    asks for; re-ranked entries carry their ``rerank_distance`` (ascending)."""
-    if not post.reorders:
-        return index.results(queries, k, query_paths=paths, query_labels=labels)
+def search(index: GalleryIndex, queries: np.ndarray, post: Pipeline, k: int, paths, labels) -> RetrievalResults:
+    """The gallery ranked once for ``queries`` (exactly, over the vectors the index stores, whatever
+    its kind), between the post-processing's ``expand`` and ``rerank``: the top ``k`` places of each
+    query, and with ``labels`` (and a labelled gallery) the positives' ranks, for the metrics."""
     gallery = index.gallery_vectors()
-    expanded = post.expand(queries, gallery)
-    results = index.results(expanded, k, query_paths=paths, query_labels=labels)
-    if post.rerank is None:
-        return results
-    order, distances = post.rerank_order(expanded, gallery, k)
-    gallery_paths, gallery_labels = index.paths, index.labels
-    for row, query, items, item_distances in zip(results, expanded, order, distances):
-        row["results"] = [
-            {
-                "rank": place + 1,
-                "index": int(i),
-                "path": None if gallery_paths is None else gallery_paths[i],
-                "label": None if gallery_labels is None else gallery_labels[i].item(),
-                "score": float(np.dot(query, gallery[i])),
-                "rerank_distance": float(d),
-            }
-            for place, (i, d) in enumerate(zip(items.tolist(), item_distances.tolist()))
-        ]
-    return results
+    found = {"query_paths": paths, "gallery_paths": index.paths}
+    if index.binary:  # Hamming ranking of the unpacked bits (post-processing was refused)
+        codes = unpack_bits(np.asarray(queries), index.dim)
+        return rank(codes, labels, unpack_bits(gallery, index.dim), index.labels, k=k, binary=True, **found)
+    return post.rank(np.asarray(queries, np.float32), labels, gallery, index.labels, k=k, **found)
 
 
 def gallery_index(
-    model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path, post: PostProcess | None = None
+    model: ExportedModel, cfg: DictConfig, index_dir: Path, out_dir: Path, post: Pipeline | None = None
 ) -> GalleryIndex:
     """Load the index in ``index_dir`` and add the gallery images it lacks, or build it anew."""
     p = cfg.predict
@@ -299,7 +287,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = ExportedModel(p.model_dir, device=cfg.trainer.device)
     items = read_items(p.input, "predict.input")
-    post = PostProcess.from_config(cfg.eval)
+    post = build_postprocess(cfg.postprocess)
     check_postprocess(model, post)
     tracker = MlflowTracker(cfg, stage="predict")
     try:
@@ -315,11 +303,11 @@ def run(cfg: DictConfig, run_dir) -> dict:
         if p.gallery:
             index_dir = Path(p.index_dir) if p.index_dir else out_dir / "gallery"
             index = gallery_index(model, cfg, index_dir, out_dir, post)
-            queries = np.asarray(rows)
             paths, labels = [i.path for i in kept], [i.label for i in kept]
             # Unlabelled queries get results, and no metrics: metrics need a label on every query and gallery image.
             labelled = all(label is not None for label in labels)
-            results = search_results(index, queries, post, p.top_k, paths, labels if labelled else None)
+            found = search(index, np.asarray(rows), post, p.top_k, paths, labels if labelled else None)
+            results = found.to_dicts()
             for row, label in zip(results, labels):
                 row["label"] = label
             atomic.write_text(out_dir / "results.json", json.dumps(results, indent=1), "search results")
@@ -331,17 +319,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
                 )
             elif labelled and index.labels is None:
                 log.warning("the gallery has no labels: no metrics")
-            if labelled and index.labels is not None:
-                if post.reorders:
-                    metrics = post.metrics(
-                        queries,
-                        np.asarray(labels),
-                        index.gallery_vectors(),
-                        index.labels,
-                        recall_at=tuple(cfg.eval.recall_at),
-                    )
-                else:
-                    metrics = index.metrics(queries, np.asarray(labels), recall_at=tuple(cfg.eval.recall_at))
+            if found.labelled:
+                metrics = found.metrics(tuple(cfg.eval.recall_at))
                 write_metrics(metrics, out_dir / "metrics.json")
                 tracker.log_metrics(metrics, step=0)
                 log.info("retrieval metrics of %d queries\n%s", len(kept), format_metrics_table(metrics))

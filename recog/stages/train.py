@@ -7,6 +7,9 @@ Writes into the run directory::
     best_model/         weights + resolved config of the best eval so far (highest trainer.monitor)
     metrics.json        the best model's metrics
     retrieval.png       the best model's top-5 results for the first eval queries
+    worst_queries.png   the same for the eval queries of lowest AP
+    pair_scores.png     the best model's pair-score histograms and DET curve
+    threshold.json      its decision threshold at eval.target_fmr (the export carries it)
     config.yaml         the run's resolved config, at the end
     export/             the best model exported (export.after_train), logged as the run's MLflow Model
     .recog.lock         while training: host and PID of the process (one training per run dir)
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 # What a training run does at the loop's fixed points, in this order (a new one: one class, one line here).
 CALLBACKS: tuple[type[Callback], ...] = (
     MlflowLogging,  # metrics (an eval's first, before anything acts on them)
-    KeepBestModel,  # best_model/, metrics.json, retrieval.png
+    KeepBestModel,  # best_model/, metrics.json, the eval's report (pictures, threshold.json)
     SaveCheckpoint,  # checkpoints/last, config.yaml
     BadImageReport,  # bad_images.tsv
     ExportAfterTraining,  # export/ and the run's MLflow Model

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recog.errors import ConfigError
+from recog.metrics.ranks import metric_names
 
 PARENT_ENV = "RECOG_SWEEP_PARENT_RUN_ID"
 KEYS_ENV = "RECOG_SWEEP_KEYS"
@@ -80,9 +81,8 @@ def job_number() -> str | None:
 
 
 def objective_names(cfg: DictConfig) -> list[str]:
-    """The eval metrics a sweep can optimise: recall_at_K, precision_at_K, mAP, mINP."""
-    ks = list(cfg.eval.recall_at)
-    return [f"recall_at_{k}" for k in ks] + [f"precision_at_{k}" for k in ks] + ["mAP", "mINP"]
+    """The eval metrics a sweep can optimise (maximise): ``recog.metrics.metric_names``."""
+    return metric_names(cfg.eval.recall_at)
 
 
 def check_objective(cfg: DictConfig) -> str:
@@ -90,7 +90,7 @@ def check_objective(cfg: DictConfig) -> str:
     if objective not in objective_names(cfg):
         raise ConfigError(
             f"sweep.objective={objective} is not an eval metric; choose one of "
-            f"{', '.join(objective_names(cfg))} (Recall@K for K in eval.recall_at)"
+            f"{', '.join(objective_names(cfg))} (recall_at_K and precision_at_K for K in eval.recall_at)"
         )
     return objective
 

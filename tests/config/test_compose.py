@@ -20,6 +20,7 @@ from recog.config import check_overrides, require_complete
 from recog.config.compose import CONF_DIR
 from recog.errors import ConfigError, RecogError
 from recog.models.backbones.pplcnet import SCALES
+from recog.postprocess import build_postprocess
 
 SMALL = ["backbone.scale=0.25", "data.image_size=32"]
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track global mean")
@@ -186,6 +187,20 @@ def _check_hparams_search(option, root):
     require_complete(cfg, *[k for k in cfg if k != "dataset"])
 
 
+def _check_postprocess(option, root):
+    cfg = compose([f"postprocess={option}", f"paths.output_root={root}"])
+    pipeline = build_postprocess(cfg.postprocess)
+    assert len(pipeline.steps) == len(cfg.postprocess)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    features = pipeline.features_of(lambda x: x.reshape(len(x), -1)[:, :8] + 0.1, images, normalize=True)
+    assert features.shape == (6, 8) and np.isfinite(features).all()
+    labels = np.repeat(np.arange(3), 2)
+    results = pipeline.rank(features / np.linalg.norm(features, axis=1, keepdims=True), labels, k=3)
+    assert results.indices.shape == (6, 3) and (results.indices >= 0).all()
+    assert 0 < results.metrics((1,))["mAP"] <= 1
+
+
 CHECKS = {
     "backbone": _check_backbone,
     "neck": _check_neck,
@@ -196,6 +211,7 @@ CHECKS = {
     "scheduler": _check_scheduler,
     "experiment": _check_experiment,
     "hparams_search": _check_hparams_search,
+    "postprocess": _check_postprocess,
 }
 
 

@@ -5,7 +5,8 @@ import pytest
 import threadpoolctl
 
 from recog.metrics import _ranking as R  # the ranking engine (monkeypatched below)
-from recog.metrics import retrieval as M  # the public metrics and their input checks
+from recog.metrics import ranks as RK  # the metrics of the positives' ranks
+from recog.metrics import retrieval as RS  # the ranking's input checks
 from recog.metrics import retrieval_metrics
 
 KS = [1, 2, 5, 10]
@@ -30,9 +31,9 @@ def argsort_ranks(qf, ql, gf=None, gl=None):
 
 
 def blocked_ranks(qf, ql, gf=None, gl=None, block_size=16):
-    qf, ql = M._check_set(qf, ql, "query")
+    qf, ql = RS.check_set(qf, ql, "query")
     if gf is not None:
-        gf, gl = M._check_set(gf, gl, "gallery")
+        gf, gl = RS.check_set(gf, gl, "gallery")
     out = []
     for _, ptr, ranks in R.positive_ranks(qf, ql, gf, gl, block_size=block_size):
         out += np.split(ranks, ptr[1:-1])
@@ -42,7 +43,7 @@ def blocked_ranks(qf, ql, gf=None, gl=None, block_size=16):
 def metrics_from_ranks(ranks, num_queries):
     """The final averages of retrieval_metrics, from per-query ranks."""
     ptr = np.concatenate([[0], np.cumsum([len(r) for r in ranks])]).astype(np.int64)
-    first, ap, inp, hits = M._query_stats(ptr, np.concatenate(ranks).astype(np.int64), KS)
+    first, ap, inp, hits = RK.query_stats(ptr, np.concatenate(ranks).astype(np.int64), KS)
     valid = first >= 0
     out = {f"recall_at_{k}": float(np.mean(first[valid] < k)) for k in KS}
     out.update({f"precision_at_{k}": float(np.mean(hits[valid, j] / k)) for j, k in enumerate(KS)})

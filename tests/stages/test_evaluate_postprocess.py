@@ -1,5 +1,5 @@
-"""stage=eval with eval.flip / eval.query_expansion / eval.rerank: its metrics are those of
-recog.postprocess applied by hand to features extracted by hand; all off by default."""
+"""stage=eval with postprocess=flip / query_expansion / k_reciprocal: its metrics are those of
+recog.postprocess applied by hand to features extracted by hand; none by default."""
 
 import json
 import logging
@@ -11,12 +11,9 @@ import pytest
 
 import recog
 from recog.api import load_splits
-from recog.errors import ConfigError
 from recog.evaluation import Evaluator
 from recog.metrics import retrieval_metrics
-from recog.postprocess import average_flipped
-from recog.postprocess.metrics import postprocessed_metrics
-from recog.postprocess.settings import PostProcess
+from recog.postprocess import KReciprocal, Pipeline, QueryExpansion, average_flipped, build_postprocess
 from recog.stages import evaluate
 from recog.utils import checkpoint
 
@@ -67,71 +64,58 @@ def _eval_stage(root, path, tmp_path, *options):
     return metrics
 
 
-def test_all_post_processing_is_off_by_default():
+def test_no_post_processing_by_default():
     cfg = recog.compose([])
-    assert PostProcess.from_config(cfg.eval) == PostProcess()
-    assert not PostProcess().reorders and not PostProcess().flip
+    assert build_postprocess(cfg.postprocess).steps == {}
+    assert not build_postprocess(cfg.postprocess).reorders
 
 
 @pytest.mark.slow
 def test_eval_flip_averages_the_features_of_each_image_and_its_mirror(trained, tmp_path, caplog):
     root, path, plain, mirrored, labels = trained
     with caplog.at_level(logging.WARNING):
-        metrics = _eval_stage(root, path, tmp_path, "eval.flip=true")
+        metrics = _eval_stage(root, path, tmp_path, "postprocess=flip")
     assert "not mirror-invariant" in caplog.text  # the digits are not
     expected = retrieval_metrics(average_flipped(plain, mirrored), labels)
-    assert metrics == pytest.approx(expected, abs=1e-9)
-    assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert {k: metrics[k] for k in expected} != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "options, by_hand",
     [
-        (["eval.query_expansion=3"], dict(qe_k=3)),
-        (["eval.query_expansion=4", "eval.qe_alpha=3.0"], dict(qe_k=4, qe_alpha=3.0)),
+        (["postprocess=query_expansion", "postprocess.query_expansion.k=3"], {"qe": QueryExpansion(k=3)}),
         (
-            [
-                "eval.rerank=k_reciprocal",
-                "eval.rerank_k1=8",
-                "eval.rerank_k2=3",
-                "eval.rerank_lambda=0.4",
-                "eval.rerank_top_k=40",
-            ],
-            dict(rerank_top_k=40, k1=8, k2=3, lambda_value=0.4),
+            ["postprocess=query_expansion", "postprocess.query_expansion.k=4", "postprocess.query_expansion.alpha=3.0"],
+            {"qe": QueryExpansion(k=4, alpha=3.0)},
         ),
         (
-            ["eval.query_expansion=2", "eval.rerank=k_reciprocal", "eval.rerank_k1=8", "eval.rerank_top_k=30"],
-            dict(qe_k=2, rerank_top_k=30, k1=8),
+            [
+                "postprocess=k_reciprocal",
+                "postprocess.k_reciprocal.k1=8",
+                "postprocess.k_reciprocal.k2=3",
+                "postprocess.k_reciprocal.lambda_value=0.4",
+                "postprocess.k_reciprocal.top_k=40",
+            ],
+            {"kr": KReciprocal(k1=8, k2=3, lambda_value=0.4, top_k=40)},
+        ),
+        (
+            [
+                "postprocess=qe_k_reciprocal",
+                "postprocess.query_expansion.k=2",
+                "postprocess.k_reciprocal.k1=8",
+                "postprocess.k_reciprocal.top_k=30",
+            ],
+            {"qe": QueryExpansion(k=2), "kr": KReciprocal(k1=8, top_k=30)},
         ),
     ],
 )
 def test_eval_query_expansion_and_rerank_equal_recog_postprocess_by_hand(trained, tmp_path, options, by_hand):
     root, path, plain, _, labels = trained
     metrics = _eval_stage(root, path, tmp_path, *options)
-    expected = postprocessed_metrics(plain, labels, **by_hand)
+    expected = Pipeline(by_hand).rank(plain, labels).metrics()
     # The stage's features are the model's, computed in the same batches: equal up to float rounding.
-    assert metrics == pytest.approx(expected, abs=1e-6)
-    assert metrics != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)  # the option did something
-
-
-@pytest.mark.parametrize(
-    "option, message",
-    [
-        ("eval.query_expansion=-1", "eval.query_expansion"),
-        ("eval.qe_alpha=-0.5", "eval.qe_alpha"),
-        ("eval.rerank_k1=0", "eval.rerank_k1"),
-        ("eval.rerank_top_k=0", "eval.rerank_top_k"),
-        ("eval.rerank_lambda=1.5", "eval.rerank_lambda"),
-    ],
-)
-def test_out_of_range_post_processing_values_are_refused(option, message):
-    with pytest.raises(ConfigError, match=message):
-        recog.compose([option])
-
-
-def test_rerank_with_binary_codes_and_an_unknown_rerank_are_refused():
-    with pytest.raises(ConfigError, match="binarize"):
-        recog.compose(["eval.binarize=sign", "eval.rerank=k_reciprocal"])
-    with pytest.raises(ConfigError, match="k_reciprocal"):
-        recog.compose(["eval.rerank=kreciprocal"])
+    ranking = {k: metrics[k] for k in expected}  # besides the threshold's metrics
+    assert ranking == pytest.approx(expected, abs=1e-6)
+    assert ranking != pytest.approx(retrieval_metrics(plain, labels), abs=1e-9)  # the option did something

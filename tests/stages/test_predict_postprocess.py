@@ -1,4 +1,4 @@
-"""stage=predict's gallery search with eval.flip / eval.query_expansion / eval.rerank."""
+"""stage=predict's gallery search with postprocess=flip / query_expansion / k_reciprocal."""
 
 import json
 
@@ -10,8 +10,7 @@ import recog
 from recog.errors import ConfigError
 from recog.inference import ExportedModel, preprocess_image
 from recog.inference.export import export_model
-from recog.postprocess import average_flipped, k_reciprocal_rerank, query_expansion
-from recog.postprocess.metrics import postprocessed_metrics
+from recog.postprocess import KReciprocal, Pipeline, average_flipped, k_reciprocal_rerank, query_expansion
 from recog.search import GalleryIndex
 from recog.stages import predict
 
@@ -72,26 +71,37 @@ def _run(tmp_path, export_dir, out, *overrides):
 
 @pytest.mark.slow
 def test_predict_with_rerank_returns_the_reranked_order(tmp_path, export_dir):
-    options = ["eval.rerank=k_reciprocal", "eval.rerank_k1=4", "eval.rerank_k2=2", "eval.rerank_lambda=0.2"]
+    options = [
+        "postprocess=k_reciprocal",
+        "postprocess.k_reciprocal.k1=4",
+        "postprocess.k_reciprocal.k2=2",
+        "postprocess.k_reciprocal.lambda_value=0.2",
+    ]
     summary, results, q, index = _run(tmp_path, export_dir, "rerank", *options)
     g = index.gallery_vectors()
     expected, distances = k_reciprocal_rerank(q, g, k1=4, k2=2, lambda_value=0.2, top_k=100)
     assert [[r["index"] for r in row["results"]] for row in results] == expected[:, :6].tolist()
     for row, d in zip(results, distances[:, :6]):
-        np.testing.assert_allclose([r["rerank_distance"] for r in row["results"]], d, rtol=1e-6)
+        np.testing.assert_allclose([r["rerank_distance"] for r in row["results"]], d, rtol=1e-6, atol=1e-6)
         assert [r["rank"] for r in row["results"]] == list(range(1, 7))
     plain = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :6]
     assert (expected[:, :6] != plain).any()  # re-ranking changed some order
     metrics = json.loads((tmp_path / "rerank" / "metrics.json").read_text())
-    assert metrics == postprocessed_metrics(
-        q, [r["label"] for r in results], g, index.labels, rerank_top_k=100, k1=4, k2=2, lambda_value=0.2
-    )
+    by_hand = Pipeline({"kr": KReciprocal(k1=4, k2=2, lambda_value=0.2)})
+    assert metrics == by_hand.rank(q, [r["label"] for r in results], g, index.labels).metrics()
     assert summary["metrics"] == metrics
 
 
 @pytest.mark.slow
 def test_predict_with_query_expansion_searches_with_the_expanded_queries(tmp_path, export_dir):
-    _, results, q, index = _run(tmp_path, export_dir, "qe", "eval.query_expansion=2", "eval.qe_alpha=1.0")
+    _, results, q, index = _run(
+        tmp_path,
+        export_dir,
+        "qe",
+        "postprocess=query_expansion",
+        "postprocess.query_expansion.k=2",
+        "postprocess.query_expansion.alpha=1.0",
+    )
     g = index.gallery_vectors()
     expected = index.results(query_expansion(q, g, k=2, alpha=1.0), 6)
     assert [[r["index"] for r in row["results"]] for row in results] == [
@@ -101,7 +111,7 @@ def test_predict_with_query_expansion_searches_with_the_expanded_queries(tmp_pat
 
 
 def test_predict_with_flip_averages_image_and_mirror_features(tmp_path, export_dir):
-    _, _, q, index = _run(tmp_path, export_dir, "flip", "eval.flip=true")
+    _, _, q, index = _run(tmp_path, export_dir, "flip", "postprocess=flip")
     model = ExportedModel(export_dir)
     paths = sorted((tmp_path / "q").glob("*.png"))
     images = np.stack(
@@ -138,7 +148,7 @@ def test_predict_post_processing_of_binary_codes_is_refused(tmp_path):
             "mlflow.enabled=false",
             f"predict.model_dir={tmp_path / 'export'}",
             f"predict.input={tmp_path / 'q'}",
-            "eval.flip=true",
+            "postprocess=flip",
         ]
     )
     with pytest.raises(ConfigError, match="binary codes"):

@@ -77,7 +77,7 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert steps == list(range(1, 7))  # 2 epochs x 3 steps, each logged
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"best_model", "metrics.json", "config.yaml", "retrieval.png"} <= artifacts
+    assert {"best_model", "metrics.json", "config.yaml", "retrieval.png", "worst_queries.png"} <= artifacts
     picture = cv2.imread(str(tmp_path / "run" / "retrieval.png"))
     assert picture is not None and picture.shape[0] > picture.shape[1] / 6 > 0  # 8 rows of 6 tiles
     assert "best_model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
@@ -90,6 +90,8 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`recog.stage` = 'eval'")
     assert len(runs) == 1 and runs[0].data.metrics["recall_at_1"] == pytest.approx(metrics["recall_at_1"])
+    eval_artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"metrics.json", "retrieval.png", "worst_queries.png"} <= eval_artifacts
 
 
 @pytest.mark.slow

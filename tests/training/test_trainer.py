@@ -272,7 +272,7 @@ def test_the_best_model_follows_trainer_monitor(tmp_path, lists, monkeypatch):
         [{"recall_at_1": 0.9, "mAP": 0.1}, {"recall_at_1": 0.2, "mAP": 0.5}, {"recall_at_1": 0.5, "mAP": 0.3}]
     )
     monkeypatch.setattr(Evaluator, "__call__", lambda self, model: dict(next(scripted)))
-    monkeypatch.setattr(Evaluator, "save_picture", lambda self, path: path)
+    monkeypatch.setattr(Evaluator, "save_report", lambda self, directory: [])
     best = train.run(
         _cfg(lists, tmp_path, "trainer.epochs=3", "trainer.steps_per_epoch=1", "trainer.monitor=mAP"), tmp_path / "run"
     )

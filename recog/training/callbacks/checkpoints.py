@@ -1,9 +1,9 @@
-"""The run's files: ``best_model/`` with ``metrics.json`` and ``retrieval.png`` (``KeepBestModel``),
+"""The run's files: ``best_model/`` with ``metrics.json`` and the eval's report (``KeepBestModel``),
 ``checkpoints/last`` and ``config.yaml`` (``SaveCheckpoint``)."""
 
 from omegaconf import OmegaConf
 
-from recog.evaluation import is_better, write_metrics
+from recog.evaluation import REPORT_FILES, is_better, write_metrics
 from recog.training.callbacks.base import Callback
 from recog.utils import atomic
 from recog.utils.runtime import is_main_process
@@ -12,8 +12,9 @@ from recog.utils.runtime import is_main_process
 class KeepBestModel(Callback):
     """After each eval: a new best by ``trainer.monitor`` (higher is better; ties keep the earlier)
     becomes ``state["best"]`` (its metrics and epoch) and is saved to ``best_model/`` (weights and
-    config), ``metrics.json`` and ``retrieval.png`` (its top-5 results for the first eval queries).
-    At the end the three are logged as MLflow artifacts."""
+    config), ``metrics.json`` and the eval's report (``Evaluator.save_report``: ``retrieval.png``,
+    ``worst_queries.png``, ``pair_scores.png``, ``threshold.json``). At the end they are logged as
+    MLflow artifacts."""
 
     def on_eval_end(self, trainer, state, metrics):
         if not is_better(metrics, state["best"], str(trainer.cfg.trainer.monitor)):
@@ -22,16 +23,16 @@ class KeepBestModel(Callback):
         trainer.checkpoints.save_best(state)
         if is_main_process():
             write_metrics(state["best"], trainer.run_dir / "metrics.json")
-            trainer.evaluator.save_picture(trainer.run_dir / "retrieval.png")
+            trainer.evaluator.save_report(trainer.run_dir)
 
     def on_fit_end(self, trainer, state):
         if state["best"] is None:
             return
         trainer.tracker.log_artifact(trainer.checkpoints.best)
         trainer.tracker.log_artifact(trainer.run_dir / "metrics.json")
-        picture = trainer.run_dir / "retrieval.png"
-        if picture.is_file():  # a picture that could not be written was a warning
-            trainer.tracker.log_artifact(picture)
+        for name in REPORT_FILES:  # a picture that could not be written was a warning
+            if (trainer.run_dir / name).is_file():
+                trainer.tracker.log_artifact(trainer.run_dir / name)
 
 
 class SaveCheckpoint(Callback):

@@ -19,7 +19,7 @@ class MlflowLogging(Callback):
       ``skipped_steps`` (with ``trainer.skip_nonfinite``), at the last step.
 
     The files a run writes are logged as artifacts by the callbacks that write them (``best_model/``,
-    ``metrics.json``, ``retrieval.png``: ``KeepBestModel``; ``config.yaml``: ``SaveCheckpoint``;
+    ``metrics.json``, the eval's report: ``KeepBestModel``; ``config.yaml``: ``SaveCheckpoint``;
     ``bad_images.tsv``: ``BadImageReport``; ``export/`` and the MLflow Model: ``ExportAfterTraining``).
     """
 
