@@ -1,5 +1,5 @@
-"""Structured configs of recog's own sections (data, trainer, eval, export, predict, mlflow, sweep,
-paths, launcher): their keys, types and defaults live here only, so a misspelt key or a wrongly
+"""Structured configs of recog's own sections (data, trainer, eval, export, predict, index, mlflow,
+sweep, paths, launcher): their keys, types and defaults live here only, so a misspelt key or a wrongly
 typed value fails at composition.
 
 The components (backbone, neck, head, loss, dataset, optimizer, scheduler) have no dataclass: each
@@ -20,6 +20,7 @@ class Stage(str, Enum):
     eval = "eval"
     export = "export"
     predict = "predict"
+    index = "index"
 
 
 class Device(str, Enum):
@@ -200,6 +201,24 @@ class PredictConfig:
     batch_size: int = 32
     top_k: int = 5
     picture_queries: int = 8  # rows of retrieval.png (0: no picture)
+    # The search model's (stage=index) decision threshold: a best match scoring at least this (inner
+    # product; at most, for Hamming distances) gives its label, else "unknown". None: the export's
+    # calibrated threshold.json; without one, every query gets its best match's label.
+    threshold: float | None = None
+
+
+@dataclass
+class IndexConfig:
+    """``stage=index``: build, edit or re-embed a saved gallery index; logged with the export as a search model."""
+
+    model_dir: str | None = None  # the export (stage=export) that embeds the gallery
+    gallery: str | None = None  # a list of `path label` lines, or a folder of <label>/ subfolders
+    dir: str | None = None  # the index folder; None: <model_dir>/../index
+    kind: IndexKind = IndexKind.flat  # for a new index
+    add: str | None = None  # images to add (list or folder, as gallery): none may be indexed already
+    remove: list[int] = field(default_factory=list)  # ids of entries to remove
+    rebuild_fraction: float = 0.2  # hnsw: rebuild the graph once more than this share is deleted
+    log_model: bool = True  # log export + index as the MLflow Model of this stage's run
 
 
 @dataclass
@@ -259,6 +278,7 @@ class RecogConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

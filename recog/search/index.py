@@ -276,6 +276,28 @@ class GalleryIndex:
             self.rebuild(reason=f"{self.deleted_fraction:.0%} of the HNSW graph deleted")
         return int(len(wanted))
 
+    def reembedded(self, vectors, ids, model: str | None, binary: bool | None = None) -> GalleryIndex:
+        """A new index of the same kind and parameters holding another model's ``vectors`` of the
+        entries ``ids`` (ascending, a subset of ``ids``: entries left out are dropped), keeping their
+        ids, labels, paths and this index's history (plus a ``reembed`` edit)."""
+        keep_ids = check_ids(ids, len(ids))
+        missing = np.setdiff1d(keep_ids, self._ids)
+        if len(missing):
+            raise ValueError(f"re-embedded ids {missing[:10].tolist()} are not in the index")
+        keep = np.isin(self._ids, keep_ids)
+        labels = None if self._labels is None else self._labels[keep]
+        paths = None if self._paths is None else [p for p, kept in zip(self._paths, keep.tolist()) if kept]
+        binary = self._binary if binary is None else bool(binary)
+        params = {k: v for k, v in self._params.items() if not (k == "nlist" and v > len(keep_ids))}
+        out = GalleryIndex.build(
+            vectors, labels, paths, kind=self._kind, binary=binary, ids=keep_ids, model=model, **params
+        )
+        out._next_id = self._next_id
+        out._edits = self.edits
+        dropped = np.setdiff1d(self._ids, keep_ids)
+        out._record("reembed", count=out.ntotal, model=model, dropped=dropped.tolist() or None)
+        return out
+
     def rebuild(self, reason: str = "asked") -> GalleryIndex:
         """A new faiss index of the live entries (same kind, parameters and ids; ``ivf`` keeps its
         trained lists); HNSW's deleted nodes are gone afterwards. Returns self."""
@@ -359,11 +381,6 @@ class GalleryIndex:
         """``ModelMismatchError`` when the index was embedded by another export than the one whose
         ``model_digest`` is ``digest`` (saying how to re-index); a warning when either is unknown."""
         check_model(self._model, digest, index_dir, export_dir)
-
-    def set_model(self, digest: str | None, note: str = "re-embedded") -> None:
-        """Record that the vectors now come from the export with ``digest`` (after re-embedding)."""
-        self._model = digest
-        self._record("reembed", count=self.ntotal, model=digest, note=note)
 
     @property
     def params(self) -> dict:
