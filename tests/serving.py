@@ -1,4 +1,5 @@
-"""A real `mlflow models serve --env-manager local` (what `make serve` runs) for the tests, on 127.0.0.1."""
+"""A real `mlflow models serve --env-manager local` for the tests, on 127.0.0.1: started directly, or
+by `make serve` (which checks a downloaded copy of the model first and serves that)."""
 
 import contextlib
 import json
@@ -13,6 +14,25 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parent.parent  # the environment running the tests: make's VENV
+
+
+def make_serve(model: str, outputs, port: int) -> list[str]:
+    """The `make serve` command line (``-o``: the installed environment is taken as it is)."""
+    venv = f"VENV={VENV}"
+    return [
+        "make",
+        "-s",
+        "-C",
+        str(ROOT),
+        "-o",
+        f"{VENV}/.installed",
+        "serve",
+        venv,
+        f"MODEL={model}",
+        f"OUTPUTS={outputs}",
+        f"PORT={port}",
+    ]
 
 
 def free_port() -> int:
@@ -22,8 +42,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(model: str, tracking_uri: str, cwd, timeout: float = 180):
-    """Serve ``model`` (a URI or folder) until the block ends; yields ``post(body) -> (status, reply)``."""
+def served(model: str, tracking_uri: str, cwd, timeout: float = 180, make_outputs=None):
+    """Serve ``model`` (a URI or folder) until the block ends; yields ``post(body) -> (status, reply)``.
+    With ``make_outputs`` (the OUTPUTS folder) the server is started by `make serve`."""
     port = free_port()
     env = dict(
         os.environ,
@@ -32,10 +53,13 @@ def served(model: str, tracking_uri: str, cwd, timeout: float = 180):
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # its uvicorn
     )
     command = [sys.executable, "-m", "mlflow", "models", "serve", "--env-manager", "local", "-m", model]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    if make_outputs is not None:
+        command = make_serve(model, make_outputs, port)
     log_path = Path(cwd) / f"server-{port}.log"  # a file, not a pipe: a full pipe would block the server
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [*command, "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            command,
             cwd=cwd,
             env=env,
             stdout=log,

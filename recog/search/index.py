@@ -223,9 +223,9 @@ class GalleryIndex:
             return self
         if labels is not None:
             kinds = ["string" if a.dtype.kind == "U" else "integer" for a in (self._labels, labels)]
-            if kinds[0] != kinds[1]:
+            if kinds[0] != kinds[1] and len(self._labels):  # an emptied gallery takes either kind
                 raise ValueError(f"the index has {kinds[0]} labels, the added items {kinds[1]} ones")
-            merged = np.concatenate([self._labels, labels])
+            merged = np.concatenate([self._labels, labels]) if len(self._labels) else labels
         new_ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
         add_vectors(self._index, self._kind, vectors, new_ids)
         if self._slot_ids is not None:

@@ -133,7 +133,7 @@ def load(directory) -> dict:
     if kind != "hnsw" and not np.array_equal(stored_ids(index, kind), ids):
         raise DataError(f"{where}: the ids in {INDEX_NAME} differ from the manifest's")
     if labels is not None:
-        labels = np.asarray(labels)
+        labels = np.asarray(labels) if labels else np.zeros(0, np.int64)  # an emptied gallery
         if labels.ndim != 1 or labels.dtype.kind not in "iubU":
             raise DataError(f"{where}: the manifest's labels must all be integers or all strings")
     return {

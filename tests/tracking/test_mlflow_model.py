@@ -27,6 +27,8 @@ from recog.tracking.datasets import dataset_record
 from recog.tracking.mlflow_model import SUPERSEDED_TAG, run_models, tracking_uri
 from recog.utils.manifest import IntegrityError
 
+pytestmark = pytest.mark.xdist_group("test_mlflow_model")  # one xdist worker builds the module fixture once
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

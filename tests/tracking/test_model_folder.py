@@ -2,8 +2,10 @@
 and an MLmodel that names recog's loader and nothing MLflow would execute."""
 
 import logging
+import subprocess
 
 import pytest
+from serving import make_serve
 
 from recog.tracking import model_folder
 from recog.utils.manifest import IntegrityError
@@ -109,3 +111,11 @@ def test_the_command_make_serve_runs_reports_a_refused_folder_with_exit_code_2(f
     assert "recog: " in capsys.readouterr().err
     assert model_folder.main([str(tmp_path / "nowhere"), str(tmp_path / "copy2")]) == 2
     assert "cannot download the MLflow Model" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # make and a Python process
+def test_make_serve_refuses_a_tampered_model_before_serving_it(folder, tmp_path):
+    (folder / "MLmodel").write_text(MLMODEL.replace(LOADER, "evil_module"))
+    result = subprocess.run(make_serve(str(folder), tmp_path, 5999), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "MLmodel was altered after the model was logged" in result.stderr
+    assert "serving" not in result.stdout
