@@ -90,6 +90,7 @@ def served(model: str, tracking_uri: str, cwd, timeout: float = 180, make_output
             except urllib.error.HTTPError as error:
                 return error.code, json.loads(error.read() or b"null")
 
+        post.port = port
         yield post
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -3,6 +3,7 @@ with another export, and logged with the export as a search model that a real se
 
 import base64
 import json
+import subprocess
 
 import cv2
 import mlflow
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from exports import manifest_of, read_rgb, tiny_export, write_gallery
 from mlflow.tracking import MlflowClient
+from readme_blocks import read_blocks
 from serving import served
 
 import recog
@@ -156,6 +158,16 @@ def test_what_stage_index_needs_is_checked_before_any_work(tmp_path, extra, mess
         index_stage.check_ready(cfg)
 
 
+def readme_request(port: int, image) -> str:
+    """The README's request (Models: write request.json with a base64 PNG, curl it) against ``port``."""
+    (block,) = [b for b in read_blocks() if "curl -s http://127.0.0.1:5001/invocations" in b.text]
+    lines = [line for line in block.text.splitlines() if line.startswith(("printf ", "curl "))]
+    assert len(lines) == 2, lines
+    readme_image = "outputs/data/digits/images/7/0007.png"
+    assert readme_image in lines[0]
+    return "\n".join(lines).replace("5001", str(port)).replace(readme_image, str(image))
+
+
 def _png_b64(image) -> str:
     return base64.b64encode(cv2.imencode(".png", image[:, :, ::-1])[1].tobytes()).decode()
 
@@ -180,3 +192,7 @@ def test_the_served_search_model_answers_a_gallery_object_with_its_label_and_an_
         assert status == 200 and len(reply["predictions"][0]["matches"]) == 5
         status, reply = post({"inputs": [(known / 255).tolist()]})
         assert status == 400 and "got float64 values" in reply["message"]
+        command = readme_request(post.port, root / "data" / "img" / "gallery_7.png")
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        (answer,) = json.loads(result.stdout)["predictions"]  # the README's curl, as written
+        assert answer["decision"] == 3 and answer["matches"][0]["id"] == 7
