@@ -73,7 +73,7 @@ def write_search_folder(destination, export_dir, index_dir, top_k: int, threshol
     destination.mkdir(parents=True)
     shutil.copytree(export_dir, destination / EXPORT_DIR)
     shutil.copytree(index_dir, destination / INDEX_DIR)
-    settings = {"format": FORMAT, "format_version": FORMAT_VERSION, "top_k": _top_k(top_k), "threshold": threshold}
+    settings = {"format": FORMAT, "format_version": FORMAT_VERSION, "top_k": check_top_k(top_k), "threshold": threshold}
     (destination / SEARCH_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     return destination
 
@@ -110,7 +110,7 @@ class GallerySearcher:
 
     def answer(self, images: list[np.ndarray], top_k: int | None = None) -> list[dict]:
         """One answer per image (module docstring)."""
-        k = _top_k(self.top_k if top_k is None else top_k)
+        k = check_top_k(self.top_k if top_k is None else top_k)
         queries = self.features(images)
         if not self.index.ntotal:
             return [self._answer([], None) for _ in images]
@@ -150,7 +150,8 @@ def _accepts(threshold: dict, score) -> bool:
     return score >= threshold["score"] if threshold["similarity"] == "inner_product" else score <= threshold["score"]
 
 
-def _top_k(value) -> int:
+def check_top_k(value) -> int:
+    """``value`` as a number of matches per query (1 to ``MAX_TOP_K``); ``ConfigError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= MAX_TOP_K:
         raise ConfigError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}")
     return int(value)
@@ -167,7 +168,7 @@ def _read_settings(path: Path) -> dict:
     if settings.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {settings.get('format_version')!r} is not {FORMAT_VERSION}")
     try:
-        settings["top_k"] = _top_k(settings.get("top_k"))
+        settings["top_k"] = check_top_k(settings.get("top_k"))
     except ConfigError as error:
         raise DataError(f"{path}: {error}") from None
     threshold = settings.get("threshold")

@@ -16,7 +16,8 @@ and then:
 3. ``index.add``: all its images are added (an image already indexed is an error naming its id);
 4. ``index.remove``: the entries with these ids are removed;
 
-each step recorded in the index's edit history, the index saved atomically. The stage's run folder
+each step recorded in the index's edit history, the index saved atomically (one ``stage=index`` at
+a time edits a folder's indexes: a second one is refused while the first runs). The stage's run folder
 receives ``search_model/`` (copies of the export and the index, ``search.json`` with
 ``predict.top_k`` and the threshold: ``predict.threshold``, else the export's ``threshold.json``;
 ``recog.search.searcher``) and ``index_summary.json``; ``search_model/`` is logged as the MLflow
@@ -24,8 +25,11 @@ Model of this stage's run (``index.log_model=false`` skips it). Serve it with
 ``make serve MODEL=runs:/<run id>/model``.
 """
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -80,8 +84,9 @@ def run(cfg: DictConfig, run_dir) -> dict:
     summary: dict = {"index": str(folder.resolve()), "model_dir": str(Path(c.model_dir).resolve())}
     tracker = MlflowTracker(cfg, stage="index", train_run_id=_train_run_id(model))
     try:
-        index = _updated_index(cfg, model, digest, folder, run_dir, summary)
-        index.save(folder)
+        with editing(folder):
+            index = _updated_index(cfg, model, digest, folder, run_dir, summary)
+            index.save(folder)
         summary.update(size=index.ntotal, ids=_id_range(index), next_id=index.next_id, kind=index.kind)
         threshold = choose_threshold(c.model_dir, cfg.predict.threshold, index.binary)
         summary["threshold"] = threshold
@@ -146,6 +151,24 @@ def _updated_index(cfg: DictConfig, model, digest, folder: Path, run_dir: Path, 
         except ValueError as error:
             raise DataError(f"index.remove={list(c.remove)}: {error}") from None
     return index
+
+
+@contextlib.contextmanager
+def editing(folder: Path):
+    """One ``stage=index`` at a time per index folder: an exclusive lock (``flock``) on its parent
+    folder while the index is read, edited and saved (released when the process ends, however)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another stage=index is editing a gallery index in {folder.parent}: wait until it ends"
+            ) from None
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
 
 
 def labelled_items(spec: str, what: str) -> list[Item]:

@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from recog.tracking.model_folder import verify as verify_folder
 from recog.tracking.model_folder import write_manifest
-from recog.tracking.model_input import image_batch
+from recog.tracking.model_input import InputError, image_batch
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +61,50 @@ SEARCH_FILE = "search.json"
 
 
 class FeatureModel:
-    """What ``mlflow.pyfunc.load_model`` wraps for an export: ``predict(images) -> float32 [N, D]``."""
+    """What ``mlflow.pyfunc.load_model`` wraps for an export: ``predict(images) -> float32 [N, D]``.
+
+    The scoring server runs requests in threads: one predictor runs one batch at a time (a lock)."""
 
     def __init__(self, export_dir, batch_size: int = BATCH_SIZE):
         from recog.inference import ExportedModel
 
         self.model = ExportedModel(export_dir)  # verifies the export's manifest first
         self.batch_size = int(batch_size)
+        self._lock = threading.Lock()
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         batch = image_batch(model_input)
-        parts = [
-            self.model.predict_images(images, batch_size=self.batch_size) for images in batch.batches(self.batch_size)
-        ]
+        parts = []
+        for images in batch.batches(self.batch_size):
+            with self._lock:
+                parts.append(self.model.predict_images(images, self.batch_size))
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
 class SearchModel:
-    """What ``mlflow.pyfunc.load_model`` wraps for a search model: ``predict(images) -> list of answers``."""
+    """What ``mlflow.pyfunc.load_model`` wraps for a search model: ``predict(images) -> list of answers``
+    (``params``: ``{"top_k": k}`` overrides the model's number of matches per image)."""
 
     def __init__(self, folder):
         from recog.search.searcher import GallerySearcher
 
         self.searcher = GallerySearcher(folder)
+        self._lock = threading.Lock()
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[dict]:
+        from recog.errors import ConfigError
+        from recog.search.searcher import check_top_k
+
         top_k = (params or {}).get("top_k")
+        try:
+            top_k = None if top_k is None else check_top_k(top_k)
+        except ConfigError as error:
+            raise InputError(f"params: {error}") from None
         batch = image_batch(model_input)
         answers: list[dict] = []
         for images in batch.batches(BATCH_SIZE):
-            answers.extend(self.searcher.answer(images, top_k))
+            with self._lock:
+                answers.extend(self.searcher.answer(images, top_k))
         return answers
 
 

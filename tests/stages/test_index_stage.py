@@ -19,7 +19,8 @@ from recog.errors import ConfigError, DataError
 from recog.search import GalleryIndex, ModelMismatchError, model_digest
 from recog.stages import index as index_stage
 from recog.stages import predict
-from recog.tracking.mlflow_model import tracking_uri
+from recog.tracking.mlflow_model import SearchModel, tracking_uri
+from recog.tracking.model_input import InputError
 
 pytestmark = pytest.mark.xdist_group("test_index_stage")  # one xdist worker builds the module fixture once
 
@@ -89,6 +90,11 @@ def test_index_builds_edits_and_logs_a_search_model(world, built):
     with pytest.raises(DataError, match=r"index.remove=\[5\]: no gallery entry has id 5"):
         run(root, export, "remove_again", "index.remove=[5]", edit)
     assert GalleryIndex.load(root / "index").ntotal == 12  # refused edits changed nothing
+    with index_stage.editing(root / "index"), pytest.raises(ConfigError, match="another stage=index is editing"):
+        run(root, export, "concurrent", "index.remove=[1]", edit)
+    search = SearchModel(root / "runs" / "build" / "search_model")
+    with pytest.raises(InputError, match="params: top_k must be an integer from 1 to 1000, got 0"):
+        search.predict([image], params={"top_k": 0})
 
 
 @pytest.mark.slow
