@@ -1,6 +1,8 @@
 """recog's MLflow Models: an export (features) or an export with a gallery index (search answers),
 ``python_function`` flavor, logged as the MLflow Model ``model`` of a run.
 
+(Over 300 lines: what MLflow loads and how recog logs it share one folder layout and are read together.)
+
 Contract (tested in tests/tracking/test_mlflow_model.py and tests/stages/test_index_stage.py)::
 
     m = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")     # or "models:/recog@champion"
