@@ -16,7 +16,7 @@ PADDLE_GPU := paddlepaddle-gpu>=3.0,<4
 PADDLE ?= $(if $(HAS_GPU),$(PADDLE_GPU),$(PADDLE_CPU))
 PADDLE_INDEX ?=
 
-.PHONY: install demo train eval export predict serve test test-fast lint ui clean-outputs
+.PHONY: install demo train eval export predict index serve test test-fast lint ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -33,7 +33,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # The whole main job on the embedded digits, into one run folder: train, evaluate the best
-# model, export it, extract features of the query images and search them in a gallery.
+# model, export it, extract features of the query images and search them in a gallery, index the
+# gallery as a search model and ask the served model about one query digit.
 # Its runs go to the MLflow experiment digits_demo (the recipe itself names none: your data trained
 # with experiment=digits_demo goes to mlflow.experiment_name, default recog).
 DIGITS := $(OUTPUTS)/data/digits
@@ -45,8 +46,11 @@ demo: install
 	$(BIN)/python run.py stage=export $(DEMO) model_path=$$run/best_model hydra.run.dir=$$run/logs/export $(ARGS); \
 	$(BIN)/python run.py stage=predict $(DEMO) predict.model_dir=$$run/export \
 		predict.input=$(DIGITS)/query_list.txt predict.gallery=$(DIGITS)/gallery_list.txt hydra.run.dir=$$run/predict $(ARGS); \
+	$(BIN)/python run.py stage=index experiment=digits_demo index.model_dir=$$run/export \
+		index.gallery=$(DIGITS)/gallery_list.txt hydra.run.dir=$$run/index_stage $(ARGS); \
 	$(BIN)/python scripts/demo_summary.py $$run; \
-	$(BIN)/python scripts/demo_summary.py --served-model $$run
+	$(BIN)/python scripts/demo_summary.py --served-model $$run; \
+	$(BIN)/python scripts/served_search.py --demo $$run
 
 train: install
 	$(BIN)/python run.py stage=train $(ARGS)
@@ -71,12 +75,31 @@ predict: install
 	$(BIN)/python run.py stage=predict predict.model_dir=$$dir predict.input=$(INPUT) \
 		$(if $(GALLERY),predict.gallery=$(GALLERY)) $(ARGS)
 
+# Indexes GALLERY (a list of `path label` lines, or a folder of <label>/ subfolders) with EXPORT (default:
+# the newest export) into <run>/index and logs export + index as a search model:
+# make index GALLERY=gallery.txt; then make serve MODEL=runs:/<the index run's id>/model (the command prints it).
+index: install
+	@dir="$(EXPORT)"; [ -n "$$dir" ] || dir=$$(ls -td $(OUTPUTS)/runs/*/export 2>/dev/null | head -n 1); \
+	if [ -z "$$dir" ]; then echo "no export under $(OUTPUTS)/runs: run make export first" >&2; exit 2; fi; \
+	$(BIN)/python run.py stage=index index.model_dir=$$dir $(if $(GALLERY),index.gallery=$(GALLERY)) $(ARGS)
+
 # Serves MODEL (an MLflow model URI; default: the newest run's MLflow Model, runs:/<run id>/model)
-# over HTTP on 127.0.0.1:PORT (default 5001) with `mlflow models serve` in this environment:
-# make serve MODEL=models:/recog@champion PORT=5001; then POST {"inputs": <uint8 [N, H, W, 3]>} to /invocations.
+# over HTTP on 127.0.0.1:PORT (default 5001) with `mlflow models serve` in this environment, from a
+# copy first checked by recog (every file against its recog_model.json, an MLmodel naming recog's
+# loader and nothing else: recog/tracking/model_folder.py): make serve MODEL=models:/recog@champion PORT=5001;
+# then POST {"inputs": {"image": ["<base64 PNG / JPEG / WebP>"]}} (or uint8 [N, H, W, 3] pixels) to /invocations.
 SERVE_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),5001)
 serve: install
-	@model="$(MODEL)"; if [ -z "$$model" ]; then 		state=$$(ls -td $(OUTPUTS)/runs/*/best_model/state.json 2>/dev/null | head -n 1); 		run_id=$$([ -n "$$state" ] && $(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("mlflow_run_id") or "")' "$$state"); 		if [ -z "$$run_id" ]; then echo "no tracked run under $(OUTPUTS)/runs: run make train first, or pass MODEL=models:/<name>@<alias>" >&2; exit 2; fi; 		model="runs:/$$run_id/model"; fi; 	echo "serving $$model on http://127.0.0.1:$(SERVE_PORT)/invocations"; 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(OUTPUTS))/mlflow.db}" 		$(BIN)/mlflow models serve --env-manager local -m "$$model" -h 127.0.0.1 -p $(SERVE_PORT)
+	@model="$(MODEL)"; if [ -z "$$model" ]; then \
+		state=$$(ls -td $(OUTPUTS)/runs/*/best_model/state.json 2>/dev/null | head -n 1); \
+		run_id=$$([ -n "$$state" ] && $(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("mlflow_run_id") or "")' "$$state"); \
+		if [ -z "$$run_id" ]; then echo "no tracked run under $(OUTPUTS)/runs: run make train first, or pass MODEL=models:/<name>@<alias>" >&2; exit 2; fi; \
+		model="runs:/$$run_id/model"; fi; \
+	export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath $(OUTPUTS))/mlflow.db}" MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false; \
+	copy=$$(mktemp -d); trap 'rm -rf "$$copy"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	local=$$($(BIN)/python -m recog.tracking.model_folder "$$model" "$$copy/model") || exit 2; \
+	echo "serving $$model (checked copy: $$local) on http://127.0.0.1:$(SERVE_PORT)/invocations"; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow models serve --env-manager local -m "$$local" -h 127.0.0.1 -p $(SERVE_PORT)
 
 # The whole suite (CI: .ci/run) on TEST_WORKERS processes (pytest-xdist), one thread each, printing
 # the 15 slowest tests. Tests in one xdist_group share a worker: those starting several processes, and

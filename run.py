@@ -1,4 +1,4 @@
-"""recog's one entrypoint: ``python run.py stage=train|eval|export|predict [overrides]`` (``-m`` for sweeps).
+"""recog's one entrypoint: ``python run.py stage=train|eval|export|predict|index [overrides]`` (``-m`` for sweeps).
 
 ``launcher.nproc_per_node=N`` (and ``launcher.nnodes``/``launcher.master``) re-runs this command
 under ``paddle.distributed.launch`` before Hydra starts: see recog/distributed/launch.py.

@@ -69,7 +69,7 @@ def precheck(argv: list[str]) -> DictConfig | None:
     fixed, swept = _fixed_and_swept(overrides)
     if cfg is None:
         cfg = compose(fixed)
-    if not any(key in ("stage", "model_path") or key.startswith("predict.") for key in swept):
+    if not any(key in ("stage", "model_path") or key.startswith(("predict.", "index.")) for key in swept):
         check_stage_ready(cfg)  # a swept stage input is checked by each job
     check_output_dirs(cfg, overrides, multirun=bool(args.multirun))
     if not args.multirun:
@@ -153,6 +153,10 @@ def check_stage_ready(cfg: DictConfig) -> None:
         from recog.stages.predict import check_ready
 
         check_ready(cfg)
+    if stage == "index":
+        from recog.stages.index import check_ready as check_index_ready
+
+        check_index_ready(cfg)
 
 
 def check_loss_inputs(cfg: DictConfig) -> None:
@@ -252,7 +256,7 @@ def help_text() -> str:
     lines = [
         "recog: deep metric learning on PaddlePaddle (Hydra config, MLflow tracking).",
         "",
-        "Usage: python run.py [stage=train|eval|export|predict] [group=option ...] [key=value ...]",
+        "Usage: python run.py [stage=train|eval|export|predict|index] [group=option ...] [key=value ...]",
         "       python run.py -m key=a,b ...      a sweep: one job per combination",
         "       python run.py --cfg job ...       print the composed config, run nothing",
         "",
@@ -262,6 +266,8 @@ def help_text() -> str:
         "  stage=export    export model_path=<best_model> as a Paddle inference model (and ONNX)",
         "  stage=predict   features of predict.input=<folder|list> with predict.model_dir=<export>,",
         "                  searched in predict.gallery=<folder|list> when given",
+        "  stage=index     a gallery index.gallery=<list|folder> indexed with index.model_dir=<export>, edited",
+        "                  (index.add=<list|folder>, index.remove=[ids]) and logged as a search model",
         "",
         "Config groups (group=option):",
     ]

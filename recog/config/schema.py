@@ -1,5 +1,5 @@
-"""Structured configs of recog's own sections (data, trainer, eval, export, predict, mlflow, sweep,
-paths, launcher): their keys, types, defaults and value ranges live here only, so a misspelt key,
+"""Structured configs of recog's own sections (data, trainer, eval, export, predict, index, mlflow,
+sweep, paths, launcher): their keys, types, defaults and value ranges live here only, so a misspelt key,
 a wrongly typed value or one out of range fails at composition (the ranges: ``Range``, given with
 ``ranged(...)`` beside the field and checked by ``recog.config.compose.check_values``).
 
@@ -99,6 +99,7 @@ class Stage(str, Enum):
     eval = "eval"
     export = "export"
     predict = "predict"
+    index = "index"
 
 
 class Device(str, Enum):
@@ -274,6 +275,26 @@ class PredictConfig:
     batch_size: int = ranged(32, low=1, note="images per predictor batch")
     top_k: int = ranged(5, low=1, note="gallery results per query")
     picture_queries: int = ranged(8, low=0, note="rows of retrieval.png; 0: no picture")
+    # The search model's (stage=index) decision threshold: a best match scoring at least this (inner
+    # product; at most, for Hamming distances) gives its label, else "unknown". None: the export's
+    # calibrated threshold.json; without one, every query gets its best match's label.
+    threshold: float | None = None
+
+
+@dataclass
+class IndexConfig:
+    """``stage=index``: build, edit or re-embed a saved gallery index; logged with the export as a search model."""
+
+    model_dir: str | None = None  # the export (stage=export) that embeds the gallery
+    gallery: str | None = None  # a list of `path label` lines, or a folder of <label>/ subfolders
+    dir: str | None = None  # the index folder; None: <model_dir>/../index
+    kind: IndexKind = IndexKind.flat  # for a new index
+    add: str | None = None  # images to add (list or folder, as gallery): none may be indexed already
+    remove: list[int] = field(default_factory=list)  # ids of entries to remove
+    rebuild_fraction: float = ranged(
+        0.2, low=0.0, high=1.0, note="share of deleted entries"
+    )  # hnsw: rebuild the graph once more than this share is deleted
+    log_model: bool = True  # log export + index as the MLflow Model of this stage's run
 
 
 @dataclass
@@ -342,6 +363,7 @@ class RecogConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -49,19 +49,23 @@ def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
     GIF, BMP, WebP and TIFF files is read from their header, so an oversized one is refused before
     it is decoded; other formats are checked after decoding (see ``recog.data.image_header``).
     """
-    data = read_image_file(path)
+    return decode_image_bytes(read_image_file(path), path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """``decode_image`` of a file's bytes (``name`` says which image in messages): ``[H, W, 3] uint8`` RGB."""
     size = image_size(data)
     if size is not None:
-        _check_pixels(path, *size, max_pixels)
+        _check_pixels(name, *size, max_pixels)
     if data.startswith(JPEG_SOI) and jpeg_is_truncated(data):
-        raise BadImageError(path, "truncated: the JPEG has no end-of-image marker")
+        raise BadImageError(name, "truncated: the JPEG has no end-of-image marker")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
-        raise BadImageError(path, f"cannot decode: {str(e).strip().splitlines()[-1]}") from None
+        raise BadImageError(name, f"cannot decode: {str(e).strip().splitlines()[-1]}") from None
     if image is None:
-        raise BadImageError(path, "cannot decode: corrupt, truncated or not an image format OpenCV reads")
-    _check_pixels(path, image.shape[1], image.shape[0], max_pixels)
+        raise BadImageError(name, "cannot decode: corrupt, truncated or not an image format OpenCV reads")
+    _check_pixels(name, image.shape[1], image.shape[0], max_pixels)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

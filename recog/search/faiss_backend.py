@@ -3,13 +3,22 @@ search whose order among equal scores is fixed (``recog.search.index`` holds the
 
 Index kinds:
 
-* ``flat``: exact search; ``IndexFlatIP`` (real), ``IndexBinaryFlat`` (binary);
+* ``flat``: exact search; ``IndexFlatIP`` (real), ``IndexBinaryFlat`` (binary), each inside an
+  ``IndexIDMap2`` / ``IndexBinaryIDMap2`` so that faiss returns the entries' ids;
 * ``ivf``: approximate, for large galleries; ``IndexIVFFlat`` with inner product (real),
-  ``IndexBinaryIVF`` (binary); trained (k-means) on the gallery given to ``build``;
+  ``IndexBinaryIVF`` (binary); trained (k-means) on the gallery given to ``build``; stores the ids;
 * ``hnsw``: approximate graph search; ``IndexHNSWFlat`` with inner product (real),
-  ``IndexBinaryHNSW`` (binary).
+  ``IndexBinaryHNSW`` (binary); faiss numbers its entries 0, 1, ... in insertion order ("slots").
 
 Every kind stores the vectors uncompressed, so ``gallery_vectors()`` returns them exactly.
+
+Ids and removal
+---------------
+Every gallery entry has an id (int64, never reused). ``flat`` and ``ivf`` hold the ids themselves
+(``add_with_ids``) and remove entries in place (``remove_ids``; the flat storage is compacted, keeping
+its order). HNSW graphs cannot delete: ``recog.search.index`` keeps a slot -> id table, marks removed
+slots deleted (searches skip them) and rebuilds the graph from the live vectors once the deleted
+share passes a set fraction. Old (format 1) flat indexes without ids are wrapped on load, ids 0..M-1.
 
 Parameters (``GalleryIndex.build(..., **params)``): ``ivf`` takes ``nlist`` (inverted lists,
 trained by k-means on the gallery given to ``build``; default ``min(4 * sqrt(M), M // 39)``,
@@ -77,7 +86,7 @@ DEFAULT_EF_SEARCH = 64
 DEFAULT_HNSW_M = 32
 DEFAULT_MAX_NPROBE = 8
 
-# Expected faiss classes per (kind, binary), checked when loading.
+# Expected faiss classes per (kind, binary), checked when loading (a flat index inside its id map).
 FAISS_CLASSES = {
     ("flat", False): faiss.IndexFlat,
     ("ivf", False): faiss.IndexIVFFlat,
@@ -93,22 +102,95 @@ class IndexConfigError(ConfigError, ValueError):
 
 
 def make_faiss_index(kind: str, binary: bool, dim: int, params: dict):
+    """An empty faiss index of ``kind`` (``flat``: inside its id map)."""
+    if kind == "flat":
+        return with_id_map(faiss.IndexBinaryFlat(dim) if binary else faiss.IndexFlatIP(dim), binary)
     if binary:
-        if kind == "flat":
-            return faiss.IndexBinaryFlat(dim)
         if kind == "ivf":
             # faiss's Python wrapper keeps the quantizer alive (index.referenced_objects).
             return faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dim), dim, params["nlist"])
         index = faiss.IndexBinaryHNSW(dim, params["M"])
     else:
-        if kind == "flat":
-            return faiss.IndexFlatIP(dim)
         if kind == "ivf":
             return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
         index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params["ef_construction"]
     index.hnsw.efSearch = params["ef_search"]
     return index
+
+
+def with_id_map(flat, binary: bool):
+    """``flat`` (an ``IndexFlat`` / ``IndexBinaryFlat``) inside an id map; the entries it already
+    holds get ids 0..ntotal-1 (how a format-1 flat index is read)."""
+    stored = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else None
+    if stored is not None:
+        flat.reset()
+    wrapped = faiss.IndexBinaryIDMap2(flat) if binary else faiss.IndexIDMap2(flat)
+    wrapped.referenced_objects = [flat]  # keep the inner index alive as long as the map
+    if stored is not None:
+        wrapped.add_with_ids(stored, np.arange(len(stored), dtype=np.int64))
+    return wrapped
+
+
+def inner_index(index):
+    """The storage of an id-mapped flat index (the index itself for the other kinds)."""
+    if isinstance(index, faiss.IndexBinaryIDMap2):
+        return faiss.downcast_IndexBinary(index.index)
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.downcast_index(index.index)
+    return index
+
+
+def add_vectors(index, kind: str, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Append ``vectors`` with their ``ids`` (``hnsw``: in slot order, the ids kept by the caller)."""
+    if kind == "hnsw":
+        index.add(vectors)
+    else:
+        index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def remove_vectors(index, ids: np.ndarray) -> int:
+    """Remove the entries ``ids`` of a ``flat`` / ``ivf`` index in place; returns how many went."""
+    return int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))))
+
+
+def stored_ids(index, kind: str) -> np.ndarray:
+    """The ids a ``flat`` / ``ivf`` index holds, ascending (without reading the vectors)."""
+    if kind == "flat":
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    invlists = faiss.downcast_InvertedLists(index.invlists)
+    found = [np.zeros(0, np.int64)]
+    for list_no in range(index.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ids = invlists.get_ids(list_no)
+            try:
+                found.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))  # a copy
+            finally:
+                invlists.release_ids(list_no, ids)
+    return np.sort(np.concatenate(found))
+
+
+def stored_vectors(index, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(faiss labels [M] int64, vectors [M, ...])`` of every stored entry: ids ascending for
+    ``flat`` / ``ivf``, slots ascending for ``hnsw`` (deleted slots included)."""
+    if kind == "flat":
+        return faiss.vector_to_array(index.id_map).astype(np.int64), inner_index(index).reconstruct_n(0, index.ntotal)
+    if kind == "hnsw":
+        return np.arange(index.ntotal, dtype=np.int64), index.reconstruct_n(0, index.ntotal)
+    from faiss.contrib.inspect_tools import get_invlist
+
+    binary = isinstance(index, faiss.IndexBinary)
+    width = index.code_size
+    labels, codes = [np.zeros(0, np.int64)], [np.zeros((0, width), np.uint8)]
+    for list_no in range(index.nlist):
+        ids, list_codes = get_invlist(index.invlists, list_no)
+        labels.append(np.asarray(ids, dtype=np.int64))
+        codes.append(np.asarray(list_codes, dtype=np.uint8).reshape(-1, width))
+    labels, codes = np.concatenate(labels), np.concatenate(codes)
+    order = np.argsort(labels, kind="stable")
+    vectors = codes[order] if binary else codes[order].view(np.float32)
+    return labels[order], np.ascontiguousarray(vectors)
 
 
 def check_params(kind: str, params: dict, count: int) -> dict:

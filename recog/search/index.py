@@ -1,4 +1,6 @@
-"""Gallery search over faiss: build, extend, search, save and load an index of gallery vectors.
+"""Gallery search over faiss: build, edit, search, save and load an index of gallery vectors.
+
+(Over 300 lines: one class whose search, edits and saved form keep one set of invariants.)
 
 Two kinds of gallery vectors, with the same conventions as ``recog.metrics``:
 
@@ -17,6 +19,23 @@ gallery, or an approximate index that found fewer than k candidates) have index 
 ``RetrievalResults`` (``recog.search.results``); saving and loading with the manifest checks:
 ``recog.search.store``.
 
+Entries, ids and edits
+----------------------
+Search results name gallery entries by their *index*: the entry's place among the live entries
+(0..ntotal-1, in the order they were added), which ``labels``, ``paths`` and ``gallery_vectors()``
+follow. Each entry also has an *id* (``ids``), fixed when it is added and never reused: ``remove``
+takes ids, so an edit never renames the other entries. ``flat`` and ``ivf`` remove in place; HNSW
+marks entries deleted (searches skip them) and rebuilds its graph from the live vectors once more
+than ``rebuild_fraction`` of its nodes are deleted. Every build, add and remove is recorded in
+``edits`` (saved in the manifest).
+
+The model
+---------
+``model`` is the SHA-256 of the ``manifest.json`` of the export whose features the index holds
+(``recog.search.binding.model_digest``; None when unknown). ``check_model`` refuses features of
+another export with a ``ModelMismatchError`` that says how to re-index (``stage=index`` re-embeds
+the stored paths).
+
 Metrics
 -------
 ``GalleryIndex.metrics`` computes ``recog.metrics.retrieval_metrics`` (real) or
@@ -28,6 +47,8 @@ exact search, whatever the index kind, not of the approximate ``ivf`` / ``hnsw``
 
 from __future__ import annotations
 
+import datetime as _dt
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,21 +56,37 @@ import numpy as np
 
 from recog.metrics import hamming_metrics, retrieval_metrics, unpack_bits
 from recog.search import store
+from recog.search.binding import ModelMismatchError, check_ids, check_model, id_array, model_digest, places
 from recog.search.faiss_backend import (
     KINDS,
     PARAM_NAMES,
     IndexConfigError,
+    add_vectors,
     apply_search_params,
     check_params,
     check_vectors,
     make_faiss_index,
     positive_int,
+    remove_vectors,
     search_sorted,
+    stored_vectors,
 )
 from recog.search.results import RetrievalResults, check_labels, check_paths
-from recog.search.store import FORMAT_VERSION
+from recog.search.store import FORMAT_NAME, FORMAT_VERSION
 
-__all__ = ["GalleryIndex", "IndexConfigError", "KINDS", "FORMAT_VERSION", "RetrievalResults"]
+__all__ = [
+    "GalleryIndex",
+    "IndexConfigError",
+    "KINDS",
+    "FORMAT_VERSION",
+    "ModelMismatchError",
+    "RetrievalResults",
+    "model_digest",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REBUILD_FRACTION = 0.2  # HNSW: rebuild once more than this share of the graph is deleted
 
 
 class GalleryIndex:
@@ -68,6 +105,11 @@ class GalleryIndex:
         params: dict,
         labels: np.ndarray | None,
         paths: list[str] | None,
+        ids: np.ndarray,
+        next_id: int,
+        deleted_slots: np.ndarray | None = None,
+        model: str | None = None,
+        edits: list | None = None,
     ):
         self._index = index
         self._kind = kind
@@ -76,12 +118,33 @@ class GalleryIndex:
         self._params = dict(params)
         self._labels = labels
         self._paths = paths
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._next_id = int(next_id)
+        self._model = model
+        self._edits = list(edits or [])
+        self.rebuild_fraction = DEFAULT_REBUILD_FRACTION
+        # HNSW only: the id of each faiss slot (node), -1 where the node is deleted.
+        self._slot_ids = None
+        if kind == "hnsw":
+            self._slot_ids = np.full(int(index.ntotal), -1, dtype=np.int64)
+            deleted = np.asarray([] if deleted_slots is None else deleted_slots, np.int64)
+            self._slot_ids[np.setdiff1d(np.arange(int(index.ntotal)), deleted)] = self._ids
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def build(
-        cls, features_or_codes, labels=None, paths=None, kind: str = "flat", binary: bool = False, **params
+        cls,
+        features_or_codes,
+        labels=None,
+        paths=None,
+        kind: str = "flat",
+        binary: bool = False,
+        *,
+        ids=None,
+        model: str | None = None,
+        source: str | None = None,
+        **params,
     ) -> GalleryIndex:
         """Index a gallery.
 
@@ -91,6 +154,9 @@ class GalleryIndex:
             labels: ``[M]`` integer or string labels, or None.
             paths: M image paths (any path-like, stored as str), or None.
             kind: ``flat``, ``ivf`` or ``hnsw``.
+            ids: ``[M]`` ascending unique ids (default 0..M-1), e.g. those of an index re-embedded.
+            model: the SHA-256 of the export that computed the features (``model_digest``), or None.
+            source: where the gallery came from (a list file or folder), for the edit history.
             **params: the kind's parameters (module docstring).
 
         Raises:
@@ -107,21 +173,35 @@ class GalleryIndex:
         paths = check_paths(paths, count)
         dim = vectors.shape[1] * 8 if binary else vectors.shape[1]
         params = check_params(kind, params, count)
+        ids = np.arange(count, dtype=np.int64) if ids is None else check_ids(ids, count)
         index = make_faiss_index(kind, bool(binary), dim, params)
         if kind == "ivf":
             index.train(vectors)
-        index.add(vectors)
-        out = cls(index, kind=kind, binary=bool(binary), dim=dim, params=params, labels=labels, paths=paths)
+        add_vectors(index, kind, vectors, ids)
+        out = cls(
+            index,
+            kind=kind,
+            binary=bool(binary),
+            dim=dim,
+            params=params,
+            labels=labels,
+            paths=paths,
+            ids=ids,
+            next_id=int(ids[-1]) + 1,
+            model=model,
+        )
+        out._record("build", count=count, source=source)
         out._apply_search_params()
         return out
 
-    def add(self, more, labels=None, paths=None) -> GalleryIndex:
-        """Append gallery items (indices ``ntotal ..``); returns self.
+    def add(self, more, labels=None, paths=None, *, source: str | None = None) -> GalleryIndex:
+        """Append gallery items (indices ``ntotal ..``, new ids from ``next_id`` on: the last
+        ``len(more)`` of ``ids``); returns self.
 
         Labels and paths must be given exactly when the index has them. For ``flat`` the result
         is identical to building from the whole gallery at once; ``ivf`` keeps the lists
         trained on the first gallery (retrain by rebuilding if the data drift); ``hnsw`` inserts
-        into its graph.
+        into its graph. ``source`` (a list file or folder) goes into the edit history.
         """
         vectors = check_vectors(more, self._binary, self._dim, "added")
         count = len(vectors)
@@ -143,14 +223,98 @@ class GalleryIndex:
             return self
         if labels is not None:
             kinds = ["string" if a.dtype.kind == "U" else "integer" for a in (self._labels, labels)]
-            if kinds[0] != kinds[1]:
+            if kinds[0] != kinds[1] and len(self._labels):  # an emptied gallery takes either kind
                 raise ValueError(f"the index has {kinds[0]} labels, the added items {kinds[1]} ones")
-            merged = np.concatenate([self._labels, labels])
-        self._index.add(vectors)
+            merged = np.concatenate([self._labels, labels]) if len(self._labels) else labels
+        new_ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+        add_vectors(self._index, self._kind, vectors, new_ids)
+        if self._slot_ids is not None:
+            self._slot_ids = np.concatenate([self._slot_ids, new_ids])
+        self._ids = np.concatenate([self._ids, new_ids])
+        self._next_id += count
         if labels is not None:
             self._labels = merged
         if paths is not None:
             self._paths = self._paths + paths
+        self._record("add", ids=[int(new_ids[0]), int(new_ids[-1])], count=count, source=source)
+        return self
+
+    def remove(self, ids) -> int:
+        """Remove the entries with these ids (an iterable of ints); returns how many were removed.
+
+        ``flat`` and ``ivf`` remove in place; ``hnsw`` marks the nodes deleted and rebuilds the
+        graph from the live vectors once more than ``rebuild_fraction`` of it is deleted. The
+        other entries keep their ids (their indices, places among the live entries, shift down).
+
+        Raises:
+            ValueError: an id that is not an integer, or that no live entry has (all named).
+        """
+        wanted = id_array(ids)
+        unknown = np.setdiff1d(wanted, self._ids)
+        if len(unknown):
+            shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise ValueError(
+                f"no gallery entry has id {shown} ({len(self._ids)} entries, ids "
+                f"{self._describe_ids()}; removed ids are not reused)"
+            )
+        if not len(wanted):
+            return 0
+        keep = ~np.isin(self._ids, wanted)
+        if self._slot_ids is None:
+            removed = remove_vectors(self._index, wanted)
+            if removed != len(wanted):
+                raise RuntimeError(f"faiss removed {removed} of {len(wanted)} entries")  # an invariant broken
+        else:
+            self._slot_ids[np.isin(self._slot_ids, wanted)] = -1
+        self._ids = self._ids[keep]
+        if self._labels is not None:
+            self._labels = self._labels[keep]
+        if self._paths is not None:
+            self._paths = [path for path, kept in zip(self._paths, keep.tolist()) if kept]
+        self._record("remove", ids=wanted.tolist(), count=int(len(wanted)))
+        if self._slot_ids is not None and self.deleted_fraction > self.rebuild_fraction:
+            self.rebuild(reason=f"{self.deleted_fraction:.0%} of the HNSW graph deleted")
+        return int(len(wanted))
+
+    def reembedded(self, vectors, ids, model: str | None, binary: bool | None = None) -> GalleryIndex:
+        """A new index of the same kind and parameters holding another model's ``vectors`` of the
+        entries ``ids`` (ascending, a subset of ``ids``: entries left out are dropped), keeping their
+        ids, labels, paths and this index's history (plus a ``reembed`` edit)."""
+        keep_ids = check_ids(ids, len(ids))
+        missing = np.setdiff1d(keep_ids, self._ids)
+        if len(missing):
+            raise ValueError(f"re-embedded ids {missing[:10].tolist()} are not in the index")
+        keep = np.isin(self._ids, keep_ids)
+        labels = None if self._labels is None else self._labels[keep]
+        paths = None if self._paths is None else [p for p, kept in zip(self._paths, keep.tolist()) if kept]
+        binary = self._binary if binary is None else bool(binary)
+        params = {k: v for k, v in self._params.items() if not (k == "nlist" and v > len(keep_ids))}
+        out = GalleryIndex.build(
+            vectors, labels, paths, kind=self._kind, binary=binary, ids=keep_ids, model=model, **params
+        )
+        out._next_id = self._next_id
+        out._edits = self.edits
+        dropped = np.setdiff1d(self._ids, keep_ids)
+        out._record("reembed", count=out.ntotal, model=model, dropped=dropped.tolist() or None)
+        return out
+
+    def rebuild(self, reason: str = "asked") -> GalleryIndex:
+        """A new faiss index of the live entries (same kind, parameters and ids; ``ivf`` keeps its
+        trained lists); HNSW's deleted nodes are gone afterwards. Returns self."""
+        vectors = self.gallery_vectors()
+        if self._kind == "ivf":
+            self._index.reset()
+            fresh = self._index
+        else:
+            fresh = make_faiss_index(self._kind, self._binary, self._dim, self._params)
+        if len(vectors):
+            add_vectors(fresh, self._kind, vectors, self._ids)
+        self._index = fresh
+        if self._slot_ids is not None:
+            self._slot_ids = self._ids.copy()
+        self._apply_search_params()
+        self._record("rebuild", count=self.ntotal, reason=reason)
+        log.info("gallery index rebuilt from its %d live entries (%s)", self.ntotal, reason)
         return self
 
     # ------------------------------------------------------------------ properties
@@ -170,7 +334,8 @@ class GalleryIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal)
+        """The number of (live) gallery entries."""
+        return len(self._ids)
 
     def __len__(self) -> int:
         return self.ntotal
@@ -184,6 +349,38 @@ class GalleryIndex:
     def paths(self) -> list[str] | None:
         """Gallery image paths (a copy), or None."""
         return None if self._paths is None else list(self._paths)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``[ntotal]`` int64 ids of the entries, ascending (a copy)."""
+        return self._ids.copy()
+
+    @property
+    def next_id(self) -> int:
+        """The id the next added entry gets."""
+        return self._next_id
+
+    @property
+    def model(self) -> str | None:
+        """The SHA-256 of the export's manifest that embedded the gallery (``model_digest``), or None."""
+        return self._model
+
+    @property
+    def edits(self) -> list[dict]:
+        """The index's history: one dict per build, add, remove, rebuild and re-embedding (a copy)."""
+        return [dict(edit) for edit in self._edits]
+
+    @property
+    def deleted_fraction(self) -> float:
+        """The share of HNSW nodes marked deleted (0 for ``flat`` / ``ivf``, which remove in place)."""
+        if self._slot_ids is None or not len(self._slot_ids):
+            return 0.0
+        return float(np.mean(self._slot_ids < 0))
+
+    def check_model(self, digest: str | None, index_dir=None, export_dir=None) -> None:
+        """``ModelMismatchError`` when the index was embedded by another export than the one whose
+        ``model_digest`` is ``digest`` (saying how to re-index); a warning when either is unknown."""
+        check_model(self._model, digest, index_dir, export_dir)
 
     @property
     def params(self) -> dict:
@@ -200,7 +397,7 @@ class GalleryIndex:
         return (
             f"GalleryIndex(kind={self._kind!r}, binary={self._binary}, {self._dim} {what}, "
             f"{self.ntotal} items, labels={self._labels is not None}, paths={self._paths is not None}, "
-            f"params={self._params})"
+            f"params={self._params}, ids {self._describe_ids()})"
         )
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
@@ -214,8 +411,15 @@ class GalleryIndex:
         self._apply_search_params()
 
     def gallery_vectors(self) -> np.ndarray:
-        """A copy of the stored gallery: ``[M, D] float32`` features or ``[M, D / 8] uint8`` codes."""
-        return self._index.reconstruct_n(0, self.ntotal)
+        """A copy of the stored gallery: ``[M, D] float32`` features or ``[M, D / 8] uint8`` codes,
+        in index order (the order of ``ids``, ``labels`` and ``paths``)."""
+        width = self._dim // 8 if self._binary else self._dim
+        if not self.ntotal:
+            return np.zeros((0, width), np.uint8 if self._binary else np.float32)
+        labels, vectors = stored_vectors(self._index, self._kind)
+        if self._slot_ids is not None:
+            return vectors[self._slot_ids[labels] >= 0]
+        return vectors  # flat, ivf: ids ascending, as self._ids
 
     # ------------------------------------------------------------------ search
 
@@ -240,8 +444,8 @@ class GalleryIndex:
                 f"exclude_self needs the gallery as queries: {len(queries)} queries for {self.ntotal} gallery items"
             )
         if not exclude_self:
-            return search_sorted(self._index, self._kind, self._binary, queries, k)
-        scores, indices = search_sorted(self._index, self._kind, self._binary, queries, k + 1)
+            return self._searchplaces(queries, k)
+        scores, indices = self._searchplaces(queries, k + 1)
         own = indices == np.arange(len(queries))[:, None]
         keep = ~own
         keep[~own.any(axis=1), -1] = False  # self not in the top k + 1: drop the (k+1)-th
@@ -306,16 +510,27 @@ class GalleryIndex:
     # ------------------------------------------------------------------ persistence
 
     def manifest(self) -> dict:
-        """The ``manifest.json`` content."""
-        return store.manifest(
-            kind=self._kind,
-            binary=self._binary,
-            dim=self._dim,
-            count=self.ntotal,
-            params=self._params,
-            labels=self._labels,
-            paths=self._paths,
-        )
+        """The ``manifest.json`` content (``recog.search.store``; the index file's size and SHA-256
+        are added when saving)."""
+        deleted = [] if self._slot_ids is None else np.flatnonzero(self._slot_ids < 0).tolist()
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "kind": self._kind,
+            "binary": self._binary,
+            "metric": "hamming" if self._binary else "inner_product",
+            "dim": self._dim,
+            "count": self.ntotal,
+            "params": dict(self._params),
+            "index_file": store.INDEX_NAME,
+            "ids": self._ids.tolist(),
+            "next_id": self._next_id,
+            "deleted_slots": deleted,
+            "model": self._model,
+            "labels": None if self._labels is None else self._labels.tolist(),
+            "paths": None if self._paths is None else list(self._paths),
+            "edits": self._edits,
+        }
 
     def save(self, directory) -> Path:
         """Write ``index.faiss`` and ``manifest.json`` into ``directory`` (created if needed).
@@ -343,3 +558,29 @@ class GalleryIndex:
 
     def _apply_search_params(self) -> None:
         apply_search_params(self._index, self._kind, self._params)
+
+    def _searchplaces(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search_sorted`` with faiss's labels (ids, or HNSW slots) turned into indices (places
+        among the live entries); deleted HNSW nodes skipped."""
+        if self._slot_ids is None:
+            scores, labels = search_sorted(self._index, self._kind, self._binary, queries, k)
+            return scores, places(self._ids, labels)
+        deleted = int(np.sum(self._slot_ids < 0))
+        scores, slots = search_sorted(self._index, self._kind, self._binary, queries, k + deleted)
+        ids = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
+        live = (ids >= 0).astype(np.int8)
+        order = np.argsort(-live, axis=1, kind="stable")[:, :k]  # live results first, in their order
+        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        empty = np.take_along_axis(live, order, axis=1) == 0
+        scores[empty] = scores.dtype.type(np.iinfo(np.int32).max if self._binary else -np.inf)
+        return scores, places(self._ids, ids)
+
+    def _record(self, op: str, **fields) -> None:
+        entry = {"op": op, **{key: value for key, value in fields.items() if value is not None}}
+        entry["time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self._edits.append(entry)
+
+    def _describe_ids(self) -> str:
+        if not len(self._ids):
+            return "none"
+        return f"{self._ids[0]}..{self._ids[-1]}" if len(self._ids) > 1 else str(self._ids[0])

@@ -17,7 +17,7 @@ def run_stage(cfg: DictConfig, run_dir: Path):
     stage started one (``record_failed_job``; the runs the stage started are collected while it
     runs, ``recog.tracking.collect_runs``).
     """
-    from recog.stages import evaluate, export, predict, train
+    from recog.stages import evaluate, export, index, predict, train
     from recog.tracking import check_reachable, collect_runs
     from recog.tracking.mlflow_tracker import record_failed_job
     from recog.tracking.sweep_job import in_multirun
@@ -27,6 +27,7 @@ def run_stage(cfg: DictConfig, run_dir: Path):
         Stage.eval: evaluate.run,
         Stage.export: export.run,
         Stage.predict: predict.run,
+        Stage.index: index.run,
     }
     check_reachable(cfg)
     with collect_runs() as started:

@@ -51,7 +51,7 @@ from recog.evaluation.results import write_metrics
 from recog.inference import ExportedModel, preprocess_image
 from recog.metrics import RetrievalResults, format_metrics_table, pack_bits, rank, unpack_bits
 from recog.postprocess import Pipeline, build_postprocess
-from recog.search import GalleryIndex, save_retrieval_grid
+from recog.search import GalleryIndex, model_digest, save_retrieval_grid
 from recog.tracking import MlflowTracker
 from recog.utils import atomic
 from recog.utils.paths import check_writable
@@ -240,7 +240,9 @@ def gallery_index(
     items = read_items(p.gallery, "predict.gallery")
     binary = bool(model.preprocess.get("binarize"))
     index = GalleryIndex.load(index_dir) if (index_dir / "manifest.json").is_file() else None
+    digest = model_digest(p.model_dir)
     if index is not None:
+        index.check_model(digest, index_dir, p.model_dir)  # another export's features: re-index (stage=index)
         known = set(index.paths or [])
         new = [i for i in items if i.path not in known]
         log.info("gallery %s: %d images indexed, %d new", index_dir, len(known), len(new))
@@ -261,7 +263,15 @@ def gallery_index(
         labels = labels if not unlabelled else None
         paths = [i.path for i in kept]
         if index is None:
-            index = GalleryIndex.build(np.asarray(rows), labels=labels, paths=paths, kind=p.index, binary=binary)
+            index = GalleryIndex.build(
+                np.asarray(rows),
+                labels=labels,
+                paths=paths,
+                kind=p.index,
+                binary=binary,
+                model=digest,
+                source=p.gallery,
+            )
         else:
             if (labels is None) != (index.labels is None):
                 raise DataError(
@@ -275,7 +285,7 @@ def gallery_index(
                     f"the gallery index {index_dir} has string labels, predict.gallery={p.gallery} "
                     "integer ones: build a new index (predict.index_dir=<new dir>)"
                 )
-            index.add(np.asarray(rows), labels=labels, paths=paths)
+            index.add(np.asarray(rows), labels=labels, paths=paths, source=p.gallery)
         index.save(index_dir)
     return index
 

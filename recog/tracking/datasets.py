@@ -20,8 +20,8 @@ _MAX_FOLDER_FILES = 100_000
 def dataset_record(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
     """``{"name", "digest", "source", "context"}`` of the data ``stage`` reads; None if it reads none
     recog can name (e.g. a predict run without ``predict.input``)."""
-    if stage == "predict":
-        spec = OmegaConf.select(cfg, "predict.input")
+    if stage in ("predict", "index"):
+        spec = OmegaConf.select(cfg, "predict.input") if stage == "predict" else _index_source(cfg)
         if not spec:
             return None
         path = Path(str(spec))
@@ -30,7 +30,7 @@ def dataset_record(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
             "name": path.stem or path.name or str(path),
             "digest": digest,
             "source": str(path.resolve()),
-            "context": "predict",
+            "context": stage if stage == "predict" else "gallery",
         }
     node = OmegaConf.select(cfg, "dataset")
     if node is None or "_target_" not in node:
@@ -95,3 +95,8 @@ def _digest_folder(folder: Path) -> str:
     else:
         digest.update(str(folder).encode())
     return digest.hexdigest()[:12]
+
+
+def _index_source(cfg: DictConfig) -> str | None:
+    """The images a ``stage=index`` run reads: ``index.gallery``, else ``index.add``."""
+    return OmegaConf.select(cfg, "index.gallery") or OmegaConf.select(cfg, "index.add")

@@ -4,32 +4,30 @@ One tiny training run (image lists, sqlite store) is shared by the module: it ex
 model at the end (``export.after_train``) and logs it as ``runs:/<run id>/model``.
 """
 
+import base64
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import cv2
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from serving import served
 
 import recog
 from recog.inference import ExportedModel
-from recog.stages import evaluate, predict, train
+from recog.stages import evaluate, export, predict, train
+from recog.tracking import model_folder
 from recog.tracking.datasets import dataset_record
-from recog.tracking.mlflow_model import tracking_uri
+from recog.tracking.mlflow_model import SUPERSEDED_TAG, run_models, tracking_uri
 from recog.utils.manifest import IntegrityError
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.xdist_group("test_mlflow_model")  # one xdist worker builds the module fixture once
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +64,10 @@ def _reference(root, images):
     return ExportedModel(root / "run" / "export", device="cpu").predict_images(list(images))
 
 
+def _png(image) -> bytes:
+    return cv2.imencode(".png", image[:, :, ::-1])[1].tobytes()
+
+
 @pytest.mark.slow
 def test_runs_uri_and_the_registry_load_a_model_whose_features_equal_the_export(trained):
     root, _, run_id, client, uri = trained
@@ -78,26 +80,39 @@ def test_runs_uri_and_the_registry_load_a_model_whose_features_equal_the_export(
         assert features.dtype == np.float32 and features.shape == (3, 16)
         np.testing.assert_allclose(features, _reference(root, images), atol=1e-6)
         np.testing.assert_allclose(by_name.predict(images), features, atol=1e-6)
+        np.testing.assert_array_equal(by_run.predict([_png(image) for image in images]), features)  # files
     (version,) = client.search_model_versions("name = 'shop'")
     assert version.run_id == run_id and version.source.startswith("models:/m-")  # the MLflow Model, not a folder
+    logged = client.get_logged_model(version.source.split("/")[-1])  # the UI's "Registered models" column
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "shop", "version": 1}]
 
 
 @pytest.mark.slow
-def test_the_mlflow_model_has_a_signature_an_example_and_requirements_and_no_pickle(trained, tmp_path):
+def test_the_mlflow_model_has_a_signature_an_example_requirements_a_manifest_and_no_pickle(trained, tmp_path):
     _, _, run_id, _, uri = trained
     with tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
         info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     flavor = info.flavors["python_function"]
     assert flavor["loader_module"] == "recog.tracking.mlflow_model" and flavor["data"] == "data/export"
-    inputs, outputs = info.signature.inputs.to_dict()[0], info.signature.outputs.to_dict()[0]
-    assert inputs["tensor-spec"]["dtype"] == "uint8" and list(inputs["tensor-spec"]["shape"]) == [-1, -1, -1, 3]
+    columns = {column["name"]: column for column in info.signature.inputs.to_dict()}
+    assert columns["image"]["type"] == "binary" and not columns["image"]["required"]  # encoded files
+    assert columns["pixels"]["type"] == "array" and not columns["pixels"]["required"]  # uint8 [H, W, 3]
+    assert info.signature._is_signature_from_type_hint  # MLflow hands requests over unparsed: no silent cast
+    outputs = info.signature.outputs.to_dict()[0]
     assert outputs["tensor-spec"]["dtype"] == "float32" and list(outputs["tensor-spec"]["shape"]) == [-1, 16]
     assert info.saved_input_example_info is not None
+    serving_example = json.loads((local / "serving_input_example.json").read_text())
+    (encoded,) = serving_example["inputs"]["image"]  # what to post: a base64 PNG
+    assert base64.b64decode("".join(encoded.split())).startswith(b"\x89PNG")
     requirements = (local / "requirements.txt").read_text()
     assert re.search(r"^paddlepaddle(-gpu)?==", requirements, re.M) and "numpy==" in requirements
+    assert "faiss-cpu==" in requirements
     assert (local / "data" / "export" / "manifest.json").is_file()
+    listed = json.loads((local / "recog_model.json").read_text())["files"]
+    assert {"MLmodel", "requirements.txt", "data/export/inference.pdiparams"} <= set(listed)
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    model_folder.verify(local)
 
 
 @pytest.mark.slow  # the module's trained run
@@ -107,8 +122,26 @@ def test_a_tampered_mlflow_model_is_refused_on_load(trained, tmp_path):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     params = local / "data" / "export" / "inference.pdiparams"
     params.write_bytes(params.read_bytes()[:-4096])
-    with pytest.raises(IntegrityError, match="inference.pdiparams is truncated"):
+    with pytest.raises(IntegrityError, match="inference.pdiparams was altered after the model was logged"):
+        mlflow.pyfunc.load_model(str(local))  # recog's loader checks the folder first
+
+
+@pytest.mark.slow  # the module's trained run
+def test_an_mlmodel_naming_another_loader_is_refused_before_mlflow_imports_it(trained, tmp_path, monkeypatch):
+    _, _, run_id, _, uri = trained
+    with tracking_uri(uri):
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "a")))
+    (tmp_path / "planted_loader.py").write_text("import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"]["loader_module"] = "planted_loader"
+    (local / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(IntegrityError, match="MLmodel was altered"):
+        model_folder.load(str(local), tmp_path / "copy")
+    assert not (tmp_path / "planted_loader.ran").exists() and "planted_loader" not in sys.modules
+    with pytest.raises(Exception):  # noqa: B017 - what MLflow alone does: imports the planted module
         mlflow.pyfunc.load_model(str(local))
+    assert (tmp_path / "planted_loader.ran").exists()
 
 
 @pytest.mark.slow
@@ -164,73 +197,40 @@ def test_eval_and_predict_runs_link_to_the_training_run(trained):
     assert runs["predict"].inputs.dataset_inputs[0].dataset.name == "query"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_arrays_and_image_files_and_refuses_anything_else(trained, tmp_path):
+    """The real `mlflow models serve --env-manager local` (what `make serve` runs), on 127.0.0.1 only."""
+    root, _, run_id, _, uri = trained
+    images = _images(seed=5, count=2, size=(40, 33))
+    expected = _reference(root, images)
+    files = [base64.b64encode(_png(image)).decode() for image in images]
+    with served(f"runs:/{run_id}/model", uri, tmp_path) as post:
+        for body in ({"inputs": images.tolist()}, {"inputs": {"image": files}}, {"inputs": files}):
+            status, reply = post(body)
+            assert status == 200, reply
+            np.testing.assert_allclose(np.asarray(reply["predictions"], np.float32), expected, atol=1e-5)
+        for body, message in (
+            ({"inputs": (images / 255).tolist()}, "image 0: pixels must be integers 0-255 (uint8), got float64"),
+            ({"inputs": images[0, 0].tolist()}, "got an array of shape [33, 3]"),
+            ({"inputs": [files[0], "bm90IGFuIGltYWdl"]}, "image 1: not a PNG, JPEG or WebP file"),
+            ({"inputs": ["%%%"]}, "image 0: a string that is not base64"),
+        ):
+            status, reply = post(body)
+            assert status == 400 and message in reply["message"], reply
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_with_the_exported_features(trained, tmp_path):
-    """The real `mlflow models serve --env-manager local` (what `make serve` runs), on 127.0.0.1 only."""
-    root, _, run_id, _, uri = trained
-    port = _free_port()
-    env = dict(
-        os.environ,
-        MLFLOW_TRACKING_URI=uri,
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    )  # its uvicorn
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "--env-manager",
-            "local",
-            "-m",
-            f"runs:/{run_id}/model",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read().decode(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 180 s"
-            time.sleep(0.5)
-        images = _images(seed=5, count=2, size=(40, 33))
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": images.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            served = np.asarray(json.loads(reply.read())["predictions"], dtype=np.float32)
-        np.testing.assert_allclose(served, _reference(root, images), atol=1e-5)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        server.stdout.close()
+def test_a_re_export_replaces_the_runs_model_and_keeps_a_registered_one(trained):
+    """One MLflow Model per run: the module's run registered its model (register_best); exporting the
+    same best_model again logs a new model into the run, the registered one stays, marked superseded."""
+    root, overrides, run_id, client, uri = trained
+    (registered,) = run_models(client, run_id)
+    again = [*overrides, "stage=export", f"model_path={root / 'run' / 'best_model'}", "mlflow.register_best=false"]
+    export.run(recog.compose(again), root / "export_again")
+    current, kept = run_models(client, run_id)
+    assert kept.model_id == registered.model_id and kept.tags[SUPERSEDED_TAG] == current.model_id
+    export.run(recog.compose(again), root / "export_third")
+    newest, still_kept = run_models(client, run_id)  # the unregistered one in between was replaced
+    assert still_kept.model_id == registered.model_id and newest.model_id != current.model_id
+    with tracking_uri(uri):
+        assert mlflow.models.get_model_info(f"runs:/{run_id}/model").model_id == newest.model_id
