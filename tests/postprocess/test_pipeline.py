@@ -153,7 +153,7 @@ def test_a_saved_config_with_the_old_eval_keys_loads_with_the_same_steps(tmp_pat
 
     from recog.config.trusted import load_saved_config
 
-    tree = OmegaConf.to_container(recog.compose([]), resolve=True, enum_to_str=True)
+    tree = OmegaConf.to_container(recog.compose(["head.class_num=5"]), resolve=True, enum_to_str=True)
     del tree["postprocess"]  # as older recog saved it: no group, flat eval.* keys
     tree["eval"].update(query_expansion=3, qe_alpha=0.5, rerank="k_reciprocal", rerank_top_k=20)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(tree))
