@@ -11,13 +11,21 @@ Characters that look alike across scripts (Latin A, Greek Alpha, Cyrillic A) are
 characters that some font draws (nearly) identically, ``CONFUSABLE_DISTANCE`` apart, are linked,
 and of each linked group only the lowest code point is kept. The remaining characters are shuffled
 (``seed``): the first ``train_classes`` train, the next ``test_classes`` are the unseen test set
-(query == gallery with self-exclusion, the Stanford Online Products protocol); the rest are unused.
+(query == gallery with self-exclusion, the Stanford Online Products protocol).
+
+Users fine-tune backbones pretrained on other data (PaddleClas's ImageNet weights); nothing can be
+downloaded here, so the benchmark brings its own "other data": the **pretraining split**, every
+other character drawn by at least ``PRETRAIN_MIN_FONTS`` fonts (look-alikes merged over both pools,
+so none of them looks like a benchmark character), ``PRETRAIN_COPIES`` jittered images per font
+(``pretrain_classes``: that many of them, chosen with ``seed``; None: all).
+``scripts/pretrain_glyphs.py`` trains a backbone on it (``dataset.pretrain=true``: train on the
+pretraining split, evaluate on the benchmark's train split, never on its test split).
 
 Files, in the SOP layout (``recog.data.sop``)::
 
     root/Ebay_train.txt, root/Ebay_test.txt   image_id class_id super_class_id path
-                                             (class_id: the code point; super_class_id: its 256-block)
-    root/images/<code point, hex>/<font>.png  RGB, image_size x image_size
+    root/pretrain.txt                        (class_id: the code point; super_class_id: its 256-block)
+    root/images/<code point, hex>/<font>.png  RGB, image_size x image_size (<font>_<copy>.png: pretraining)
     root/glyphs.json                         what was generated: parameters, versions, counts, the
                                              look-alike groups (the first of each is the class)
 
@@ -45,14 +53,17 @@ from recog.errors import DataError
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # of the generator: a change to what it draws bumps it (and regenerates)
-MIN_FONTS = 8  # drawings (font files) a character needs to be a class
+VERSION = 3  # of the generator: a change to what it draws bumps it (and regenerates)
+MIN_FONTS = 8  # drawings (font files) a character needs to be a benchmark class
+PRETRAIN_MIN_FONTS = 4  # ... to be a class of the pretraining split
+PRETRAIN_COPIES = 3  # jittered images per drawing in the pretraining split
 CONFUSABLE_DISTANCE = 0.01  # relative squared distance of two plain drawings in one font
 RENDER_SIZE = 64  # canvas of the drawing and its jitter; downsampled to image_size
 EM_PIXELS = 44  # font size on that canvas
 BASELINE = 0.75  # of the canvas height, from the top
 MANIFEST = "glyphs.json"
 LIST_FILES = ("Ebay_train.txt", "Ebay_test.txt")
+PRETRAIN_FILE = "pretrain.txt"
 # Computer Modern's files map TeX positions, not Unicode, outside letters and digits; cmex10 and
 # cmsy10 draw other symbols even there.
 COMPUTER_MODERN = ("cmr10", "cmb10", "cmss10", "cmti10", "cmtt10", "cmmi10")
@@ -121,34 +132,38 @@ def draw(font: Font, code: int) -> np.ndarray | None:
 
 
 def coverage(fonts: list[Font]) -> dict[int, list[str]]:
-    """code point -> names of the fonts that draw it, for the characters at least ``MIN_FONTS`` fonts
-    map (a font that maps a character but draws nothing is dropped later, in ``catalogue``)."""
+    """code point -> names of the fonts that draw it, for the characters at least ``PRETRAIN_MIN_FONTS``
+    fonts map (a font that maps a character but draws nothing is dropped later, in ``catalogue``)."""
     cover: dict[int, list[str]] = {}
     for font in fonts:
         for code, glyph in font.face.get_charmap().items():
             if glyph != 0 and font.draws(code):
                 cover.setdefault(code, []).append(font.name)
-    return {code: names for code, names in sorted(cover.items()) if len(names) >= MIN_FONTS}
+    return {code: names for code, names in sorted(cover.items()) if len(names) >= PRETRAIN_MIN_FONTS}
 
 
 @dataclass(frozen=True)
 class Catalogue:
-    """The benchmark's classes: ``fonts_of`` code point -> the fonts that draw it (``MIN_FONTS`` or
-    more, look-alikes removed), and the look-alike ``groups`` (the first of each kept)."""
+    """Every class: ``fonts_of`` code point -> the fonts that draw it (``PRETRAIN_MIN_FONTS`` or more,
+    look-alikes removed), and the look-alike ``groups`` (the first of each kept)."""
 
     fonts_of: dict[int, list[str]]
     groups: list[list[int]]
 
+    def benchmark_codes(self) -> list[int]:
+        """The characters ``MIN_FONTS`` or more fonts draw: where train and test classes come from."""
+        return sorted(code for code, names in self.fonts_of.items() if len(names) >= MIN_FONTS)
+
 
 @functools.lru_cache(maxsize=2)
 def catalogue(image_size: int) -> Catalogue:
-    """Every character's plain drawings are compared once per process (about 15 s of CPU); only
-    the lists are kept, the drawings are made again for the classes written."""
+    """Every character's plain drawings are compared once per process (about half a minute of CPU);
+    only the lists are kept, the drawings are made again for the classes written."""
     fonts = {font.name: font for font in load_fonts()}
     drawings = {}
     for code, names in coverage(list(fonts.values())).items():
         drawn = {name: image for name in names if (image := draw(fonts[name], code)) is not None}
-        if len(drawn) >= MIN_FONTS:
+        if len(drawn) >= PRETRAIN_MIN_FONTS:
             drawings[code] = drawn
     groups = confusable_groups(drawings, image_size)
     left_out = {code for group in groups for code in group[1:]}
@@ -191,43 +206,48 @@ def confusable_groups(drawings: dict[int, dict[str, np.ndarray]], image_size: in
 
 def jitter(drawing: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """A photo-like ``[image_size, image_size, 3] uint8`` RGB image of one drawing: stroke width,
-    pose (rotation +-15 deg, scale 0.75-1.1, shear, shift), blur, random colours with enough
-    contrast, then sensor noise."""
+    pose (rotation +-10 deg, scale 0.8-1.05, shear, shift), blur, dark ink of a random colour on a
+    light surface of another, then sensor noise."""
     coverage = drawing.astype(np.float32) / 255.0
-    stroke = int(rng.integers(-1, 3))  # erode 1 px, keep, dilate 1 or 2 px (at RENDER_SIZE)
+    stroke = int(rng.integers(-1, 2))  # erode 1 px, keep, dilate 1 px (at RENDER_SIZE)
     if stroke:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(stroke) + 1,) * 2)
         changed = cv2.dilate(coverage, kernel) if stroke > 0 else cv2.erode(coverage, kernel)
         if changed.sum() >= 0.4 * coverage.sum():  # erosion must not erase thin strokes
             coverage = changed
-    angle, scale = rng.uniform(-15, 15), rng.uniform(0.75, 1.1)
-    shear, shift = rng.uniform(-0.25, 0.25), rng.uniform(-6, 6, size=2)
+    angle, scale = rng.uniform(-10, 10), rng.uniform(0.8, 1.05)
+    shear, shift = rng.uniform(-0.15, 0.15), rng.uniform(-4, 4, size=2)
     centre = RENDER_SIZE / 2
     matrix = cv2.getRotationMatrix2D((centre, centre), angle, scale)
     matrix = matrix @ np.array([[1, shear, -shear * centre], [0, 1, 0], [0, 0, 1]], np.float64)
     matrix[:, 2] += shift
     coverage = cv2.warpAffine(coverage, matrix, (RENDER_SIZE, RENDER_SIZE), flags=cv2.INTER_LINEAR)
-    sigma = rng.uniform(0, 1.5)
+    sigma = rng.uniform(0, 1.2)
     if sigma > 0.3:
         coverage = cv2.GaussianBlur(coverage, (0, 0), sigma)
     background, foreground = _colours(rng)
     image = background + coverage[..., None] * (foreground - background)
     image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    image = image + rng.normal(0.0, rng.uniform(0, 0.06), size=image.shape)
+    image = image + rng.normal(0.0, rng.uniform(0, 0.04), size=image.shape)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Background and foreground RGB in [0, 1] whose luminances differ by at least 0.35."""
+    """A light background (luminance at least 0.6) and a dark foreground (at most 0.35), RGB in [0, 1],
+    each of a random colour: print on a surface, always dark on light."""
     luminance = np.array([0.299, 0.587, 0.114])
-    background = rng.uniform(0, 1, size=3)
-    while True:
-        foreground = rng.uniform(0, 1, size=3)
-        if abs(float((foreground - background) @ luminance)) >= 0.35:
-            return background.astype(np.float32), foreground.astype(np.float32)
+    background = rng.uniform(0.45, 1.0, size=3)
+    while float(background @ luminance) < 0.6:
+        background = rng.uniform(0.45, 1.0, size=3)
+    foreground = rng.uniform(0.0, 0.55, size=3)
+    while float(foreground @ luminance) > 0.35:
+        foreground = rng.uniform(0.0, 0.55, size=3)
+    return background.astype(np.float32), foreground.astype(np.float32)
 
 
-def generation_parameters(image_size: int, seed: int, train_classes: int, test_classes: int) -> dict:
+def generation_parameters(
+    image_size: int, seed: int, train_classes: int, test_classes: int, pretrain_classes: int | None
+) -> dict:
     """What the generated folder depends on (compared with ``glyphs.json`` to reuse it)."""
     import matplotlib
     from matplotlib import ft2font
@@ -238,7 +258,10 @@ def generation_parameters(image_size: int, seed: int, train_classes: int, test_c
         "seed": int(seed),
         "train_classes": int(train_classes),
         "test_classes": int(test_classes),
+        "pretrain_classes": pretrain_classes,
         "min_fonts": MIN_FONTS,
+        "pretrain_min_fonts": PRETRAIN_MIN_FONTS,
+        "pretrain_copies": PRETRAIN_COPIES,
         "confusable_distance": CONFUSABLE_DISTANCE,
         "matplotlib": matplotlib.__version__,
         "freetype": ft2font.__freetype_version__,
@@ -253,12 +276,17 @@ def _manifest_matches(root: Path, parameters: dict) -> bool:
     return (
         isinstance(saved, dict)
         and saved.get("parameters") == parameters
-        and all((root / name).is_file() for name in LIST_FILES)
+        and all((root / name).is_file() for name in (*LIST_FILES, PRETRAIN_FILE))
     )
 
 
 def write_glyphs(
-    root, image_size: int = 32, seed: int = 0, train_classes: int = 1000, test_classes: int = 1000
+    root,
+    image_size: int = 32,
+    seed: int = 0,
+    train_classes: int = 1000,
+    test_classes: int = 1000,
+    pretrain_classes: int | None = None,
 ) -> dict:
     """Generate the benchmark under ``root`` unless ``glyphs.json`` there already matches; returns
     the manifest (parameters, counts, the left-out confusable characters)."""
@@ -273,7 +301,7 @@ def write_glyphs(
         raise DataError(
             f"the glyph benchmark needs train_classes and test_classes >= 1, got {train_classes}, {test_classes}"
         )
-    parameters = generation_parameters(image_size, seed, train_classes, test_classes)
+    parameters = generation_parameters(image_size, seed, train_classes, test_classes, pretrain_classes)
     if _manifest_matches(root, parameters):
         return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     if root.exists() and not root.is_dir():
@@ -285,7 +313,7 @@ def write_glyphs(
         )
     log.info("writing the glyph benchmark under %s (once; about a minute)", root)
     found = catalogue(image_size)
-    codes = sorted(found.fonts_of)
+    codes = found.benchmark_codes()
     if train_classes + test_classes > len(codes):
         raise DataError(
             f"the glyph benchmark has {len(codes)} classes here (characters {MIN_FONTS}+ fonts draw, look-alikes "
@@ -296,10 +324,18 @@ def write_glyphs(
         LIST_FILES[0]: sorted(codes[i] for i in order[:train_classes]),
         LIST_FILES[1]: sorted(codes[i] for i in order[train_classes : train_classes + test_classes]),
     }
+    others = sorted(set(found.fonts_of) - set(splits[LIST_FILES[0]]) - set(splits[LIST_FILES[1]]))
+    chosen = np.random.default_rng(seed).permutation(len(others))[
+        : len(others) if pretrain_classes is None else pretrain_classes
+    ]
+    splits[PRETRAIN_FILE] = sorted(others[i] for i in chosen)
     fonts = load_fonts()
     by_name = {font.name: font for font in fonts}
     font_index = {font.name: i for i, font in enumerate(fonts)}
-    total = sum(len(found.fonts_of[code]) for split_codes in splits.values() for code in split_codes)
+    copies = {name: 1 for name in LIST_FILES} | {PRETRAIN_FILE: PRETRAIN_COPIES}
+    total = sum(
+        len(found.fonts_of[code]) * copies[name] for name, split_codes in splits.items() for code in split_codes
+    )
     counts = {}
     try:
         with atomic.replacing_dir(root, "the glyph benchmark") as tmp:
@@ -314,15 +350,20 @@ def write_glyphs(
                         drawings = {name: draw(by_name[name], code) for name in found.fonts_of[code]}
                         distinct += len({drawing.tobytes() for drawing in drawings.values()})
                         for name, drawing in drawings.items():
-                            rng = np.random.default_rng([seed, code, font_index[name]])
-                            image = jitter(drawing, image_size, rng)
-                            ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                            if not ok:
-                                raise DataError(f"cannot encode the glyph image of U+{code:04X} in {name}")
-                            atomic.write_file(folder / f"{name}.png", png.tobytes())
-                            image_id += 1
-                            rows.append(f"{image_id} {code} {code // 256} images/{code:04x}/{name}.png")
-                            bar.update(1)
+                            for copy in range(copies[list_name]):
+                                # copy 0 of a benchmark image: seeded by (seed, character, font) alone
+                                key = [seed, code, font_index[name]] + (
+                                    [copy + 1] if list_name == PRETRAIN_FILE else []
+                                )
+                                image = jitter(drawing, image_size, np.random.default_rng(key))
+                                ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                                if not ok:
+                                    raise DataError(f"cannot encode the glyph image of U+{code:04X} in {name}")
+                                file = f"{name}_{copy}.png" if list_name == PRETRAIN_FILE else f"{name}.png"
+                                atomic.write_file(folder / file, png.tobytes())
+                                image_id += 1
+                                rows.append(f"{image_id} {code} {code // 256} images/{code:04x}/{file}")
+                                bar.update(1)
                     atomic.write_file(tmp / list_name, "\n".join(rows) + "\n")
                     counts[list_name] = {
                         "classes": len(split_codes),
@@ -347,9 +388,15 @@ def load_glyphs(
     seed: int = 0,
     train_classes: int = 1000,
     test_classes: int = 1000,
+    pretrain_classes: int | None = None,
+    pretrain: bool = False,
     mirror_invariant: bool = False,
 ) -> RetrievalSplits:
     """Generate the glyph benchmark under ``root`` once (no download), then load it as SOP.
+    ``pretrain``: train on the pretraining split and evaluate on the benchmark's train split (what
+    ``scripts/pretrain_glyphs.py`` trains a backbone on), never touching the test classes.
     Glyphs are not mirror invariant (a mirrored 'b' is a 'd')."""
-    write_glyphs(root, image_size=image_size, seed=seed, train_classes=train_classes, test_classes=test_classes)
+    write_glyphs(root, image_size, seed, train_classes, test_classes, pretrain_classes)
+    if pretrain:
+        return load_sop(os.fspath(root), PRETRAIN_FILE, LIST_FILES[0], mirror_invariant=mirror_invariant)
     return load_sop(os.fspath(root), mirror_invariant=mirror_invariant)

@@ -114,7 +114,14 @@ def _check_loss(option, root):
 
 
 # Generated datasets, shrunk: the glyph benchmark writes 24,000 images at its full size.
-DATASET_OVERRIDES = {"glyphs": ["dataset.train_classes=4", "dataset.test_classes=3", "dataset.image_size=16"]}
+DATASET_OVERRIDES = {
+    "glyphs": [
+        "dataset.train_classes=4",
+        "dataset.test_classes=3",
+        "dataset.pretrain_classes=2",
+        "dataset.image_size=16",
+    ]
+}
 
 
 def _check_dataset(option, root):

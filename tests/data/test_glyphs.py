@@ -53,7 +53,7 @@ def test_jitter_is_a_pure_function_of_its_seed(fonts):
 @pytest.fixture(scope="module")
 def small_benchmark(tmp_path_factory):
     root = tmp_path_factory.mktemp("glyphs") / "glyphs"
-    manifest = glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5)
+    manifest = glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5, pretrain_classes=4)
     return root, manifest
 
 
@@ -62,7 +62,7 @@ def test_the_folder_is_an_sop_dataset_of_unseen_classes(small_benchmark):
     root, manifest = small_benchmark
     assert manifest["counts"]["Ebay_train.txt"]["classes"] == 6 and manifest["counts"]["Ebay_test.txt"]["classes"] == 5
     assert manifest["counts"]["available_classes"] >= 2000  # at least 1,000 train + 1,000 test classes possible
-    splits = glyphs.load_glyphs(str(root), image_size=16, seed=3, train_classes=6, test_classes=5)
+    splits = glyphs.load_glyphs(str(root), image_size=16, seed=3, train_classes=6, test_classes=5, pretrain_classes=4)
     train, test = {s.label for s in splits.train}, {s.label for s in splits.query}
     assert len(train) == 6 and len(test) == 5 and not train & test and splits.gallery is None
     for samples in (splits.train, splits.query):
@@ -73,13 +73,21 @@ def test_the_folder_is_an_sop_dataset_of_unseen_classes(small_benchmark):
     assert not splits.mirror_invariant
     left_out = {int(code[2:], 16) for group in manifest["look_alike_groups"] for code in group[1:]}
     assert 0x391 in left_out and 0x410 in left_out and not left_out & (train | test)
+    pretraining = glyphs.load_glyphs(str(root), 16, 3, 6, 5, pretrain_classes=4, pretrain=True)
+    pretrain = {s.label for s in pretraining.train}
+    assert len(pretrain) == 4 and not pretrain & (train | test) and not pretrain & left_out
+    assert {s.label for s in pretraining.query} == train  # pretraining is evaluated on the train classes
+    per_class = {}
+    for sample in pretraining.train:
+        per_class[sample.label] = per_class.get(sample.label, 0) + 1
+    assert min(per_class.values()) >= glyphs.PRETRAIN_MIN_FONTS * glyphs.PRETRAIN_COPIES
 
 
 @pytest.mark.slow
 def test_a_matching_folder_is_reused_and_a_foreign_one_refused(small_benchmark, tmp_path):
     root, _ = small_benchmark
     stamp = os.stat(root / "Ebay_train.txt").st_mtime_ns
-    glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5)
+    glyphs.write_glyphs(root, image_size=16, seed=3, train_classes=6, test_classes=5, pretrain_classes=4)
     assert os.stat(root / "Ebay_train.txt").st_mtime_ns == stamp
     assert read_sop_file(str(root / "Ebay_test.txt"), str(root))
     assert json.loads((root / glyphs.MANIFEST).read_text())["parameters"]["seed"] == 3
