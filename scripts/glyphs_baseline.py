@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-classes", type=int, default=1000)
     parser.add_argument("--test-classes", type=int, default=1000)
+    parser.add_argument("--pretrain-classes", type=int, help="of the pretraining split (default: all)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +57,12 @@ def main(argv=None) -> int:
         root = Path(args.root) if args.root else Path(scratch) / "glyphs"
         started = time.perf_counter()
         manifest = glyphs.write_glyphs(
-            root, args.image_size, args.seed, train_classes=args.train_classes, test_classes=args.test_classes
+            root,
+            args.image_size,
+            args.seed,
+            train_classes=args.train_classes,
+            test_classes=args.test_classes,
+            pretrain_classes=args.pretrain_classes,
         )
         elapsed = time.perf_counter() - started
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())

@@ -72,12 +72,12 @@ def main(argv=None) -> int:
 
     overrides = PRETRAINING + list(args.overrides)
     cfg = recog.compose(overrides)
-    run_dir = args.run_dir or ROOT / "outputs" / "pretrain_glyphs" / args.name
+    run_dir = (args.run_dir or Path(cfg.paths.output_root) / "pretrain_glyphs" / args.name).absolute()
     command = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     if not (run_dir / "best_model" / "model.safetensors").is_file():
-        done = subprocess.run(command, cwd=ROOT, env=env)
+        done = subprocess.run(command, env=env)  # in this folder: paths.output_root is relative to it
         if done.returncode != 0:
             return done.returncode
     weights = backbone_weights(run_dir / "best_model" / "model.safetensors")
