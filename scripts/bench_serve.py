@@ -121,6 +121,17 @@ def wait_ready(server: subprocess.Popen, port: int, log_path: Path, timeout: flo
     sys.exit(f"mlflow models serve did not answer within {timeout:.0f} s; log: {log_path}")
 
 
+def stop_server(server: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the server's process group (it has its own session), SIGKILL it if it outlives ``timeout``."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def post(port: int, body: bytes) -> np.ndarray:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -259,8 +270,7 @@ def main() -> None:
                         timed(lambda body=body: post(port, body), args.repeat, args.warmup),
                         len(body),
                     )
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
+            stop_server(server)
             local = in_process(model, tracking_uri, batches, args.repeat, args.warmup)
             print(
                 f"{'batch':>5}  {'form':<6}  {'body KB':>8}  {'served ms':>9}  {'p90 ms':>7}  {'ms/image':>8}  "
@@ -275,13 +285,7 @@ def main() -> None:
                     f"{median / local[batch, form]:>18.2f}x"
                 )
         finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_server(server)
 
 
 if __name__ == "__main__":

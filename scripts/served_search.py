@@ -15,8 +15,6 @@ import argparse
 import base64
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(SCRIPTS.parent))
 
-from bench_serve import free_port, start_server, wait_ready  # noqa: E402
+from bench_serve import free_port, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def ask(model: str, tracking_uri: str, images: list[Path]) -> tuple[list[dict], float]:
@@ -53,12 +51,7 @@ def ask(model: str, tracking_uri: str, images: list[Path]) -> tuple[list[dict], 
                 answers = json.loads(reply.read())["predictions"]
             return answers, time.perf_counter() - start
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_server(server)
 
 
 def describe(image: Path, answer: dict, label=None) -> str:
