@@ -139,6 +139,13 @@ def number(text: str) -> float | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).is_file()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append('selenium (.venv/bin/pip install -e ".[ui-check]")')
+    if missing:  # before any training: the check cannot run without them
+        raise SystemExit(f"the browser check needs {', '.join(map(str, missing))}")
     root = Path(tempfile.mkdtemp(prefix="recog-ui-check-")) if args.fresh else Path(args.output_root).resolve()
     if args.fresh:
         print(f"training two tiny runs into {root} ...", flush=True)
