@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import warm_python
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +44,9 @@ def scratch(tmp_path: Path) -> Path:
 
 
 def environment() -> dict:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keeps tests/_site
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    # `python` is the session's warm python (tests/warm_python), the venv's tools (mlflow, ...) next.
-    env["PATH"] = os.pathsep.join([warm_python.bin_dir(), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # python, mlflow, ...
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -79,7 +77,7 @@ def run_block(block: Block, cwd: Path) -> None:
         if block.language == "python":
             script = cwd / f"readme_{block.line}.py"
             script.write_text(command)
-            argv = [warm_python.python(), script.name]
+            argv = [sys.executable, script.name]
         else:
             argv = ["bash", "-c", block.prelude + command]
         result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)

@@ -208,6 +208,9 @@ class TrainerConfig:
     # Depthwise convolutions on small maps as one batched matrix product (recog/training/depthwise.py),
     # auto | true | false; auto: on for the CPU (Paddle's kernel is slow there on small maps), off on GPUs.
     depthwise_matmul: str = "auto"
+    # A JSON file rank 0 rewrites at the loop's fixed points (start, each step, eval, epoch end, stop, end):
+    # where the run is, for a program watching it (recog/training/callbacks/progress.py); null: none
+    progress_file: str | None = None
 
 
 class EvalEngine(str, Enum):

@@ -4,8 +4,7 @@ Writes into the run directory::
 
     checkpoints/last/   weights, optimizer (with the LR-schedule position), epoch, step within the
                         epoch, RNG states and MLflow run id (for resume=true; recog/training/resume.py)
-    best_model/         weights + resolved config of the best eval so far (highest trainer.monitor)
-    metrics.json        the best model's metrics
+    best_model/         weights + resolved config of the best eval (highest trainer.monitor); metrics.json: its metrics
     retrieval.png       the best model's top-5 results for the first eval queries
     worst_queries.png   the same for the eval queries of lowest AP
     pair_scores.png     the best model's pair-score histograms and DET curve
@@ -42,6 +41,7 @@ from recog.training.callbacks import (
     Callback,
     KeepBestModel,
     MlflowLogging,
+    ProgressFile,
     SaveCheckpoint,
     StopOnSignal,
 )
@@ -57,6 +57,7 @@ CALLBACKS: tuple[type[Callback], ...] = (
     SaveCheckpoint,  # checkpoints/last, config.yaml
     BadImageReport,  # bad_images.tsv
     ExportAfterTraining,  # export/ and the run's MLflow Model
+    ProgressFile,  # trainer.progress_file: where the run is, for a program watching it
     StopOnSignal,  # SIGTERM / SIGINT, after the checkpoint of an epoch end
 )
 

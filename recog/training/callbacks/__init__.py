@@ -5,6 +5,15 @@ from recog.training.callbacks.bad_images import BadImageReport
 from recog.training.callbacks.base import Callback
 from recog.training.callbacks.checkpoints import KeepBestModel, SaveCheckpoint
 from recog.training.callbacks.mlflow_logging import MlflowLogging
+from recog.training.callbacks.progress import ProgressFile
 from recog.training.callbacks.stop import StopOnSignal
 
-__all__ = ["BadImageReport", "Callback", "KeepBestModel", "MlflowLogging", "SaveCheckpoint", "StopOnSignal"]
+__all__ = [
+    "BadImageReport",
+    "Callback",
+    "KeepBestModel",
+    "MlflowLogging",
+    "ProgressFile",
+    "SaveCheckpoint",
+    "StopOnSignal",
+]
