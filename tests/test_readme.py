@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow_stores import new_store
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,11 @@ def _units():
 
 
 def scratch(tmp_path: Path) -> Path:
-    """A folder that looks like the checkout (run.py, conf/, scripts/ linked) with its own outputs/."""
+    """A folder that looks like the checkout (run.py, conf/, scripts/ linked) with its own outputs/
+    (holding an MLflow store MLflow migrated, as after a first run)."""
     for name in ("run.py", "conf", "scripts"):
         (tmp_path / name).symlink_to(ROOT / name)
+    new_store(tmp_path / "outputs")  # the embedded MLflow store, migrated (tests/mlflow_stores.py)
     return tmp_path
 
 

@@ -9,6 +9,7 @@ import pytest
 from commands import cli_status, run_py, script
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def parent_and_children(client: MlflowClient, experiment: str = "recog"):
 def grid_sweep(lists, tmp_path_factory):
     """A 2 x 2 grid (head x head.margin) with the basic launcher."""
     out = tmp_path_factory.mktemp("grid")
+    new_store(out)  # a migrated MLflow store (tests/mlflow_stores.py)
     status = cli_status(
         "-m", "head=arcmargin,cosmargin", "head.margin=0.1,0.2", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
     )
@@ -121,6 +123,7 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
 @pytest.mark.slow
 def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path, run_cli):
     out = tmp_path / "out"
+    new_store(out)
     result = run_cli(
         "-m",
         "hparams_search=margin_head",
@@ -213,6 +216,7 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
     """Two parallel jobs (each with half the cores), one of which fails: a FAILED run, the other job
     completes, the parent is summarised at exit and the best job's model is registered."""
     out = tmp_path / "out"
+    new_store(out)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     args = [a for a in tiny(lists, out) if not a.startswith("dataset.train_list=")]
     result = run_py(  # a real process: the jobs' thread counts follow its environment

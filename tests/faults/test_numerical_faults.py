@@ -9,6 +9,7 @@ import paddle
 import pytest
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from safetensors.numpy import load_file
 
 import recog
@@ -27,6 +28,7 @@ def lists(tmp_path_factory):
 
 
 def _overrides(lists, tmp_path, *extra):
+    new_store(tmp_path)  # a migrated MLflow store for the runs (tests/mlflow_stores.py)
     return [
         "backbone.scale=0.25",
         "data.image_size=16",

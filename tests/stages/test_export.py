@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.api import load_splits
@@ -59,8 +60,10 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One MLflow store for the module's runs (creating a store costs seconds)."""
-    return tmp_path_factory.mktemp("mlflow")
+    """One MLflow store for the module's runs (a migrated copy: tests/mlflow_stores.py)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    new_store(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
