@@ -208,6 +208,11 @@ class TrainerConfig:
     # Depthwise convolutions on small maps as one batched matrix product (recog/training/depthwise.py),
     # auto | true | false; auto: on for the CPU (Paddle's kernel is slow there on small maps), off on GPUs.
     depthwise_matmul: str = "auto"
+    # An exponential moving average of the weights (recog/training/ema.py) is what evals see and
+    # best_model/ holds; its decay per step, e.g. 0.999. None: off (the raw weights)
+    ema_decay: float | None = ranged(
+        None, above=0.0, high=0.99999, text="above 0 and below 1", note="the EMA's decay per step; null: off"
+    )
     # A JSON file rank 0 rewrites at the loop's fixed points (start, each step, eval, epoch end, stop, end):
     # where the run is, for a program watching it (recog/training/callbacks/progress.py); null: none
     progress_file: str | None = None

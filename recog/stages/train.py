@@ -4,11 +4,10 @@ Writes into the run directory::
 
     checkpoints/last/   weights, optimizer (with the LR-schedule position), epoch, step within the
                         epoch, RNG states and MLflow run id (for resume=true; recog/training/resume.py)
-    best_model/         weights + resolved config of the best eval (highest trainer.monitor); metrics.json: its metrics
-    retrieval.png       the best model's top-5 results for the first eval queries
-    worst_queries.png   the same for the eval queries of lowest AP
-    pair_scores.png     the best model's pair-score histograms and DET curve
-    threshold.json      its decision threshold at eval.target_fmr (the export carries it)
+    best_model/         weights + resolved config of the best eval so far (highest trainer.monitor)
+    metrics.json        the best model's metrics
+    retrieval.png, worst_queries.png, pair_scores.png, threshold.json: the best model's eval report
+                        (top-5 results of the first / lowest-AP queries, pair scores, the threshold)
     config.yaml         the run's resolved config, at the end
     export/             the best model exported (export.after_train), logged as the run's MLflow Model
     .recog.lock         while training: host and PID of the process (one training per run dir)
@@ -37,6 +36,7 @@ from recog.builders import build_trainer, prepare_training
 from recog.evaluation import score
 from recog.stages.export import ExportAfterTraining
 from recog.training.callbacks import (
+    AverageWeights,
     BadImageReport,
     Callback,
     KeepBestModel,
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # What a training run does at the loop's fixed points, in this order (a new one: one class, one line here).
 CALLBACKS: tuple[type[Callback], ...] = (
     MlflowLogging,  # metrics (an eval's first, before anything acts on them)
+    AverageWeights,  # trainer.ema_decay: evals and best_model/ see the weights' moving average
     KeepBestModel,  # best_model/, metrics.json, the eval's report (pictures, threshold.json)
     SaveCheckpoint,  # checkpoints/last, config.yaml
     BadImageReport,  # bad_images.tsv

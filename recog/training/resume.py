@@ -50,6 +50,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, model, loss_fn, cfg: DictConfig, runner, world: int):
         self.run_dir = Path(run_dir)
         self.model, self.loss_fn, self.cfg, self.runner, self.world = model, loss_fn, cfg, runner, world
+        self.extra: dict = {}  # name -> a layer checkpoints/last holds too (the EMA's copy: "ema")
 
     @property
     def last(self) -> Path:
@@ -70,13 +71,13 @@ class Checkpoints:
         if self.runner.skip_nonfinite:
             extra["skipped_steps"] = self.runner.skipped
         checkpoint.save_checkpoint(
-            self.last, self.model, self.cfg, dict(state, **extra), self.runner.optimizer, self.loss_fn
+            self.last, self.model, self.cfg, dict(state, **extra), self.runner.optimizer, self.loss_fn, self.extra
         )
 
-    def save_best(self, state: dict) -> None:
-        """``best_model/``: the weights and config (main process only)."""
+    def save_best(self, state: dict, model=None) -> None:
+        """``best_model/``: the weights (of ``model``, default the trained one) and config (main process only)."""
         if is_main_process():
-            checkpoint.save_checkpoint(self.best, self.model, self.cfg, state)
+            checkpoint.save_checkpoint(self.best, model if model is not None else self.model, self.cfg, state)
 
     def restore(self, rank: int, steps_per_epoch: int) -> dict:
         """Load ``checkpoints/last`` into the model, loss, optimizer and scaler; returns the state

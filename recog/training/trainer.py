@@ -58,6 +58,7 @@ class Trainer:
         self.cfg, self.run_dir, self.model, self.runner = cfg, Path(run_dir), model, runner
         self.loader, self.steps, self.evaluator, self.checkpoints = loader, steps, evaluator, checkpoints
         self.tracker, self.callbacks, self.stop = tracker, list(callbacks), stop
+        self.eval_model = model  # what evals see and best_model/ holds (a callback may set another: the EMA's)
         runner.stop = evaluator.stop = stop
         self.world = parallel.world_size()
         trainer = cfg.trainer
@@ -139,7 +140,7 @@ class Trainer:
     def evaluate(self, state: dict) -> None:
         """The eval after ``state["epoch"]`` epochs, then ``on_eval_end``; a stop during it: ``stopped``."""
         try:
-            metrics = self.evaluator(self.model)
+            metrics = self.evaluator(self.eval_model)
         except EvalInterrupted:
             state["eval_pending"] = True
             self.stopped(state)

@@ -68,8 +68,10 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer: paddle.optimizer.Optimizer | None = None,
     loss: paddle.nn.Layer | None = None,
+    extra: dict[str, paddle.nn.Layer] | None = None,
 ) -> Path:
-    """Write the checkpoint into a temporary sibling directory, then swap it into place.
+    """Write the checkpoint into a temporary sibling directory, then swap it into place. ``extra``:
+    more layers whose weights it holds, ``<name>.safetensors`` each (``load_extra_weights``).
 
     Raises ``atomic.StorageError`` (a ``RecogError``) when the disk refuses; the previous
     checkpoint at ``path`` is then unchanged.
@@ -80,6 +82,8 @@ def save_checkpoint(
         atomic.write_file(tmp / MODEL_FILE, safetensors_bytes(_to_numpy(model.state_dict())))
         if loss is not None and loss.state_dict():
             atomic.write_file(tmp / LOSS_FILE, safetensors_bytes(_to_numpy(loss.state_dict())))
+        for name, layer in (extra or {}).items():
+            atomic.write_file(tmp / f"{name}.safetensors", safetensors_bytes(_to_numpy(layer.state_dict())))
         if optimizer is not None:
             tensors, rest = _split_tensors(optimizer.state_dict())
             tensors = _rename_accumulators(tensors, _runtime_to_structured(model, loss))
@@ -140,6 +144,21 @@ def load_config(path, trusted_targets: Iterable[str] = (), searchpath: Sequence[
     directory = atomic.readable_dir(path)
     manifest.check_file(directory, CONFIG_FILE, KIND, WHAT)
     return load_saved_config(directory / CONFIG_FILE, trusted_targets, searchpath)
+
+
+def load_extra_weights(path, name: str, layer: paddle.nn.Layer) -> bool:
+    """Load ``<name>.safetensors`` (``save_checkpoint(extra=...)``) into ``layer``, every tensor matching
+    by name and shape; False when the checkpoint has no such file."""
+    directory = atomic.readable_dir(path)
+    file = f"{name}.safetensors"
+    if not manifest.check_file(directory, file, KIND, WHAT, required=False):
+        return False
+    weights = _load_tensors(directory / file)
+    expected = layer.state_dict()
+    if set(weights) != set(expected) or any(list(weights[k].shape) != list(expected[k].shape) for k in expected):
+        raise RecogError(f"{directory / file} does not fit the model it was saved for (other names or shapes)")
+    layer.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
+    return True
 
 
 def load_loss_state(path, loss: paddle.nn.Layer) -> None:

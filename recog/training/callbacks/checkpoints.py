@@ -20,7 +20,7 @@ class KeepBestModel(Callback):
         if not is_better(metrics, state["best"], str(trainer.cfg.trainer.monitor)):
             return
         state["best"] = dict(metrics, epoch=state["epoch"])
-        trainer.checkpoints.save_best(state)
+        trainer.checkpoints.save_best(state, trainer.eval_model)
         if is_main_process():
             write_metrics(state["best"], trainer.run_dir / "metrics.json")
             trainer.evaluator.save_report(trainer.run_dir)
