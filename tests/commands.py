@@ -18,6 +18,7 @@ A test waits for a point of a run through what the code writes: ``trainer.progre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -88,23 +89,35 @@ def cli(*args, capfd) -> subprocess.CompletedProcess:
 
 def cli_status(*args) -> int:
     """``python run.py ARGS`` in this process: its exit status (its output goes to pytest's capture).
-    The logging setup Hydra's run changes is put back afterwards. Not for a command that relaunches
-    under ``paddle.distributed.launch`` (it would replace this process)."""
-    from hydra.core.global_hydra import GlobalHydra
-
+    Not for a command that relaunches under ``paddle.distributed.launch`` (it would replace this process)."""
     from recog.app import main
 
     assert not any(str(a).startswith(("launcher.nproc_per_node=", "launcher.nnodes=")) for a in args), args
+    with as_a_new_process():
+        return main([str(a) for a in args], script=str(RUN_PY))
+
+
+@contextlib.contextmanager
+def as_a_new_process():
+    """What a command run in this process changes and a new process would start without, put back
+    afterwards: Hydra's global state (its initialised config search and the job's ``HydraConfig``,
+    which recog reads to tell a run.py job or sweep from the Python API) and the logging setup."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
     saved = {
         name: (lg.handlers[:], lg.level, lg.propagate, lg.disabled)
         for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
         if isinstance(lg, logging.Logger)
     }
+    job = HydraConfig.instance().cfg
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
     try:
-        return main([str(a) for a in args], script=str(RUN_PY))
+        yield
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = job
         for name, (handlers, level, propagate, disabled) in saved.items():
             logger = logging.getLogger(name or None)
             logger.handlers[:], logger.level, logger.propagate, logger.disabled = handlers, level, propagate, disabled
@@ -122,7 +135,8 @@ def script(name: str, *args, capfd) -> subprocess.CompletedProcess:
     capfd.readouterr()
     code = 0
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        with as_a_new_process():
+            runpy.run_path(str(path), run_name="__main__")
     except SystemExit as stop:
         code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     finally:

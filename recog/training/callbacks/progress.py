@@ -24,6 +24,8 @@ class ProgressFile(Callback):
     whole (a rename), so a reader never sees half of one; it is not synced to disk (a progress mark,
     not a record). Null (the default): no file."""
 
+    final_step = False  # its "end" is written also when a stop request came during the final steps
+
     def __init__(self):
         self.path: Path | None = None
 
