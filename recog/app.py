@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
         return _status(stop.code)
     finally:
         sys.argv = saved
+        from recog.tracking.sweep_parent import finish_stopped_sweeps
+
+        finish_stopped_sweeps()  # what the exit of run.py's process would do
     return 0
 
 
