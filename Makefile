@@ -104,8 +104,8 @@ serve: install
 # The whole suite (CI: .ci/run) on TEST_WORKERS processes (pytest-xdist), one thread each, printing
 # the 15 slowest tests. Tests in one xdist_group share a worker: those starting several processes, and
 # those sharing a costly module fixture (a trained run, a sweep, an MLflow server).
-# One process: make test TEST_WORKERS=0. The commands tests start run in a warm python (tests/warm_python);
-# RECOG_TEST_WARM_PYTHON=0 starts each in a fresh interpreter.
+# One process: make test TEST_WORKERS=0. Commands run in the test process (recog.app.main) unless the
+# process is what a test checks (tests/commands.py).
 TEST_WORKERS ?= 2
 test: install lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)

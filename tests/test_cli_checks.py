@@ -1,26 +1,15 @@
-"""run.py's checks before Hydra starts: one message, exit 2, no run folder."""
-
-import subprocess
-from pathlib import Path
+"""run.py's checks before Hydra starts: one message, exit 2, no run folder (``recog.app.main`` in this process)."""
 
 import pytest
-import warm_python
+from commands import cli
 
 from recog.cli import config_groups, help_text, precheck, top_level_keys
 from recog.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
 
 @pytest.mark.slow
-def test_cfg_job_gets_recogs_override_checks():
-    result = run_cli("--cfg", "job", "backbone.scael=1.0")
+def test_cfg_job_gets_recogs_override_checks(capfd):
+    result = cli("--cfg", "job", "backbone.scael=1.0", capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "recog: Key 'scael' is not an argument of recog.models.backbones.PPLCNet; valid keys in backbone: "
@@ -44,8 +33,8 @@ def test_adding_an_unknown_key_is_refused_with_the_valid_keys():
 
 
 @pytest.mark.slow
-def test_help_is_recogs_own(tmp_path):
-    result = run_cli("--help")
+def test_help_is_recogs_own(capfd):
+    result = cli("--help", capfd=capfd)
     assert result.returncode == 0
     assert result.stdout == help_text().replace("$$", "$") + "\n"
     assert "schema/" not in result.stdout and "Stages:" in result.stdout
@@ -55,8 +44,8 @@ def test_help_is_recogs_own(tmp_path):
 
 
 @pytest.mark.slow
-def test_rejected_stage_leaves_no_run_folder(tmp_path):
-    result = run_cli("stage=eval", f"paths.output_root={tmp_path}")
+def test_rejected_stage_leaves_no_run_folder(tmp_path, capfd):
+    result = cli("stage=eval", f"paths.output_root={tmp_path}", capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "recog: stage=eval needs a trained model: model_path=<run dir>/best_model"
     assert list(tmp_path.iterdir()) == []  # no outputs/runs/<date> folder
@@ -83,9 +72,9 @@ def test_unwritable_output_is_one_message(override):
 
 
 @pytest.mark.slow
-def test_output_under_a_file_is_one_message(tmp_path):
+def test_output_under_a_file_is_one_message(tmp_path, capfd):
     (tmp_path / "file").write_text("x")
-    result = run_cli(f"paths.output_root={tmp_path / 'file' / 'out'}")
+    result = cli(f"paths.output_root={tmp_path / 'file' / 'out'}", capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
         f"paths.output_root={tmp_path / 'file' / 'out'} cannot be created: {tmp_path / 'file'} is a file"
@@ -100,13 +89,14 @@ def test_writable_output_passes_and_creates_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path):
-    result = run_cli(
+def test_stage_refusing_its_input_removes_the_run_folder_hydra_made(tmp_path, capfd):
+    result = cli(
         "dataset=image_list",
         f"dataset.root={tmp_path / 'none'}",
         "dataset.train_list=t.txt",
         "dataset.query_list=q.txt",
         f"paths.output_root={tmp_path / 'out'}",
+        capfd=capfd,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"dataset root {tmp_path / 'none'} does not exist" in result.stdout + result.stderr

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import warm_python
+from mlflow_stores import new_store
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +38,18 @@ def _units():
 
 
 def scratch(tmp_path: Path) -> Path:
-    """A folder that looks like the checkout (run.py, conf/, scripts/ linked) with its own outputs/."""
+    """A folder that looks like the checkout (run.py, conf/, scripts/ linked) with its own outputs/
+    (holding an MLflow store MLflow migrated, as after a first run)."""
     for name in ("run.py", "conf", "scripts"):
         (tmp_path / name).symlink_to(ROOT / name)
+    new_store(tmp_path / "outputs")  # the embedded MLflow store, migrated (tests/mlflow_stores.py)
     return tmp_path
 
 
 def environment() -> dict:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keeps tests/_site
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    # `python` is the session's warm python (tests/warm_python), the venv's tools (mlflow, ...) next.
-    env["PATH"] = os.pathsep.join([warm_python.bin_dir(), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # python, mlflow, ...
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -79,7 +80,7 @@ def run_block(block: Block, cwd: Path) -> None:
         if block.language == "python":
             script = cwd / f"readme_{block.line}.py"
             script.write_text(command)
-            argv = [warm_python.python(), script.name]
+            argv = [sys.executable, script.name]
         else:
             argv = ["bash", "-c", block.prelude + command]
         result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)

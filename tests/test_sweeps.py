@@ -2,14 +2,14 @@
 search, the joblib launcher, a failed job, the comparison script and the model registry."""
 
 import os
-import subprocess
 from pathlib import Path
 
 import cv2
 import pytest
-import warm_python
+from commands import cli_status, run_py, script
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,17 +41,6 @@ def tiny(lists: Path, out: Path, train_list: str = "train.txt") -> list:
     ]  # no export at the end of each job: only the registry test needs one
 
 
-def run_cli(*args, env=None):
-    return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-
-
 def store(out: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
 
@@ -67,17 +56,18 @@ def parent_and_children(client: MlflowClient, experiment: str = "recog"):
 def grid_sweep(lists, tmp_path_factory):
     """A 2 x 2 grid (head x head.margin) with the basic launcher."""
     out = tmp_path_factory.mktemp("grid")
-    result = run_cli(
+    new_store(out)  # a migrated MLflow store (tests/mlflow_stores.py)
+    status = cli_status(
         "-m", "head=arcmargin,cosmargin", "head.margin=0.1,0.2", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
     )
-    return result, out
+    return status, out
 
 
 @pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
 @pytest.mark.slow
 def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
-    result, out = grid_sweep
-    assert result.returncode == 0, result.stderr
+    status, out = grid_sweep
+    assert status == 0
     parent, children = parent_and_children(store(out))
     assert parent.info.status == "FINISHED"
     assert "head=arcmargin,cosmargin head.margin=0.1,0.2" in parent.data.tags["recog.sweep_overrides"]
@@ -108,25 +98,12 @@ def test_grid_sweep_is_one_parent_run_with_a_child_per_job(grid_sweep):
 
 @pytest.mark.xdist_group("grid_sweep")  # one worker builds the module fixture
 @pytest.mark.slow
-def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_sweep, tmp_path):
-    result, out = grid_sweep
-    assert result.returncode == 0, result.stderr
+def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_sweep, capfd):
+    status, out = grid_sweep
+    assert status == 0
     parent, children = parent_and_children(store(out))
     png = out / f"comparison_{parent.info.run_id[:8]}.png"  # the default the README names for --sweep
-    shown = subprocess.run(
-        [
-            warm_python.python(),
-            str(ROOT / "scripts" / "compare_runs.py"),
-            "--output-root",
-            str(out),
-            "--sweep",
-            parent.info.run_id,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    shown = script("compare_runs.py", "--output-root", out, "--sweep", parent.info.run_id, capfd=capfd)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("#  run"))
@@ -144,8 +121,9 @@ def test_compare_runs_prints_the_runs_in_metric_order_and_writes_a_png(grid_swee
 
 
 @pytest.mark.slow
-def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path):
+def test_optuna_search_logs_the_best_trial_to_the_parent(lists, tmp_path, run_cli):
     out = tmp_path / "out"
+    new_store(out)
     result = run_cli(
         "-m",
         "hparams_search=margin_head",
@@ -199,7 +177,7 @@ def test_every_search_space_names_real_keys_and_maximises(search):
 
 
 @pytest.mark.slow
-def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path):
+def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path, run_cli):
     out = tmp_path / "out"
     result = run_cli("-m", "head=arcmargin,nosuchhead", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}")
     assert result.returncode == 2
@@ -208,7 +186,7 @@ def test_sweep_naming_a_missing_option_fails_before_any_job(lists, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists, tmp_path):
+def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists, tmp_path, run_cli):
     out = tmp_path / "out"
     result = run_cli(
         "-m", "head=arcmargin,fc", "head.margin=0.1,0.2", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
@@ -222,7 +200,7 @@ def test_a_combination_hydra_refuses_runs_no_job_and_leaves_no_parent_run(lists,
 
 
 @pytest.mark.slow
-def test_sweep_objective_must_be_an_eval_metric(lists, tmp_path):
+def test_sweep_objective_must_be_an_eval_metric(lists, tmp_path, run_cli):
     out = tmp_path / "out"
     result = run_cli(
         "-m", "head.margin=0.1,0.2", "sweep.objective=accuracy", *tiny(lists, out), f"hydra.sweep.dir={out / 'sweep'}"
@@ -238,9 +216,10 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
     """Two parallel jobs (each with half the cores), one of which fails: a FAILED run, the other job
     completes, the parent is summarised at exit and the best job's model is registered."""
     out = tmp_path / "out"
+    new_store(out)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     args = [a for a in tiny(lists, out) if not a.startswith("dataset.train_list=")]
-    result = run_cli(
+    result = run_py(  # a real process: the jobs' thread counts follow its environment
         "-m",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
@@ -252,6 +231,7 @@ def test_joblib_sweep_with_a_failed_job_goes_on_and_registers_the_best(lists, tm
         "export.cpu_onednn=full",
         f"hydra.sweep.dir={out / 'sweep'}",
         env=env,
+        timeout=900,
     )
     assert result.returncode == 1  # Hydra ends a sweep with a failed job non-zero, after every job ran
     assert "missing.txt does not exist" in result.stderr and "Traceback" not in result.stderr

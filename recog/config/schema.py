@@ -213,6 +213,9 @@ class TrainerConfig:
     ema_decay: float | None = ranged(
         None, above=0.0, high=0.99999, text="above 0 and below 1", note="the EMA's decay per step; null: off"
     )
+    # A JSON file rank 0 rewrites at the loop's fixed points (start, each step, eval, epoch end, stop, end):
+    # where the run is, for a program watching it (recog/training/callbacks/progress.py); null: none
+    progress_file: str | None = None
 
 
 class EvalEngine(str, Enum):

@@ -41,6 +41,7 @@ from recog.training.callbacks import (
     Callback,
     KeepBestModel,
     MlflowLogging,
+    ProgressFile,
     SaveCheckpoint,
     StopOnSignal,
 )
@@ -57,6 +58,7 @@ CALLBACKS: tuple[type[Callback], ...] = (
     SaveCheckpoint,  # checkpoints/last, config.yaml
     BadImageReport,  # bad_images.tsv
     ExportAfterTraining,  # export/ and the run's MLflow Model
+    ProgressFile,  # trainer.progress_file: where the run is, for a program watching it
     StopOnSignal,  # SIGTERM / SIGINT, after the checkpoint of an epoch end
 )
 

@@ -9,7 +9,8 @@
   id and the swept keys go to the jobs through environment variables (recog/tracking/sweep_job.py).
   With the joblib launcher it also divides the CPU cores among the parallel jobs
   (``recog.utils.runtime.divide_threads_among_jobs``).
-* ``on_multirun_end``, or at exit when Hydra stops with a failed job: tags the parent with the
+* ``on_multirun_end``, or when Hydra stops with a failed job (at exit, or as ``recog.app.main``
+  returns: ``finish_stopped_sweeps``): tags the parent with the
   job counts and the best child (by ``sweep.objective``, higher is better), logs the best
   child's swept values as ``best.<key>`` params (the Optuna sweeper's ``best_params``
   when it wrote ``optimization_results.yaml``), writes ``comparison.png`` / ``comparison.txt``
@@ -43,6 +44,16 @@ from recog.utils import atomic
 from recog.utils.runtime import divide_threads_among_jobs
 
 log = logging.getLogger(__name__)
+_open: list["MlflowSweepCallback"] = []  # sweeps whose parent run is not finished yet
+
+
+def finish_stopped_sweeps() -> None:
+    """Finishes the parent run of each sweep Hydra stopped (a failed job, a refused combination),
+    as the process's exit does: for a sweep run in a process that goes on (``recog.app.main``)."""
+    while _open:
+        callback = _open.pop()
+        atexit.unregister(callback._finish_at_exit)
+        callback._finish(stopped=True)
 
 
 class MlflowSweepCallback(Callback):
@@ -68,6 +79,7 @@ class MlflowSweepCallback(Callback):
         os.environ[PARENT_ENV] = self.parent.run_id
         os.environ[KEYS_ENV] = json.dumps(swept_keys(config))
         atexit.register(self._finish_at_exit)
+        _open.append(self)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish(stopped=False)
@@ -76,6 +88,8 @@ class MlflowSweepCallback(Callback):
         self._finish(stopped=True)  # Hydra raised (a failed job) or the sweep was interrupted
 
     def _finish(self, stopped: bool) -> None:
+        if self in _open:
+            _open.remove(self)
         parent, self.parent = self.parent, None
         for name in (PARENT_ENV, KEYS_ENV):
             os.environ.pop(name, None)

@@ -20,6 +20,7 @@ from recog.utils import checkpoint
 RESUMABLE = (
     "trainer.epochs",
     "trainer.device",
+    "trainer.progress_file",
     "data.num_workers",
     "launcher.",
     "mlflow.",

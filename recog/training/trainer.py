@@ -149,12 +149,12 @@ class Trainer:
 
     def finish(self, state: dict) -> None:
         """After the last epoch: the ``on_fit_end`` of each callback that has one, in order; a stop
-        request ends the run before the next of them (the run is then incomplete), or after the last
-        (complete)."""
+        request ends the run before the next of them that does a final step (the run is then
+        incomplete), or after the last (complete)."""
         if self.runner.skipped:
             log.warning("%d training step(s) skipped for a non-finite loss or gradient", self.runner.skipped)
         for callback in [c for c in self.callbacks if _overrides(c, "on_fit_end")]:
-            if self.stop is not None and self.stop.requested:
+            if callback.final_step and self.stop is not None and self.stop.requested:
                 raise self.interrupted(state, after_training=True)
             callback.on_fit_end(self, state)
         if self.stop is not None and self.stop.requested:

@@ -18,6 +18,11 @@ class StopRequest:
     (the launcher sends a few) are ignored. Outside the main thread signals cannot be caught, and
     nothing is installed.
 
+    A SIGINT the process was started with ignored stays ignored (as a ``cmd &`` job of a
+    non-interactive shell, or ``nohup``, starts it): the shell ignored it so that Ctrl-C in the
+    terminal leaves the job running, and the classic convention is to keep that choice. SIGTERM
+    still stops the run cleanly.
+
     A watchdog makes sure a signal always ends the process within seconds: Python runs a signal
     handler only when the main thread returns to the interpreter, so a main thread blocked for
     good inside a C call (e.g. waiting for a batch from a data-loader thread that died) would
@@ -42,6 +47,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
             self._start_watchdog()
         return self

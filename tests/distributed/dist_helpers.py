@@ -2,12 +2,11 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import warm_python
+from commands import python_argv, wait_for  # noqa: F401  (wait_for: re-exported for the tests here)
 from image_lists import write_image_lists
 from safetensors.numpy import load_file
 
@@ -36,7 +35,7 @@ def env(threads: int = 1, **extra) -> dict:
 
 def run_py(*args, timeout=300, threads=1, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args],
+        python_argv(ROOT / "run.py", *args),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -49,16 +48,7 @@ def run_py(*args, timeout=300, threads=1, **kwargs) -> subprocess.CompletedProce
 def launch(nproc: int, script_args, log_dir: Path, timeout=300) -> subprocess.CompletedProcess:
     """``python -m paddle.distributed.launch --nproc_per_node N SCRIPT ARGS`` (the direct way)."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "paddle.distributed.launch",
-            "--nproc_per_node",
-            str(nproc),
-            "--log_dir",
-            str(log_dir),
-            *map(str, script_args),
-        ],
+        python_argv("-m", "paddle.distributed.launch", "--nproc_per_node", nproc, "--log_dir", log_dir, *script_args),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -130,23 +120,3 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def progress(text: str, desc: str) -> int:
-    """The last count of a tqdm bar ``desc`` in captured output (0 if none yet)."""
-    import re
-
-    counts = re.findall(re.escape(desc) + r":\s*\d+%\|[^|]*\|\s*(\d+)/\d+", text)
-    return int(counts[-1]) if counts else 0

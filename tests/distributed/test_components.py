@@ -253,7 +253,7 @@ def test_rng_state_round_trips_through_json():
     assert first[2] == again[2]
 
 
-def test_sigterm_and_sigint_become_a_stop_request():
+def test_sigterm_and_sigint_become_a_stop_request(sigint_default):
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
         assert not stop.requested

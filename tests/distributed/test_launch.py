@@ -4,13 +4,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
-from dist_helpers import ROOT, TINY, alive, children, env, max_difference, progress, rank_of, run_py, wait_for, weights
+from commands import reached, start_py, stop
+from dist_helpers import TINY, alive, children, env, max_difference, rank_of, run_py, wait_for, weights
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.stages import train
@@ -34,10 +34,7 @@ EQUIVALENT = TINY + [
 
 
 def _start(log_path, *args):
-    log = open(log_path, "w")
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env()
-    )
+    return start_py(args, log_path, env=env())
 
 
 def _only_run_dir(root):
@@ -48,15 +45,16 @@ def _only_run_dir(root):
 
 def test_relaunch_shares_one_run_dir_and_mlflow_run_through_sigterm_and_resume(tmp_path, image_lists):
     overrides = EQUIVALENT + image_lists + [f"paths.output_root={tmp_path}"]
+    progress, log = tmp_path / "progress.json", tmp_path / "first.log"
+    new_store(tmp_path)  # the run's MLflow store, migrated (tests/mlflow_stores.py)
     t0 = time.perf_counter()
-    proc = _start(tmp_path / "first.log", "stage=train", "launcher.nproc_per_node=2", *overrides)
-    run_dir = wait_for(lambda: (tmp_path / "runs").is_dir() and _only_run_dir(tmp_path), 60, "the run dir")
-    rank0_log = run_dir / "launch" / "workerlog.0"
-    wait_for(
-        lambda: rank0_log.is_file() and progress(rank0_log.read_text(errors="replace"), "epoch 1/2") >= 2,
-        120,
-        "2 training steps",
-    )
+    proc = _start(log, "stage=train", "launcher.nproc_per_node=2", *overrides, f"trainer.progress_file={progress}")
+    try:
+        wait_for(lambda: reached(progress, epoch=1, step_in_epoch=2), 120, "2 training steps", proc, log)  # rank 0's
+    except BaseException:
+        stop(proc)
+        raise
+    run_dir = _only_run_dir(tmp_path)
     sent = time.perf_counter()
     t1 = sent - t0
     proc.send_signal(signal.SIGTERM)  # to the launcher (run.py exec'd into it), as Slurm or Ctrl-C would
@@ -106,8 +104,10 @@ def test_relaunch_shares_one_run_dir_and_mlflow_run_through_sigterm_and_resume(t
 
 
 def test_a_crashed_rank_ends_the_whole_launch_within_seconds(tmp_path, image_lists):
+    progress, log = tmp_path / "progress.json", tmp_path / "crash.log"
     proc = _start(
-        tmp_path / "crash.log",
+        log,
+        f"trainer.progress_file={progress}",
         "stage=train",
         "launcher.nproc_per_node=2",
         *TINY,
@@ -117,23 +117,16 @@ def test_a_crashed_rank_ends_the_whole_launch_within_seconds(tmp_path, image_lis
         f"paths.output_root={tmp_path}",
     )
     try:
-        run_dir = wait_for(lambda: (tmp_path / "runs").is_dir() and _only_run_dir(tmp_path), 60, "the run dir")
-        rank1_log = run_dir / "launch" / "workerlog.1"
-        wait_for(
-            lambda: rank1_log.is_file() and "steps per epoch" in rank1_log.read_text(errors="replace"),
-            120,
-            "rank 1 to start training",
-        )
+        # Both ranks are training: every step waits for the other rank's gradients.
+        wait_for(lambda: reached(progress, epoch=1, step_in_epoch=2), 120, "2 training steps", proc, log)
         ranks = wait_for(lambda: {r: p for p in children(proc.pid) if (r := rank_of(p)) is not None}, 10, "the ranks")
         assert set(ranks) == {0, 1}
-        time.sleep(1.0)  # mid-training: rank 0 is in a step, waiting for rank 1's gradients
         os.kill(ranks[1], signal.SIGKILL)  # a crash nothing can intercept (OOM killer, segfault)
         killed = time.perf_counter()
         code = proc.wait(timeout=60)
         seconds = time.perf_counter() - killed
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert code != 0
     assert seconds < 15, seconds
     assert not alive(ranks[0])  # the surviving rank did not linger

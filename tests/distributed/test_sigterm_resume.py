@@ -2,13 +2,13 @@
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from dist_helpers import ROOT, TINY, env, max_difference, progress, run_py, wait_for, weights
+from commands import reached, start_py, stop
+from dist_helpers import TINY, env, max_difference, run_py, wait_for, weights
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from safetensors.numpy import load_file
 
 import recog
@@ -32,7 +32,7 @@ def _losses(client, run_id):
 
 
 def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, image_lists, single_thread):
-    store = f"sqlite:///{tmp_path}/mlflow.db"  # one MLflow store, created once (by the reference run)
+    store = new_store(tmp_path)  # one MLflow store for both runs (a migrated copy: tests/mlflow_stores.py)
     overrides = CONFIG + image_lists + [f"mlflow.tracking_uri={store}"]
     # The uninterrupted run, in this process with one thread like the subprocesses below.
     train.run(
@@ -44,23 +44,16 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, ima
     root = tmp_path / "interrupted"
     run_dir = root / "run"
     args = ["stage=train", *overrides, f"paths.output_root={root}", f"hydra.run.dir={run_dir}"]
-    with open(tmp_path / "interrupted.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env()
-        )
-        try:
-            wait_for(
-                lambda: progress((tmp_path / "interrupted.log").read_text(errors="replace"), "epoch 1/2") >= 5,
-                120,
-                "5 training steps",
-            )
-            proc.send_signal(signal.SIGTERM)
-            sent = time.perf_counter()
-            code = proc.wait(timeout=60)
-            seconds = time.perf_counter() - sent
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    progress, log = tmp_path / "progress.json", tmp_path / "interrupted.log"
+    proc = start_py([*args, f"trainer.progress_file={progress}"], log, env=env())
+    try:
+        wait_for(lambda: reached(progress, epoch=1, step_in_epoch=5), 120, "5 training steps", proc, log)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.perf_counter()
+        code = proc.wait(timeout=60)
+        seconds = time.perf_counter() - sent
+    finally:
+        stop(proc)
     output = (tmp_path / "interrupted.log").read_text(errors="replace")
     assert code == 128 + signal.SIGTERM, output[-3000:]  # 143: stopped by SIGTERM, after saving
     assert "Traceback" not in output and "resume=true" in output

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 from dist_helpers import TINY, run_py, weights
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from omegaconf import OmegaConf
 
 from recog.distributed import launch, submitit_job
@@ -66,6 +67,7 @@ def test_a_sweep_with_the_submitit_launcher_may_ask_for_several_processes():
 @pytest.mark.slow
 def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, image_lists):
     sweep = tmp_path / "sweep"
+    new_store(tmp_path)  # a migrated MLflow store (tests/mlflow_stores.py)
     result = run_py(
         "-m",
         "hydra/launcher=submitit_local",

@@ -188,7 +188,7 @@ def test_a_stop_request_ends_the_eval_after_the_current_batch(tmp_path, tiny, en
     assert evaluator.last is None  # no partial result left behind
 
 
-def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, tiny, monkeypatch):
+def test_ctrl_c_during_the_eval_stage_stops_it_and_writes_nothing(tmp_path, tiny, monkeypatch, sigint_default):
     import os
     import signal
 

@@ -6,7 +6,6 @@ stages to pass ``on_bad_image``, ``max_image_pixels`` and ``<run dir>/bad_images
 """
 
 import logging
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -14,13 +13,11 @@ import cv2
 import numpy as np
 import paddle
 import pytest
-import warm_python
 
 from recog.data import ImageDataset, Sample, build_transform, decode_image
 from recog.data.bad_images import read_bad_images
 from recog.errors import BadImageError, ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -203,13 +200,7 @@ def test_bad_settings_are_config_errors(tmp_path, transform):
         ImageDataset([], transform, max_image_pixels=0)
 
 
-# ---- end to end: python run.py ------------------------------------------------------------------------
-def run_cli(*args):
-    return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-
-
+# ---- end to end: python run.py (in this process: the run_cli fixture) -----------------------------------
 def assert_clean_failure(result, *fragments):
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
@@ -266,7 +257,7 @@ def _add_bad_images(root, kinds_by_class):
 
 
 @pytest.mark.slow
-def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root):
+def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root, run_cli):
     """Needs the stages' wiring (see the module docstring)."""
     # (A file missing at the start is a list problem: see test_list_problems_are_reported_together_before_training.)
     bad = _add_bad_images(
@@ -285,7 +276,7 @@ def test_skip_mode_run_completes_and_lists_the_bad_images(dataset_root):
 
 
 @pytest.mark.slow
-def test_fail_mode_stops_with_the_path(dataset_root):
+def test_fail_mode_stops_with_the_path(dataset_root, run_cli):
     (bad,) = _add_bad_images(dataset_root, {1: ["truncated_png"]})
     result = run_cli(*list_args(dataset_root), "data.on_bad_image=fail")
     assert_clean_failure(result, bad, "cannot decode")
@@ -293,7 +284,7 @@ def test_fail_mode_stops_with_the_path(dataset_root):
 
 
 @pytest.mark.slow
-def test_list_problems_are_reported_together_before_training(dataset_root):
+def test_list_problems_are_reported_together_before_training(dataset_root, run_cli):
     lines = (dataset_root / "train.txt").read_text().splitlines()
     lines[1] = "img/0_1.png zero"
     lines[4] = "img/1_0.png"
@@ -314,7 +305,7 @@ def test_list_problems_are_reported_together_before_training(dataset_root):
 
 
 @pytest.mark.slow
-def test_paths_outside_the_root_are_refused(dataset_root, tmp_path_factory):
+def test_paths_outside_the_root_are_refused(dataset_root, run_cli, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     secret = write_good(outside, "secret.png", 5)
     with open(dataset_root / "query.txt", "a") as f:

@@ -16,7 +16,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import warm_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -180,18 +179,6 @@ def test_overrides_that_used_to_fail_deep_inside_a_stage(override, fragments):
     assert_one_paragraph(message, *fragments)
 
 
-def run_cli(*args):
-    env = {k: v for k, v in os.environ.items() if k != "RECOG_FUZZ_UNSET"}
-    return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-
-
 @pytest.mark.parametrize(
     "override, fragment",
     [
@@ -201,7 +188,7 @@ def run_cli(*args):
     ],
 )
 @pytest.mark.slow
-def test_run_py_exits_2_with_one_paragraph(tmp_path, override, fragment):
+def test_run_py_exits_2_with_one_paragraph(tmp_path, override, fragment, run_cli):
     result = run_cli(override, f"paths.output_root={tmp_path}")
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
@@ -388,7 +375,7 @@ class _RunsCode:
 
 
 @pytest.mark.slow
-def test_run_py_refuses_a_weight_file_that_would_run_code(tmp_path):
+def test_run_py_refuses_a_weight_file_that_would_run_code(tmp_path, run_cli):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pdparams"
     evil.write_bytes(pickle.dumps({"conv1.weight": _RunsCode(marker)}, protocol=4))

@@ -2,15 +2,14 @@
 best_model as they were; trainer.skip_nonfinite=true skips such steps and logs how many to MLflow."""
 
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
-import warm_python
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from safetensors.numpy import load_file
 
 import recog
@@ -19,7 +18,6 @@ from recog.losses import TripletLossV2
 from recog.stages import train
 from recog.utils import checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3  # per epoch
 
 
@@ -30,6 +28,7 @@ def lists(tmp_path_factory):
 
 
 def _overrides(lists, tmp_path, *extra):
+    new_store(tmp_path)  # a migrated MLflow store for the runs (tests/mlflow_stores.py)
     return [
         "backbone.scale=0.25",
         "data.image_size=16",
@@ -146,7 +145,7 @@ def test_skip_mode_completes_and_logs_the_skip_count(tmp_path, lists, monkeypatc
 
 
 @pytest.mark.slow
-def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists):
+def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_path, lists, run_cli):
     args = [
         "stage=train",
         *_overrides(
@@ -158,9 +157,7 @@ def test_an_absurd_learning_rate_ends_the_cli_run_with_one_clear_message(tmp_pat
             f"hydra.run.dir={tmp_path / 'run'}",
         ),
     ]
-    result = subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    result = run_cli(*args)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output

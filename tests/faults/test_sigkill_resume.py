@@ -12,24 +12,20 @@ import json
 import math
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import warm_python
+from commands import reached, run_py, start_py, stop, wait_for
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from safetensors.numpy import load_file
 
 import recog
 from recog.utils import checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS = 8, 4
 KILL_SEED = 7  # where the test kills: reproducible choices
 TIMING_METRICS = {"images_per_sec"}  # wall-clock values: never equal between two runs
@@ -63,38 +59,12 @@ def _train_args(lists: list, root: Path) -> list:
     ]
 
 
-def _start(args: list, log_path: Path, python: str = sys.executable) -> subprocess.Popen:
-    """``python run.py ARGS``: a fresh interpreter for the runs the test kills (the process is the subject)."""
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [python, str(ROOT / "run.py"), *args],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-
-
-def _progress(log_path: Path, epoch: int) -> int:
-    """The last step count of the tqdm bar of ``epoch`` in the log (0 before it shows)."""
-    counts = re.findall(rf"epoch {epoch}/{EPOCHS}:\s*\d+%\|[^|]*\|\s*(\d+)/\d+", log_path.read_text(errors="replace"))
-    return int(counts[-1]) if counts else 0
-
-
 def _writing_last(run_dir: Path) -> bool:
     """Whether a temp directory of checkpoints/last exists (a write, or the removal of the old version)."""
     try:
         return any(name.startswith(".last.tmp-") for name in os.listdir(run_dir / "checkpoints"))
     except FileNotFoundError:
         return False
-
-
-def _wait(proc: subprocess.Popen, predicate, log_path: Path, poll: float, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"the run ended before the kill:\n{log_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting to kill:\n{log_path.read_text()[-3000:]}"
-        time.sleep(poll)
 
 
 def _check_last(last: Path, reference_keys: dict) -> int:
@@ -132,12 +102,10 @@ def _max_difference(a: dict, b: dict) -> float:
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     lists = _image_lists(tmp_path / "data")
     reference_root, root = tmp_path / "reference", tmp_path / "killed"
-    reference = _start(
-        _train_args(lists, reference_root),
-        tmp_path / "reference.log",  # runs alongside
-        python=warm_python.python(),
-    )
-    args = _train_args(lists, root)
+    new_store(reference_root), new_store(root)  # migrated MLflow stores (tests/mlflow_stores.py)
+    reference = start_py(_train_args(lists, reference_root), tmp_path / "reference.log")  # runs alongside
+    progress = tmp_path / "progress.json"  # where the killed runs are (trainer.progress_file)
+    args = _train_args(lists, root) + [f"trainer.progress_file={progress}"]
     run_dir, last = root / "run", root / "run" / "checkpoints" / "last"
     rng = random.Random(KILL_SEED)
     kills = []
@@ -145,21 +113,22 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         for attempt, moment in enumerate(("random step", "checkpoint write", "random step")):
             done = checkpoint.load_state(last)["epoch"] if attempt else 0
             log_path = tmp_path / f"attempt{attempt}.log"
-            proc = _start(args + (["resume=true"] if attempt else []), log_path)
+            progress.unlink(missing_ok=True)
+            proc = start_py(args + (["resume=true"] if attempt else []), log_path)
             try:
                 if moment == "random step":  # the first kill comes after a checkpoint exists
                     epoch, step = max(done, 1) + rng.randint(1, 2), rng.randint(1, STEPS)
-                    _wait(proc, lambda: _progress(log_path, epoch) >= step, log_path, poll=0.02)  # noqa: B023
+                    wait_for(lambda: reached(progress, epoch, step), 120, f"epoch {epoch} step {step}", proc, log_path)  # noqa: B023
                     where = f"epoch {epoch} step {step}"
                 else:
-                    _wait(proc, lambda: _writing_last(run_dir), log_path, poll=0.0005)
+                    wait_for(
+                        lambda: _writing_last(run_dir), 120, "a checkpoints/last write", proc, log_path, poll=0.0005
+                    )
                     where = "during a checkpoints/last write"
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(timeout=60) == -signal.SIGKILL
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                stop(proc)
             output = log_path.read_text(errors="replace")
             if attempt:  # continued from the last complete checkpoint, at the start of the next epoch
                 assert f"at epoch {done + 1}, step 0 of {STEPS}" in output, output[-3000:]
@@ -178,21 +147,12 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
 
         done = checkpoint.load_state(last)["epoch"]
         assert done < EPOCHS
-        final = subprocess.run(
-            [warm_python.python(), str(ROOT / "run.py"), *args, "resume=true"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
+        final = run_py(*args, "resume=true", timeout=300)
         assert final.returncode == 0, final.stderr[-3000:]
         assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
         assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     finally:
-        if reference.poll() is None:
-            reference.kill()
-            reference.wait()
+        stop(reference)
 
     reference_run = reference_root / "run"
     state = checkpoint.load_state(last)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from safetensors.numpy import load_file
 
 import recog
@@ -146,7 +147,7 @@ def store(tmp_path_factory):
     import paddle
 
     paddle.base.core.set_num_threads(1)
-    yield f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    yield new_store(tmp_path_factory.mktemp("mlflow"))  # a migrated copy (tests/mlflow_stores.py)
     paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
 
 

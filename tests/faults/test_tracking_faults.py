@@ -8,12 +8,11 @@
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
-import warm_python
+from commands import script
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
@@ -23,8 +22,6 @@ from recog.tracking import MlflowTracker
 from recog.tracking.local_record import RECORD_FILE, replay
 
 pytestmark = pytest.mark.xdist_group("test_tracking_faults")  # one xdist worker starts the module's MLflow server once
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +51,6 @@ def tiny_args(lists: Path, out: Path) -> list:
     ]
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [warm_python.python(), str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-
-
 def rest_search(uri: str, experiment_name: str) -> list:
     """Runs of an experiment, through the REST API itself (not the MLflow client)."""
     found = requests.get(
@@ -77,7 +68,7 @@ def metrics_of(rest_run: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists, tmp_path):
+def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists, tmp_path, run_cli):
     result = run_cli(
         *tiny_args(image_lists, tmp_path / "out"),
         f"mlflow.tracking_uri={mlflow_server.uri}",
@@ -95,7 +86,7 @@ def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists
 
 
 @pytest.mark.slow
-def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path):
+def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path, run_cli):
     dead = f"http://127.0.0.1:{free_port()}"
     result = run_cli(
         *tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={dead}", f"hydra.run.dir={tmp_path / 'run'}"
@@ -108,7 +99,7 @@ def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path):
 
 
 @pytest.mark.slow
-def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, image_lists, tmp_path):
+def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, image_lists, tmp_path, run_cli, capfd):
     dead = f"http://127.0.0.1:{free_port()}"
     run_dir = tmp_path / "run"
     args = tiny_args(image_lists, tmp_path / "out") + ["mlflow.experiment_name=offline_start"]
@@ -127,19 +118,7 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
     assert (run_dir / "best_model" / "model.safetensors").is_file()
     assert (run_dir / RECORD_FILE).is_file()
 
-    replayed = subprocess.run(
-        [
-            warm_python.python(),
-            str(ROOT / "scripts" / "replay_mlflow.py"),
-            str(run_dir),
-            "--tracking-uri",
-            mlflow_server.uri,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    replayed = script("replay_mlflow.py", run_dir, "--tracking-uri", mlflow_server.uri, capfd=capfd)
     assert replayed.returncode == 0, replayed.stderr
     (run,) = rest_search(mlflow_server.uri, "offline_start")
     assert run["info"]["status"] == "FINISHED"

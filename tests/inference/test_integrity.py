@@ -4,18 +4,15 @@ recog) loads with a warning; preprocess.json's fields are type-checked."""
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import warm_python
 
 from recog.errors import RecogError
 from recog.inference import ExportedModel, load_preprocess
 from recog.utils.manifest import IntegrityError
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGES = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
 
 
@@ -56,7 +53,7 @@ def test_a_damaged_export_is_an_error_naming_the_file(copy, name, damage, messag
 
 
 @pytest.mark.slow
-def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path):
+def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path, run_cli):
     """Before manifests, cutting 4096 bytes gave different features and exit code 0."""
     _cut(copy / "inference.pdiparams", 4096)
     images = tmp_path / "images"
@@ -64,20 +61,12 @@ def test_a_truncated_export_stops_stage_predict_with_exit_code_2(copy, tmp_path)
     import cv2
 
     cv2.imwrite(str(images / "a.png"), np.full((20, 20, 3), 90, np.uint8))
-    result = subprocess.run(
-        [
-            warm_python.python(),
-            str(ROOT / "run.py"),
-            "stage=predict",
-            f"predict.model_dir={copy}",
-            f"predict.input={images}",
-            "mlflow.enabled=false",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "stage=predict",
+        f"predict.model_dir={copy}",
+        f"predict.input={images}",
+        "mlflow.enabled=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output

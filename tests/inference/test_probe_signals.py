@@ -4,16 +4,15 @@ it and make a working mode look broken."""
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from commands import ROOT, python_argv
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# In a process group of its own (the test's stand-in for a terminal): export with cpu_onednn=auto,
-# and once the probe's child process exists, SIGINT to the whole group, as Ctrl-C would send it.
+# In a process group of its own (the test's stand-in for a terminal), started with SIGINT at its
+# default as from a terminal: export with cpu_onednn=auto, and once the probe's child process is in
+# its own session, SIGINT to the whole group, as Ctrl-C would send it.
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     from pathlib import Path
@@ -22,20 +21,20 @@ SCRIPT = textwrap.dedent("""
     from recog.inference.export import export_model
     from recog.utils.interrupt import StopRequest
 
-    def probing():
+    def probing():  # a child of this process in a session of its own: the probe, past its setsid
         me = str(os.getpid())
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if stat.read_text().split(") ", 1)[1].split()[1] == me:
-                    return True
+                fields = stat.read_text().rsplit(") ", 1)[1].split()
             except (OSError, IndexError):
-                pass
+                continue
+            if fields[1] == me and fields[3] == stat.parent.name:  # parent, session id
+                return True
         return False
 
     def interrupt():
         while not probing():
-            time.sleep(0.02)
-        time.sleep(0.5)  # the probe is importing Paddle
+            time.sleep(0.01)
         os.killpg(os.getpgrp(), signal.SIGINT)
 
     cfg = recog.compose(["backbone.scale=0.25", "data.image_size=32", "neck.embedding_size=16", "head.class_num=3"])
@@ -51,7 +50,7 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the probe through /proc")
 def test_ctrl_c_during_the_probe_does_not_fail_the_mode_probed(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "export")],
+        python_argv("-c", SCRIPT, tmp_path / "export"),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ import logging
 import pytest
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from omegaconf import OmegaConf
 
 import recog
@@ -81,6 +82,7 @@ def test_a_model_folder_without_a_dataset_is_evaluated_on_the_commands():
 
 @pytest.mark.slow
 def test_eval_of_a_model_trained_on_lists_reads_those_lists_and_says_so(tmp_path, caplog):
+    new_store(tmp_path / "out")  # a migrated MLflow store (tests/mlflow_stores.py)
     overrides = write_image_lists(tmp_path / "lists") + [
         "backbone.scale=0.25",
         "data.image_size=16",

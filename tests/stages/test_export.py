@@ -1,13 +1,12 @@
 """stage=export: a Paddle inference model (and ONNX) that reproduces the trained model's eval features."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import warm_python
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.api import load_splits
@@ -23,7 +22,6 @@ from recog.utils import checkpoint
 
 pytestmark = pytest.mark.xdist_group("test_export")  # one xdist worker trains the module's runs once
 
-ROOT = Path(__file__).resolve().parents[2]
 BACKBONES = {
     "pplcnet": ["backbone.scale=0.25"],
     "resnet_vd": ["backbone=resnet_vd", "backbone.depth=18"],
@@ -62,8 +60,10 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One MLflow store for the module's runs (creating a store costs seconds)."""
-    return tmp_path_factory.mktemp("mlflow")
+    """One MLflow store for the module's runs (a migrated copy: tests/mlflow_stores.py)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    new_store(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +320,7 @@ def test_output_dir_that_is_not_an_export_is_not_replaced(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
+def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path, run_cli):
     """Before manifests, a preprocess.json was enough for export to wipe the folder."""
     model_path, _, _ = _untrained_best_model(tmp_path)
     keep = tmp_path / "mine"
@@ -328,21 +328,13 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path):
     files = {"preprocess.json": '{"format": "recog-export"}', "notes.txt": "mine", "sub/data.bin": "x"}
     for name, text in files.items():
         (keep / name).write_text(text)
-    result = subprocess.run(
-        [
-            warm_python.python(),
-            str(ROOT / "run.py"),
-            "stage=export",
-            f"model_path={model_path}",
-            f"export.output_dir={keep}",
-            f"paths.output_root={tmp_path}",
-            "mlflow.enabled=false",
-            f"hydra.run.dir={tmp_path / 'cli'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "stage=export",
+        f"model_path={model_path}",
+        f"export.output_dir={keep}",
+        f"paths.output_root={tmp_path}",
+        "mlflow.enabled=false",
+        f"hydra.run.dir={tmp_path / 'cli'}",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output
@@ -415,7 +407,7 @@ def test_a_legacy_export_holding_a_link_is_not_replaced(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_path_without_weights_is_a_config_error(tmp_path):
+def test_model_path_without_weights_is_a_config_error(tmp_path, run_cli):
     model_path, _, _ = _untrained_best_model(tmp_path)
     (model_path / "model.safetensors").unlink()
     cfg = recog.compose(["stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}"])
@@ -424,19 +416,8 @@ def test_model_path_without_weights_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="needs a trained model"):
         export.run(recog.compose(["stage=export", f"paths.output_root={tmp_path}"]), tmp_path / "job")
 
-    result = subprocess.run(
-        [
-            warm_python.python(),
-            str(ROOT / "run.py"),
-            "stage=export",
-            f"model_path={model_path}",
-            f"paths.output_root={tmp_path}",
-            f"hydra.run.dir={tmp_path / 'cli'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "stage=export", f"model_path={model_path}", f"paths.output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'cli'}"
     )
     assert result.returncode == 2, result.stderr
     output = result.stdout + result.stderr

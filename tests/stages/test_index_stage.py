@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from exports import manifest_of, read_rgb, tiny_export, write_gallery
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from readme_blocks import read_blocks
 from serving import served
 
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.xdist_group("test_index_stage")  # one xdist worker bui
 def world(tmp_path_factory):
     """``(root, export, gallery list)``: an export and a gallery of 12 random PNGs, 4 labels."""
     root = tmp_path_factory.mktemp("index_stage")
+    new_store(root)  # a migrated MLflow store (tests/mlflow_stores.py)
     export = tiny_export(root)
     gallery = write_gallery(root / "data", count=12, classes=4)
     return root, export, gallery
@@ -101,7 +103,7 @@ def test_index_builds_edits_and_logs_a_search_model(world, built):
 def test_another_export_re_embeds_the_stored_images_and_predict_refuses_a_mismatch(world, tmp_path):
     root, export, gallery = world
     own = tmp_path / "own"
-    own.mkdir()
+    new_store(own)
     run(own, export, "build", f"index.gallery={gallery}", "index.log_model=false")
     other = tiny_export(tmp_path / "other", seed=1)
     before = GalleryIndex.load(own / "index")

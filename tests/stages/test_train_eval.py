@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.stages import evaluate, train
@@ -45,6 +46,7 @@ def _client(root) -> MlflowClient:
 
 @pytest.mark.slow
 def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
+    new_store(tmp_path)  # a migrated MLflow store (tests/mlflow_stores.py)
     overrides = TINY + digits + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
     best = train.run(recog.compose(overrides), tmp_path / "run")
 
@@ -96,6 +98,7 @@ def test_train_then_eval_is_tracked_in_mlflow(tmp_path, digits):
 
 @pytest.mark.slow
 def test_resume_continues_the_interrupted_run(tmp_path, monkeypatch, digits):
+    new_store(tmp_path)
     overrides = TINY + digits + [f"paths.output_root={tmp_path}", *SHORT_EPOCHS]
     real_epoch = Trainer.train_epoch
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.tracking import MlflowTracker
@@ -19,6 +20,7 @@ EPOCHS = [  # (step, eval metrics): the best model is the first epoch's, as on t
 
 def train_run(root, *overrides: str) -> tuple[MlflowClient, str]:
     """A training run as the train stage logs it: losses every step, an eval per epoch, the best at the end."""
+    new_store(root)  # a migrated MLflow store (tests/mlflow_stores.py)
     cfg = recog.compose([f"paths.output_root={root}", *overrides])
     tracker = MlflowTracker(cfg, stage="train", run_dir=root)
     for step, metrics in EPOCHS:
@@ -54,6 +56,7 @@ def test_the_monitored_metric_is_the_runs_first(tmp_path):
 
 @pytest.mark.slow
 def test_an_unevaluated_run_has_no_value_to_compare(tmp_path):
+    new_store(tmp_path)
     cfg = recog.compose([f"paths.output_root={tmp_path}"])
     tracker = MlflowTracker(cfg, stage="train", run_dir=tmp_path)
     tracker.log_metrics({"loss": 2.0}, step=1)
@@ -65,6 +68,7 @@ def test_an_unevaluated_run_has_no_value_to_compare(tmp_path):
 
 @pytest.mark.slow
 def test_eval_runs_list_the_monitored_metric_first(tmp_path):
+    new_store(tmp_path)
     cfg = recog.compose([f"paths.output_root={tmp_path}", "trainer.monitor=mAP", "stage=predict"])
     tracker = MlflowTracker(cfg, stage="predict", run_dir=tmp_path)
     tracker.log_metrics({"recall_at_1": 0.5, "mAP": 0.4}, step=0)

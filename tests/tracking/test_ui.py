@@ -59,7 +59,9 @@ def test_a_training_run_sets_the_view_to_its_monitor_and_other_stages_leave_it(t
 def test_make_ui_prints_the_runs_of_the_experiment_with_the_newest_run(tmp_path, capsys):
     start_run(tmp_path, "train", "mlflow.experiment_name=older")
     start_run(tmp_path, "train", "mlflow.experiment_name=newer")
-    time.sleep(0.01)
+    started = time.time_ns() // 1_000_000
+    while time.time_ns() // 1_000_000 == started:  # MLflow's start times are in ms: the next run's is later
+        pass
     start_run(tmp_path, "train", "mlflow.experiment_name=older")  # the newest run is in the older experiment
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     older = client.get_experiment_by_name("older").experiment_id

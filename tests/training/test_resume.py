@@ -157,25 +157,19 @@ def test_damaged_checkpoints_are_skipped_when_looking_for_the_run_to_resume(inte
 
 
 @pytest.mark.slow
-def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
-    """run.py end to end: SIGTERM mid-epoch prints the exact command that continues the run, which
-    needs no other override; a changed setting on resume is one message listing it."""
+def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path, run_cli):
+    """run.py end to end: SIGTERM mid-epoch (to a real process) prints the exact command that continues
+    the run, which needs no other override; a changed setting on resume is one message listing it."""
     import os
     import re
     import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    import warm_python
+    from commands import ROOT, reached, start_py, stop, wait_for
 
-    root = Path(__file__).resolve().parents[2]
     lists = write_image_lists(tmp_path / "lists", (("train", 200), ("query", 10)))
     run_dir = tmp_path / "out" / "runs" / "first"
+    progress = tmp_path / "progress.json"
     args = [
-        sys.executable,
-        str(root / "run.py"),
         *FIRST[:-4],
         "trainer.epochs=2",
         "trainer.log_every=1",
@@ -183,42 +177,28 @@ def test_the_command_printed_on_sigterm_resumes_the_run_alone(tmp_path):
         *lists,
         f"paths.output_root={tmp_path / 'out'}",
         f"hydra.run.dir={run_dir}",
+        f"trainer.progress_file={progress}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = start_py(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while not re.search(r"epoch 1/2:\s*\d+%\|[^|]*\|\s*[3-9]/", log.read_text(errors="replace")):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-            time.sleep(0.2)
+        wait_for(lambda: reached(progress, epoch=1, step_in_epoch=3), 120, "3 steps of epoch 1", proc, log)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     output = log.read_text(errors="replace")
     assert code == 143, output[-2000:]
     command = re.search(r"continue with: (\S+ run\.py resume=true hydra\.run\.dir=\S+)", output).group(1)
     python, rest = command.split(" ", 1)
     assert rest == f"run.py resume=true hydra.run.dir={run_dir}"
-    assert python == "python" or os.access(root / python, os.X_OK)  # the interpreter that ran it: no venv to activate
+    assert python == "python" or os.access(ROOT / python, os.X_OK)  # the interpreter that ran it: no venv to activate
 
-    changed = subprocess.run(
-        [warm_python.python(), *command.split()[1:], "data.image_size=32"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    changed = run_cli(*command.split()[2:], "data.image_size=32")  # python run.py ARGS, in this process
     said = changed.stdout + changed.stderr
     assert changed.returncode == 2 and "data.image_size (saved 16, now 32)" in said, said[-2000:]
 
-    resumed = subprocess.run(
-        [warm_python.python(), *command.split()[1:]], cwd=root, capture_output=True, text=True, env=env, timeout=300
-    )
+    resumed = run_cli(*command.split()[2:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = read_state(run_dir / "checkpoints" / "last")
     assert state["finished"] is True and state["epoch"] == 2 and state["step"] == 2 * 25  # 200 images, batch 8

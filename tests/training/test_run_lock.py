@@ -101,13 +101,9 @@ def test_the_lock_is_exclusive_and_holds_host_and_pid(tmp_path, other_process):
 
 
 @pytest.mark.slow
-def test_a_locked_run_dir_is_refused_before_its_hydra_files_are_rewritten(tmp_path, lists, other_process):
+def test_a_locked_run_dir_is_refused_before_its_hydra_files_are_rewritten(tmp_path, lists, other_process, run_cli):
     """Hydra rewrote the run's .hydra/config.yaml and overrides.yaml before the stage checked the lock:
     run.py checks it first (recog.cli.precheck), so a refused training changes nothing there."""
-    from pathlib import Path
-
-    import warm_python
-
     from recog.cli import precheck
 
     run_dir = tmp_path / "run"
@@ -119,10 +115,7 @@ def test_a_locked_run_dir_is_refused_before_its_hydra_files_are_rewritten(tmp_pa
     argv = TINY + lists + [f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}", "seed=5"]
     with pytest.raises(ConfigError, match=rf"{run_dir} is in use by another training: PID {other_process}"):
         precheck(argv)
-    root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [warm_python.python(), str(root / "run.py"), *argv], cwd=root, capture_output=True, text=True, timeout=300
-    )
+    result = run_cli(*argv)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"is in use by another training: PID {other_process}" in result.stderr
     assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == saved

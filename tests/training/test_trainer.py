@@ -233,7 +233,9 @@ def _signal_at_eval_batch(monkeypatch, batch: int, signum=signal.SIGINT):
 
 
 @pytest.mark.slow
-def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval(tmp_path, lists, monkeypatch):
+def test_a_signal_during_the_eval_stops_it_checkpoints_and_resume_runs_that_eval(
+    tmp_path, lists, monkeypatch, sigint_default
+):
     """Ctrl-C during an eval stops it after the current batch (not after the whole eval)."""
     cfg = _cfg(
         lists,

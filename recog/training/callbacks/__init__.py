@@ -6,6 +6,7 @@ from recog.training.callbacks.base import Callback
 from recog.training.callbacks.checkpoints import KeepBestModel, SaveCheckpoint
 from recog.training.callbacks.ema import AverageWeights
 from recog.training.callbacks.mlflow_logging import MlflowLogging
+from recog.training.callbacks.progress import ProgressFile
 from recog.training.callbacks.stop import StopOnSignal
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Callback",
     "KeepBestModel",
     "MlflowLogging",
+    "ProgressFile",
     "SaveCheckpoint",
     "StopOnSignal",
 ]

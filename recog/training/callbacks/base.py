@@ -20,7 +20,8 @@ In order of a run::
                                                   during an eval (``state["eval_pending"]``) or at an
                                                   epoch end; ``TrainingInterrupted`` follows
     on_fit_end(trainer, state)                    after the last epoch, callback by callback; a stop
-                                                  request skips the callbacks after it
+                                                  request skips the callbacks after it (the run's
+                                                  final steps; see ``Callback.final_step``)
     on_exception(trainer, state, error)           any exception out of the above (the run then fails
                                                   or stops), before it propagates
 
@@ -32,6 +33,10 @@ adds more after them.
 
 class Callback:
     """Base class: every hook does nothing."""
+
+    # Whether on_fit_end does one of the run's final steps (artifacts, the export): a stop request
+    # before it leaves the run incomplete. False for a callback that only reports (it runs anyway).
+    final_step: bool = True
 
     def on_fit_start(self, trainer, state: dict) -> None:
         pass
