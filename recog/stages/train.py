@@ -7,7 +7,6 @@ Writes into the run directory::
     best_model/         weights + resolved config of the best eval so far (highest trainer.monitor)
     metrics.json        the best model's metrics
     retrieval.png, worst_queries.png, pair_scores.png, threshold.json: the best model's eval report
-                        (top-5 results of the first / lowest-AP queries, pair scores, the threshold)
     config.yaml         the run's resolved config, at the end
     export/             the best model exported (export.after_train), logged as the run's MLflow Model
     .recog.lock         while training: host and PID of the process (one training per run dir)
@@ -22,8 +21,8 @@ SIGTERM / SIGINT at any point: the run stops after the current step (or eval bat
 step), writes ``checkpoints/last``, releases the lock, marks the MLflow run KILLED (FINISHED if
 nothing was left to do) and raises ``TrainingInterrupted`` (``run.py`` exits 143 / 130), whose
 message is the command that continues it: ``python run.py resume=true hydra.run.dir=RUN``.
-A NaN or Inf loss or gradient stops the run before the step is applied (``NonFiniteError``, exit
-code 2; ``trainer.skip_nonfinite=true`` skips and counts such steps instead).
+A NaN or Inf loss or gradient stops the run before its step (``NonFiniteError``, exit code 2;
+``trainer.skip_nonfinite=true`` skips and counts such steps).
 """
 
 import contextlib
