@@ -5,13 +5,16 @@ The fast tests check the markers and the transcripts (error messages, which stop
 work); the slow one runs every other block, group by group, with tiny overrides where it trains.
 """
 
+import contextlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from commands import cli, script
 from mlflow_stores import new_store
 from readme_blocks import Block, read_blocks, shell_commands, transcript, with_tiny_overrides
 
@@ -65,7 +68,49 @@ def resolve_runs(text: str, cwd: Path) -> str:
     return _RUN_PATH.sub(lambda m: newest_run(cwd, m.group(1)), text)
 
 
-def run_block(block: Block, cwd: Path) -> None:
+# A plain ``python run.py ...`` / ``python scripts/NAME.py ...``: no shell syntax beyond quoting and a
+# comment, no prelude, and no launcher (which replaces its process). It runs in this process, as
+# what run.py / the script runs after start-up (tests/commands.py); start-up itself is the subject
+# of tests that start real processes. Every other command runs in bash.
+_SHELL_SYNTAX = re.compile(r"[|;&<>$`(){}*?\\]|^\w+=")
+
+
+def in_process_argv(command: str, block: Block) -> list[str] | None:
+    """The argv after ``python`` of a command this process can run itself, or None."""
+    code = command.split(" #")[0]
+    if block.prelude or _SHELL_SYNTAX.search(code):
+        return None
+    argv = shlex.split(code)
+    if len(argv) < 2 or argv[0] != "python" or not (argv[1] == "run.py" or argv[1].startswith("scripts/")):
+        return None
+    if any(arg.startswith(("launcher.nproc_per_node=", "launcher.nnodes=")) for arg in argv):
+        return None
+    return argv[1:]
+
+
+@contextlib.contextmanager
+def in_folder(cwd: Path):
+    """This process in ``cwd`` with the environment a README command gets, both put back after."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(environment())
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def run_command(argv: list[str], cwd: Path, capfd) -> subprocess.CompletedProcess:
+    with in_folder(cwd):
+        if argv[0] == "run.py":
+            return cli(*argv[1:], capfd=capfd)
+        return script(argv[0].removeprefix("scripts/"), *argv[1:], capfd=capfd)
+
+
+def run_block(block: Block, cwd: Path, capfd=None) -> None:
     expect = int(block.options.get("expect", "0"))
     wanted = block.options.get("output")
     text = block.substituted()
@@ -83,7 +128,11 @@ def run_block(block: Block, cwd: Path) -> None:
             argv = [sys.executable, script.name]
         else:
             argv = ["bash", "-c", block.prelude + command]
-        result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)
+        own = None if capfd is None or block.language == "python" else in_process_argv(command, block)
+        if own is not None:
+            result = run_command(own, cwd, capfd)
+        else:
+            result = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
         shown = f"{block.name}: {argv[-1]!r} exited {result.returncode}, expected {expect}\n{output[-4000:]}"
         assert result.returncode == expect, shown
@@ -125,7 +174,7 @@ def test_quoted_messages_are_the_real_ones(block, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("blocks", _units())
-def test_readme_blocks_run(blocks, tmp_path):
+def test_readme_blocks_run(blocks, tmp_path, capfd):
     cwd = scratch(tmp_path)
     for block in blocks:
-        run_block(block, cwd)
+        run_block(block, cwd, capfd)
