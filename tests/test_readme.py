@@ -69,7 +69,7 @@ def resolve_runs(text: str, cwd: Path) -> str:
 
 
 # A plain ``python run.py ...`` / ``python scripts/NAME.py ...``: no shell syntax beyond quoting and a
-# comment, no prelude, and no launcher (which replaces its process). It runs in this process, as
+# comment, no prelude, no launcher (which replaces its process), no benchmark. It runs in this process, as
 # what run.py / the script runs after start-up (tests/commands.py); start-up itself is the subject
 # of tests that start real processes. Every other command runs in bash.
 _SHELL_SYNTAX = re.compile(r"[|;&<>$`(){}*?\\]|^\w+=")
@@ -84,6 +84,8 @@ def in_process_argv(command: str, block: Block) -> list[str] | None:
     if len(argv) < 2 or argv[0] != "python" or not (argv[1] == "run.py" or argv[1].startswith("scripts/")):
         return None
     if any(arg.startswith(("launcher.nproc_per_node=", "launcher.nnodes=")) for arg in argv):
+        return None
+    if argv[1].startswith("scripts/bench_"):  # a benchmark measures a process of its own
         return None
     return argv[1:]
 

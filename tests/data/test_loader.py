@@ -150,7 +150,10 @@ def test_an_exception_in_the_loader_thread_or_a_worker_ends_the_iteration_with_a
     loader = GuardedDataLoader(
         _Failing(samples, transform), batch_size=4, num_workers=num_workers, places=paddle.CPUPlace()
     )
-    outcome, value = _in_thread(lambda: list(loader))
+    # Started in the main thread, as the training loop starts it: Paddle installs its SIGCHLD handler
+    # when a process's first multi-worker iterator starts, which Python allows only there.
+    iterator = iter(loader)
+    outcome, value = _in_thread(lambda: list(iterator))  # a thread: a hang fails instead of blocking
     assert outcome == "raised", outcome
     assert isinstance(value, DataError) and "RuntimeError: boom in the dataset" in str(value), repr(value)
 
