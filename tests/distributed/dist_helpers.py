@@ -9,18 +9,14 @@ import pytest
 from commands import python_argv, wait_for  # noqa: F401  (wait_for: re-exported for the tests here)
 from image_lists import write_image_lists
 from safetensors.numpy import load_file
+from tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_worker.py")
 
 # Tiny and fast on 2 CPU cores; 5 training classes allow P x K = 2 x 4 on each of 2 ranks.
 TINY = [
-    "backbone.scale=0.25",
-    "data.image_size=16",
-    "data.num_workers=0",
-    "neck.embedding_size=32",
-    "data.batch_size=8",
-    "data.samples_per_class=4",
+    *TINY_MODEL,
     "trainer.device=cpu",
     "export.after_train=false",
 ]

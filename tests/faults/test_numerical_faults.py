@@ -11,6 +11,7 @@ from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from mlflow_stores import new_store
 from safetensors.numpy import load_file
+from tiny import TINY_MODEL
 
 import recog
 from recog.errors import NonFiniteError, RecogError
@@ -30,12 +31,7 @@ def lists(tmp_path_factory):
 def _overrides(lists, tmp_path, *extra):
     new_store(tmp_path)  # a migrated MLflow store for the runs (tests/mlflow_stores.py)
     return [
-        "backbone.scale=0.25",
-        "data.image_size=16",
-        "data.num_workers=0",
-        "neck.embedding_size=32",
-        "data.batch_size=8",
-        "data.samples_per_class=4",
+        *TINY_MODEL,
         "loss=ce_triplet",
         "trainer.epochs=2",
         f"trainer.steps_per_epoch={STEPS}",

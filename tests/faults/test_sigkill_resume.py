@@ -22,6 +22,7 @@ from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from mlflow_stores import new_store
 from safetensors.numpy import load_file
+from tiny import TINY_MODEL
 
 import recog
 from recog.utils import checkpoint
@@ -40,12 +41,7 @@ def _train_args(lists: list, root: Path) -> list:
     # One OpenMP thread (env below) and no loader workers: a CPU run is then reproducible bit for bit.
     return [
         "stage=train",
-        "backbone.scale=0.25",
-        "data.image_size=16",
-        "data.num_workers=0",
-        "neck.embedding_size=32",
-        "data.batch_size=8",
-        "data.samples_per_class=4",
+        *TINY_MODEL,
         "trainer.device=cpu",
         f"trainer.epochs={EPOCHS}",
         f"trainer.steps_per_epoch={STEPS}",

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from image_lists import write_image_lists
+from tiny import TINY_MODEL
 
 import recog
 from recog.errors import ConfigError, RecogError
@@ -20,12 +21,7 @@ pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains t
 # The first run's settings: none of them are defaults, so a resume that ignored the saved config
 # would build another model (a shape mismatch on loading the weights) or read another dataset.
 FIRST = [
-    "backbone.scale=0.25",
-    "data.image_size=16",
-    "data.num_workers=0",
-    "neck.embedding_size=32",
-    "data.batch_size=8",
-    "data.samples_per_class=4",
+    *TINY_MODEL,
     "loss=ce_triplet",
     "trainer.steps_per_epoch=2",
     "trainer.epochs=2",

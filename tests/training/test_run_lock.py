@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from image_lists import write_image_lists
+from tiny import TINY_MODEL
 
 import recog
 from recog.errors import ConfigError
@@ -17,12 +18,7 @@ from recog.stages import train
 from recog.training.run_lock import LOCK_FILE, RunLock
 
 TINY = [
-    "backbone.scale=0.25",
-    "data.image_size=16",
-    "data.num_workers=0",
-    "neck.embedding_size=32",
-    "data.batch_size=8",
-    "data.samples_per_class=4",
+    *TINY_MODEL,
     "trainer.steps_per_epoch=1",
     "trainer.epochs=1",
     "mlflow.enabled=false",

@@ -10,6 +10,7 @@ import threading
 import paddle
 import pytest
 from image_lists import write_image_lists
+from tiny import TINY_MODEL
 
 import recog
 from recog.api import build_loss, build_model, build_optimizer, load_splits
@@ -36,12 +37,7 @@ def lists(tmp_path_factory):
 def _cfg(lists, tmp_path, *extra):
     return recog.compose(
         [
-            "backbone.scale=0.25",
-            "data.image_size=16",
-            "data.num_workers=0",
-            "neck.embedding_size=32",
-            "data.batch_size=8",
-            "data.samples_per_class=4",
+            *TINY_MODEL,
             "loss=ce_triplet",
             "trainer.log_every=100",
             "mlflow.enabled=false",
