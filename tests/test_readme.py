@@ -35,7 +35,9 @@ def _units():
         else:
             if group not in groups:
                 groups[group] = []
-                units.append(pytest.param(groups[group], id=group))
+                # the glyph catalogue is built once per process: see tests/data/test_glyphs.py
+                marks = [pytest.mark.xdist_group("glyphs")] if group == "glyphs" else []
+                units.append(pytest.param(groups[group], id=group, marks=marks))
             groups[group].append(block)
     return units
 
