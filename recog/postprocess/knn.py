@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 
@@ -27,6 +26,8 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, metric: str = "l2", e
     k = min(k, n_db - 1 if exclude_self else n_db)
     if k < 1:
         raise ValueError("not enough database rows for a neighbour search")
+    import faiss  # here, not at import: recog.config imports recog.postprocess, and faiss costs ~0.2 s
+
     index = faiss.IndexFlatL2(database.shape[1]) if metric == "l2" else faiss.IndexFlatIP(database.shape[1])
     index.add(database)
     scores, indices = index.search(queries, k + 1 if exclude_self else k)

@@ -1,4 +1,5 @@
-"""Test driver started by ``python -m paddle.distributed.launch --nproc_per_node N _worker.py MODE OUT OVERRIDES...``.
+"""Test driver started by ``python -m paddle.distributed.launch --nproc_per_node N _worker.py MODE OUT OVERRIDES...``
+(several jobs, run in order in the same launch: ``MODE OUT OVERRIDES... :: MODE OUT OVERRIDES...``).
 
 It drives the real stages through the Python API and writes what each rank holds, which the
 stages themselves only write from rank 0:
@@ -35,12 +36,15 @@ def main(mode: str, out: Path, overrides):
     if mode == "train":
         losses, overrides = overrides[0].split(","), overrides[1:]
         _unequal_gather(out)
-        for module in (resume, checkpoints):
+        saved = {module: module.is_main_process for module in (resume, checkpoints)}
+        for module in saved:
             module.is_main_process = lambda: True
         for loss in losses:
             run_dir = out / loss / f"rank{dist.get_rank()}"
             with recording_logged_values(run_dir / "logged.json"):
                 train.run(recog.compose([*overrides, f"loss={loss}"]), run_dir)
+        for module, is_main_process in saved.items():
+            module.is_main_process = is_main_process
         return
     cfg = recog.compose(overrides)
     evaluators = []
@@ -96,4 +100,11 @@ def recording_logged_values(path: Path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
+    jobs = [[]]
+    for arg in sys.argv[1:]:
+        if arg == "::":
+            jobs.append([])
+        else:
+            jobs[-1].append(arg)
+    for mode, out, *overrides in jobs:
+        main(mode, Path(out), overrides)

@@ -2,6 +2,7 @@
 
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import paddle
@@ -78,15 +79,57 @@ def _logged_values(monkeypatch) -> list[dict]:
     return logged
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, image_lists, monkeypatch):
-    out = tmp_path / "ddp"
-    overrides = EQUIVALENT + image_lists + [f"paths.output_root={tmp_path}"]
-    backbone = _backbone_with_data_statistics(recog.compose(overrides), tmp_path / "backbone.safetensors")
-    overrides.append(f"backbone.pretrained={backbone}")
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, image_lists):
+    """One launch of 2 processes for both tests (each launch starts 3 interpreters): first the
+    training job, then the evaluation job, in the same ranks."""
+    tmp_path = tmp_path_factory.mktemp("data_parallel")
+    train_overrides = EQUIVALENT + image_lists + [f"paths.output_root={tmp_path / 'train'}"]
+    backbone = _backbone_with_data_statistics(recog.compose(train_overrides), tmp_path / "backbone.safetensors")
+    train_overrides.append(f"backbone.pretrained={backbone}")
+
+    # eval_batch_size 8: query 37 = 5 batches -> the ranks get 2 and 3 (16 and 21 images), gallery 53 = 7
+    # batches -> 3 and 4 (24 and 29): unequal shards, so the gather pads and trims.
+    eval_overrides = (
+        TINY
+        + image_lists
+        + [
+            "head=fc",
+            "head.class_num=5",
+            "data.eval_batch_size=8",
+            "mlflow.enabled=false",
+            f"paths.output_root={tmp_path / 'eval'}",
+        ]
+    )
+    cfg = recog.compose(eval_overrides)
+    seed_everything(3)
+    model = recog.build_model(cfg)
+    checkpoint.save_checkpoint(tmp_path / "model", model, cfg, {})
+    eval_overrides.append(f"model_path={tmp_path / 'model'}")
+
+    train_out, eval_out = tmp_path / "ddp", tmp_path / "eval_out"
     started = time.perf_counter()
-    result = launch(2, [WORKER, "train", out, ",".join(LOSSES), *overrides], tmp_path / "launch", timeout=600)
+    result = launch(
+        2,
+        [WORKER, "train", train_out, ",".join(LOSSES), *train_overrides, "::", "eval", eval_out, *eval_overrides],
+        tmp_path / "launch",
+        timeout=600,
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stdout[-3000:] + worker_logs(tmp_path / "launch")
+    return SimpleNamespace(
+        train_out=train_out,
+        train_overrides=train_overrides,
+        eval_out=eval_out,
+        eval_overrides=eval_overrides,
+        eval_cfg=cfg,
+        model=model,
+        elapsed=elapsed,
+    )
+
+
+def test_two_processes_equal_one_process_on_the_concatenated_batches(launched, tmp_path, monkeypatch):
+    out, overrides = launched.train_out, launched.train_overrides
 
     # global_batch.gather with 3 rows on rank 0 and 5 on rank 1: padded, gathered, trimmed; gradient only
     # into the own rows, times 2
@@ -125,33 +168,11 @@ def test_two_processes_equal_one_process_on_the_concatenated_batches(tmp_path, i
     state = checkpoint.load_state(out / "ce" / "rank0" / "checkpoints" / "last")
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert state["rng"][0]["paddle"] != state["rng"][1]["paddle"]  # ranks draw their own dropout masks
-    print(f"\nmax |DDP - single|: {', '.join(report)}; launch of 2 processes {elapsed:.1f} s")
+    print(f"\nmax |DDP - single|: {', '.join(report)}; launch (training + eval) {launched.elapsed:.1f} s")
 
 
-def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_thread):
-    # eval_batch_size 8: query 37 = 5 batches -> the ranks get 2 and 3 (16 and 21 images), gallery 53 = 7
-    # batches -> 3 and 4 (24 and 29): unequal shards, so the gather pads and trims.
-    overrides = (
-        TINY
-        + image_lists
-        + [
-            "head=fc",
-            "head.class_num=5",
-            "data.eval_batch_size=8",
-            "mlflow.enabled=false",
-            f"paths.output_root={tmp_path}",
-        ]
-    )
-    cfg = recog.compose(overrides)
-    seed_everything(3)
-    model = recog.build_model(cfg)
-    checkpoint.save_checkpoint(tmp_path / "model", model, cfg, {})
-    overrides.append(f"model_path={tmp_path / 'model'}")
-
-    started = time.perf_counter()
-    result = launch(2, [WORKER, "eval", tmp_path / "out", *overrides], tmp_path / "launch")
-    elapsed = time.perf_counter() - started
-    assert result.returncode == 0, result.stdout[-3000:] + worker_logs(tmp_path / "launch")
+def test_distributed_eval_equals_single_process(launched, tmp_path, single_thread):
+    out, overrides, cfg, model = launched.eval_out, launched.eval_overrides, launched.eval_cfg, launched.model
 
     single = evaluate.run(recog.compose(overrides), tmp_path / "single")  # one process, one thread
     evaluator = Evaluator(load_splits(cfg), cfg.data, cfg.eval)
@@ -159,12 +180,12 @@ def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_th
     gallery, gallery_labels = extract_features(model, evaluator.gallery, normalize=True)
     assert query.shape == (37, 32) and gallery.shape == (53, 32)
 
-    assert json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text()) == single  # written by rank 0
+    assert json.loads((out / "eval" / "metrics.json").read_text()) == single  # written by rank 0
     for rank, shard in ((0, {"query": 16, "gallery": 24}), (1, {"query": 21, "gallery": 29})):
-        report = json.loads((tmp_path / "out" / f"rank{rank}.json").read_text())
+        report = json.loads((out / f"rank{rank}.json").read_text())
         assert report["shard"] == shard
         assert report["metrics"] == single  # exactly, on every rank
-        gathered = np.load(tmp_path / "out" / f"rank{rank}.npz")
+        gathered = np.load(out / f"rank{rank}.npz")
         # every sample once, in the original order, bit for bit
         np.testing.assert_array_equal(gathered["query_labels"], query_labels)
         np.testing.assert_array_equal(gathered["gallery_labels"], gallery_labels)
@@ -172,5 +193,5 @@ def test_distributed_eval_equals_single_process(tmp_path, image_lists, single_th
         np.testing.assert_array_equal(gathered["gallery"], gallery)
     print(
         f"\ndistributed eval == single process: recall_at_1 {single['recall_at_1']:.4f}, mAP {single['mAP']:.4f}; "
-        f"launch of 2 processes {elapsed:.1f} s"
+        f"launch of 2 processes (training + eval) {launched.elapsed:.1f} s"
     )
