@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
     register_schemas()
     register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
     try:
-        precheck(argv)
-        argv = prepare_argv(argv, script=script)  # may become the launcher (exec)
+        composed = precheck(argv)
+        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (exec)
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         return 2

@@ -131,7 +131,7 @@ def load_registry(searchpath: Sequence[str] = ()) -> Registry:
         for group in GROUPS:
             for file in sorted((directory / group).glob("*.yaml")):
                 options[group].setdefault(file.stem, file)
-                for target, arguments in _file_targets(file, group):
+                for target, arguments in _cached_file_targets(file, group):
                     targets[group].setdefault(target, file)
                     for argument in arguments:
                         nested.setdefault(target, {})[argument] = group
@@ -157,6 +157,21 @@ def active_searchpath() -> tuple[str, ...]:
     except Exception:  # noqa: BLE001 - no Hydra run: fall back to the last composition
         pass
     return _last_searchpath
+
+
+# (path, group) -> ((mtime_ns, size), targets): a yaml is parsed again only when it changes on disk.
+_parsed: dict[tuple[Path, str], tuple[tuple[int, int], tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+
+
+def _cached_file_targets(file: Path, group: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``_file_targets`` of one file, parsed once per version of the file (its mtime and size)."""
+    stat = file.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _parsed.get((file, group))
+    if cached is None or cached[0] != version:
+        cached = (version, tuple((target, tuple(arguments)) for target, arguments in _file_targets(file, group)))
+        _parsed[(file, group)] = cached
+    return cached[1]
 
 
 def _file_targets(file: Path, group: str) -> Iterator[tuple[str, list]]:

@@ -64,6 +64,18 @@ def backbone_weights(model_file: Path) -> dict:
     return weights
 
 
+def pretrain(args: list[str], launcher) -> int:
+    """``python run.py ARGS``'s exit status, run in this folder (``paths.output_root`` is relative to it):
+    in this process (``recog.app.main``), or in a process of its own when it launches several (the
+    launcher replaces the process that starts it, and this script has weights to write after it)."""
+    if launcher.nproc_per_node == 1 and launcher.nnodes == 1:
+        from recog.app import main as run_py
+
+        return run_py(args, script=str(ROOT / "run.py"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], env=env).returncode
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import recog
@@ -73,13 +85,11 @@ def main(argv=None) -> int:
     overrides = PRETRAINING + list(args.overrides)
     cfg = recog.compose(overrides)
     run_dir = (args.run_dir or Path(cfg.paths.output_root) / "pretrain_glyphs" / args.name).absolute()
-    command = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     if not (run_dir / "best_model" / "model.safetensors").is_file():
-        done = subprocess.run(command, env=env)  # in this folder: paths.output_root is relative to it
-        if done.returncode != 0:
-            return done.returncode
+        code = pretrain(overrides + [f"hydra.run.dir={run_dir}"], cfg.launcher)
+        if code != 0:
+            return code
     weights = backbone_weights(run_dir / "best_model" / "model.safetensors")
     target = Path(cfg.paths.output_root) / "pretrained" / "glyphs" / f"{args.name}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -123,12 +123,12 @@ def as_a_new_process():
             logger.handlers[:], logger.level, logger.propagate, logger.disabled = handlers, level, propagate, disabled
 
 
-def script(name: str, *args, capfd) -> subprocess.CompletedProcess:
-    """``python scripts/NAME ARGS`` in this process (its ``__main__`` block, run with ``runpy``): its
-    exit status and output, as ``cli`` has them."""
+def script(name, *args, capfd) -> subprocess.CompletedProcess:
+    """``python scripts/NAME ARGS`` (or ``python NAME ARGS`` for a path) in this process (its
+    ``__main__`` block, run with ``runpy``): its exit status and output, as ``cli`` has them."""
     import runpy
 
-    path = ROOT / "scripts" / name
+    path = name if isinstance(name, Path) else ROOT / "scripts" / name
     saved_argv, saved_path = sys.argv, sys.path[:]
     sys.argv = [str(path), *map(str, args)]
     sys.path.insert(0, str(path.parent))  # as python puts the script's folder first

@@ -30,8 +30,10 @@ def _units():
         if block.is_transcript or "skip" in block.options:
             continue
         group = block.options.get("group")
+        # the blocks that write glyphs share a worker, which builds the glyph catalogue once (tests/data/test_glyphs.py)
+        marks = [pytest.mark.xdist_group("glyphs")] if "glyphs" in block.text else []
         if group is None:
-            units.append(pytest.param([block], id=f"line{block.line}"))
+            units.append(pytest.param([block], id=f"line{block.line}", marks=marks))
         else:
             if group not in groups:
                 groups[group] = []
@@ -71,7 +73,8 @@ def resolve_runs(text: str, cwd: Path) -> str:
 # A plain ``python run.py ...`` / ``python scripts/NAME.py ...``: no shell syntax beyond quoting and a
 # comment, no prelude, no launcher (which replaces its process), no benchmark. It runs in this process, as
 # what run.py / the script runs after start-up (tests/commands.py); start-up itself is the subject
-# of tests that start real processes. Every other command runs in bash.
+# of tests that start real processes. A ```python block (its prelude first) runs in this process too, as
+# ``python FILE`` of its text would. Every other command runs in bash.
 _SHELL_SYNTAX = re.compile(r"[|;&<>$`(){}*?\\]|^\w+=")
 
 
@@ -109,7 +112,9 @@ def run_command(argv: list[str], cwd: Path, capfd) -> subprocess.CompletedProces
     with in_folder(cwd):
         if argv[0] == "run.py":
             return cli(*argv[1:], capfd=capfd)
-        return script(argv[0].removeprefix("scripts/"), *argv[1:], capfd=capfd)
+        if argv[0].startswith("scripts/"):
+            return script(argv[0].removeprefix("scripts/"), *argv[1:], capfd=capfd)
+        return script(cwd / argv[0], capfd=capfd)  # a python block, written to a file in cwd
 
 
 def run_block(block: Block, cwd: Path, capfd=None) -> None:
@@ -130,7 +135,12 @@ def run_block(block: Block, cwd: Path, capfd=None) -> None:
             argv = [sys.executable, script.name]
         else:
             argv = ["bash", "-c", block.prelude + command]
-        own = None if capfd is None or block.language == "python" else in_process_argv(command, block)
+        if capfd is None:
+            own = None
+        elif block.language == "python":  # python FILE, as the reader runs it, in this process
+            own = [script.name]
+        else:
+            own = in_process_argv(command, block)
         if own is not None:
             result = run_command(own, cwd, capfd)
         else:

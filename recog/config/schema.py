@@ -384,5 +384,7 @@ class RecogConfig:
 
 def register_schemas() -> None:
     """Store the top-level schema in Hydra's ConfigStore (``recog_schema``, the first default of
-    conf/config.yaml)."""
-    ConfigStore.instance().store(name="recog_schema", node=RecogConfig)
+    conf/config.yaml), once per process (again if the store was emptied)."""
+    store = ConfigStore.instance()
+    if "recog_schema.yaml" not in store.list(""):
+        store.store(name="recog_schema", node=RecogConfig)

@@ -48,13 +48,18 @@ def under_launcher() -> bool:
     return "PADDLE_TRAINER_ID" in os.environ and "PADDLE_TRAINERS_NUM" in os.environ
 
 
-def prepare_argv(args: Sequence[str], script: str) -> list[str]:
+def prepare_argv(args: Sequence[str], script: str, composed: DictConfig | None = None) -> list[str]:
     """The command-line arguments Hydra should parse in this process.
 
     Does not return when the command asks for several processes and this process is not one of
-    them: it becomes ``python -m paddle.distributed.launch ... script ...`` instead.
+    them: it becomes ``python -m paddle.distributed.launch ... script ...`` instead. ``composed``:
+    the config of the command's non-swept overrides when the caller has it (``recog.cli.precheck``'s):
+    a single-process command is then not composed again.
     """
     args = list(args)
+    if composed is not None and not under_launcher() and _single_process(composed.launcher):
+        if not any(a in MULTIRUN for a in args) or not any(_is_launcher_override(a) for a in args):
+            return args
     if under_launcher():
         return rank_argv(args, int(os.environ["PADDLE_TRAINER_ID"]), int(os.environ["PADDLE_TRAINERS_NUM"]))
     if any(a.startswith("-") and a not in MULTIRUN for a in args):
@@ -76,6 +81,10 @@ def prepare_argv(args: Sequence[str], script: str) -> list[str]:
     )
     os.execvpe(command[0], command, env)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _single_process(launcher: DictConfig) -> bool:
+    return launcher.nproc_per_node == 1 and launcher.nnodes == 1
 
 
 def _refuse_distributed_sweep(args: list[str]) -> None:

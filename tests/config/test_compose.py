@@ -241,7 +241,13 @@ def test_known_options_are_discovered():
         assert options <= set(_options(group)), group
 
 
-@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def _param(group: str, option: str):
+    # The glyph benchmark's catalogue (~12 s of CPU) is built once per process: its tests share one.
+    marks = [pytest.mark.xdist_group("glyphs")] if (group, option) == ("dataset", "glyphs") else []
+    return pytest.param(group, option, marks=marks, id=f"{group}={option}")
+
+
+@pytest.mark.parametrize("group,option", [_param(g, o) for g, o in GROUP_OPTIONS])
 def test_option_composes_and_instantiates(group, option, output_root):
     CHECKS[group](option, output_root)
 

@@ -11,6 +11,10 @@ from recog.data import glyphs
 from recog.data.sop import read_sop_file
 from recog.errors import DataError
 
+# The catalogue of characters (~12 s of CPU) is built once per process (at one image size):
+# every test that writes glyphs shares a worker.
+pytestmark = pytest.mark.xdist_group("glyphs")
+
 
 @pytest.fixture(scope="module")
 def fonts():
