@@ -363,7 +363,7 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
     }
     for key, value in expected.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet_v2"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"} and cfg.loss.ce.fn.epsilon is None  # ce_triplet: CE unsmoothed
     require_complete(cfg)
     if device == "cpu":
         check_overrides(args)
@@ -389,11 +389,11 @@ def test_spec_overrides_land_with_other_values():
     default = compose()
     for key, value in overrides.items():
         assert _sel(default, key) != value, key
-    assert set(default.loss) == {"ce"} and default.head._target_.endswith("ArcMargin")
+    assert default.loss.ce.fn.epsilon == 0.1 and default.head._target_.endswith("ArcMargin")
     cfg = compose([f"{k}={v}" for k, v in overrides.items()] + ["head=arcmargin", "loss=ce_triplet"])
     for key, value in overrides.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet_v2"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"} and cfg.loss.ce.fn.epsilon is None  # ce_triplet: CE unsmoothed
 
 
 def test_group_switches_land():
