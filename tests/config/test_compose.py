@@ -363,7 +363,7 @@ def test_spec_overrides_compose_as_written(tmp_path, device):
     }
     for key, value in expected.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet_v2"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"} and cfg.loss.ce.fn.epsilon is None  # ce_triplet: CE unsmoothed
     require_complete(cfg)
     if device == "cpu":
         check_overrides(args)
@@ -389,11 +389,11 @@ def test_spec_overrides_land_with_other_values():
     default = compose()
     for key, value in overrides.items():
         assert _sel(default, key) != value, key
-    assert set(default.loss) == {"ce"} and default.head._target_.endswith("ArcMargin")
+    assert default.loss.ce.fn.epsilon == 0.1 and default.head._target_.endswith("ArcMargin")
     cfg = compose([f"{k}={v}" for k, v in overrides.items()] + ["head=arcmargin", "loss=ce_triplet"])
     for key, value in overrides.items():
         assert _sel(cfg, key) == value, key
-    assert set(cfg.loss) == {"ce", "triplet_v2"}
+    assert set(cfg.loss) == {"ce", "triplet_v2"} and cfg.loss.ce.fn.epsilon is None  # ce_triplet: CE unsmoothed
 
 
 def test_group_switches_land():
@@ -406,15 +406,19 @@ def test_group_switches_land():
 
 
 def test_default_recipe_and_the_one_it_replaced():
-    """python run.py: PP-LCNet x2.5 at flatten, FC 512, ArcMargin, CE with 0.1 smoothing, AdamW (chosen by
-    scripts/bench_recipes.py, README "What was measured here"); experiment=paddleclas_2021 is the
-    previous default, equal to it but for the loss's smoothing and the optimizer, with the same data and budget."""
+    """python run.py: PP-LCNet x2.5 at flatten, FC 512, ArcMargin, CE with 0.1 smoothing + TripletLossV2, AdamW
+    (chosen by scripts/bench_recipes.py, README "What chose the default"); experiment=paddleclas_2021 is an
+    earlier default, equal to it but for the loss and the optimizer, with the same data and budget."""
     default, old = compose(), compose(["experiment=paddleclas_2021"])
     assert default.backbone._target_.endswith("PPLCNet") and default.backbone.scale == 2.5
     assert default.backbone.stop_layer == "flatten" and default.neck.embedding_size == 512
     assert default.head._target_.endswith("ArcMargin")
     assert (default.head.margin, default.head.scale) == (0.2, 30.0)
-    assert set(default.loss) == {"ce"} and default.loss.ce.fn.epsilon == 0.1
+    assert set(default.loss) == {"ce", "triplet_v2"} and default.loss.ce.fn.epsilon == 0.1
+    assert (
+        default.loss.triplet_v2.fn._target_ == "recog.losses.TripletLossV2"
+        and default.loss.triplet_v2.input == "features"
+    )
     assert default.optimizer._target_ == "recog.optim.adamw" and default.optimizer.lr == 1.0e-3
     assert default.scheduler._target_ == "recog.optim.warmup_cosine"
     assert set(old.loss) == {"ce"} and old.loss.ce.fn.epsilon is None
