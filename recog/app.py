@@ -4,8 +4,8 @@
 
 1. ``recog.cli.precheck``: overrides, stage preconditions, a writable run folder, before Hydra
    makes one (refused: one line ``recog: ...``, status 2);
-2. ``recog.distributed.launch.prepare_argv``: a command asking for several processes replaces this
-   process with ``paddle.distributed.launch`` (it does not return);
+2. ``recog.distributed.launch.prepare_argv``: in a command asking for several processes, this
+   process becomes ``paddle.distributed.launch`` (it does not return);
 3. the Hydra application (``conf/config.yaml``): the stage (``recog.stages.run_stage``), or a
    submitit job's node launcher. Status 0; 2 for ``RecogError`` (one message, and the run folder
    removed when the stage refused before any work); 128 + the signal for ``TrainingInterrupted``
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
     register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
     try:
         composed = precheck(argv)
-        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (exec)
+        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (does not return)
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         return 2

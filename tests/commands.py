@@ -89,7 +89,7 @@ def cli(*args, capfd) -> subprocess.CompletedProcess:
 
 def cli_status(*args) -> int:
     """``python run.py ARGS`` in this process: its exit status (its output goes to pytest's capture).
-    Not for a command that relaunches under ``paddle.distributed.launch`` (it would replace this process)."""
+    Not for a command that relaunches under ``paddle.distributed.launch`` (this process would become the launcher)."""
     from recog.app import main
 
     assert not any(str(a).startswith(("launcher.nproc_per_node=", "launcher.nnodes=")) for a in args), args

@@ -5,7 +5,8 @@
 Outside the launcher, when the composed config asks for more than one process
 (``launcher.nproc_per_node`` or ``launcher.nnodes`` above 1, on the command line or in a config
 such as an experiment), the run directory is computed once (Hydra's ``hydra.run.dir``, e.g.
-``outputs/runs/<date>_<time>``, or the one given) and this process is replaced (``exec``) by::
+``outputs/runs/<date>_<time>``, or the one given) and this process becomes the launcher: it runs,
+in itself (Paddle is imported already, and the process keeps its PID, as an ``exec`` would)::
 
     python -m paddle.distributed.launch --nproc_per_node N [--nnodes M --master HOST:PORT [--rank R]]
         --log_dir <run dir>/launch run.py <the overrides minus launcher.*> hydra.run.dir=<run dir>
@@ -35,6 +36,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig
 
@@ -79,8 +81,20 @@ def prepare_argv(args: Sequence[str], script: str, composed: DictConfig | None =
         file=sys.stderr,
         flush=True,
     )
-    os.execvpe(command[0], command, env)
-    raise AssertionError("unreachable")  # pragma: no cover
+    become_launcher(command, env)
+
+
+def become_launcher(command: list[str], env: dict[str, str]) -> NoReturn:
+    """Run ``command`` (``python -m paddle.distributed.launch ARGS``) in this process and exit with
+    its status: what an ``exec`` of it would do, without a second interpreter importing Paddle."""
+    from paddle.distributed.launch.main import launch
+
+    assert command[1:3] == ["-m", "paddle.distributed.launch"], command
+    os.environ.clear()
+    os.environ.update(env)  # the launcher passes its environment on to the ranks
+    sys.argv = [command[2], *command[3:]]
+    launch()  # exits with the ranks' status (sys.exit) once they end
+    sys.exit(0)
 
 
 def _single_process(launcher: DictConfig) -> bool:

@@ -57,7 +57,7 @@ def test_relaunch_shares_one_run_dir_and_mlflow_run_through_sigterm_and_resume(t
     run_dir = _only_run_dir(tmp_path)
     sent = time.perf_counter()
     t1 = sent - t0
-    proc.send_signal(signal.SIGTERM)  # to the launcher (run.py exec'd into it), as Slurm or Ctrl-C would
+    proc.send_signal(signal.SIGTERM)  # to the launcher (what run.py's process became), as Slurm or Ctrl-C would
     code = proc.wait(timeout=60)
     stop_seconds = time.perf_counter() - sent
     assert code != 0, (tmp_path / "first.log").read_text()[-3000:]
