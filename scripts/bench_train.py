@@ -26,7 +26,7 @@ recog's weights into it so both compute the same function, and alternates timed 
   both sides use recog's loss terms, which follow PaddleClas's formulas);
 - recog bare step: the same on recog's model;
 - recog's ``StepRunner`` in each mode (dygraph with ``trainer.depthwise_matmul`` off and on,
-  ``trainer.compile``), the default marked.
+  ``trainer.compile``; ``--modes`` measures fewer), the default marked.
 
 First every contender runs the same 3 batches from the same weights (dropout reseeded per step),
 and the step-3 losses must agree (``--loss-rtol``; a mismatch is printed, and the exit code is 1 when
@@ -52,10 +52,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The training-step modes measured: name -> (trainer.compile, trainer.depthwise_matmul).
+STEP_MODES = {"dygraph": ("false", "false"), "depthwise": ("false", "true"), "compiled": ("true", "auto")}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone.scale=1.0 data.batch_size=64")
     parser.add_argument("--against", choices=["paddleclas"], help="alternate timed rounds against PaddleClas")
+    parser.add_argument(
+        "--modes",
+        default=",".join(STEP_MODES),
+        help=f"the StepRunner modes measured, comma-separated (default all: {','.join(STEP_MODES)})",
+    )
     parser.add_argument(
         "--steps", type=int, default=8, help="timed training steps per mode, alone and in the loop (default 8)"
     )
@@ -79,7 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--wheel", type=Path, default=None, help="the PaddleClas wheel (default: .venv/oracles/paddleclas-2.6.0-*.whl)"
     )
-    return parser.parse_intermixed_args(argv)  # overrides before and after the flags
+    args = parser.parse_intermixed_args(argv)  # overrides before and after the flags
+    args.modes = [name.strip() for name in args.modes.split(",") if name.strip()]
+    unknown = [name for name in args.modes if name not in STEP_MODES]
+    if unknown or not args.modes:
+        parser.error(f"--modes: expected names among {', '.join(STEP_MODES)}, got {', '.join(unknown) or 'none'}")
+    return args
 
 
 def fitting_samples_per_class(batch_size: int, samples_per_class: int, classes: int) -> int:
@@ -243,8 +257,7 @@ def main(argv=None) -> int:
         return mode.describe() + (", depthwise as matmul" if matmul else "")
 
     default_mode = describe(resolve_step_mode(cfg.trainer, device_kind), cfg.trainer)
-    # (trainer.compile, trainer.depthwise_matmul)
-    modes = [("false", "false"), ("false", "true"), ("true", "auto")]
+    modes = [STEP_MODES[name] for name in args.modes]  # (trainer.compile, trainer.depthwise_matmul)
     batch = int(data.batch_size)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     print(
