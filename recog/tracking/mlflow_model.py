@@ -251,17 +251,20 @@ def _describe(folder: Path, kind: str) -> tuple:
             "threshold_source": None if searcher.threshold is None else searcher.threshold["source"],
         }
         described = signature(top_k=searcher.top_k)
+        feature_dim, image_size, binarize = exported.feature_dim, exported.image_size, exported.binarize
     else:
-        from recog.inference import ExportedModel
+        from recog.inference.predictor import load_preprocess
 
-        exported = ExportedModel(folder)
+        preprocess = load_preprocess(folder)  # every file checked against the manifest; no predictor built
+        feature_dim, image_size = int(preprocess["feature_dim"]), int(preprocess["image_size"])
+        binarize = preprocess.get("binarize")
         metadata = {"recog_format": "recog-export"}
-        described = signature(exported.feature_dim)
+        described = signature(feature_dim)
     metadata.update(
-        feature_dim=exported.feature_dim,
-        image_size=exported.image_size,
-        binarize=exported.binarize or "none",
-        output="binary codes 0/1" if exported.binarize else "L2-normalised features",
+        feature_dim=feature_dim,
+        image_size=image_size,
+        binarize=binarize or "none",
+        output="binary codes 0/1" if binarize else "L2-normalised features",
         inputs="encoded PNG / JPEG / WebP files (base64 in JSON) or uint8 [N, H, W, 3] RGB pixels",
     )
     return described, metadata
