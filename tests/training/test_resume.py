@@ -22,6 +22,7 @@ pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains t
 # would build another model (a shape mismatch on loading the weights) or read another dataset.
 FIRST = [
     *TINY_MODEL,
+    "export.cpu_onednn=off",  # the export at the end: no oneDNN probe (tests/stages/test_export.py has one)
     "loss=ce_triplet",
     "trainer.steps_per_epoch=2",
     "trainer.epochs=2",
