@@ -2,6 +2,7 @@
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.tracking import MlflowTracker
@@ -14,6 +15,7 @@ def test_model_folders_are_copied_only_when_asked(tmp_path, copy):
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "run" / "metrics.json").write_text("{}")
+    new_store(tmp_path)  # migrated once per test process (tests/mlflow_stores.py)
     cfg = recog.compose([f"paths.output_root={tmp_path}", f"mlflow.log_model_files={str(copy).lower()}"])
     tracker = MlflowTracker(cfg, stage="train", run_dir=tmp_path / "run")
     tracker.log_artifact(folder)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 from serving import served
 
 import recog
@@ -50,6 +51,7 @@ def trained(tmp_path_factory):
         "mlflow.model_name=shop",
         "export.cpu_onednn=full",
     ]
+    new_store(root)  # migrated once per test process (tests/mlflow_stores.py)
     train.run(recog.compose(overrides), root / "run")
     run_id = json.loads((root / "run" / "best_model" / "state.json").read_text())["mlflow_run_id"]
     uri = f"sqlite:///{root / 'mlflow.db'}"

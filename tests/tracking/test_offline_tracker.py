@@ -7,6 +7,7 @@ import socket
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.errors import ConfigError
@@ -73,6 +74,7 @@ def test_offline_from_start_keeps_the_whole_run_and_replays_it(tmp_path, caplog)
 
 @pytest.mark.slow
 def test_failure_mid_run_is_reported_once_and_an_interrupted_replay_resumes(tmp_path, caplog, monkeypatch):
+    new_store(tmp_path / "out")  # migrated once per test process (tests/mlflow_stores.py)
     cfg = compose(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()

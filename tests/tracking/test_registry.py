@@ -4,6 +4,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.inference import ExportedModel
@@ -15,7 +16,7 @@ from recog.tracking.registry import CHAMPION, register_run_model
 @pytest.mark.slow
 def test_a_finished_run_registers_its_mlflow_model_which_loads_from_the_registry(tmp_path, tiny_export):
     cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.register_best=true", "mlflow.model_name=shop"])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)  # migrated once per test process (tests/mlflow_stores.py)
     client = MlflowClient(uri)
 
     training = MlflowTracker(cfg, stage="train", run_dir=tmp_path / "run")
@@ -40,6 +41,7 @@ def test_a_finished_run_registers_its_mlflow_model_which_loads_from_the_registry
 @pytest.mark.slow
 def test_a_run_without_an_mlflow_model_registers_nothing_and_says_why(tmp_path, caplog):
     cfg = recog.compose([f"paths.output_root={tmp_path}", "mlflow.register_best=true"])
+    new_store(tmp_path)
     (tmp_path / "best_model").mkdir()
     (tmp_path / "best_model" / "w").write_bytes(b"w")
     tracker = MlflowTracker(cfg, stage="train", run_dir=tmp_path)
@@ -52,6 +54,7 @@ def test_a_run_without_an_mlflow_model_registers_nothing_and_says_why(tmp_path, 
 @pytest.mark.slow
 def test_register_best_off_registers_nothing(tmp_path, tiny_export):
     cfg = recog.compose([f"paths.output_root={tmp_path}"])
+    new_store(tmp_path)
     tracker = MlflowTracker(cfg, stage="train", run_dir=tmp_path)
     tracker.log_model(tiny_export)
     tracker.finish()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_stores import new_store
 
 import recog
 from recog.tracking import MlflowTracker
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_run(root: Path, stage: str = "train", *overrides: str) -> str:
+    new_store(root)  # migrated once per test process (tests/mlflow_stores.py)
     cfg = recog.compose([f"paths.output_root={root}", f"stage={stage}", *overrides])
     tracker = MlflowTracker(cfg, stage=stage, run_dir=root)
     tracker.finish()
@@ -77,7 +79,7 @@ def test_make_ui_prints_the_runs_of_the_experiment_with_the_newest_run(tmp_path,
 
 @pytest.mark.slow
 def test_make_ui_gives_an_experiment_made_elsewhere_the_view_of_its_newest_training_run(tmp_path, capsys):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     experiment = client.create_experiment("by_hand")  # no tags, e.g. made by another tool
     run = client.create_run(experiment, tags={"recog.stage": "train"})
     client.log_param(run.info.run_id, "trainer.monitor", "mINP")

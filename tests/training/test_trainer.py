@@ -357,8 +357,9 @@ def test_a_callback_registered_in_the_stage_list_runs_and_sees_the_errors(tmp_pa
 def tracking(tmp_path_factory):
     """One MLflow store for the module's runs: ``(override, client)``."""
     from mlflow.tracking import MlflowClient
+    from mlflow_stores import new_store
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    uri = new_store(tmp_path_factory.mktemp("mlflow"))  # migrated once per test process
     return f"mlflow.tracking_uri={uri}", MlflowClient(uri)
 
 
