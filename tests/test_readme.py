@@ -71,10 +71,10 @@ def resolve_runs(text: str, cwd: Path) -> str:
 
 
 # A plain ``python run.py ...`` / ``python scripts/NAME.py ...``: no shell syntax beyond quoting and a
-# comment, no prelude, no launcher (which replaces its process), no benchmark. It runs in this process, as
-# what run.py / the script runs after start-up (tests/commands.py); start-up itself is the subject
-# of tests that start real processes. A ```python block (its prelude first) runs in this process too, as
-# ``python FILE`` of its text would. Every other command runs in bash.
+# comment, no prelude, no launcher (which takes over its process), no benchmark of its own process.
+# It runs in this process, as what run.py / the script runs after start-up (tests/commands.py);
+# start-up itself is the subject of tests that start real processes. A ```python block (its prelude
+# first) runs in this process too, as ``python FILE`` of its text would. Every other command runs in bash.
 _SHELL_SYNTAX = re.compile(r"[|;&<>$`(){}*?\\]|^\w+=")
 
 
@@ -88,17 +88,17 @@ def in_process_argv(command: str, block: Block) -> list[str] | None:
         return None
     if any(arg.startswith(("launcher.nproc_per_node=", "launcher.nnodes=")) for arg in argv):
         return None
-    if argv[1].startswith("scripts/bench_"):  # a benchmark measures a process of its own
-        return None
+    if argv[1].startswith("scripts/bench_") and argv[1] != "scripts/bench_recipes.py":
+        return None  # a benchmark measures a process of its own (bench_recipes: the runs it starts)
     return argv[1:]
 
 
 @contextlib.contextmanager
 def in_folder(cwd: Path):
     """This process in ``cwd`` with the environment a README command gets, both put back after."""
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_env, saved_cwd, env = dict(os.environ), os.getcwd(), environment()
     os.environ.clear()
-    os.environ.update(environment())
+    os.environ.update(env)
     os.chdir(cwd)
     try:
         yield
@@ -170,13 +170,18 @@ def test_every_command_block_is_run_or_skipped_with_a_reason():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.is_transcript], ids=lambda b: f"line{b.line}")
-def test_quoted_messages_are_the_real_ones(block, tmp_path):
-    """Each ``$ command`` of a transcript prints exactly the lines the README shows under it."""
+def test_quoted_messages_are_the_real_ones(block, tmp_path, capfd):
+    """Each ``$ command`` of a transcript prints exactly the lines the README shows under it (a plain
+    ``python run.py ...`` in this process, as the blocks' commands)."""
     cwd = scratch(tmp_path)
     for command, expected in transcript(block.substituted()):
-        result = subprocess.run(
-            ["bash", "-c", command], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600
-        )
+        own = in_process_argv(command, block)
+        if own is not None:
+            result = run_command(own, cwd, capfd)
+        else:
+            result = subprocess.run(
+                ["bash", "-c", command], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600
+            )
         assert (result.stdout + result.stderr).strip() == expected, f"{block.name}: {command}"
         assert result.returncode == int(block.options.get("expect", "2"))
 
