@@ -118,7 +118,9 @@ def _plot(pairs: PairScores, threshold: Threshold | None, path: Path) -> Path:
     right.set_xlabel("FMR (false-match rate)")
     right.set_ylabel("FNMR (false-non-match rate)")
     right.set_title("DET curve" + (f" (threshold at FMR {threshold.target_fmr:g})" if threshold else ""))
-    right.grid(True, which="both", alpha=0.3)
+    right.grid(True, alpha=0.3)
+    for axes in (left, right):  # a line per decade reads as well; log minor ticks are half the drawing time
+        axes.minorticks_off()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=90)
     path.parent.mkdir(parents=True, exist_ok=True)
