@@ -16,7 +16,8 @@ cores shared among them (``OMP_NUM_THREADS``: on 2 cores two 1-thread runs train
 second in all than one 2-thread run at these sizes). A run whose folder already holds its
 ``result.json`` is not trained again: an interrupted comparison continues with the same ``--out``,
 and more seeds or recipes can be added to it. Before training, the composed configs are compared on
-what makes the budget and the data, and a difference is reported (``--strict``: refused).
+what makes the budget and the data, and a difference is reported (``--strict``: refused);
+``--dry-run`` stops there and prints each run's command.
 
 Printed at the end, per recipe: Recall@1 of each seed's best model (``metrics.json``) and its
 Recall@1 after each evaluated epoch, then mean +- sample standard deviation and range of Recall@1 and
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per training run")
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs at a time, the cores shared among them (OMP_NUM_THREADS)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="compose every recipe, compare the budgets, print the runs; train none"
     )
     parser.set_defaults(overrides=[])
     args, rest = parser.parse_known_intermixed_args(argv)
@@ -115,12 +119,9 @@ def epoch_recalls(log_text: str) -> list[float]:
     return [recalls[k] for k in sorted(recalls)]
 
 
-def train(recipe: str, seed: int, overrides: list[str], run_dir: Path, timeout: float | None, threads: int) -> dict:
-    """One training run (or its saved result): best-model Recall@1 and mAP, per-epoch Recall@1, times."""
-    result_file = run_dir / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    command = [
+def run_command(recipe: str, seed: int, overrides: list[str], run_dir: Path) -> list[str]:
+    """The ``python run.py ...`` command of one (recipe, seed) run."""
+    return [
         sys.executable,
         str(ROOT / "run.py"),
         *split_recipe(recipe)[1],
@@ -130,6 +131,14 @@ def train(recipe: str, seed: int, overrides: list[str], run_dir: Path, timeout: 
         f"hydra.run.dir={run_dir}",
         *overrides,
     ]
+
+
+def train(recipe: str, seed: int, overrides: list[str], run_dir: Path, timeout: float | None, threads: int) -> dict:
+    """One training run (or its saved result): best-model Recall@1 and mAP, per-epoch Recall@1, times."""
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    command = run_command(recipe, seed, overrides, run_dir)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["OMP_NUM_THREADS"] = str(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +203,13 @@ def main(argv=None) -> int:
     results = {r: {} for r in args.recipes}
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = [(recipe, seed) for seed in seeds for recipe in args.recipes]  # interleaved: load hits all alike
+    if args.dry_run:
+        for recipe, seed in runs:
+            folder = out / split_recipe(recipe)[0] / f"seed{seed}"
+            print(
+                f"{split_recipe(recipe)[0]} seed {seed}: {' '.join(run_command(recipe, seed, args.overrides, folder))}"
+            )
+        return 0
 
     def run(recipe: str, seed: int) -> None:
         folder = out / split_recipe(recipe)[0] / f"seed{seed}"

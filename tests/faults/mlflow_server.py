@@ -66,7 +66,7 @@ class MlflowServer:
                     if response.status == 200:
                         return self
             except OSError:
-                time.sleep(0.5)
+                time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"mlflow server did not answer within {START_TIMEOUT_S} s: {self.log_tail()}")
 
