@@ -19,7 +19,8 @@ How a block runs is said by an HTML comment on the line before it (invisible on 
   of training, ...) are appended
   to every ``run.py`` command of the block.
 * ``sub=A => B | C => D``: literal replacements in the block before it runs (e.g. an optional
-  ``[...]`` argument, a bigger-than-needed size). ``<run>`` always becomes the newest run folder
+  ``[...]`` argument, a bigger-than-needed size); `` | `` (with its spaces) separates them, so a
+  ``|`` within one (``flat|ivf|hnsw``) stays. ``<run>`` always becomes the newest run folder
   under ``outputs/runs`` when the command runs.
 * ``expect=N``: each command must exit with N (default 0); ``output=TEXT``: and print TEXT.
 
@@ -73,7 +74,7 @@ class Block:
 
     def substituted(self) -> str:
         text = self.text
-        for rule in filter(None, (r.strip() for r in self.options.get("sub", "").split("|"))):
+        for rule in filter(None, (r.strip() for r in self.options.get("sub", "").split(" | "))):
             old, _, new = rule.partition("=>")
             if old.strip() not in text:
                 raise ValueError(f"{self.name}: sub {old.strip()!r} is not in the block (the README changed?)")
