@@ -6,7 +6,7 @@ import time
 
 import pytest
 from commands import reached, start_py, stop
-from dist_helpers import TINY, env, max_difference, run_py, wait_for, weights
+from dist_helpers import TINY, env, max_difference, wait_for, weights
 from mlflow.tracking import MlflowClient
 from mlflow_stores import new_store
 from safetensors.numpy import load_file
@@ -31,7 +31,7 @@ def _losses(client, run_id):
     return {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
 
 
-def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, image_lists, single_thread):
+def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, image_lists, single_thread, run_cli):
     store = new_store(tmp_path)  # one MLflow store for both runs (a migrated copy: tests/mlflow_stores.py)
     overrides = CONFIG + image_lists + [f"mlflow.tracking_uri={store}"]
     # The uninterrupted run, in this process with one thread like the subprocesses below.
@@ -65,7 +65,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, ima
     (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     assert run.info.status == "KILLED"
 
-    result = run_py(*args, "resume=true")
+    result = run_cli(*args, "resume=true")  # python run.py ..., in this process (one thread, as the reference)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = run_dir / "checkpoints" / "last"
     assert json.loads((resumed / "state.json").read_text())["finished"] is True
