@@ -203,17 +203,18 @@ def main(argv=None) -> int:
     results = {r: {} for r in args.recipes}
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = [(recipe, seed) for seed in seeds for recipe in args.recipes]  # interleaved: load hits all alike
+
+    def folder(recipe: str, seed: int) -> Path:
+        return out / split_recipe(recipe)[0] / f"seed{seed}"
+
     if args.dry_run:
         for recipe, seed in runs:
-            folder = out / split_recipe(recipe)[0] / f"seed{seed}"
-            print(
-                f"{split_recipe(recipe)[0]} seed {seed}: {' '.join(run_command(recipe, seed, args.overrides, folder))}"
-            )
+            command = run_command(recipe, seed, args.overrides, folder(recipe, seed))
+            print(f"{split_recipe(recipe)[0]} seed {seed}: {' '.join(command)}")
         return 0
 
     def run(recipe: str, seed: int) -> None:
-        folder = out / split_recipe(recipe)[0] / f"seed{seed}"
-        row = train(recipe, seed, args.overrides, folder, args.timeout, threads)
+        row = train(recipe, seed, args.overrides, folder(recipe, seed), args.timeout, threads)
         results[recipe][seed] = row
         epochs = " / ".join(f"{v:.3f}" for v in row["epochs"])
         print(
