@@ -5,7 +5,8 @@ A real ``python run.py stage=train`` process is killed three times: at a random 
 epoch (the test's choices come from a seeded RNG), while checkpoints/last is being written, and
 again at a random step. ``checkpoints/last`` is written at each epoch end, so each resume restarts
 at the epoch after the last complete checkpoint; the killed process's MLflow run stays RUNNING and
-each resume continues it.
+each resume continues it. The uninterrupted reference run and the final resume are not the subject:
+they run ``python run.py`` in this process (``run_cli``, on one thread like the killed processes).
 """
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import reached, run_py, start_py, stop, wait_for
+from commands import reached, start_py, stop, wait_for
 from image_lists import write_image_lists
 from mlflow.tracking import MlflowClient
 from mlflow_stores import new_store
@@ -30,6 +31,16 @@ from recog.utils import checkpoint
 EPOCHS, STEPS = 6, 4  # the kills (KILL_SEED) land in epochs 3 to 5: the last resume still trains
 KILL_SEED = 7  # where the test kills: reproducible choices
 TIMING_METRICS = {"images_per_sec"}  # wall-clock values: never equal between two runs
+
+
+@pytest.fixture()
+def single_thread():
+    """Paddle math in this process on one thread, as in the killed processes (``OMP_NUM_THREADS=1``)."""
+    import paddle
+
+    paddle.base.core.set_num_threads(1)
+    yield
+    paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
 
 
 def _image_lists(root: Path) -> list:
@@ -95,60 +106,54 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, single_thread, run_cli):
     lists = _image_lists(tmp_path / "data")
     reference_root, root = tmp_path / "reference", tmp_path / "killed"
     new_store(reference_root), new_store(root)  # migrated MLflow stores (tests/mlflow_stores.py)
-    reference = start_py(_train_args(lists, reference_root), tmp_path / "reference.log")  # runs alongside
+    reference = run_cli(*_train_args(lists, reference_root))  # the uninterrupted run, in this process
+    assert reference.returncode == 0, reference.stderr[-3000:]
     progress = tmp_path / "progress.json"  # where the killed runs are (trainer.progress_file)
     args = _train_args(lists, root) + [f"trainer.progress_file={progress}"]
     run_dir, last = root / "run", root / "run" / "checkpoints" / "last"
     rng = random.Random(KILL_SEED)
     kills = []
-    try:
-        for attempt, moment in enumerate(("random step", "checkpoint write", "random step")):
-            done = checkpoint.load_state(last)["epoch"] if attempt else 0
-            log_path = tmp_path / f"attempt{attempt}.log"
-            progress.unlink(missing_ok=True)
-            proc = start_py(args + (["resume=true"] if attempt else []), log_path)
-            try:
-                if moment == "random step":  # the first kill comes after a checkpoint exists
-                    epoch, step = max(done, 1) + rng.randint(1, 2), rng.randint(1, STEPS)
-                    wait_for(lambda: reached(progress, epoch, step), 120, f"epoch {epoch} step {step}", proc, log_path)  # noqa: B023
-                    where = f"epoch {epoch} step {step}"
-                else:
-                    wait_for(
-                        lambda: _writing_last(run_dir), 120, "a checkpoints/last write", proc, log_path, poll=0.0005
-                    )
-                    where = "during a checkpoints/last write"
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(timeout=60) == -signal.SIGKILL
-            finally:
-                stop(proc)
-            output = log_path.read_text(errors="replace")
-            if attempt:  # continued from the last complete checkpoint, at the start of the next epoch
-                assert f"at epoch {done + 1}, step 0 of {STEPS}" in output, output[-3000:]
-            if not kills:
-                reference_keys = {
-                    name: set(load_file(str(last / name)))
-                    for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE)
-                }
-                client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-                run_id = checkpoint.load_state(last)["mlflow_run_id"]
-                assert client.get_run(run_id).info.status == "RUNNING"  # nobody could mark it
-            epoch_now = _check_last(last, reference_keys)  # never corrupt
-            assert epoch_now >= done
-            left = sum(name.startswith(".last.tmp-") for name in os.listdir(run_dir / "checkpoints"))
-            kills.append(f"{where}: checkpoint of epoch {epoch_now}" + (f", {left} temp dir left" if left else ""))
+    for attempt, moment in enumerate(("random step", "checkpoint write", "random step")):
+        done = checkpoint.load_state(last)["epoch"] if attempt else 0
+        log_path = tmp_path / f"attempt{attempt}.log"
+        progress.unlink(missing_ok=True)
+        proc = start_py(args + (["resume=true"] if attempt else []), log_path)
+        try:
+            if moment == "random step":  # the first kill comes after a checkpoint exists
+                epoch, step = max(done, 1) + rng.randint(1, 2), rng.randint(1, STEPS)
+                wait_for(lambda: reached(progress, epoch, step), 120, f"epoch {epoch} step {step}", proc, log_path)  # noqa: B023
+                where = f"epoch {epoch} step {step}"
+            else:
+                wait_for(lambda: _writing_last(run_dir), 120, "a checkpoints/last write", proc, log_path, poll=0.0005)
+                where = "during a checkpoints/last write"
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            stop(proc)
+        output = log_path.read_text(errors="replace")
+        if attempt:  # continued from the last complete checkpoint, at the start of the next epoch
+            assert f"at epoch {done + 1}, step 0 of {STEPS}" in output, output[-3000:]
+        if not kills:
+            reference_keys = {
+                name: set(load_file(str(last / name))) for name in (checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE)
+            }
+            client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+            run_id = checkpoint.load_state(last)["mlflow_run_id"]
+            assert client.get_run(run_id).info.status == "RUNNING"  # nobody could mark it
+        epoch_now = _check_last(last, reference_keys)  # never corrupt
+        assert epoch_now >= done
+        left = sum(name.startswith(".last.tmp-") for name in os.listdir(run_dir / "checkpoints"))
+        kills.append(f"{where}: checkpoint of epoch {epoch_now}" + (f", {left} temp dir left" if left else ""))
 
-        done = checkpoint.load_state(last)["epoch"]
-        assert done < EPOCHS
-        final = run_py(*args, "resume=true", timeout=300)
-        assert final.returncode == 0, final.stderr[-3000:]
-        assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
-        assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    finally:
-        stop(reference)
+    done = checkpoint.load_state(last)["epoch"]
+    assert done < EPOCHS
+    final = run_cli(*args, "resume=true")  # python run.py ..., in this process
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"at epoch {done + 1}, step 0 of {STEPS}" in final.stdout + final.stderr
 
     reference_run = reference_root / "run"
     state = checkpoint.load_state(last)
