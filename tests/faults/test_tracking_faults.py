@@ -89,7 +89,10 @@ def test_training_run_is_visible_through_the_rest_api(mlflow_server, image_lists
 def test_server_down_at_start_fails_fast_when_required(image_lists, tmp_path, run_cli):
     dead = f"http://127.0.0.1:{free_port()}"
     result = run_cli(
-        *tiny_args(image_lists, tmp_path / "out"), f"mlflow.tracking_uri={dead}", f"hydra.run.dir={tmp_path / 'run'}"
+        *tiny_args(image_lists, tmp_path / "out"),
+        f"mlflow.tracking_uri={dead}",
+        "mlflow.request_retries=0",  # no backoff to wait out (the default's 2 retries sleep 4-5 s)
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert result.returncode == 2, result.stderr
     output = result.stdout + result.stderr
