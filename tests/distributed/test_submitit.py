@@ -4,7 +4,7 @@
 from types import SimpleNamespace
 
 import pytest
-from dist_helpers import TINY, run_py, weights
+from dist_helpers import TINY, weights
 from mlflow.tracking import MlflowClient
 from mlflow_stores import new_store
 from omegaconf import OmegaConf
@@ -65,10 +65,13 @@ def test_a_sweep_with_the_submitit_launcher_may_ask_for_several_processes():
 
 @pytest.mark.xdist_group("processes")
 @pytest.mark.slow
-def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, image_lists):
+def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, image_lists, run_cli, monkeypatch):
     sweep = tmp_path / "sweep"
     new_store(tmp_path)  # a migrated MLflow store (tests/mlflow_stores.py)
-    result = run_py(
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's processes inherit this process's environment
+    # python run.py -m ..., in this process: the sweep submits the job, which submitit starts as a
+    # process of its own; the job launches the 2 ranks
+    result = run_cli(
         "-m",
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=10",
@@ -81,7 +84,6 @@ def test_submitit_local_job_trains_with_two_processes_in_its_job_dir(tmp_path, i
         "trainer.steps_per_epoch=2",
         "mlflow.experiment_name=submitit",
         f"paths.output_root={tmp_path}",
-        timeout=400,
     )
     job_dir = sweep / "0"
     logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(sweep.glob(".submitit/*/*.*")))
