@@ -14,19 +14,3 @@ def mlflow_server(tmp_path_factory):
         yield server.start()
     finally:
         server.kill(signal.SIGTERM)
-
-
-@pytest.fixture()
-def server_factory(tmp_path):
-    """``make() -> MlflowServer`` (not started); every one made is stopped at the end."""
-    servers = []
-
-    def make() -> MlflowServer:
-        servers.append(MlflowServer(tmp_path / f"server{len(servers)}", free_port()))
-        return servers[-1]
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.kill()

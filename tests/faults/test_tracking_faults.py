@@ -138,8 +138,8 @@ def test_server_down_at_start_not_required_trains_and_replays(mlflow_server, ima
 
 
 @pytest.mark.slow
-def test_server_killed_mid_run_loses_nothing(server_factory, tmp_path, caplog):
-    server = server_factory().start()
+def test_server_killed_mid_run_loses_nothing(mlflow_server, tmp_path, caplog):
+    server = mlflow_server  # the module's: killed below, then started again on the same store and port
     cfg = recog.compose(
         [
             f"mlflow.tracking_uri={server.uri}",
@@ -157,19 +157,22 @@ def test_server_killed_mid_run_loses_nothing(server_factory, tmp_path, caplog):
     for step in range(1, 4):
         tracker.log_metrics(expected[step], step=step)
     server.kill()  # SIGKILL to the server's process group: gone without a goodbye
+    try:
+        with caplog.at_level(logging.WARNING, logger="recog"):
+            for step in range(4, 9):
+                tracker.log_metrics(expected[step], step=step)
+            tracker.log_artifact(run_dir / "best_model")
+            tracker.set_tag("note", "after the server died")
+            tracker.finish()
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and RECORD_FILE in warnings[0].getMessage()
+        assert tracker.offline and (run_dir / RECORD_FILE).is_file()
+        assert (run_dir / "best_model" / "model.safetensors").read_bytes() == b"weights"  # outputs intact
 
-    with caplog.at_level(logging.WARNING, logger="recog"):
-        for step in range(4, 9):
-            tracker.log_metrics(expected[step], step=step)
-        tracker.log_artifact(run_dir / "best_model")
-        tracker.set_tag("note", "after the server died")
-        tracker.finish()
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and RECORD_FILE in warnings[0].getMessage()
-    assert tracker.offline and (run_dir / RECORD_FILE).is_file()
-    assert (run_dir / "best_model" / "model.safetensors").read_bytes() == b"weights"  # outputs intact
-
-    server.start()  # the same store, the same port
+        server.start()  # the same store, the same port
+    finally:
+        if server.process is None:  # failed before the restart: the module's server stays up for its other tests
+            server.start()
     assert replay(run_dir) == tracker.run_id
     client = MlflowClient(server.uri)
     run = client.get_run(tracker.run_id)
