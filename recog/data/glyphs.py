@@ -58,6 +58,10 @@ MIN_FONTS = 8  # drawings (font files) a character needs to be a benchmark class
 PRETRAIN_MIN_FONTS = 4  # ... to be a class of the pretraining split
 PRETRAIN_COPIES = 3  # jittered images per drawing in the pretraining split
 CONFUSABLE_DISTANCE = 0.01  # relative squared distance of two plain drawings in one font
+PAIR_ROWS = 256  # drawings compared with the later ones at a time (a [rows, N] block of distances)
+# Characters matplotlib's text layout (HarfBuzz shaping, matplotlib 3.11) draws as two glyphs (Thai and Lao
+# AM: a ring above and a vowel): drawn through it. Every other character is the one glyph its code maps to.
+SHAPED = frozenset({0x0E33, 0x0EB3})
 RENDER_SIZE = 64  # canvas of the drawing and its jitter; downsampled to image_size
 EM_PIXELS = 44  # font size on that canvas
 BASELINE = 0.75  # of the canvas height, from the top
@@ -108,27 +112,49 @@ def draw(font: Font, code: int) -> np.ndarray | None:
     face = font.face
     face.clear()
     face.set_size(EM_PIXELS, 72)
-    face.set_text(chr(code), 0.0)
-    face.draw_glyphs_to_bitmap(antialiased=True)
-    ink = np.asarray(face.get_image(), dtype=np.float32) / 255.0
-    if ink.size == 0 or ink.max() <= 0:
+    glyph = face.load_char(code)
+    if code in SHAPED:
+        face.set_text(chr(code), 0.0)
+        face.draw_glyphs_to_bitmap(antialiased=True)
+        ink = np.asarray(face.get_image(), dtype=np.uint8)
+        descent, offset = face.get_descent(), face.get_bitmap_offset()[0]
+    else:
+        ink, descent, offset = _one_glyph(face, glyph)
+    if ink.size == 0 or not ink.any():
         return None
     height, width = ink.shape
-    advance = face.load_char(code).horiAdvance / 64.0
-    top = round(BASELINE * RENDER_SIZE - (height - face.get_descent() / 64.0))
-    left = round((RENDER_SIZE - advance) / 2 + face.get_bitmap_offset()[0] / 64.0)
+    advance = glyph.horiAdvance / 64.0
+    top = round(BASELINE * RENDER_SIZE - (height - descent / 64.0))
+    left = round((RENDER_SIZE - advance) / 2 + offset / 64.0)
     if height > RENDER_SIZE - 2 or width > RENDER_SIZE - 2:
         scale = (RENDER_SIZE - 2) / max(height, width)
-        ink = cv2.resize(
-            ink, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        shrunk = cv2.resize(
+            ink.astype(np.float32) / 255.0,
+            (max(1, round(width * scale)), max(1, round(height * scale))),
+            interpolation=cv2.INTER_AREA,
         )
+        ink = np.clip(np.rint(shrunk * 255.0), 0, 255).astype(np.uint8)
         height, width = ink.shape
         top, left = (RENDER_SIZE - height) // 2, (RENDER_SIZE - width) // 2
     top = min(max(top, 0), RENDER_SIZE - height)
     left = min(max(left, 0), RENDER_SIZE - width)
     canvas = np.zeros((RENDER_SIZE, RENDER_SIZE), np.uint8)
-    canvas[top : top + height, left : left + width] = np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
+    canvas[top : top + height, left : left + width] = ink  # unshrunk: FreeType's coverage as it is
     return canvas
+
+
+def _one_glyph(face, glyph) -> tuple[np.ndarray, int, int]:
+    """``(coverage [H, W] uint8, descent, x offset)`` (26.6 units) of one loaded glyph, as
+    ``set_text`` + ``draw_glyphs_to_bitmap`` lay out a one-glyph text (its control box, 1 pixel
+    of margin): the same bitmap without ``set_text``'s text shaping, most of a drawing's cost."""
+    x_min, y_min, x_max, y_max = glyph.bbox
+    if x_min > x_max:
+        x_min = y_min = x_max = y_max = 0
+    ink = np.zeros(((y_max - y_min) // 64 + 2, (x_max - x_min) // 64 + 2), np.uint8)
+    # FreeType's bitmap of the outline: left = floor(x_min / 64), top = ceil(y_max / 64)
+    top = -(-y_max // 64)
+    face.draw_glyph_to_bitmap(ink, -(x_min // 64), int(y_max / 64 - top + 1), glyph, antialiased=True)
+    return ink, -y_min, x_min
 
 
 def coverage(fonts: list[Font]) -> dict[int, list[str]]:
@@ -157,7 +183,7 @@ class Catalogue:
 
 @functools.lru_cache(maxsize=2)
 def catalogue(image_size: int) -> Catalogue:
-    """Every character's plain drawings are compared once per process (about half a minute of CPU);
+    """Every character's plain drawings are compared once per process (several seconds of CPU);
     only the lists are kept, the drawings are made again for the classes written."""
     fonts = {font.name: font for font in load_fonts()}
     drawings = {}
@@ -192,12 +218,15 @@ def confusable_groups(drawings: dict[int, dict[str, np.ndarray]], image_size: in
         codes = [code for code, _ in entries]
         vectors = np.stack([vector for _, vector in entries])
         norms = (vectors**2).sum(1)
-        distance = norms[:, None] + norms[None, :] - 2 * vectors @ vectors.T
-        distance /= np.maximum(np.maximum(norms[:, None], norms[None, :]), 1e-12)
-        for i, j in zip(*np.nonzero(np.triu(distance < CONFUSABLE_DISTANCE, k=1))):
-            a, b = root(codes[i]), root(codes[j])
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+        products = 2 * vectors @ vectors.T
+        for start in range(0, len(codes), PAIR_ROWS):  # row blocks of the upper triangle: i < j
+            rows, cols = norms[start : start + PAIR_ROWS, None], norms[None, start:]
+            distance = rows + cols - products[start : start + PAIR_ROWS, start:]
+            distance /= np.maximum(np.maximum(rows, cols), 1e-12)
+            for i, j in zip(*np.nonzero(np.triu(distance < CONFUSABLE_DISTANCE, k=1))):
+                a, b = root(codes[start + i]), root(codes[start + j])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
     groups: dict[int, list[int]] = {}
     for code in drawings:
         groups.setdefault(root(code), []).append(code)

@@ -242,7 +242,7 @@ def test_known_options_are_discovered():
 
 
 def _param(group: str, option: str):
-    # The glyph benchmark's catalogue (~12 s of CPU) is built once per process: its tests share one.
+    # The glyph benchmark's catalogue (~6 s of CPU) is built once per process: its tests share one.
     marks = [pytest.mark.xdist_group("glyphs")] if (group, option) == ("dataset", "glyphs") else []
     return pytest.param(group, option, marks=marks, id=f"{group}={option}")
 

@@ -4,6 +4,7 @@ jitter is a pure function of its seed, and the written folder is an SOP dataset 
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ from recog.data import glyphs
 from recog.data.sop import read_sop_file
 from recog.errors import DataError
 
-# The catalogue of characters (~12 s of CPU) is built once per process (at one image size):
+# The catalogue of characters (~6 s of CPU) is built once per process (at one image size):
 # every test that writes glyphs shares a worker.
 pytestmark = pytest.mark.xdist_group("glyphs")
 
@@ -35,6 +36,53 @@ def test_drawings_keep_the_baseline_and_the_horizontal_position(fonts):
     left_half, right_half = glyphs.draw(sans, 0x258C), glyphs.draw(sans, 0x2590)
     columns = lambda image: np.nonzero(image.max(axis=0))[0]  # noqa: E731
     assert columns(left_half).mean() < glyphs.RENDER_SIZE / 2 < columns(right_half).mean()
+
+
+def _drawn_by_text_layout(font, code):
+    """``draw`` as matplotlib lays the character out as a text (``set_text``; the reference)."""
+    face = font.face
+    face.clear()
+    face.set_size(glyphs.EM_PIXELS, 72)
+    face.set_text(chr(code), 0.0)
+    face.draw_glyphs_to_bitmap(antialiased=True)
+    ink = np.asarray(face.get_image(), dtype=np.uint8)
+    if not ink.any():
+        return None
+    height, width = ink.shape
+    advance = face.load_char(code).horiAdvance / 64.0
+    top = round(glyphs.BASELINE * glyphs.RENDER_SIZE - (height - face.get_descent() / 64.0))
+    left = round((glyphs.RENDER_SIZE - advance) / 2 + face.get_bitmap_offset()[0] / 64.0)
+    if max(height, width) > glyphs.RENDER_SIZE - 2:  # shrunk to fit, centred
+        scale = (glyphs.RENDER_SIZE - 2) / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        ink = cv2.resize(ink.astype(np.float32) / 255.0, size, interpolation=cv2.INTER_AREA)
+        ink = np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
+        height, width = ink.shape
+        top, left = (glyphs.RENDER_SIZE - height) // 2, (glyphs.RENDER_SIZE - width) // 2
+    canvas = np.zeros((glyphs.RENDER_SIZE,) * 2, np.uint8)
+    top = min(max(top, 0), glyphs.RENDER_SIZE - height)
+    left = min(max(left, 0), glyphs.RENDER_SIZE - width)
+    canvas[top : top + height, left : left + width] = ink
+    return canvas
+
+
+def test_drawings_equal_matplotlibs_text_layout_of_the_character(fonts):
+    """``draw`` renders the glyph a character maps to without the text layout (its shaping is most
+    of the cost); the pixels are those of the layout, shaped characters (Thai / Lao AM) included."""
+    rng = np.random.default_rng(0)
+    compared = 0
+    for font in fonts.values():
+        codes = sorted(code for code, glyph in font.face.get_charmap().items() if glyph and font.draws(code))
+        sample = {codes[i] for i in rng.choice(len(codes), size=min(60, len(codes)), replace=False)}
+        sample |= {code for code in (*glyphs.SHAPED, 0x20, 0x2588, 0xFDFD) if code in codes}
+        for code in sorted(sample):
+            expected, drawn = _drawn_by_text_layout(font, code), glyphs.draw(font, code)
+            if expected is None or drawn is None:
+                assert expected is None and drawn is None, (font.name, hex(code))
+            else:
+                assert np.array_equal(drawn, expected), (font.name, hex(code))
+                compared += 1
+    assert compared > 500
 
 
 def test_look_alikes_across_scripts_are_one_group(fonts):

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from recog.config import check_overrides, compose
+from recog.config import check_overrides
 from recog.data import read_image_list, read_sop_file
 from recog.data.lists import MAX_LABEL
 from recog.errors import ConfigError, DataError, RecogError
@@ -129,23 +129,29 @@ def overrides(draw):
 
 def _check(args):
     """Compose-check ``args`` like run.py; None if they are accepted, else the error message."""
+    return _checked(args)[0]
+
+
+def _checked(args):
+    """``(None, check_overrides's config)`` if run.py accepts ``args``, else ``(the error message, None)``."""
     try:
-        check_overrides(args)
+        return None, check_overrides(args)
     except RecogError as error:
         assert isinstance(error, ConfigError)
-        return str(error)
-    return None
+        return str(error), None
 
 
 @pytest.mark.slow
 @settings(max_examples=60, **FUZZ)
 @given(st.lists(overrides(), min_size=1, max_size=3), st.booleans())
 def test_fuzzed_overrides_work_or_fail_with_one_paragraph(args, multirun):
-    message = _check(["-m", *args] if multirun else args)
+    message, cfg = _checked(["-m", *args] if multirun else args)
     if message is not None:
         assert_one_paragraph(message)
     elif not multirun and all(not a.lstrip("+~").startswith("hydra") for a in args):
-        cfg = compose(args)  # accepted: the tree resolves and its data settings are usable
+        # accepted: check_overrides composed exactly ``args`` (nothing swept, no hydra.* setting) into
+        # ``cfg``, recog.compose's tree; it resolves and its data settings are usable
+        assert cfg is not None
         assert cfg.data.image_size >= 1 and cfg.data.num_workers >= 0 and cfg.seed >= 0
         OmegaConf.to_yaml(cfg)
 
