@@ -343,7 +343,7 @@ def test_a_users_folder_holding_a_preprocess_json_is_refused_and_kept(tmp_path, 
 
 
 @pytest.mark.slow
-def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_path):
+def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_path, digits):
     model_path, _, _ = _untrained_best_model(tmp_path)
     out = tmp_path / "out"
     cfg = recog.compose(
@@ -354,6 +354,8 @@ def test_an_export_is_replaced_only_while_it_holds_what_its_manifest_lists(tmp_p
             f"paths.output_root={tmp_path}",
             "mlflow.enabled=false",
             "export.cpu_onednn=full",
+            "data.num_workers=0",
+            *digits,  # the check's images from the module's digits, not a copy written under tmp_path
         ]
     )
     export.run(cfg, tmp_path / "job")

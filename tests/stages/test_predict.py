@@ -9,26 +9,13 @@ import pytest
 import recog
 from recog.errors import DataError, RecogError
 from recog.inference import ExportedModel, preprocess_image
-from recog.inference.export import export_model
 from recog.search import GalleryIndex
 from recog.stages import predict
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict_export")
-    cfg = recog.compose(
-        [
-            "backbone.scale=0.25",
-            "data.image_size=32",
-            "neck.embedding_size=24",
-            "head.class_num=5",
-            f"paths.output_root={root}",
-        ]
-    )
-    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    export_model(recog.build_model(cfg), cfg, root / "export", images, cpu_onednn="full")
-    return root / "export"
+def export_dir(predict_export):
+    return predict_export  # tests/stages/conftest.py
 
 
 def _images(folder, count, seed, label_of=lambda i: i % 3):

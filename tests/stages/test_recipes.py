@@ -16,7 +16,7 @@ from recog.utils import checkpoint
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
 TINY = [
-    "data.image_size=32",
+    "data.image_size=16",
     "data.batch_size=10",
     "data.samples_per_class=2",
     "data.num_workers=0",

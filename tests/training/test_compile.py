@@ -2,6 +2,8 @@
 steps, every trainable tensor gets a gradient), a net to_static cannot convert trains in dygraph after
 one warning naming the layer, the switches resolve as documented, and a removed trainer.onednn is refused."""
 
+import copy
+import functools
 import logging
 
 import numpy as np
@@ -21,6 +23,12 @@ BATCH, SIZE = 8, 32
 
 
 def _cfg(*extra):
+    """The tiny config with ``extra`` (composed once per ``extra``, a copy each time)."""
+    return copy.deepcopy(_composed(extra))
+
+
+@functools.cache
+def _composed(extra):
     return recog.compose(
         [
             "backbone.scale=0.25",

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.xdist_group("test_resume")  # one xdist worker trains t
 # would build another model (a shape mismatch on loading the weights) or read another dataset.
 FIRST = [
     *TINY_MODEL,
-    "export.cpu_onednn=off",  # the export at the end: no oneDNN probe (tests/stages/test_export.py has one)
+    "export.after_train=false",  # resuming is the subject, not the export at the end (tests/stages/test_export.py)
     "loss=ce_triplet",
     "trainer.steps_per_epoch=2",
     "trainer.epochs=2",
@@ -228,7 +228,7 @@ def two_of_three(tmp_path_factory, lists):
     Trainer.train_epoch = stop_in_epoch_3
     try:
         with pytest.raises(KeyboardInterrupt):
-            overrides = FIRST + lists + ["trainer.epochs=3", "trainer.eval_every=3", "export.after_train=false"]
+            overrides = FIRST + lists + ["trainer.epochs=3", "trainer.eval_every=3"]
             train.run(recog.compose(overrides + [f"paths.output_root={root}"]), root / "runs" / "2026-01-01_00-00-00")
     finally:
         Trainer.train_epoch = real_epoch

@@ -4,6 +4,8 @@ import recog  # noqa: F401  (sets up the runtime before paddle is imported)
 
 # isort: split
 
+import copy
+import functools
 import json
 import os
 
@@ -27,6 +29,15 @@ FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.yam
 
 
 def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
+    """The tiny config with ``paths.output_root=tmp_path`` (composed once per ``extra`` and ``head``:
+    a composition costs more than most of these tests)."""
+    cfg = copy.deepcopy(_composed(tuple(extra), tuple(head)))
+    cfg.paths.output_root = str(tmp_path)  # what ${paths.output_root} (dataset.root) resolves to
+    return cfg
+
+
+@functools.cache
+def _composed(extra, head):
     return compose(
         [
             "backbone.scale=0.25",
@@ -40,7 +51,6 @@ def _cfg(tmp_path, *extra, head=("head=fc", "head.class_num=3")):
             "scheduler=warmup_cosine",
             "scheduler.warmup_epochs=0.5",
             "trainer.epochs=2",
-            f"paths.output_root={tmp_path}",
             *extra,
         ]
     )
