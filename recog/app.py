@@ -3,7 +3,8 @@
 ``run.py`` imports recog (threads, Paddle's settings) and calls ``main``. In order:
 
 1. ``recog.cli.precheck``: overrides, stage preconditions, a writable run folder, before Hydra
-   makes one (refused: one line ``recog: ...``, status 2);
+   makes one (refused: one line ``recog: ...``, status 2); skipped in a rank whose launcher
+   (step 2) checked the same command line;
 2. ``recog.distributed.launch.prepare_argv``: in a command asking for several processes, this
    process becomes ``paddle.distributed.launch`` (it does not return);
 3. the Hydra application (``conf/config.yaml``): the stage (``recog.stages.run_stage``), or a
@@ -36,14 +37,17 @@ SCRIPT = str(CONF_DIR.parent / "run.py")  # what a relaunch (the launcher, a sub
 def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
     """The exit status of ``python run.py ARGV`` (``sys.argv[1:]`` when None); ``script``: the file
     the launcher starts on each rank. Prints what the command prints."""
-    from recog.distributed.launch import prepare_argv
+    from recog.distributed.launch import prechecked_by_launcher, prepare_argv
 
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schemas()
     register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
     try:
-        composed = precheck(argv)
-        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (does not return)
+        if prechecked_by_launcher(argv):  # a rank of recog's own launcher, which checked this command line
+            composed = None
+        else:
+            composed = precheck(argv)
+        argv = prepare_argv(argv, script=script, composed=composed, prechecked=True)  # may become the launcher
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         return 2
