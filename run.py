@@ -2,7 +2,8 @@
 
 ``launcher.nproc_per_node=N`` (and ``launcher.nnodes``/``launcher.master``) re-runs this command
 under ``paddle.distributed.launch`` before Hydra starts: see recog/distributed/launch.py. What runs
-after start-up is ``recog.app.main`` (callable in a running process too).
+after start-up is ``recog.app.main`` (callable in a running process too), through
+``recog.app.run_script`` (the process's garbage-collector settings).
 """
 
 import sys
@@ -10,7 +11,7 @@ import sys
 import recog  # noqa: F401  (sets threads and quiets Paddle before anything imports it)
 
 # isort: split
-from recog.app import main
+from recog.app import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], script=__file__))
+    sys.exit(run_script(sys.argv[1:], script=__file__))

@@ -3,7 +3,8 @@
 ``run.py`` imports recog (threads, Paddle's settings) and calls ``main``. In order:
 
 1. ``recog.cli.precheck``: overrides, stage preconditions, a writable run folder, before Hydra
-   makes one (refused: one line ``recog: ...``, status 2);
+   makes one (refused: one line ``recog: ...``, status 2); skipped in a rank whose launcher
+   (step 2) checked the same command line;
 2. ``recog.distributed.launch.prepare_argv``: in a command asking for several processes, this
    process becomes ``paddle.distributed.launch`` (it does not return);
 3. the Hydra application (``conf/config.yaml``): the stage (``recog.stages.run_stage``), or a
@@ -16,6 +17,7 @@ In a sweep (``-m``) a job's ``RecogError`` fails that job (``SweepJobFailed``) a
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,14 +38,17 @@ SCRIPT = str(CONF_DIR.parent / "run.py")  # what a relaunch (the launcher, a sub
 def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
     """The exit status of ``python run.py ARGV`` (``sys.argv[1:]`` when None); ``script``: the file
     the launcher starts on each rank. Prints what the command prints."""
-    from recog.distributed.launch import prepare_argv
+    from recog.distributed.launch import prechecked_by_launcher, prepare_argv
 
     argv = sys.argv[1:] if argv is None else list(argv)
     register_schemas()
     register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
     try:
-        composed = precheck(argv)
-        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (does not return)
+        if prechecked_by_launcher(argv):  # a rank of recog's own launcher, which checked this command line
+            composed = None
+        else:
+            composed = precheck(argv)
+        argv = prepare_argv(argv, script=script, composed=composed, prechecked=True)  # may become the launcher
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         return 2
@@ -59,6 +64,23 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
 
         finish_stopped_sweeps()  # what the exit of run.py's process would do
     return 0
+
+
+def run_script(argv: Sequence[str], script: str) -> int:
+    """``main`` as the whole life of ``python run.py``'s process (the launcher and each rank too).
+
+    Everything existing when a stage starts (Paddle, Hydra, recog: most of the heap) and, at the
+    end, everything at all is moved out of the garbage collector's view (``gc.freeze``): the
+    process keeps it until it exits, so the collections during the run need not walk it again, and
+    the interpreter's last collections at exit (over a heap that holds Paddle and MLflow: up to a
+    second of CPU) are skipped. Objects are still freed by reference counting; only reference
+    cycles left over at exit are not finalized, as a killed process would leave them.
+    """
+    gc.freeze()
+    try:
+        return main(argv, script=script)
+    finally:
+        gc.freeze()  # also when this process became the launcher (it leaves through SystemExit)
 
 
 def _task(script: str):

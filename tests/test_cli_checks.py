@@ -209,3 +209,70 @@ def test_more_loader_workers_than_the_machine_can_use_are_refused(tmp_path):
         build_eval_loader([], None, batch_size=1, num_workers=100000)
     precheck([f"data.num_workers={max_workers()}", f"paths.output_root={tmp_path}"])
     assert max_workers() >= 8
+
+
+class _Launched(Exception):
+    """Raised instead of starting ``paddle.distributed.launch`` / Hydra in these tests."""
+
+
+def test_a_rank_skips_the_precheck_only_of_the_command_its_launcher_checked(tmp_path, monkeypatch):
+    import os
+
+    import recog.app
+    from recog.distributed import launch
+
+    for name in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", launch.PRECHECKED_ENV):
+        monkeypatch.delenv(name, raising=False)
+    started = {}
+
+    def become_launcher(command, env):
+        started.update(command=command, env=env)
+        raise _Launched
+
+    monkeypatch.setattr(launch, "become_launcher", become_launcher)
+    argv = ["stage=train", "launcher.nproc_per_node=2", f"paths.output_root={tmp_path}", "trainer.epochs=1"]
+    with pytest.raises(_Launched):
+        recog.app.main(argv)  # the launcher: prechecks, then would start the ranks
+    rank_args = started["command"][started["command"].index(recog.app.SCRIPT) + 1 :]
+    assert "launcher.nproc_per_node=2" not in rank_args and any(a.startswith("hydra.run.dir=") for a in rank_args)
+    assert started["env"][launch.PRECHECKED_ENV] == launch.precheck_marker(rank_args, os.getpid())
+
+    # A rank of that launcher (its parent), with the launcher's environment.
+    monkeypatch.setattr(os, "getppid", os.getpid)
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv(launch.PRECHECKED_ENV, started["env"][launch.PRECHECKED_ENV])
+    prechecked = []
+    monkeypatch.setattr(recog.app, "precheck", prechecked.append)
+
+    def prepare_argv(args, **kwargs):
+        raise _Launched  # where the rank's Hydra run would start
+
+    monkeypatch.setattr(launch, "prepare_argv", prepare_argv)
+    with pytest.raises(_Launched):
+        recog.app.main(rank_args)
+    assert prechecked == []  # the launcher checked exactly this command line
+    assert launch.prechecked_by_launcher(rank_args)
+
+    # Any other command line, parent, or a process the launcher did not start: checked as usual.
+    with pytest.raises(_Launched):
+        recog.app.main(rank_args + ["seed=1"])
+    assert prechecked == [rank_args + ["seed=1"]]
+    assert not launch.prechecked_by_launcher(rank_args[:-1])
+    monkeypatch.setattr(os, "getppid", lambda: os.getpid() + 1)
+    assert not launch.prechecked_by_launcher(rank_args)
+    monkeypatch.setattr(os, "getppid", os.getpid)
+    monkeypatch.delenv("PADDLE_TRAINERS_NUM")
+    assert not launch.prechecked_by_launcher(rank_args)
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv(launch.PRECHECKED_ENV, "1")
+    assert not launch.prechecked_by_launcher(rank_args)
+
+
+def test_a_launch_command_does_not_pass_on_a_precheck_marker_it_did_not_make(tmp_path, monkeypatch):
+    from recog.distributed import launch
+
+    monkeypatch.setenv(launch.PRECHECKED_ENV, "stale")
+    launcher, run_dir = launch.launch_settings(["launcher.nproc_per_node=2", f"paths.output_root={tmp_path}"])
+    _, env = launch.launch_command(["launcher.nproc_per_node=2"], launcher, run_dir, "run.py")
+    assert launch.PRECHECKED_ENV not in env

@@ -115,3 +115,18 @@ def test_unknown_stop_layer_lists_valid_names(tmp_path, capfd):
         "flatten",
         "blocks5.2",
     )
+
+
+def test_run_script_leaves_the_heap_out_of_the_collections_that_follow():
+    """``python run.py``'s process (recog.app.run_script): what exists before the stage and at the
+    end is frozen (gc.freeze), and the exit status is main's."""
+    import gc
+
+    from recog.app import run_script
+
+    gc.unfreeze()
+    try:
+        assert run_script(["stage=eval"], script="run.py") == 2  # refused by the precheck: main's status
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

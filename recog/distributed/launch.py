@@ -26,10 +26,17 @@ must name the run directory (``hydra.run.dir=...``; the relaunch adds it, a dire
 its own timestamped directory. Ranks other than 0 log to their stdout only (the launcher's
 workerlog) and do not write Hydra's ``.hydra/`` files, so rank 0's ``run.log`` and ``.hydra/`` are
 the run's.
+
+A rank does not repeat ``recog.cli.precheck`` when the launcher that started it checked its exact
+command line: the launcher passes ``RECOG_PRECHECKED=<launcher PID>:<digest of the rank's
+arguments>``, and a rank whose parent or arguments differ (a user's own ``paddle.distributed.launch``
+command, a stale exported value) checks as usual.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import socket
@@ -43,6 +50,7 @@ from omegaconf import DictConfig
 from recog.errors import ConfigError
 
 MULTIRUN = ("-m", "--multirun")
+PRECHECKED_ENV = "RECOG_PRECHECKED"
 
 
 def under_launcher() -> bool:
@@ -50,13 +58,28 @@ def under_launcher() -> bool:
     return "PADDLE_TRAINER_ID" in os.environ and "PADDLE_TRAINERS_NUM" in os.environ
 
 
-def prepare_argv(args: Sequence[str], script: str, composed: DictConfig | None = None) -> list[str]:
+def precheck_marker(args: Sequence[str], launcher_pid: int) -> str:
+    """``RECOG_PRECHECKED``'s value for ranks started by process ``launcher_pid`` with arguments ``args``."""
+    digest = hashlib.sha256(json.dumps(list(args)).encode()).hexdigest()
+    return f"{launcher_pid}:{digest}"
+
+
+def prechecked_by_launcher(args: Sequence[str]) -> bool:
+    """This process is a rank whose launcher (its parent) ran ``recog.cli.precheck`` on its arguments."""
+    marker = os.environ.get(PRECHECKED_ENV)
+    return bool(marker) and under_launcher() and marker == precheck_marker(args, os.getppid())
+
+
+def prepare_argv(
+    args: Sequence[str], script: str, composed: DictConfig | None = None, prechecked: bool = False
+) -> list[str]:
     """The command-line arguments Hydra should parse in this process.
 
     Does not return when the command asks for several processes and this process is not one of
     them: it becomes ``python -m paddle.distributed.launch ... script ...`` instead. ``composed``:
     the config of the command's non-swept overrides when the caller has it (``recog.cli.precheck``'s):
-    a single-process command is then not composed again.
+    a single-process command is then not composed again. ``prechecked``: ``args`` passed
+    ``recog.cli.precheck`` in this process, so the ranks need not check them again.
     """
     args = list(args)
     if composed is not None and not under_launcher() and _single_process(composed.launcher):
@@ -74,6 +97,8 @@ def prepare_argv(args: Sequence[str], script: str, composed: DictConfig | None =
     if launcher.nproc_per_node <= 1 and launcher.nnodes <= 1:
         return args
     command, env = launch_command(args, launcher, run_dir, script)
+    if prechecked:
+        env[PRECHECKED_ENV] = precheck_marker(rank_command_args(args, run_dir), os.getpid())
     print(
         f"recog: {launcher.nproc_per_node * launcher.nnodes} processes "
         f"({launcher.nproc_per_node} on this node) under paddle.distributed.launch, run dir {run_dir}; "
@@ -187,6 +212,7 @@ def launch_command(
 ) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment)`` of the ``paddle.distributed.launch`` command for ``args``."""
     env = dict(os.environ if environ is None else environ)
+    env.pop(PRECHECKED_ENV, None)  # only the process that checked the ranks' command line sets it
     from recog import _runtime
 
     if not _runtime.OMP_NUM_THREADS_FROM_USER or "OMP_NUM_THREADS" not in env:
@@ -209,10 +235,15 @@ def launch_command(
         command += ["--master", str(launcher.master)]
     if launcher.node_rank is not None:
         command += ["--rank", str(launcher.node_rank)]
+    return command + [str(Path(script).absolute()), *rank_command_args(args, run_dir)], env
+
+
+def rank_command_args(args: Sequence[str], run_dir: str) -> list[str]:
+    """What the launcher passes each rank's ``run.py``: ``args`` minus ``launcher.*``, with the run dir."""
     passed = [a for a in args if not _is_launcher_override(a)]
     if run_dir_override(passed) is None:
         passed.append(f"hydra.run.dir={_quote(run_dir)}")
-    return command + [str(Path(script).absolute()), *passed], env
+    return passed
 
 
 def _compiled_with_cuda() -> bool:
