@@ -16,8 +16,8 @@ from recog.stages import predict
 
 
 @pytest.fixture(scope="module")
-def export_dir(predict_export):
-    return predict_export  # tests/stages/conftest.py
+def export_dir(exported):
+    return exported[0]  # tests/conftest.py
 
 
 def _images(folder, count, seed):
