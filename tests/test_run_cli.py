@@ -140,6 +140,7 @@ def test_run_script_leaves_the_heap_out_of_the_collections_that_follow():
 
 
 JOB_PROCESS = """
+import gc
 import multiprocessing
 import os
 import sys
@@ -154,10 +155,11 @@ class Cycle:
 
 
 def job():
-    from recog.app import exit_frozen_in_job_processes
+    from recog.app import freeze_heap_in_job_processes
 
     global kept
-    exit_frozen_in_job_processes()
+    freeze_heap_in_job_processes()
+    print("frozen before the job:", gc.get_freeze_count() > 0, flush=True)
     kept = Cycle()  # garbage in a cycle once the interpreter clears this module at exit
 
 
@@ -176,10 +178,10 @@ if __name__ == "__main__":
     [("worker", False, False), ("caller", True, False), ("caller", False, True)],
     ids=["multiprocessing_worker", "submitit_job", "in_process_caller"],
 )
-def test_a_job_process_skips_the_last_collections_at_exit(process, submitit, collected, tmp_path):
+def test_a_job_process_freezes_its_heap_and_skips_the_last_collections(process, submitit, collected, tmp_path):
     """A process a launcher started for jobs (a multiprocessing worker such as joblib's, a submitit
-    job) exits with its heap frozen, as run.py's does; a process calling recog in-process keeps the
-    interpreter's collections at exit."""
+    job) freezes its heap before its first job and at exit, as run.py's does; a process calling
+    recog in-process keeps the interpreter's collections at exit."""
     script = tmp_path / "job.py"
     script.write_text(JOB_PROCESS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -189,4 +191,5 @@ def test_a_job_process_skips_the_last_collections_at_exit(process, submitit, col
     command = [sys.executable, str(script), process]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert f"frozen before the job: {not collected}" in result.stdout
     assert ("a cycle was collected at exit" in result.stdout) == collected
