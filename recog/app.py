@@ -17,8 +17,11 @@ In a sweep (``-m``) a job's ``RecogError`` fails that job (``SweepJobFailed``) a
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
+import multiprocessing
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,6 +93,7 @@ def _task(script: str):
         from recog.tracking.sweep import SweepJobFailed, in_multirun, objective_value
 
         hydra_cfg = HydraConfig.get()
+        freeze_heap_in_job_processes()
         try:
             if needs_node_launch(cfg):  # a submitit task (one per node) starts this node's ranks
                 result = run_node_launcher(
@@ -115,6 +119,25 @@ def _task(script: str):
             sys.exit(2)
 
     return run
+
+
+def freeze_heap_in_job_processes() -> None:
+    """In a process a launcher started to run jobs (joblib's loky workers, a submitit job), freeze
+    the heap before its first job and at exit, as ``run_script`` does for run.py's process: the
+    collections during the jobs do not walk what the process imported again, and the interpreter's
+    last collections over a heap holding Paddle and MLflow (a second or two of CPU) are skipped.
+    Such a process (a child of multiprocessing, or a submitit job) lives only for its jobs; a
+    forked multiprocessing child skips the whole interpreter shutdown anyway (``os._exit``). The
+    sweep's own process and in-process callers of ``main`` keep their settings."""
+    global _freeze_registered
+    if _freeze_registered or (multiprocessing.parent_process() is None and "SUBMITIT_EXECUTOR" not in os.environ):
+        return
+    gc.freeze()  # before its first job: what the process imported (Paddle, Hydra, MLflow), not walked again
+    atexit.register(gc.freeze)  # atexit handlers run before the interpreter's last collections
+    _freeze_registered = True
+
+
+_freeze_registered = False
 
 
 def _status(code) -> int:

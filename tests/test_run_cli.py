@@ -4,10 +4,17 @@ Each command runs ``recog.app.main`` in this process (tests/commands.py: what ru
 start-up); one runs ``run.py`` itself, as a new process.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from commands import cli, run_py
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_clean_failure(result, *fragments):
@@ -130,3 +137,59 @@ def test_run_script_leaves_the_heap_out_of_the_collections_that_follow():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+JOB_PROCESS = """
+import gc
+import multiprocessing
+import os
+import sys
+
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+    def __del__(self, write=os.write):  # os.write itself: the module may be gone by then
+        write(1, b"a cycle was collected at exit")
+
+
+def job():
+    from recog.app import freeze_heap_in_job_processes
+
+    global kept
+    freeze_heap_in_job_processes()
+    print("frozen before the job:", gc.get_freeze_count() > 0, flush=True)
+    kept = Cycle()  # garbage in a cycle once the interpreter clears this module at exit
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "worker":  # a launcher's worker process (joblib's loky workers are spawned alike)
+        child = multiprocessing.get_context("spawn").Process(target=job)
+        child.start()
+        child.join()
+    else:  # a process that calls recog in-process
+        job()
+"""
+
+
+@pytest.mark.parametrize(
+    "process, submitit, collected",
+    [("worker", False, False), ("caller", True, False), ("caller", False, True)],
+    ids=["multiprocessing_worker", "submitit_job", "in_process_caller"],
+)
+def test_a_job_process_freezes_its_heap_and_skips_the_last_collections(process, submitit, collected, tmp_path):
+    """A process a launcher started for jobs (a multiprocessing worker such as joblib's, a submitit
+    job) freezes its heap before its first job and at exit, as run.py's does; a process calling
+    recog in-process keeps the interpreter's collections at exit."""
+    script = tmp_path / "job.py"
+    script.write_text(JOB_PROCESS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SUBMITIT_EXECUTOR", None)
+    if submitit:
+        env["SUBMITIT_EXECUTOR"] = "local"  # what submitit sets in its job processes
+    command = [sys.executable, str(script), process]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"frozen before the job: {not collected}" in result.stdout
+    assert ("a cycle was collected at exit" in result.stdout) == collected
