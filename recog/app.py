@@ -18,6 +18,7 @@ In a sweep (``-m``) a job's ``RecogError`` fails that job (``SweepJobFailed``) a
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import logging
 import multiprocessing
@@ -47,11 +48,9 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
     register_schemas()
     register_help_resolver()  # run.py --help: recog's own text (hydra.help.template in conf/config.yaml)
     try:
-        if prechecked_by_launcher(argv):  # a rank of recog's own launcher, which checked this command line
-            composed = None
-        else:
-            composed = precheck(argv)
-        argv = prepare_argv(argv, script=script, composed=composed, prechecked=True)  # may become the launcher
+        # a rank of recog's own launcher, which checked this very command line, does not check it again
+        composed = None if prechecked_by_launcher(argv) else precheck(argv)
+        argv = prepare_argv(argv, script=script, composed=composed)  # may become the launcher (does not return)
     except RecogError as error:
         print(f"recog: {error}", file=sys.stderr)
         return 2
@@ -70,20 +69,22 @@ def main(argv: Sequence[str] | None = None, script: str = SCRIPT) -> int:
 
 
 def run_script(argv: Sequence[str], script: str) -> int:
-    """``main`` as the whole life of ``python run.py``'s process (the launcher and each rank too).
+    """``main`` as the whole life of ``python run.py``'s process (the launcher and each rank too),
+    its heap frozen until it exits (``freeze_heap_until_exit``)."""
+    freeze_heap_until_exit()
+    return main(argv, script=script)
 
-    Everything existing when a stage starts (Paddle, Hydra, recog: most of the heap) and, at the
-    end, everything at all is moved out of the garbage collector's view (``gc.freeze``): the
-    process keeps it until it exits, so the collections during the run need not walk it again, and
-    the interpreter's last collections at exit (over a heap that holds Paddle and MLflow: up to a
-    second of CPU) are skipped. Objects are still freed by reference counting; only reference
-    cycles left over at exit are not finalized, as a killed process would leave them.
-    """
+
+def freeze_heap_until_exit() -> None:
+    """Move everything existing now and, at exit, everything at all out of the garbage collector's
+    view (``gc.freeze``): the process keeps it until it exits, so the collections during its work
+    need not walk it again (Paddle, Hydra, recog: most of the heap), and the interpreter's last
+    collections at exit (over a heap that holds Paddle and MLflow: up to a second of CPU) are
+    skipped. Objects are still freed by reference counting; only reference cycles left over at
+    exit are not finalized, as a killed process would leave them. The atexit freeze also covers a
+    process that became the launcher (it leaves through SystemExit)."""
     gc.freeze()
-    try:
-        return main(argv, script=script)
-    finally:
-        gc.freeze()  # also when this process became the launcher (it leaves through SystemExit)
+    atexit.register(gc.freeze)  # atexit handlers run before the interpreter's last collections
 
 
 def _task(script: str):
@@ -121,23 +122,15 @@ def _task(script: str):
     return run
 
 
+@functools.cache
 def freeze_heap_in_job_processes() -> None:
     """In a process a launcher started to run jobs (joblib's loky workers, a submitit job), freeze
-    the heap before its first job and at exit, as ``run_script`` does for run.py's process: the
-    collections during the jobs do not walk what the process imported again, and the interpreter's
-    last collections over a heap holding Paddle and MLflow (a second or two of CPU) are skipped.
-    Such a process (a child of multiprocessing, or a submitit job) lives only for its jobs; a
-    forked multiprocessing child skips the whole interpreter shutdown anyway (``os._exit``). The
-    sweep's own process and in-process callers of ``main`` keep their settings."""
-    global _freeze_registered
-    if _freeze_registered or (multiprocessing.parent_process() is None and "SUBMITIT_EXECUTOR" not in os.environ):
-        return
-    gc.freeze()  # before its first job: what the process imported (Paddle, Hydra, MLflow), not walked again
-    atexit.register(gc.freeze)  # atexit handlers run before the interpreter's last collections
-    _freeze_registered = True
-
-
-_freeze_registered = False
+    the heap before its first job and at exit (``freeze_heap_until_exit``), as ``run_script`` does
+    for run.py's process. Such a process (a child of multiprocessing, or a submitit job) lives only
+    for its jobs; a forked multiprocessing child skips the whole interpreter shutdown anyway
+    (``os._exit``). The sweep's own process and in-process callers of ``main`` keep their settings."""
+    if multiprocessing.parent_process() is not None or "SUBMITIT_EXECUTOR" in os.environ:
+        freeze_heap_until_exit()
 
 
 def _status(code) -> int:

@@ -70,16 +70,14 @@ def prechecked_by_launcher(args: Sequence[str]) -> bool:
     return bool(marker) and under_launcher() and marker == precheck_marker(args, os.getppid())
 
 
-def prepare_argv(
-    args: Sequence[str], script: str, composed: DictConfig | None = None, prechecked: bool = False
-) -> list[str]:
+def prepare_argv(args: Sequence[str], script: str, composed: DictConfig | None = None) -> list[str]:
     """The command-line arguments Hydra should parse in this process.
 
     Does not return when the command asks for several processes and this process is not one of
     them: it becomes ``python -m paddle.distributed.launch ... script ...`` instead. ``composed``:
     the config of the command's non-swept overrides when the caller has it (``recog.cli.precheck``'s):
-    a single-process command is then not composed again. ``prechecked``: ``args`` passed
-    ``recog.cli.precheck`` in this process, so the ranks need not check them again.
+    a single-process command is then not composed again. Called after ``recog.cli.precheck`` passed
+    ``args`` in this process (``recog.app.main``): the ranks are told not to check them again.
     """
     args = list(args)
     if composed is not None and not under_launcher() and _single_process(composed.launcher):
@@ -97,8 +95,7 @@ def prepare_argv(
     if launcher.nproc_per_node <= 1 and launcher.nnodes <= 1:
         return args
     command, env = launch_command(args, launcher, run_dir, script)
-    if prechecked:
-        env[PRECHECKED_ENV] = precheck_marker(rank_command_args(args, run_dir), os.getpid())
+    env[PRECHECKED_ENV] = precheck_marker(rank_command_args(args, run_dir), os.getpid())
     print(
         f"recog: {launcher.nproc_per_node * launcher.nnodes} processes "
         f"({launcher.nproc_per_node} on this node) under paddle.distributed.launch, run dir {run_dir}; "
